@@ -1,0 +1,198 @@
+"""The ``skewless`` command: each verb is a thin call into a layer below.
+
+Feast is imported inside the verbs that need it, because importing it costs seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from skewless.core.config import SkewlessConfig, load_config, skewless_home
+from skewless.core.errors import SkewlessError
+
+if TYPE_CHECKING:
+    from skewless.features.ingest import IngestReport
+    from skewless.features.repo import FeastRepo
+
+app = typer.Typer(
+    name="skewless",
+    help="Production time-series forecasting where training and serving cannot drift apart.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(width=None if Console().is_terminal else 120)
+errors = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="experiment config (YAML)", show_default=False)]
+SetOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045  typer needs Optional here
+    typer.Option("--set", help="override a config key: --set feature_store.window_size=336"),
+]
+EntityOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="entity id for every row, when the file has no entity column"),
+]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress")] = False) -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # noisy, harmless: STACK.md
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.ERROR,
+        format="%(message)s",
+        handlers=[RichHandler(console=errors, show_path=False)],
+    )
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn skewless errors into a red message and exit code 1, without a traceback."""
+    try:
+        yield
+    except SkewlessError as exc:
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(1) from None
+
+
+def _repo(config: Path, overrides: list[str] | None) -> FeastRepo:
+    from skewless.features.repo import FeastRepo
+
+    return FeastRepo(_config(config, overrides), skewless_home())
+
+
+def _config(path: Path, overrides: list[str] | None) -> SkewlessConfig:
+    return load_config(path, overrides or [])
+
+
+@app.command()
+def ingest(
+    config: ConfigArg,
+    source: Annotated[Optional[Path], typer.Option(help="ingest this CSV/Parquet file instead of data.sources")] = None,  # noqa: UP045
+    entity: EntityOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Validate raw data and append new rows to the offline store."""
+    with _user_errors():
+        from skewless.features.ingest import ingest as run_ingest
+        from skewless.features.ingest import source_from_path
+
+        repo = _repo(config, set_)
+        sources = None if source is None else [source_from_path(source, entity)]
+        with console.status("ingesting"):
+            reports = run_ingest(repo, sources)
+        _print_ingest(reports)
+
+
+@app.command()
+def apply(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Generate the Feast repo from the config and register it."""
+    with _user_errors():
+        repo = _repo(config, set_)
+        repo.apply()
+        console.print(f"Feast repo [bold]{repo.folder}[/] applied")
+
+
+@app.command()
+def materialize(
+    config: ConfigArg,
+    incremental: Annotated[bool, typer.Option(help="only what is new since the last run")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Copy the latest rows and the lookback windows from the offline to the online store."""
+    with _user_errors():
+        from skewless.features.materialize import materialize as run_materialize
+
+        repo = _repo(config, set_)
+        with _progress() as progress:
+            task = progress.add_task("windows", total=None)
+            report = run_materialize(
+                repo, incremental, lambda done, total: progress.update(task, completed=done, total=total)
+            )
+        kind = "incremental" if report.incremental else "full"
+        console.print(
+            f"{kind} materialization up to {report.end.isoformat()}: "
+            f"windows of {report.entities_updated} entities written"
+        )
+
+
+@app.command()
+def push(
+    config: ConfigArg,
+    file: Annotated[Path, typer.Option(help="CSV or Parquet file of new rows")],
+    entity: EntityOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Push new rows into the offline and online stores (the streaming path)."""
+    with _user_errors():
+        from skewless.features.ingest import source_from_path
+        from skewless.features.materialize import push as run_push
+        from skewless.features.sources import read_source
+
+        repo = _repo(config, set_)
+        source = source_from_path(file, entity)
+        report = run_push(repo, read_source(source, repo.config.data), origin=str(file))
+        _print_ingest([report])
+
+
+@app.command()
+def windows(
+    config: ConfigArg,
+    entity: Annotated[Optional[list[str]], typer.Option(help="entity id; repeat for several (default: all)")] = None,  # noqa: UP045
+    at: Annotated[Optional[str], typer.Option(help="time point: 'now' or ISO timestamp (default: latest)")] = None,  # noqa: UP045
+    tail: Annotated[int, typer.Option(min=1, help="rows to show per entity")] = 3,
+    set_: SetOpt = None,
+) -> None:
+    """Read the latest windows from the online store (one call) and show their last rows."""
+    with _user_errors():
+        from skewless.features.facade import FeatureStoreFacade
+
+        cfg = _config(config, set_)
+        facade = FeatureStoreFacade(cfg, mode="online", home=skewless_home())
+        chosen = entity or facade.repo.offline.entities()
+        if cfg.data.entity_type == "int64":
+            chosen = [int(e) for e in chosen]
+        result = facade.load_features(at, chosen)
+        table = Table(title=f"online windows of '{cfg.project}' (last {tail} rows each)")
+        for column in [cfg.data.entity_key, "timestamp", *cfg.data.variables]:
+            table.add_column(column, justify="right")
+        for key in chosen:
+            window = result.windows[key]
+            for stamp, row in zip(window.timestamps[-tail:], window.values[-tail:], strict=True):
+                table.add_row(str(key), f"{stamp:%Y-%m-%d %H:%M}", *(f"{v:.3f}" for v in row))
+        console.print(table)
+        for key in chosen:
+            window = result.windows[key]
+            console.print(f"{cfg.data.entity_key} {key}: {len(window)} points, ending {window.end.isoformat()}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+def _print_ingest(reports: list[IngestReport]) -> None:
+    table = Table(title="ingest")
+    for column in ("source", "rows read", "new rows", "already stored", "entities"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for report in reports:
+        table.add_row(
+            report.origin, str(report.rows_read), str(report.rows_written),
+            str(report.rows_already_stored), ", ".join(str(e) for e in report.entities),
+        )
+    console.print(table)
+    for report in reports:
+        for warning in report.warnings:
+            console.print(f"[yellow]warning[/] {report.origin}: {warning}", highlight=False)

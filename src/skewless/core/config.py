@@ -1,0 +1,261 @@
+"""The experiment config: one YAML file, validated by pydantic, overridable from env and CLI.
+
+Precedence, lowest first: the YAML file, ``SKEWLESS__A__B=value`` environment variables,
+``--set a.b=value`` on the command line. Every error names the key, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from skewless.core.errors import ConfigError
+from skewless.core.frequency import parse_frequency
+
+ENV_PREFIX = "SKEWLESS__"
+HOME_ENV = "SKEWLESS_HOME"
+DEFAULT_HOME = "./skewless_home"
+
+CalendarFeature = Literal["hour", "day_of_week", "day_of_month", "day_of_year", "month"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PostgresQuery(_Strict):
+    """A PostgreSQL table or query to ingest from."""
+
+    dsn: str = Field(description="libpq connection string or URL")
+    table: str | None = Field(default=None, description="schema-qualified table name")
+    query: str | None = Field(default=None, description="a SELECT returning the raw columns")
+
+    @model_validator(mode="after")
+    def _one_of_table_or_query(self) -> PostgresQuery:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' or 'query'")
+        return self
+
+
+class SourceConfig(_Strict):
+    """One raw source: a CSV or Parquet file, or a PostgreSQL table or query."""
+
+    path: Path | None = None
+    postgres: PostgresQuery | None = None
+    entity: int | str | None = Field(
+        default=None,
+        description="constant entity id for every row, for sources without an entity column",
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceConfig:
+        if (self.path is None) == (self.postgres is None):
+            raise ValueError("give exactly one of 'path' or 'postgres'")
+        if self.path is not None and self.path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+            raise ValueError(f"'{self.path}' must end in .csv or .parquet")
+        return self
+
+
+class DataConfig(_Strict):
+    """What the raw data looks like."""
+
+    sources: list[SourceConfig] = Field(default_factory=list)
+    entity_key: str = "entity_id"
+    entity_type: Literal["int64", "string"] = "int64"
+    timestamp_column: str = "timestamp"
+    timezone: str | None = Field(
+        default=None,
+        description="zone of naive timestamps; aware ones are converted to UTC",
+    )
+    frequency: str = "h"
+    targets: list[str] = Field(min_length=1)
+    covariates: list[str] = Field(default_factory=list)
+
+    @field_validator("frequency")
+    @classmethod
+    def _fixed_frequency(cls, value: str) -> str:
+        parse_frequency(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone '{value}' (use an IANA name such as 'UTC')") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> DataConfig:
+        names = [self.entity_key, self.timestamp_column, *self.targets, *self.covariates]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"column(s) {repeated} are declared more than once")
+        return self
+
+    @property
+    def variables(self) -> list[str]:
+        """Targets then covariates: the raw numeric columns, in window order."""
+        return [*self.targets, *self.covariates]
+
+
+class FeaturesConfig(_Strict):
+    """Engineered features, computed by one function at ingest and at serving."""
+
+    calendar: list[CalendarFeature] = Field(default_factory=lambda: ["hour", "day_of_week", "month"])
+
+
+class SqliteOnlineStore(_Strict):
+    type: Literal["sqlite"] = "sqlite"
+    path: Path | None = Field(default=None, description="defaults to a file under SKEWLESS_HOME")
+
+
+class RedisOnlineStore(_Strict):
+    type: Literal["redis"] = "redis"
+    url: str = "redis://127.0.0.1:6379/0"
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+            raise ValueError(f"'{value}' is not a redis:// URL such as redis://127.0.0.1:6379/0")
+        return value
+
+
+OnlineStoreConfig = Annotated[SqliteOnlineStore | RedisOnlineStore, Field(discriminator="type")]
+
+
+class FeatureStoreConfig(_Strict):
+    """Where features live: Feast project, stores and the online window view."""
+
+    project: str | None = Field(default=None, description="Feast project; defaults to 'name'")
+    online_store: OnlineStoreConfig = Field(default_factory=SqliteOnlineStore)
+    window_size: int = Field(default=512, ge=1, le=100_000)
+    max_staleness_periods: int = Field(
+        default=1,
+        ge=0,
+        description="how many periods a window may end before a requested time point",
+    )
+    materialize_batch_entities: int = Field(default=1000, ge=1)
+
+    @field_validator("project")
+    @classmethod
+    def _project_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "").isalnum():
+            raise ValueError(f"'{value}' must contain only letters, digits and underscores")
+        return value
+
+
+class ValidationConfig(_Strict):
+    """What ingestion does with problems it can work around."""
+
+    on_gap: Literal["warn", "error"] = "warn"
+    on_missing: Literal["warn", "error"] = "warn"
+
+
+class SkewlessConfig(_Strict):
+    """The whole experiment config."""
+
+    name: str
+    data: DataConfig
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum():
+            raise ValueError(f"'{value}' must contain only letters, digits and underscores")
+        return value
+
+    @property
+    def project(self) -> str:
+        return self.feature_store.project or self.name
+
+
+def skewless_home() -> Path:
+    """The folder that holds all state: the Feast repo and stores, later the registry."""
+    return Path(os.environ.get(HOME_ENV, DEFAULT_HOME)).resolve()
+
+
+def load_config(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> SkewlessConfig:
+    """Read, override and validate a config; relative source paths resolve against the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file '{path}' does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(raw).__name__}")
+    env = os.environ if environ is None else environ
+    env_overrides = [
+        f"{key[len(ENV_PREFIX):].lower().replace('__', '.')}={value}"
+        for key, value in sorted(env.items())
+        if key.startswith(ENV_PREFIX)
+    ]
+    for override in [*env_overrides, *overrides]:
+        _apply_override(raw, override)
+    _resolve_source_paths(raw, path.resolve().parent)
+    return validate_config(raw, origin=str(path))
+
+
+def validate_config(raw: dict[str, Any], origin: str = "config") -> SkewlessConfig:
+    try:
+        return SkewlessConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin} is invalid:\n" + _describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key; check its spelling against docs/config.md"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        got = "" if error["type"] == "missing" else f" (got {error['input']!r})"
+        lines.append(f"  - {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{override}' must look like key.path=value")
+    value = yaml.safe_load(text) if text.strip() else None
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{override}': '{part}' holds a value, not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def _resolve_source_paths(raw: dict[str, Any], base: Path) -> None:
+    data = raw.get("data")
+    sources = data.get("sources") if isinstance(data, dict) else None
+    for source in sources if isinstance(sources, list) else []:
+        if isinstance(source, dict) and isinstance(source.get("path"), str):
+            source["path"] = str((base / source["path"]).resolve())

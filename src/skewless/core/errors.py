@@ -1,0 +1,56 @@
+"""One exception hierarchy: every error says what was wrong and what to do about it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+
+class SkewlessError(Exception):
+    """Base of every error skewless raises on purpose."""
+
+
+class ConfigError(SkewlessError):
+    """The experiment config is missing, unreadable or invalid."""
+
+
+class SourceError(SkewlessError):
+    """A raw data source cannot be read."""
+
+
+class DataValidationError(SkewlessError):
+    """Raw rows failed validation; nothing was written."""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message + "\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+class FeatureStoreError(SkewlessError):
+    """The feature store is not in a state that allows the request."""
+
+
+class UnknownEntityError(FeatureStoreError):
+    """Entities were requested that the store has never seen."""
+
+    def __init__(self, entities: Iterable[object], entity_key: str) -> None:
+        self.entities = list(entities)
+        shown = ", ".join(repr(e) for e in self.entities[:20])
+        more = f" (and {len(self.entities) - 20} more)" if len(self.entities) > 20 else ""
+        super().__init__(
+            f"unknown {entity_key} value(s): {shown}{more}; ingest and materialize data for "
+            "them first, or check the ids"
+        )
+
+
+class StaleFeaturesError(FeatureStoreError):
+    """Online windows end earlier than the requested time point allows."""
+
+    def __init__(self, window_ends: Mapping[object, datetime], required_end: datetime) -> None:
+        self.window_ends = dict(window_ends)
+        shown = ", ".join(f"{e!r} (ends {t.isoformat()})" for e, t in list(window_ends.items())[:20])
+        super().__init__(
+            f"stale online windows for {shown}: serving at this time point needs data up to "
+            f"{required_end.isoformat()}; push or materialize newer rows, or ask for an "
+            "earlier time point"
+        )

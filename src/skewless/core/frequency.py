@@ -1,0 +1,27 @@
+"""The series frequency: one parsed, fixed-length step used by validation and windowing."""
+
+from __future__ import annotations
+
+import pandas as pd
+from pandas.tseries.offsets import Tick
+
+
+def parse_frequency(alias: str) -> pd.Timedelta:
+    """Return the fixed step of a pandas frequency alias such as ``h``, ``15min`` or ``D``.
+
+    Calendar-dependent frequencies (month, year) have no fixed step, so gap detection and
+    window timestamps could not be exact; they are refused with the list of what works.
+    """
+    try:
+        offset = pd.tseries.frequencies.to_offset(alias)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"'{alias}' is not a pandas frequency alias; use a fixed step such as "
+            "'15min', 'h' or 'D'"
+        ) from exc
+    if not isinstance(offset, Tick):
+        raise ValueError(
+            f"frequency '{alias}' has no fixed length; use a fixed step such as "
+            "'15min', 'h', 'D' or '7D'"
+        )
+    return pd.Timedelta(offset)

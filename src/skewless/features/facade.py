@@ -1,0 +1,61 @@
+"""One call for every consumer of features: ``FeatureStoreFacade(config, mode).load_features``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from skewless.core.config import SkewlessConfig, skewless_home
+from skewless.core.errors import FeatureStoreError
+from skewless.features.repo import FeastRepo
+from skewless.features.strategies import DataType, Mode, OnlineWindows, StrategyFactory
+
+TimePoint = datetime | str | None
+
+
+class FeatureStoreFacade:
+    """Hides Feast, the offline table and the window view behind one method."""
+
+    def __init__(
+        self,
+        config: SkewlessConfig,
+        mode: Mode = "online",
+        data_type: DataType = "timeseries",
+        home: Path | None = None,
+    ) -> None:
+        self.repo = FeastRepo(config, home or skewless_home())
+        self.mode, self.data_type = mode, data_type
+        self._factory = StrategyFactory(self.repo)
+
+    def load_features(self, time_point: TimePoint, entities: Sequence[Any] | None) -> Any:
+        """Features of ``entities`` as of ``time_point`` ("now", ISO text, datetime or None).
+
+        Online mode returns the windows and raises if any entity is unknown or stale; offline
+        modes return DataFrames.
+        """
+        point = parse_time_point(time_point, self.repo.config.data.timezone)
+        result = self._factory.create(self.data_type, self.mode, point).retrieve(entities)
+        if isinstance(result, OnlineWindows):
+            result.raise_problems(self.repo.config.data.entity_key)
+        return result
+
+
+def parse_time_point(value: TimePoint, zone: str | None) -> datetime | None:
+    """UTC datetime of a time point; naive values are read in the data's time zone."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "now":
+        return datetime.now(timezone.utc)
+    try:
+        stamp = pd.Timestamp(value)
+    except ValueError as exc:
+        raise FeatureStoreError(
+            f"time point {value!r} is not 'now' or an ISO timestamp such as 2018-06-01T12:00:00Z"
+        ) from exc
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize(zone or "UTC")
+    return stamp.tz_convert("UTC").to_pydatetime()

@@ -1,0 +1,100 @@
+"""Offline → online: Feast materializes the latest rows, skewless writes the windows.
+
+The window view cannot come from Feast's materialization (it keeps one row per entity), so
+skewless builds each entity's last W rows with DuckDB and writes them with Feast's own online
+write, a batch of entities at a time to keep memory bounded. Incremental runs rebuild only the
+windows of entities that received rows since the last run (by ingestion time, so late rows count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from skewless.core.errors import FeatureStoreError
+from skewless.features.ingest import IngestReport, ingest_frames
+from skewless.features.repo import SERIES_VIEW, WINDOW_VIEW, FeastRepo
+from skewless.features.validation import CREATED_TS
+from skewless.features.window_view import pack_windows
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (entities done, entities in total)
+_STATE_FILE = "materialize_state.json"
+
+
+@dataclass
+class MaterializeReport:
+    incremental: bool
+    entities_updated: int
+    start: datetime | None
+    end: datetime
+
+
+def materialize(repo: FeastRepo, incremental: bool = False, progress: Progress | None = None) -> MaterializeReport:
+    """Bring the online store up to date with the offline store."""
+    if repo.offline.is_empty():
+        raise FeatureStoreError(
+            f"nothing has been ingested into project '{repo.config.project}' under {repo.home}; "
+            "run 'skewless ingest CONFIG' first"
+        )
+    repo.apply()
+    first, last, ingested_until = repo.offline.bounds()
+    end = last + timedelta(seconds=1)
+    watermark = _read_watermark(repo)
+    view = repo.store.get_feature_view(SERIES_VIEW)
+    if incremental and watermark is not None and view.most_recent_end_time is not None:
+        start = view.most_recent_end_time
+        if end > start:
+            repo.store.materialize_incremental(end_date=end, feature_views=[SERIES_VIEW])
+        entities = repo.offline.entities(created_after=watermark)
+    else:
+        incremental, start = False, first
+        repo.store.materialize(start_date=first, end_date=end, feature_views=[SERIES_VIEW])
+        entities = repo.offline.entities()
+    write_windows(repo, entities, progress)
+    _write_watermark(repo, ingested_until)
+    return MaterializeReport(incremental, len(entities), start, end)
+
+
+def write_windows(repo: FeastRepo, entities: list[Any], progress: Progress | None = None) -> None:
+    """Rebuild and write the online windows of ``entities``, a bounded batch at a time."""
+    config = repo.config
+    size = config.feature_store.materialize_batch_entities
+    for begin in range(0, len(entities), size):
+        batch = entities[begin : begin + size]
+        tails = repo.offline.tail(config.feature_store.window_size, batch)
+        windows = pack_windows(tails, config.data.entity_key, config.data.variables)
+        windows[CREATED_TS] = pd.Timestamp.now(tz="UTC")
+        repo.store.write_to_online_store(WINDOW_VIEW, windows)
+        if progress is not None:
+            progress(begin + len(batch), len(entities))
+    logger.info("wrote online windows of %d entities", len(entities))
+
+
+def push(repo: FeastRepo, rows: pd.DataFrame, origin: str = "pushed rows") -> IngestReport:
+    """The streaming path: validate and store new rows, then update both online views."""
+    (report,) = ingest_frames(repo, [(origin, rows)])
+    if report.rows_written:
+        materialize(repo, incremental=True)
+    return report
+
+
+def _read_watermark(repo: FeastRepo) -> datetime | None:
+    path = repo.folder / _STATE_FILE
+    if not path.exists():
+        return None
+    return datetime.fromisoformat(json.loads(path.read_text())["ingested_until"])
+
+
+def _write_watermark(repo: FeastRepo, ingested_until: datetime) -> None:
+    path = repo.folder / _STATE_FILE
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"ingested_until": ingested_until.isoformat()}))
+    temporary.replace(path)

@@ -1,0 +1,233 @@
+"""Validation of raw rows before anything is written.
+
+Two stages: :func:`parse_rows` turns raw columns into typed ones (entity, UTC timestamp,
+float32 variables) and :func:`check_against_history` compares the batch with what the offline
+store already holds (duplicates, conflicts, gaps). Both collect every finding instead of stopping
+at the first, so one run tells the user everything that is wrong. Row numbers count from 1 at the
+first data row of the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from skewless.core.config import SkewlessConfig
+from skewless.core.errors import DataValidationError
+from skewless.core.frequency import parse_frequency
+
+ENTITY_ROW = "row"  # source row number, kept beside the parsed columns for messages
+EVENT_TS = "event_timestamp"
+CREATED_TS = "created_timestamp"
+VALUE_DTYPE = np.float32
+_SHOWN_ROWS = 10
+
+
+@dataclass
+class Findings:
+    """Everything validation noticed: errors block the write, warnings are reported."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def raise_if_errors(self, what: str) -> None:
+        if self.errors:
+            raise DataValidationError(f"{what} was refused; nothing was written:", self.errors)
+
+
+def rows_text(rows: pd.Series | np.ndarray | list[int]) -> str:
+    """'rows 3, 8, 9' with a count of the rest, for error messages."""
+    values = [int(r) for r in rows]
+    shown = ", ".join(str(r) for r in values[:_SHOWN_ROWS])
+    rest = f" and {len(values) - _SHOWN_ROWS} more" if len(values) > _SHOWN_ROWS else ""
+    return f"row{'s' if len(values) > 1 else ''} {shown}{rest}"
+
+
+def parse_rows(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) -> pd.DataFrame:
+    """Typed columns [row, entity, event_timestamp, *variables]; problems go into ``findings``."""
+    data = config.data
+    required = [data.entity_key, data.timestamp_column, *data.variables]
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        findings.errors.append(
+            f"missing column(s) {missing}; the source has {list(raw.columns)}. "
+            "Fix the source or the column names under 'data' in the config"
+        )
+        return pd.DataFrame()
+    if raw.empty:
+        findings.errors.append("the source has no rows")
+        return pd.DataFrame()
+    parsed = pd.DataFrame({ENTITY_ROW: np.arange(1, len(raw) + 1)})
+    parsed[data.entity_key] = _parse_entities(raw[data.entity_key], config, findings)
+    parsed[EVENT_TS] = _parse_timestamps(raw[data.timestamp_column], config, findings)
+    for column in data.variables:
+        parsed[column] = _parse_numbers(raw[column], column, config, findings)
+    return parsed
+
+
+def _parse_entities(values: pd.Series, config: SkewlessConfig, findings: Findings) -> pd.Series:
+    key = config.data.entity_key
+    values = values.reset_index(drop=True)
+    null = values.isna()
+    if null.any():
+        findings.errors.append(f"'{key}' is empty at {rows_text(np.flatnonzero(null) + 1)}")
+    if config.data.entity_type == "string":
+        return values.astype("string")
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = (numbers.isna() & ~null) | (numbers.notna() & (numbers % 1 != 0))
+    if bad.any():
+        findings.errors.append(
+            f"'{key}' must hold integers (data.entity_type is int64) but has "
+            f"{values[bad].iloc[0]!r} at {rows_text(np.flatnonzero(bad) + 1)}"
+        )
+    return numbers.astype("Int64")
+
+
+def _parse_timestamps(values: pd.Series, config: SkewlessConfig, findings: Findings) -> pd.Series:
+    column, zone = config.data.timestamp_column, config.data.timezone
+    values = values.reset_index(drop=True)
+    try:
+        parsed = pd.to_datetime(values, errors="coerce", format="mixed")
+    except (ValueError, TypeError):  # mixed UTC offsets: only a UTC parse can hold them
+        parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    unparseable = parsed.isna()
+    if unparseable.any():
+        first = values[unparseable].iloc[0]
+        findings.errors.append(
+            f"'{column}' is empty or not a timestamp at {rows_text(np.flatnonzero(unparseable) + 1)} "
+            f"(first: {first!r}); use ISO 8601 such as 2024-01-31T13:00:00+00:00"
+        )
+    if parsed.dt.tz is not None:
+        return parsed.dt.tz_convert("UTC")
+    if zone is None:
+        findings.errors.append(
+            f"'{column}' has no time zone; add offsets to the timestamps or set "
+            "data.timezone (for example 'UTC') so they can be read unambiguously"
+        )
+        return parsed.dt.tz_localize("UTC")
+    localized = parsed.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+    impossible = localized.isna() & ~unparseable
+    if impossible.any():
+        findings.errors.append(
+            f"'{column}' has times that are ambiguous or do not exist in {zone} "
+            f"(daylight-saving changes) at {rows_text(np.flatnonzero(impossible) + 1)}; "
+            "store such data with UTC offsets"
+        )
+    return localized.dt.tz_convert("UTC")
+
+
+def _parse_numbers(
+    values: pd.Series, column: str, config: SkewlessConfig, findings: Findings
+) -> pd.Series:
+    values = values.reset_index(drop=True)
+    numbers = pd.to_numeric(values, errors="coerce")
+    not_numeric = numbers.isna() & values.notna()
+    if not_numeric.any():
+        findings.errors.append(
+            f"'{column}' must be numeric but has {values[not_numeric].iloc[0]!r} at "
+            f"{rows_text(np.flatnonzero(not_numeric) + 1)}"
+        )
+    infinite = np.isinf(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
+    if infinite.any():
+        findings.errors.append(f"'{column}' is infinite at {rows_text(np.flatnonzero(infinite) + 1)}")
+    empty = values.isna()
+    if empty.any():
+        message = f"'{column}' is missing at {rows_text(np.flatnonzero(empty) + 1)} ({int(empty.sum())} values)"
+        if config.validation.on_missing == "error":
+            findings.errors.append(message + "; validation.on_missing is 'error'")
+        else:
+            findings.warnings.append(message + "; they are kept as NaN for the imputer")
+    return numbers.astype(VALUE_DTYPE)
+
+
+def check_duplicates(parsed: pd.DataFrame, config: SkewlessConfig, findings: Findings) -> None:
+    """Two rows of one batch for the same (entity, timestamp) cannot both be right."""
+    key = [config.data.entity_key, EVENT_TS]
+    duplicated = parsed.duplicated(key, keep=False)
+    if duplicated.any():
+        findings.errors.append(
+            f"{int(duplicated.sum())} rows share an ({config.data.entity_key}, timestamp) pair "
+            f"with another row: {rows_text(parsed.loc[duplicated, ENTITY_ROW])}; keep one row per pair"
+        )
+
+
+def check_against_history(
+    parsed: pd.DataFrame,
+    stored: pd.DataFrame,
+    previous: pd.DataFrame,
+    config: SkewlessConfig,
+    findings: Findings,
+) -> pd.DataFrame:
+    """Drop rows already stored unchanged, refuse changed ones, report gaps; return new rows.
+
+    ``stored`` holds the stored rows inside the batch's time range, ``previous`` the last stored
+    timestamp before it per entity, so gaps at the seam with old data are found too.
+    """
+    key = [config.data.entity_key, EVENT_TS]
+    variables = config.data.variables
+    merged = parsed.merge(stored[key + variables], on=key, how="left", suffixes=("", "__stored"),
+                          indicator=True)
+    seen = (merged["_merge"] == "both").to_numpy()
+    same = np.ones(len(merged), dtype=bool)
+    for column in variables:
+        new, old = merged[column].to_numpy(), merged[f"{column}__stored"].to_numpy()
+        same &= (new == old) | (np.isnan(new) & np.isnan(old))
+    changed = seen & ~same
+    if changed.any():
+        findings.errors.append(
+            f"{int(changed.sum())} rows were ingested before with different values: "
+            f"{rows_text(merged.loc[changed, ENTITY_ROW])}; corrections of stored rows are not "
+            "supported, so remove those rows from the source"
+        )
+    fresh = parsed.loc[~seen].copy()
+    _check_spacing(fresh, stored, previous, config, findings)
+    return fresh
+
+
+def _check_spacing(
+    fresh: pd.DataFrame,
+    stored: pd.DataFrame,
+    previous: pd.DataFrame,
+    config: SkewlessConfig,
+    findings: Findings,
+) -> None:
+    entity, step = config.data.entity_key, parse_frequency(config.data.frequency)
+    timeline = pd.concat(
+        [
+            fresh[[entity, EVENT_TS, ENTITY_ROW]],
+            stored[[entity, EVENT_TS]].assign(**{ENTITY_ROW: 0}),
+            previous[[entity, EVENT_TS]].assign(**{ENTITY_ROW: 0}),
+        ],
+        ignore_index=True,
+    ).sort_values([entity, EVENT_TS], kind="stable")
+    delta = timeline.groupby(entity, sort=False)[EVENT_TS].diff()
+    # A step is new when either of its two ends came in this batch.
+    involves_new = (timeline[ENTITY_ROW] > 0) | (
+        timeline.groupby(entity, sort=False)[ENTITY_ROW].shift(1).fillna(0) > 0
+    )
+    off_grid = delta.notna() & (delta % step != pd.Timedelta(0)) & involves_new
+    if off_grid.any():
+        findings.errors.append(
+            f"timestamps off the '{config.data.frequency}' grid of their {entity} at "
+            f"{rows_text(timeline.loc[off_grid, ENTITY_ROW])}; resample the source to "
+            "the declared frequency or change data.frequency"
+        )
+    gaps = delta.notna() & (delta > step) & ~off_grid & involves_new
+    if gaps.any():
+        missing_points = int(((delta[gaps] / step) - 1).sum())
+        ends = timeline.loc[gaps, [entity, EVENT_TS]]
+        starts = ends[EVENT_TS] - delta[gaps]
+        shown = "; ".join(
+            f"{entity} {e} after {s.isoformat()} until {t.isoformat()}"
+            for e, s, t in list(zip(ends[entity], starts, ends[EVENT_TS], strict=True))[:5]
+        )
+        message = (
+            f"{int(gaps.sum())} gap(s) against frequency '{config.data.frequency}' "
+            f"({missing_points} missing points): {shown}"
+        )
+        if config.validation.on_gap == "error":
+            findings.errors.append(message + "; validation.on_gap is 'error'")
+        else:
+            findings.warnings.append(message + "; windows will not cross them")
