@@ -48,16 +48,13 @@ def materialize(repo: FeastRepo, incremental: bool = False, progress: Progress |
     first, last, ingested_until = repo.offline.bounds()
     end = last + timedelta(seconds=1)
     watermark = _read_watermark(repo)
-    view = repo.store.get_feature_view(SERIES_VIEW)
-    if incremental and watermark is not None and view.most_recent_end_time is not None:
-        start = view.most_recent_end_time
-        if end > start:
-            repo.store.materialize_incremental(end_date=end, feature_views=[SERIES_VIEW])
-        entities = repo.offline.entities(created_after=watermark)
+    if incremental and watermark is not None:
+        # By ingestion time, not event time: late rows older than the last run still count.
+        entities, start = repo.offline.changed_since(watermark)
     else:
-        incremental, start = False, first
-        repo.store.materialize(start_date=first, end_date=end, feature_views=[SERIES_VIEW])
-        entities = repo.offline.entities()
+        incremental, entities, start = False, repo.offline.entities(), first
+    if start is not None:
+        repo.store.materialize(start_date=start, end_date=end, feature_views=[SERIES_VIEW])
     write_windows(repo, entities, progress)
     _write_watermark(repo, ingested_until)
     return MaterializeReport(incremental, len(entities), start, end)
@@ -88,13 +85,20 @@ def push(repo: FeastRepo, rows: pd.DataFrame, origin: str = "pushed rows") -> In
 
 def _read_watermark(repo: FeastRepo) -> datetime | None:
     path = repo.folder / _STATE_FILE
-    if not path.exists():
-        return None
-    return datetime.fromisoformat(json.loads(path.read_text())["ingested_until"])
+    marks = json.loads(path.read_text()) if path.exists() else {}
+    mark = marks.get(_store_identity(repo))
+    return None if mark is None else datetime.fromisoformat(mark)
 
 
 def _write_watermark(repo: FeastRepo, ingested_until: datetime) -> None:
     path = repo.folder / _STATE_FILE
+    marks = json.loads(path.read_text()) if path.exists() else {}
+    marks[_store_identity(repo)] = ingested_until.isoformat()
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"ingested_until": ingested_until.isoformat()}))
+    temporary.write_text(json.dumps(marks, indent=2))
     temporary.replace(path)
+
+
+def _store_identity(repo: FeastRepo) -> str:
+    online = repo.store.config.online_store
+    return f"{online.type}:{getattr(online, 'path', None) or getattr(online, 'connection_string', '')}"

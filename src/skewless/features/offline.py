@@ -109,14 +109,21 @@ class OfflineTable:
             [*parameters, size],
         )
 
-    def entities(self, created_after: datetime | None = None) -> list[Any]:
-        """Entities with any row, or with a row ingested after ``created_after``."""
-        where, parameters = ("", []) if created_after is None else (
-            f"WHERE {CREATED_TS} > ?", [created_after])
+    def entities(self) -> list[Any]:
+        """Every entity with at least one row."""
+        frame = self._query(f"SELECT DISTINCT {self._key} FROM rows ORDER BY {self._key}", [])
+        return frame[self.entity_key].tolist() if not frame.empty else []
+
+    def changed_since(self, created_after: datetime) -> tuple[list[Any], datetime | None]:
+        """Entities with rows ingested after ``created_after``, and those rows' earliest event time."""
         frame = self._query(
-            f"SELECT DISTINCT {self._key} FROM rows {where} ORDER BY {self._key}", parameters
+            f"SELECT {self._key}, min({EVENT_TS}) AS earliest FROM rows WHERE {CREATED_TS} > ? "
+            f"GROUP BY {self._key} ORDER BY {self._key}",
+            [created_after],
         )
-        return frame[self.entity_key].tolist()
+        if frame.empty:
+            return [], None
+        return frame[self.entity_key].tolist(), frame["earliest"].min().to_pydatetime()
 
     def bounds(self) -> tuple[datetime, datetime, datetime]:
         """Earliest and latest event timestamp, and latest ingestion time."""

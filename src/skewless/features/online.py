@@ -57,7 +57,7 @@ class GetOnlineFeaturesReader:
         response = self._store.get_online_features(
             features=[self._feature], entity_rows=[{self._key: e} for e in entities]
         )
-        return response.to_dict()[WINDOW_FEATURE]
+        return [blob or None for blob in response.to_dict()[WINDOW_FEATURE]]
 
 
 class OnlineReadReader:
@@ -73,7 +73,8 @@ class OnlineReadReader:
     def read(self, entities: Sequence[Any]) -> list[bytes | None]:
         keys = [entity_key_proto(self._key, self._type, e) for e in entities]
         rows = self._online.online_read(self._config, self._view, keys, [WINDOW_FEATURE])
-        return [None if values is None else values[WINDOW_FEATURE].bytes_val for _, values in rows]
+        # Stores differ on absent keys (no row, or an empty value); a real window is never empty.
+        return [(values or {}).get(WINDOW_FEATURE, ValueProto()).bytes_val or None for _, values in rows]
 
 
 class RedisHashReader:

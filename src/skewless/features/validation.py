@@ -207,14 +207,16 @@ def _check_spacing(
     involves_new = (timeline[ENTITY_ROW] > 0) | (
         timeline.groupby(entity, sort=False)[ENTITY_ROW].shift(1).fillna(0) > 0
     )
-    off_grid = delta.notna() & (delta % step != pd.Timedelta(0)) & involves_new
+    anchor = timeline.groupby(entity, sort=False)[EVENT_TS].transform("min")
+    off_grid = ((timeline[EVENT_TS] - anchor) % step != pd.Timedelta(0)) & (timeline[ENTITY_ROW] > 0)
     if off_grid.any():
         findings.errors.append(
             f"timestamps off the '{config.data.frequency}' grid of their {entity} at "
             f"{rows_text(timeline.loc[off_grid, ENTITY_ROW])}; resample the source to "
             "the declared frequency or change data.frequency"
         )
-    gaps = delta.notna() & (delta > step) & ~off_grid & involves_new
+        return
+    gaps = delta.notna() & (delta > step) & involves_new
     if gaps.any():
         missing_points = int(((delta[gaps] / step) - 1).sum())
         ends = timeline.loc[gaps, [entity, EVENT_TS]]

@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` (the main job end to end) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/etth.yaml
+export SKEWLESS_HOME ?= $(CURDIR)/skewless_home
+
+.PHONY: demo test lint bench-online clean
+
+# torch first and pinned exactly: a CPU build lies on local disk, anything else downloads GBs.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/skewless ingest $(CONFIG)
+	$(BIN)/skewless apply $(CONFIG)
+	$(BIN)/skewless materialize $(CONFIG)
+	$(BIN)/skewless windows $(CONFIG) --tail 5
+
+test: $(VENV)/.installed-dev
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+bench-online: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/online_read.py
+
+clean:
+	rm -rf $(VENV) skewless_home

@@ -1,0 +1,68 @@
+"""Shared fixtures: configs over temporary homes, and small raw frames shaped like ETTh."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skewless.core.config import SkewlessConfig, load_config
+from skewless.features.ingest import ingest
+from skewless.features.materialize import materialize
+from skewless.features.repo import FeastRepo
+
+ROOT = Path(__file__).resolve().parents[1]
+ETTH_CONFIG = ROOT / "configs" / "etth.yaml"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+VARIABLES = ["OT", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL"]
+
+MakeRepo = Callable[..., FeastRepo]
+
+
+def etth_config(*overrides: str) -> SkewlessConfig:
+    """The shipped config under a unique Feast project, so tests never share online keys."""
+    project = f"t{uuid.uuid4().hex[:10]}"
+    return load_config(ETTH_CONFIG, [f"feature_store.project={project}", *overrides], environ={})
+
+
+def raw_rows(entity: int | None, start: str, hours: int, seed: int = 0) -> pd.DataFrame:
+    """Raw rows as an ETTh CSV holds them: text timestamps, one column per variable."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {"date": pd.date_range(start, periods=hours, freq="h").strftime("%Y-%m-%d %H:%M:%S")}
+    )
+    for column in VARIABLES:
+        frame[column] = rng.normal(10, 3, hours).astype(np.float32).astype(np.float64)
+    if entity is not None:
+        frame["station_id"] = entity
+    return frame
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Iterator[MakeRepo]:
+    """Repos over a fresh home; online stores are torn down afterwards (Redis keys included)."""
+    made: list[FeastRepo] = []
+
+    def make(*overrides: str) -> FeastRepo:
+        repo = FeastRepo(etth_config(*overrides), tmp_path / "home")
+        made.append(repo)
+        return repo
+
+    yield make
+    for repo in made:
+        if "store" in repo.__dict__:
+            repo.store.teardown()
+
+
+@pytest.fixture(scope="session")
+def etth_sqlite(tmp_path_factory: pytest.TempPathFactory) -> FeastRepo:
+    """Both ETTh stations ingested and materialized once into SQLite, for read-only tests."""
+    repo = FeastRepo(etth_config(), tmp_path_factory.mktemp("etth") / "home")
+    ingest(repo)
+    materialize(repo)
+    return repo

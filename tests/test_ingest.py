@@ -1,0 +1,199 @@
+"""Ingestion against real Parquet files: every bad input gets its error and writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from skewless.core.config import PostgresQuery, SourceConfig
+from skewless.core.errors import DataValidationError, SourceError
+from skewless.features.engineering import engineered_columns
+from skewless.features.ingest import ingest, ingest_frames, source_from_path
+from tests.conftest import POSTGRES_DSN, VARIABLES, MakeRepo, raw_rows
+
+
+def stored_rows(repo) -> pd.DataFrame:
+    return repo.offline.history(None, None, None)
+
+
+def test_ingest_appends_new_rows_and_reingest_adds_nothing(make_repo: MakeRepo, tmp_path: Path) -> None:
+    repo = make_repo()
+    first = raw_rows(1, "2020-01-01", 48)
+    path = tmp_path / "first.csv"
+    first.to_csv(path, index=False)
+    (report,) = ingest(repo, [source_from_path(path, None)])
+    assert (report.rows_written, report.rows_already_stored) == (48, 0)
+
+    (again,) = ingest(repo, [source_from_path(path, None)])
+    assert (again.rows_written, again.rows_already_stored) == (0, 48)
+    assert len(stored_rows(repo)) == 48
+
+    newer = pd.concat([first.tail(10), raw_rows(1, "2020-01-03", 24, seed=1)])
+    (more,) = ingest_frames(repo, [("newer", newer)])
+    assert (more.rows_written, more.rows_already_stored) == (24, 10)
+    rows = stored_rows(repo)
+    assert len(rows) == 72 and rows["event_timestamp"].is_monotonic_increasing
+
+
+def test_stored_rows_are_typed_and_carry_calendar_features(make_repo: MakeRepo) -> None:
+    repo = make_repo()
+    raw = raw_rows(7, "2021-03-01 22:00", 5)
+    ingest_frames(repo, [("raw", raw)])
+    rows = stored_rows(repo)
+    assert str(rows["event_timestamp"].dt.tz) == "UTC"
+    assert rows["station_id"].tolist() == [7] * 5
+    for column in [*VARIABLES, *engineered_columns(repo.config)]:
+        assert rows[column].dtype == np.float32, column
+    np.testing.assert_array_equal(rows["OT"].to_numpy(), raw["OT"].to_numpy(dtype=np.float32))
+    # 22:00 and 02:00 sit symmetric around midnight: same cos, opposite sin.
+    assert rows["hour_cos"].iloc[0] == pytest.approx(rows["hour_cos"].iloc[4], abs=1e-6)
+    assert rows["hour_sin"].iloc[0] == pytest.approx(-rows["hour_sin"].iloc[4], abs=1e-6)
+
+
+def test_parquet_and_csv_sources(make_repo: MakeRepo, tmp_path: Path) -> None:
+    repo = make_repo()
+    raw = raw_rows(None, "2020-01-01", 12)
+    raw.to_parquet(tmp_path / "one.parquet")
+    raw.to_csv(tmp_path / "two.csv", index=False)
+    reports = ingest(repo, [source_from_path(tmp_path / "one.parquet", 1), source_from_path(tmp_path / "two.csv", 2)])
+    assert [r.rows_written for r in reports] == [12, 12]
+    assert sorted(repo.offline.entities()) == [1, 2]
+
+
+def _bad(frame: pd.DataFrame, row: int, column: str, value: object) -> pd.DataFrame:
+    frame = frame.copy().astype({column: object})
+    frame.loc[row, column] = value
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda f: f.drop(columns=["HULL"]), ["missing column(s) ['HULL']"]),
+        (lambda f: _bad(f, 3, "date", "yesterday-ish"), ["'date' is empty or not a timestamp", "row 4", "yesterday-ish"]),
+        (lambda f: _bad(f, 5, "MUFL", "n/a?"), ["'MUFL' must be numeric", "'n/a?'", "row 6"]),
+        (lambda f: _bad(f, 2, "OT", float("inf")), ["'OT' is infinite at row 3"]),
+        (lambda f: _bad(f, 1, "station_id", None), ["'station_id' is empty at row 2"]),
+        (lambda f: _bad(f, 1, "station_id", "north"), ["'station_id' must hold integers", "'north'"]),
+        (lambda f: pd.concat([f, f.iloc[[4]]], ignore_index=True), ["share an (station_id, timestamp) pair", "rows 5, 13"]),
+        (lambda f: _bad(f, 6, "date", "2020-01-01 06:30:00"), ["off the 'h' grid", "row 7"]),
+        (lambda f: f.iloc[0:0], ["the source has no rows"]),
+    ],
+)
+def test_bad_rows_are_refused_with_reasons_and_nothing_is_written(
+    make_repo: MakeRepo, mutate, expected: list[str]
+) -> None:
+    repo = make_repo()
+    with pytest.raises(DataValidationError) as error:
+        ingest_frames(repo, [("bad.csv", mutate(raw_rows(1, "2020-01-01", 12)))])
+    message = str(error.value)
+    assert "bad.csv was refused; nothing was written" in message
+    for text in expected:
+        assert text in message
+    assert repo.offline.is_empty()
+
+
+def test_naive_timestamps_need_a_time_zone(make_repo: MakeRepo) -> None:
+    repo = make_repo("data.timezone=null")
+    with pytest.raises(DataValidationError, match="has no time zone; .* set data.timezone"):
+        ingest_frames(repo, [("naive", raw_rows(1, "2020-01-01", 5))])
+    aware = raw_rows(1, "2020-01-01", 5)
+    aware["date"] = pd.to_datetime(aware["date"]).dt.tz_localize("Europe/Berlin").astype(str)
+    ingest_frames(repo, [("aware", aware)])
+    assert stored_rows(repo)["event_timestamp"].iloc[0] == pd.Timestamp("2019-12-31 23:00", tz="UTC")
+
+
+def test_one_bad_source_blocks_the_whole_ingest(make_repo: MakeRepo) -> None:
+    repo = make_repo()
+    good, bad = raw_rows(1, "2020-01-01", 6), _bad(raw_rows(2, "2020-01-01", 6), 0, "OT", "x")
+    with pytest.raises(DataValidationError):
+        ingest_frames(repo, [("good", good), ("bad", bad)])
+    assert repo.offline.is_empty()
+
+
+def test_changed_values_of_stored_rows_are_refused(make_repo: MakeRepo) -> None:
+    repo = make_repo()
+    rows = raw_rows(1, "2020-01-01", 12)
+    ingest_frames(repo, [("first", rows)])
+    changed = rows.copy()
+    changed.loc[3, "OT"] += 1.0
+    with pytest.raises(DataValidationError, match="1 rows were ingested before with different values: row 4"):
+        ingest_frames(repo, [("second", changed)])
+    assert len(stored_rows(repo)) == 12
+
+
+def test_gaps_warn_by_default_and_block_when_configured(make_repo: MakeRepo) -> None:
+    rows = raw_rows(1, "2020-01-01", 12).drop(index=[4, 5, 6])
+    (report,) = ingest_frames(make_repo(), [("gappy", rows)])
+    assert report.rows_written == 9
+    assert any("1 gap(s)" in w and "3 missing points" in w for w in report.warnings)
+
+    strict = make_repo("validation.on_gap=error")
+    with pytest.raises(DataValidationError, match="validation.on_gap is 'error'"):
+        ingest_frames(strict, [("gappy", rows)])
+
+
+def test_gap_at_the_seam_with_stored_rows_is_found(make_repo: MakeRepo) -> None:
+    repo = make_repo()
+    ingest_frames(repo, [("old", raw_rows(1, "2020-01-01", 10))])
+    (report,) = ingest_frames(repo, [("new", raw_rows(1, "2020-01-01 15:00", 5))])
+    assert any("after 2020-01-01T09:00:00+00:00 until 2020-01-01T15:00:00+00:00" in w for w in report.warnings)
+
+
+def test_missing_values_warn_or_block(make_repo: MakeRepo) -> None:
+    rows = _bad(raw_rows(1, "2020-01-01", 8), 2, "LULL", None)
+    (report,) = ingest_frames(make_repo(), [("holes", rows)])
+    assert any("'LULL' is missing at row 3" in w for w in report.warnings)
+    with pytest.raises(DataValidationError, match="validation.on_missing is 'error'"):
+        ingest_frames(make_repo("validation.on_missing=error"), [("holes", rows)])
+
+
+def test_missing_source_file_is_a_clear_error(make_repo: MakeRepo, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        ingest(make_repo(), [source_from_path(tmp_path / "absent.csv", 1)])
+
+
+@pytest.mark.postgres
+def test_postgres_table_and_query_sources(make_repo: MakeRepo) -> None:
+    table = "skewless_raw_test"
+    rows = raw_rows(None, "2020-01-01", 24)
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(
+            f"CREATE TABLE {table} (station_id bigint, date timestamptz, "
+            + ", ".join(f'"{c}" double precision' for c in VARIABLES) + ")"
+        )
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {table} VALUES (%s, %s, {', '.join(['%s'] * len(VARIABLES))})",
+                [(station, f"{d}+00", *values) for station in (1, 2)
+                 for d, *values in rows[["date", *VARIABLES]].itertuples(index=False)],
+            )
+    try:
+        repo = make_repo()
+        from_table = SourceConfig(postgres=PostgresQuery(dsn=POSTGRES_DSN, table=f"public.{table}"))
+        from_query = SourceConfig(
+            postgres=PostgresQuery(dsn=POSTGRES_DSN, query=f"SELECT * FROM {table} WHERE station_id = 2")
+        )
+        (report,) = ingest(repo, [from_table])
+        assert report.rows_written == 48 and sorted(report.entities) == [1, 2]
+        (again,) = ingest(repo, [from_query])
+        assert (again.rows_written, again.rows_already_stored) == (0, 24)
+        stored = stored_rows(repo)
+        np.testing.assert_array_equal(
+            stored.loc[stored.station_id == 1, "OT"].to_numpy(), rows["OT"].to_numpy(dtype=np.float32)
+        )
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+@pytest.mark.postgres
+def test_postgres_errors_are_explained(make_repo: MakeRepo) -> None:
+    source = SourceConfig(postgres=PostgresQuery(dsn=POSTGRES_DSN, table="no_such_table"))
+    with pytest.raises(SourceError, match="cannot read from PostgreSQL"):
+        ingest(make_repo(), [source])
