@@ -186,6 +186,5 @@ def test_window_end_is_stored_beside_the_window(etth_sqlite: FeastRepo) -> None:
     response = etth_sqlite.store.get_online_features(
         features=["series_window:window_end"], entity_rows=[{"station_id": 1}, {"station_id": 2}]
     ).to_dict()
-    ends = [pd.Timestamp(t, unit="s", tz="UTC") if not isinstance(t, pd.Timestamp) else t
-            for t in response["window_end"]]
+    ends = [pd.Timestamp(t) for t in response["window_end"]]
     assert ends == [pd.Timestamp("2018-06-26 19:00", tz="UTC")] * 2

@@ -143,15 +143,15 @@ class OnlineRetrievalStrategy(RetrievalStrategy):
         if self.time_point is None:
             return window
         point = pd.Timestamp(self.time_point)
-        if window.timestamps[0] > point:
+        if window.start > point:
             return FeatureStoreError(
-                f"the online window of {window.entity!r} starts at {window.timestamps[0].isoformat()}, "
+                f"the online window of {window.entity!r} starts at {window.start.isoformat()}, "
                 f"after the time point {point.isoformat()}; use the offline store for older points"
             )
         window = window.until(point)
         required = point.floor(self._step) - self._tolerance
         if window.end < required:
-            return StaleFeaturesError({window.entity: window.end}, required.to_pydatetime())
+            return StaleFeaturesError({window.entity: window.end.to_pydatetime()}, required.to_pydatetime())
         return window
 
 

@@ -11,7 +11,9 @@ gap in the data is still exact.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -19,34 +21,47 @@ import numpy as np
 import pandas as pd
 
 from skewless.core.errors import FeatureStoreError
-from skewless.features.validation import EVENT_TS, VALUE_DTYPE
+from skewless.features.validation import EVENT_TS
 
 MAGIC = b"SKW1"
-_HEADER = np.dtype([("magic", "S4"), ("rows", "<u4"), ("variables", "<u4")])
+_HEADER = struct.Struct("<4sII")
 _TIMES = np.dtype("<i8")
 _VALUES = np.dtype("<f4")
 
 
 @dataclass(frozen=True)
 class Window:
-    """One entity's recent history, in the shape ingestion produced it."""
+    """One entity's recent history, in the shape ingestion produced it.
+
+    Times stay int64 UTC microseconds until asked for as timestamps: building a DatetimeIndex
+    per entity would cost more than the whole online read.
+    """
 
     entity: Any
-    timestamps: pd.DatetimeIndex
+    times_us: np.ndarray  # (rows,) int64 UTC microseconds
     values: np.ndarray  # (rows, variables) float32
     variables: tuple[str, ...]
 
+    @cached_property
+    def timestamps(self) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(self.times_us.astype("datetime64[us]")).tz_localize("UTC")
+
     @property
-    def end(self) -> datetime:
-        return self.timestamps[-1].to_pydatetime()
+    def start(self) -> pd.Timestamp:
+        return pd.Timestamp(int(self.times_us[0]), unit="us", tz="UTC")
+
+    @property
+    def end(self) -> pd.Timestamp:
+        return pd.Timestamp(int(self.times_us[-1]), unit="us", tz="UTC")
 
     def __len__(self) -> int:
-        return len(self.timestamps)
+        return len(self.times_us)
 
     def until(self, time_point: datetime) -> Window:
         """The part of the window known at ``time_point`` (point-in-time correct)."""
-        keep = int(self.timestamps.searchsorted(pd.Timestamp(time_point), side="right"))
-        return Window(self.entity, self.timestamps[:keep], self.values[:keep], self.variables)
+        point = pd.Timestamp(time_point).value // 1000  # ns -> us
+        keep = int(np.searchsorted(self.times_us, point, side="right"))
+        return Window(self.entity, self.times_us[:keep], self.values[:keep], self.variables)
 
     def to_frame(self, entity_key: str) -> pd.DataFrame:
         """Rows as ingestion wrote them: entity, event_timestamp, variables."""
@@ -62,32 +77,25 @@ def pack_window(timestamps: pd.Series | pd.DatetimeIndex, values: np.ndarray) ->
     matrix = np.ascontiguousarray(values, dtype=_VALUES)
     if matrix.ndim != 2 or matrix.shape[0] != len(times):
         raise ValueError(f"values of shape {matrix.shape} do not match {len(times)} timestamps")
-    header = np.array([(MAGIC, matrix.shape[0], matrix.shape[1])], dtype=_HEADER)
-    return header.tobytes() + times.tobytes() + matrix.tobytes()
+    return _HEADER.pack(MAGIC, *matrix.shape) + times.tobytes() + matrix.tobytes()
 
 
 def unpack_window(blob: bytes, entity: Any, variables: tuple[str, ...]) -> Window:
     """Inverse of :func:`pack_window`; refuses blobs written for other variables."""
-    header = np.frombuffer(blob, dtype=_HEADER, count=1)[0]
-    if header["magic"] != MAGIC:
+    magic, rows, width = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
         raise FeatureStoreError(
             f"the online window of {entity!r} is not in skewless format; re-run materialize"
         )
-    rows, width = int(header["rows"]), int(header["variables"])
     if width != len(variables):
         raise FeatureStoreError(
             f"the online window of {entity!r} holds {width} variables but the config declares "
             f"{len(variables)}; re-run 'skewless materialize' after changing variables"
         )
-    offset = _HEADER.itemsize
+    offset = _HEADER.size
     times = np.frombuffer(blob, dtype=_TIMES, count=rows, offset=offset)
     values = np.frombuffer(blob, dtype=_VALUES, count=rows * width, offset=offset + times.nbytes)
-    return Window(
-        entity=entity,
-        timestamps=pd.DatetimeIndex(times.astype("datetime64[us]")).tz_localize("UTC"),
-        values=values.reshape(rows, width).astype(VALUE_DTYPE, copy=False),
-        variables=variables,
-    )
+    return Window(entity, times, values.reshape(rows, width), variables)
 
 
 def pack_windows(tails: pd.DataFrame, entity_key: str, variables: list[str]) -> pd.DataFrame:

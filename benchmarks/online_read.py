@@ -1,0 +1,164 @@
+"""Lookback windows (7 variables x 336 points) for 1-1,000 entities: online readers vs offline.
+
+Side by side in one run, on one machine:
+- SQLite and Redis online stores, through each reader in skewless.features.online
+  (Feast's get_online_features, Feast's online_read, the Redis hash reader), including unpacking
+  into Window objects, i.e. what serving pays;
+- the same windows built through Feast's offline point-in-time path (get_historical_features on
+  an entity frame of 336 timestamps per entity).
+
+Entities beyond the two real stations are synthetic: each copies the last rows of station 1 or 2,
+scaled and shifted by its id. Results: benchmarks/results/online_read.json.
+
+    python benchmarks/online_read.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skewless.core.config import load_config
+from skewless.features.ingest import ingest_frames
+from skewless.features.materialize import materialize
+from skewless.features.online import READERS, window_reader
+from skewless.features.repo import SERIES_VIEW, FeastRepo
+from skewless.features.strategies import OnlineRetrievalStrategy
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "online_read.json"
+LOOKBACK = 336
+HISTORY = LOOKBACK + 24
+COUNTS = (1, 10, 100, 1000)
+VARIABLES = ["OT", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL"]
+
+
+def synthetic_rows(entities: int) -> pd.DataFrame:
+    """HISTORY hourly rows per entity, derived from the real stations."""
+    stations = [pd.read_csv(ROOT / "data" / f"ETTh{i}.csv").tail(HISTORY) for i in (1, 2)]
+    frames = []
+    for entity in range(1, entities + 1):
+        rows = stations[entity % 2].copy()
+        rows[VARIABLES] = rows[VARIABLES] * (1 + entity / 1000) + entity % 7
+        rows["station_id"] = entity
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)
+
+
+def build_repo(home: Path, store: str, rows: pd.DataFrame) -> FeastRepo:
+    overrides = [f"feature_store.project=bench_{store}", f"feature_store.window_size={LOOKBACK}"]
+    if store == "redis":
+        overrides += ["feature_store.online_store.type=redis",
+                      "feature_store.online_store.url=redis://127.0.0.1:6379/0"]
+    repo = FeastRepo(load_config(ROOT / "configs" / "etth.yaml", overrides, environ={}), home)
+    ingest_frames(repo, [("synthetic", rows)])
+    materialize(repo)
+    return repo
+
+
+def timed(call: Callable[[], object], calls: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    gc.collect()
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def record(store: str, method: str, entities: int, samples: list[float]) -> dict[str, object]:
+    return {
+        "store": store,
+        "method": method,
+        "entities": entities,
+        "calls": len(samples),
+        "p50_ms": round(float(np.percentile(samples, 50)), 3),
+        "p99_ms": round(float(np.percentile(samples, 99)), 3),
+        "mean_ms": round(statistics.fmean(samples), 3),
+    }
+
+
+def online_records(repo: FeastRepo, store: str, quick: bool) -> list[dict[str, object]]:
+    out = []
+    for method in READERS:
+        if method == "redis_hash" and store != "redis":
+            continue
+        strategy = OnlineRetrievalStrategy(repo, None, window_reader(repo, method))
+        for count in COUNTS:
+            entities = list(range(1, count + 1))
+            calls = (20 if count >= 1000 else 50) if quick else (100 if count >= 1000 else 500)
+            samples = timed(lambda e=entities: strategy.retrieve(e), calls, warmup=5)
+            out.append(record(store, method, count, samples))
+            print_row(out[-1])
+    return out
+
+
+def offline_records(repo: FeastRepo, quick: bool) -> list[dict[str, object]]:
+    """Windows through Feast's point-in-time join: one entity row per (entity, window point)."""
+    end = repo.offline.bounds()[1]
+    points = pd.date_range(end=end, periods=LOOKBACK, freq="h")
+    features = [f"{SERIES_VIEW}:{v}" for v in VARIABLES]
+    out = []
+    for count in COUNTS:
+        entity_rows = pd.DataFrame(
+            {"station_id": np.repeat(np.arange(1, count + 1), LOOKBACK),
+             "event_timestamp": np.tile(points, count)}
+        )
+
+        def build(rows: pd.DataFrame = entity_rows) -> object:
+            frame = repo.store.get_historical_features(entity_df=rows, features=features).to_df()
+            return frame.sort_values(["station_id", "event_timestamp"])[VARIABLES].to_numpy(np.float32)
+
+        calls = 3 if quick or count >= 1000 else 10
+        out.append(record("offline", "get_historical_features", count, timed(build, calls, warmup=1)))
+        print_row(out[-1])
+    return out
+
+
+def print_row(row: dict[str, object]) -> None:
+    print(f"{row['store']:>8} {row['method']:>24} {row['entities']:>5} entities: "
+          f"p50 {row['p50_ms']:>9.2f} ms  p99 {row['p99_ms']:>9.2f} ms  ({row['calls']} calls)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls, for a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    rows = synthetic_rows(max(COUNTS))
+    records: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as home:
+        for store in ("sqlite", "redis"):
+            repo = build_repo(Path(home), store, rows)
+            try:
+                records += online_records(repo, store, args.quick)
+                if store == "sqlite":
+                    records += offline_records(repo, args.quick)
+            finally:
+                repo.store.teardown()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "online_read",
+        "window": {"variables": len(VARIABLES), "points": LOOKBACK},
+        "run_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "records": records,
+    }, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
