@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +59,10 @@ def synthetic_rows(entities: int) -> pd.DataFrame:
 def build_repo(home: Path, store: str, rows: pd.DataFrame) -> FeastRepo:
     overrides = [f"feature_store.project=bench_{store}", f"feature_store.window_size={LOOKBACK}"]
     if store == "redis":
-        overrides += ["feature_store.online_store.type=redis",
-                      "feature_store.online_store.url=redis://127.0.0.1:6379/0"]
+        overrides += [
+            "feature_store.online_store.type=redis",
+            "feature_store.online_store.url=redis://127.0.0.1:6379/0",
+        ]
     repo = FeastRepo(load_config(ROOT / "configs" / "etth.yaml", overrides, environ={}), home)
     ingest_frames(repo, [("synthetic", rows)])
     materialize(repo)
@@ -100,7 +102,7 @@ def online_records(repo: FeastRepo, store: str, quick: bool) -> list[dict[str, o
         for count in COUNTS:
             entities = list(range(1, count + 1))
             calls = (20 if count >= 1000 else 50) if quick else (100 if count >= 1000 else 500)
-            samples = timed(lambda e=entities: strategy.retrieve(e), calls, warmup=5)
+            samples = timed(lambda e=entities, s=strategy: s.retrieve(e), calls, warmup=5)
             out.append(record(store, method, count, samples))
             print_row(out[-1])
     return out
@@ -114,23 +116,32 @@ def offline_records(repo: FeastRepo, quick: bool) -> list[dict[str, object]]:
     out = []
     for count in COUNTS:
         entity_rows = pd.DataFrame(
-            {"station_id": np.repeat(np.arange(1, count + 1), LOOKBACK),
-             "event_timestamp": np.tile(points, count)}
+            {
+                "station_id": np.repeat(np.arange(1, count + 1), LOOKBACK),
+                "event_timestamp": np.tile(points, count),
+            }
         )
 
         def build(rows: pd.DataFrame = entity_rows) -> object:
             frame = repo.store.get_historical_features(entity_df=rows, features=features).to_df()
-            return frame.sort_values(["station_id", "event_timestamp"])[VARIABLES].to_numpy(np.float32)
+            return frame.sort_values(["station_id", "event_timestamp"])[VARIABLES].to_numpy(
+                np.float32
+            )
 
         calls = 3 if quick or count >= 1000 else 10
-        out.append(record("offline", "get_historical_features", count, timed(build, calls, warmup=1)))
+        out.append(
+            record("offline", "get_historical_features", count, timed(build, calls, warmup=1))
+        )
         print_row(out[-1])
     return out
 
 
 def print_row(row: dict[str, object]) -> None:
-    print(f"{row['store']:>8} {row['method']:>24} {row['entities']:>5} entities: "
-          f"p50 {row['p50_ms']:>9.2f} ms  p99 {row['p99_ms']:>9.2f} ms  ({row['calls']} calls)", flush=True)
+    print(
+        f"{row['store']:>8} {row['method']:>24} {row['entities']:>5} entities: "
+        f"p50 {row['p50_ms']:>9.2f} ms  p99 {row['p99_ms']:>9.2f} ms  ({row['calls']} calls)",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -150,13 +161,22 @@ def main() -> None:
             finally:
                 repo.store.teardown()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "online_read",
-        "window": {"variables": len(VARIABLES), "points": LOOKBACK},
-        "run_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
-        "records": records,
-    }, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "online_read",
+                "window": {"variables": len(VARIABLES), "points": LOOKBACK},
+                "run_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": __import__("os").cpu_count(),
+                },
+                "records": records,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

@@ -35,10 +35,19 @@ def test_shipped_config_is_valid_and_resolves_sources() -> None:
 @pytest.mark.parametrize(
     ("mutation", "expected"),
     [
-        ({"feature_store.online_store.type": "cassandra"}, ["feature_store.online_store", "'sqlite', 'redis'", "cassandra"]),
+        (
+            {"feature_store.online_store.type": "cassandra"},
+            ["feature_store.online_store", "'sqlite', 'redis'", "cassandra"],
+        ),
         ({"data.frequency": "MS"}, ["data.frequency", "no fixed length", "'MS'"]),
-        ({"data.frequency": "fortnightly"}, ["data.frequency", "not a pandas frequency", "fortnightly"]),
-        ({"feature_store.window_size": 0}, ["feature_store.window_size", "greater than or equal to 1", "0"]),
+        (
+            {"data.frequency": "fortnightly"},
+            ["data.frequency", "not a pandas frequency", "fortnightly"],
+        ),
+        (
+            {"feature_store.window_size": 0},
+            ["feature_store.window_size", "greater than or equal to 1", "0"],
+        ),
         ({"data.timezone": "Mars/Olympus"}, ["data.timezone", "unknown time zone", "Mars/Olympus"]),
         ({"data.tragets": ["OT"]}, ["data.tragets", "unknown key"]),
         ({"validation.on_gap": "ignore"}, ["validation.on_gap", "'warn' or 'error'", "ignore"]),
@@ -65,7 +74,11 @@ def test_missing_required_key_is_named(tmp_path: Path) -> None:
 def test_set_overrides_any_key_with_yaml_typed_values() -> None:
     config = load_config(
         ETTH_CONFIG,
-        ["feature_store.window_size=336", "feature_store.online_store.type=redis", "data.covariates=[HUFL]"],
+        [
+            "feature_store.window_size=336",
+            "feature_store.online_store.type=redis",
+            "data.covariates=[HUFL]",
+        ],
         environ={},
     )
     assert config.feature_store.window_size == 336
@@ -95,3 +108,13 @@ def test_unreadable_config_files(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("data: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml", environ={})
+
+
+def test_store_errors_name_the_key_users_write() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(
+            ETTH_CONFIG,
+            ["feature_store.online_store.type=redis", "feature_store.online_store.url=http://x"],
+            environ={},
+        )
+    assert "feature_store.online_store.url: 'http://x' is not a redis:// URL" in str(error.value)

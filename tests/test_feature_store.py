@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,7 +25,9 @@ from skewless.features.strategies import (
 from tests.conftest import REDIS_URL, VARIABLES, MakeRepo, raw_rows
 
 
-def assert_windows_equal_offline_tail(repo: FeastRepo, entities: list, method: str | None = None) -> None:
+def assert_windows_equal_offline_tail(
+    repo: FeastRepo, entities: list, method: str | None = None
+) -> None:
     size = repo.config.feature_store.window_size
     strategy = OnlineRetrievalStrategy(repo, None, window_reader(repo, method))
     windows = strategy.retrieve(entities).windows
@@ -32,7 +35,9 @@ def assert_windows_equal_offline_tail(repo: FeastRepo, entities: list, method: s
         expected = repo.offline.tail(size, [entity])
         window = windows[entity]
         assert len(window) == min(size, len(expected))
-        np.testing.assert_array_equal(window.timestamps, pd.DatetimeIndex(expected["event_timestamp"]))
+        np.testing.assert_array_equal(
+            window.timestamps, pd.DatetimeIndex(expected["event_timestamp"])
+        )
         np.testing.assert_array_equal(window.values, expected[VARIABLES].to_numpy())
 
 
@@ -42,7 +47,9 @@ def test_online_windows_equal_the_last_rows_offline(etth_sqlite: FeastRepo) -> N
 
 def test_point_in_time_join_equals_merge_asof(etth_sqlite: FeastRepo) -> None:
     rng = np.random.default_rng(3)
-    stamps = pd.Timestamp("2016-06-30", tz="UTC") + pd.to_timedelta(rng.integers(0, 720 * 24 * 60, 400), "min")
+    stamps = pd.Timestamp("2016-06-30", tz="UTC") + pd.to_timedelta(
+        rng.integers(0, 720 * 24 * 60, 400), "min"
+    )
     entity_rows = pd.DataFrame({"station_id": rng.integers(1, 3, 400), "event_timestamp": stamps})
     strategy = StrategyFactory(etth_sqlite).create("tabular", "offline", None)
     assert isinstance(strategy, TabularRetrievalStrategy)
@@ -54,20 +61,26 @@ def test_point_in_time_join_equals_merge_asof(etth_sqlite: FeastRepo) -> None:
     reference = pd.merge_asof(
         entity_rows.sort_values("event_timestamp"),
         stored[["station_id", "event_timestamp", *columns]].sort_values("event_timestamp"),
-        on="event_timestamp", by="station_id", direction="backward",
+        on="event_timestamp",
+        by="station_id",
+        direction="backward",
     )
     key = ["station_id", "event_timestamp"]
     got = joined.sort_values(key).reset_index(drop=True)
     want = reference.sort_values(key).reset_index(drop=True)
     assert len(got) == 400
-    assert got[columns].isna().sum().sum() == want[columns].isna().sum().sum() > 0  # some before the data
+    assert (
+        got[columns].isna().sum().sum() == want[columns].isna().sum().sum() > 0
+    )  # some before the data
     pd.testing.assert_frame_equal(got[key + columns], want[key + columns], check_dtype=False)
 
 
 def test_timeseries_strategy_returns_history_up_to_the_time_point(etth_sqlite: FeastRepo) -> None:
     facade = FeatureStoreFacade(etth_sqlite.config, mode="offline", home=etth_sqlite.home)
     history = facade.load_features("2016-07-02T05:00:00Z", [2])
-    assert isinstance(facade._factory.create("timeseries", "offline", None), TimeseriesRetrievalStrategy)
+    assert isinstance(
+        facade._factory.create("timeseries", "offline", None), TimeseriesRetrievalStrategy
+    )
     assert len(history) == 30 and set(history["station_id"]) == {2}
     assert history["event_timestamp"].iloc[-1] == pd.Timestamp("2016-07-02 05:00", tz="UTC")
 
@@ -93,13 +106,17 @@ def test_unknown_entities_are_listed(etth_sqlite: FeastRepo) -> None:
 
 def test_stale_windows_are_reported_not_used(etth_sqlite: FeastRepo) -> None:
     facade = FeatureStoreFacade(etth_sqlite.config, mode="online", home=etth_sqlite.home)
-    with pytest.raises(StaleFeaturesError, match="stale online windows for 1 .*ends 2018-06-26T19:00:00"):
+    with pytest.raises(
+        StaleFeaturesError, match="stale online windows for 1 .*ends 2018-06-26T19:00:00"
+    ):
         facade.load_features("now", [1, 2])
     # One period late is within the default tolerance; two are not.
     assert facade.load_features("2018-06-26T20:59:00Z", [1]).windows[1].end.hour == 19
     with pytest.raises(StaleFeaturesError):
         facade.load_features("2018-06-26T21:00:00Z", [1])
-    strategy = OnlineRetrievalStrategy(etth_sqlite, pd.Timestamp("2018-06-27", tz="UTC").to_pydatetime())
+    strategy = OnlineRetrievalStrategy(
+        etth_sqlite, pd.Timestamp("2018-06-27", tz="UTC").to_pydatetime()
+    )
     result = strategy.retrieve([1, 2, 5])
     assert set(result.problems) == {1, 2, 5} and not result.windows
 
@@ -111,16 +128,25 @@ def test_time_point_before_the_window_is_refused(etth_sqlite: FeastRepo) -> None
 
 
 def test_factory_refuses_unknown_combinations(etth_sqlite: FeastRepo) -> None:
-    with pytest.raises(FeatureStoreError, match="timeseries/offline, tabular/offline, timeseries/online"):
+    with pytest.raises(
+        FeatureStoreError, match="timeseries/offline, tabular/offline, timeseries/online"
+    ):
         StrategyFactory(etth_sqlite).create("tabular", "online", None)  # type: ignore[arg-type]
 
 
 def test_generated_repo_works_with_the_feast_cli(etth_sqlite: FeastRepo) -> None:
     feast = [sys.executable, "-c", "from feast.cli.cli import cli; cli()"]
-    listed = subprocess.run([*feast, "feature-views", "list"], cwd=etth_sqlite.folder,
-                            capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        [*feast, "feature-views", "list"],
+        cwd=etth_sqlite.folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "series_window" in listed.stdout and "series " in listed.stdout
-    planned = subprocess.run([*feast, "plan"], cwd=etth_sqlite.folder, capture_output=True, text=True)
+    planned = subprocess.run(
+        [*feast, "plan"], cwd=etth_sqlite.folder, capture_output=True, text=True
+    )
     assert planned.returncode == 0, planned.stderr
     assert "series_window" in planned.stdout  # repo.py was imported and rebuilt the objects
 
@@ -132,7 +158,9 @@ def test_materialize_before_ingest_is_explained(make_repo: MakeRepo) -> None:
 
 def _incremental_cycle(repo: FeastRepo) -> None:
     """Full materialize, then incremental after new rows, then push; windows follow each step."""
-    ingest_frames(repo, [("a", raw_rows(1, "2020-01-01", 40)), ("b", raw_rows(2, "2020-01-01", 40, seed=2))])
+    ingest_frames(
+        repo, [("a", raw_rows(1, "2020-01-01", 40)), ("b", raw_rows(2, "2020-01-01", 40, seed=2))]
+    )
     full = materialize(repo)
     assert not full.incremental and full.entities_updated == 2
     assert_windows_equal_offline_tail(repo, [1, 2])
@@ -161,13 +189,20 @@ def test_incremental_materialize_and_push_on_sqlite(make_repo: MakeRepo) -> None
 
 @pytest.mark.redis
 def test_incremental_materialize_and_push_on_redis(make_repo: MakeRepo) -> None:
-    _incremental_cycle(make_repo("feature_store.window_size=24", "feature_store.online_store.type=redis",
-                                 f"feature_store.online_store.url={REDIS_URL}"))
+    _incremental_cycle(
+        make_repo(
+            "feature_store.window_size=24",
+            "feature_store.online_store.type=redis",
+            f"feature_store.online_store.url={REDIS_URL}",
+        )
+    )
 
 
 @pytest.mark.redis
 def test_every_reader_returns_the_same_windows_on_redis(make_repo: MakeRepo) -> None:
-    repo = make_repo("feature_store.online_store.type=redis", f"feature_store.online_store.url={REDIS_URL}")
+    repo = make_repo(
+        "feature_store.online_store.type=redis", f"feature_store.online_store.url={REDIS_URL}"
+    )
     ingest_frames(repo, [(str(e), raw_rows(e, "2020-01-01", 30 + e, seed=e)) for e in (1, 2, 3)])
     materialize(repo)
     blobs = {method: window_reader(repo, method).read([3, 1, 42, 2]) for method in READERS}

@@ -20,7 +20,9 @@ def stored_rows(repo) -> pd.DataFrame:
     return repo.offline.history(None, None, None)
 
 
-def test_ingest_appends_new_rows_and_reingest_adds_nothing(make_repo: MakeRepo, tmp_path: Path) -> None:
+def test_ingest_appends_new_rows_and_reingest_adds_nothing(
+    make_repo: MakeRepo, tmp_path: Path
+) -> None:
     repo = make_repo()
     first = raw_rows(1, "2020-01-01", 48)
     path = tmp_path / "first.csv"
@@ -59,7 +61,10 @@ def test_parquet_and_csv_sources(make_repo: MakeRepo, tmp_path: Path) -> None:
     raw = raw_rows(None, "2020-01-01", 12)
     raw.to_parquet(tmp_path / "one.parquet")
     raw.to_csv(tmp_path / "two.csv", index=False)
-    reports = ingest(repo, [source_from_path(tmp_path / "one.parquet", 1), source_from_path(tmp_path / "two.csv", 2)])
+    reports = ingest(
+        repo,
+        [source_from_path(tmp_path / "one.parquet", 1), source_from_path(tmp_path / "two.csv", 2)],
+    )
     assert [r.rows_written for r in reports] == [12, 12]
     assert sorted(repo.offline.entities()) == [1, 2]
 
@@ -74,12 +79,21 @@ def _bad(frame: pd.DataFrame, row: int, column: str, value: object) -> pd.DataFr
     ("mutate", "expected"),
     [
         (lambda f: f.drop(columns=["HULL"]), ["missing column(s) ['HULL']"]),
-        (lambda f: _bad(f, 3, "date", "yesterday-ish"), ["'date' is empty or not a timestamp", "row 4", "yesterday-ish"]),
+        (
+            lambda f: _bad(f, 3, "date", "yesterday-ish"),
+            ["'date' is empty or not a timestamp", "row 4", "yesterday-ish"],
+        ),
         (lambda f: _bad(f, 5, "MUFL", "n/a?"), ["'MUFL' must be numeric", "'n/a?'", "row 6"]),
         (lambda f: _bad(f, 2, "OT", float("inf")), ["'OT' is infinite at row 3"]),
         (lambda f: _bad(f, 1, "station_id", None), ["'station_id' is empty at row 2"]),
-        (lambda f: _bad(f, 1, "station_id", "north"), ["'station_id' must hold integers", "'north'"]),
-        (lambda f: pd.concat([f, f.iloc[[4]]], ignore_index=True), ["share an (station_id, timestamp) pair", "rows 5, 13"]),
+        (
+            lambda f: _bad(f, 1, "station_id", "north"),
+            ["'station_id' must hold integers", "'north'"],
+        ),
+        (
+            lambda f: pd.concat([f, f.iloc[[4]]], ignore_index=True),
+            ["share an (station_id, timestamp) pair", "rows 5, 13"],
+        ),
         (lambda f: _bad(f, 6, "date", "2020-01-01 06:30:00"), ["off the 'h' grid", "row 7"]),
         (lambda f: f.iloc[0:0], ["the source has no rows"]),
     ],
@@ -104,7 +118,9 @@ def test_naive_timestamps_need_a_time_zone(make_repo: MakeRepo) -> None:
     aware = raw_rows(1, "2020-01-01", 5)
     aware["date"] = pd.to_datetime(aware["date"]).dt.tz_localize("Europe/Berlin").astype(str)
     ingest_frames(repo, [("aware", aware)])
-    assert stored_rows(repo)["event_timestamp"].iloc[0] == pd.Timestamp("2019-12-31 23:00", tz="UTC")
+    assert stored_rows(repo)["event_timestamp"].iloc[0] == pd.Timestamp(
+        "2019-12-31 23:00", tz="UTC"
+    )
 
 
 def test_one_bad_source_blocks_the_whole_ingest(make_repo: MakeRepo) -> None:
@@ -121,7 +137,9 @@ def test_changed_values_of_stored_rows_are_refused(make_repo: MakeRepo) -> None:
     ingest_frames(repo, [("first", rows)])
     changed = rows.copy()
     changed.loc[3, "OT"] += 1.0
-    with pytest.raises(DataValidationError, match="1 rows were ingested before with different values: row 4"):
+    with pytest.raises(
+        DataValidationError, match="1 rows were ingested before with different values: row 4"
+    ):
         ingest_frames(repo, [("second", changed)])
     assert len(stored_rows(repo)) == 12
 
@@ -141,7 +159,10 @@ def test_gap_at_the_seam_with_stored_rows_is_found(make_repo: MakeRepo) -> None:
     repo = make_repo()
     ingest_frames(repo, [("old", raw_rows(1, "2020-01-01", 10))])
     (report,) = ingest_frames(repo, [("new", raw_rows(1, "2020-01-01 15:00", 5))])
-    assert any("after 2020-01-01T09:00:00+00:00 until 2020-01-01T15:00:00+00:00" in w for w in report.warnings)
+    assert any(
+        "after 2020-01-01T09:00:00+00:00 until 2020-01-01T15:00:00+00:00" in w
+        for w in report.warnings
+    )
 
 
 def test_missing_values_warn_or_block(make_repo: MakeRepo) -> None:
@@ -165,19 +186,25 @@ def test_postgres_table_and_query_sources(make_repo: MakeRepo) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute(
             f"CREATE TABLE {table} (station_id bigint, date timestamptz, "
-            + ", ".join(f'"{c}" double precision' for c in VARIABLES) + ")"
+            + ", ".join(f'"{c}" double precision' for c in VARIABLES)
+            + ")"
         )
         with conn.cursor() as cursor:
             cursor.executemany(
                 f"INSERT INTO {table} VALUES (%s, %s, {', '.join(['%s'] * len(VARIABLES))})",
-                [(station, f"{d}+00", *values) for station in (1, 2)
-                 for d, *values in rows[["date", *VARIABLES]].itertuples(index=False)],
+                [
+                    (station, f"{d}+00", *values)
+                    for station in (1, 2)
+                    for d, *values in rows[["date", *VARIABLES]].itertuples(index=False)
+                ],
             )
     try:
         repo = make_repo()
         from_table = SourceConfig(postgres=PostgresQuery(dsn=POSTGRES_DSN, table=f"public.{table}"))
         from_query = SourceConfig(
-            postgres=PostgresQuery(dsn=POSTGRES_DSN, query=f"SELECT * FROM {table} WHERE station_id = 2")
+            postgres=PostgresQuery(
+                dsn=POSTGRES_DSN, query=f"SELECT * FROM {table} WHERE station_id = 2"
+            )
         )
         (report,) = ingest(repo, [from_table])
         assert report.rows_written == 48 and sorted(report.entities) == [1, 2]
@@ -185,7 +212,8 @@ def test_postgres_table_and_query_sources(make_repo: MakeRepo) -> None:
         assert (again.rows_written, again.rows_already_stored) == (0, 24)
         stored = stored_rows(repo)
         np.testing.assert_array_equal(
-            stored.loc[stored.station_id == 1, "OT"].to_numpy(), rows["OT"].to_numpy(dtype=np.float32)
+            stored.loc[stored.station_id == 1, "OT"].to_numpy(),
+            rows["OT"].to_numpy(dtype=np.float32),
         )
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:

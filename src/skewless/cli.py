@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -46,8 +47,9 @@ EntityOpt = Annotated[
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress")] = False) -> None:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # noisy, harmless: STACK.md
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.ERROR,
         format="%(message)s",
@@ -61,13 +63,16 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except SkewlessError as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
 def _repo(config: Path, overrides: list[str] | None) -> FeastRepo:
     from skewless.features.repo import FeastRepo
 
+    # Importing Feast turns DeprecationWarnings back on; the ones it then triggers are harmless
+    # noise from its dependencies (STACK.md), so they are silenced for CLI users.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     return FeastRepo(_config(config, overrides), skewless_home())
 
 
@@ -78,7 +83,9 @@ def _config(path: Path, overrides: list[str] | None) -> SkewlessConfig:
 @app.command()
 def ingest(
     config: ConfigArg,
-    source: Annotated[Optional[Path], typer.Option(help="ingest this CSV/Parquet file instead of data.sources")] = None,  # noqa: UP045
+    source: Annotated[
+        Path | None, typer.Option(help="ingest this CSV/Parquet file instead of data.sources")
+    ] = None,
     entity: EntityOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -117,7 +124,9 @@ def materialize(
         with _progress() as progress:
             task = progress.add_task("windows", total=None)
             report = run_materialize(
-                repo, incremental, lambda done, total: progress.update(task, completed=done, total=total)
+                repo,
+                incremental,
+                lambda done, total: progress.update(task, completed=done, total=total),
             )
         kind = "incremental" if report.incremental else "full"
         console.print(
@@ -148,8 +157,12 @@ def push(
 @app.command()
 def windows(
     config: ConfigArg,
-    entity: Annotated[Optional[list[str]], typer.Option(help="entity id; repeat for several (default: all)")] = None,  # noqa: UP045
-    at: Annotated[Optional[str], typer.Option(help="time point: 'now' or ISO timestamp (default: latest)")] = None,  # noqa: UP045
+    entity: Annotated[
+        list[str] | None, typer.Option(help="entity id; repeat for several (default: all)")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option(help="time point: 'now' or ISO timestamp (default: latest)")
+    ] = None,
     tail: Annotated[int, typer.Option(min=1, help="rows to show per entity")] = 3,
     set_: SetOpt = None,
 ) -> None:
@@ -157,11 +170,10 @@ def windows(
     with _user_errors():
         from skewless.features.facade import FeatureStoreFacade
 
-        cfg = _config(config, set_)
-        facade = FeatureStoreFacade(cfg, mode="online", home=skewless_home())
-        chosen = entity or facade.repo.offline.entities()
-        if cfg.data.entity_type == "int64":
-            chosen = [int(e) for e in chosen]
+        repo = _repo(config, set_)
+        cfg = repo.config
+        facade = FeatureStoreFacade(cfg, mode="online", home=repo.home)
+        chosen = _entity_ids(entity, cfg) if entity else repo.offline.entities()
         result = facade.load_features(at, chosen)
         table = Table(title=f"online windows of '{cfg.project}' (last {tail} rows each)")
         for column in [cfg.data.entity_key, "timestamp", *cfg.data.variables]:
@@ -173,13 +185,32 @@ def windows(
         console.print(table)
         for key in chosen:
             window = result.windows[key]
-            console.print(f"{cfg.data.entity_key} {key}: {len(window)} points, ending {window.end.isoformat()}")
+            console.print(
+                f"{cfg.data.entity_key} {key}: {len(window)} points, "
+                f"ending {window.end.isoformat()}"
+            )
+
+
+def _entity_ids(values: list[str], config: SkewlessConfig) -> list[int | str]:
+    if config.data.entity_type == "string":
+        return list(values)
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{values} must be integer ids, because data.entity_type is int64",
+            param_hint="--entity",
+        ) from None
 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
 
 
@@ -189,8 +220,11 @@ def _print_ingest(reports: list[IngestReport]) -> None:
         table.add_column(column, justify="left" if column == "source" else "right")
     for report in reports:
         table.add_row(
-            report.origin, str(report.rows_read), str(report.rows_written),
-            str(report.rows_already_stored), ", ".join(str(e) for e in report.entities),
+            report.origin,
+            str(report.rows_read),
+            str(report.rows_written),
+            str(report.rows_already_stored),
+            ", ".join(str(e) for e in report.entities),
         )
     console.print(table)
     for report in reports:

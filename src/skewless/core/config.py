@@ -92,7 +92,9 @@ class DataConfig(_Strict):
             try:
                 ZoneInfo(value)
             except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise ValueError(f"unknown time zone '{value}' (use an IANA name such as 'UTC')") from exc
+                raise ValueError(
+                    f"unknown time zone '{value}' (use an IANA name such as 'UTC')"
+                ) from exc
         return value
 
     @model_validator(mode="after")
@@ -112,7 +114,7 @@ class DataConfig(_Strict):
 class FeaturesConfig(_Strict):
     """Engineered features, computed by one function at ingest and at serving."""
 
-    calendar: list[CalendarFeature] = Field(default_factory=lambda: ["hour", "day_of_week", "month"])
+    calendar: list[CalendarFeature] = Field(default=["hour", "day_of_week", "month"])
 
 
 class SqliteOnlineStore(_Strict):
@@ -134,6 +136,7 @@ class RedisOnlineStore(_Strict):
 
 
 OnlineStoreConfig = Annotated[SqliteOnlineStore | RedisOnlineStore, Field(discriminator="type")]
+_STORE_TAGS = ("sqlite", "redis")
 
 
 class FeatureStoreConfig(_Strict):
@@ -204,10 +207,12 @@ def load_config(
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(raw).__name__}")
+        raise ConfigError(
+            f"config file '{path}' must hold a mapping of keys, not {type(raw).__name__}"
+        )
     env = os.environ if environ is None else environ
     env_overrides = [
-        f"{key[len(ENV_PREFIX):].lower().replace('__', '.')}={value}"
+        f"{key[len(ENV_PREFIX) :].lower().replace('__', '.')}={value}"
         for key, value in sorted(env.items())
         if key.startswith(ENV_PREFIX)
     ]
@@ -227,7 +232,9 @@ def validate_config(raw: dict[str, Any], origin: str = "config") -> SkewlessConf
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        # A discriminated union adds its tag to the path (online_store.redis.url): drop it.
+        parts = [p for p in error["loc"] if p not in _STORE_TAGS]
+        key = ".".join(str(part) for part in parts) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key; check its spelling against docs/config.md"

@@ -48,7 +48,9 @@ class StaleFeaturesError(FeatureStoreError):
 
     def __init__(self, window_ends: Mapping[object, datetime], required_end: datetime) -> None:
         self.window_ends = dict(window_ends)
-        shown = ", ".join(f"{e!r} (ends {t.isoformat()})" for e, t in list(window_ends.items())[:20])
+        shown = ", ".join(
+            f"{e!r} (ends {t.isoformat()})" for e, t in list(window_ends.items())[:20]
+        )
         super().__init__(
             f"stale online windows for {shown}: serving at this time point needs data up to "
             f"{required_end.isoformat()}; push or materialize newer rows, or ask for an "

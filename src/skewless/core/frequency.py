@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 from pandas.tseries.offsets import Tick
 
@@ -13,7 +15,9 @@ def parse_frequency(alias: str) -> pd.Timedelta:
     window timestamps could not be exact; they are refused with the list of what works.
     """
     try:
-        offset = pd.tseries.frequencies.to_offset(alias)
+        with warnings.catch_warnings():  # deprecated aliases warn; the message below is enough
+            warnings.simplefilter("ignore", FutureWarning)
+            offset = pd.tseries.frequencies.to_offset(alias)
     except (ValueError, TypeError) as exc:
         raise ValueError(
             f"'{alias}' is not a pandas frequency alias; use a fixed step such as "

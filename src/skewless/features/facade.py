@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def parse_time_point(value: TimePoint, zone: str | None) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str) and value.strip().lower() == "now":
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     try:
         stamp = pd.Timestamp(value)
     except ValueError as exc:

@@ -60,7 +60,9 @@ def ingest(repo: FeastRepo, sources: Sequence[SourceConfig] | None = None) -> li
     return reports
 
 
-def ingest_frames(repo: FeastRepo, frames: Sequence[tuple[str, pd.DataFrame]]) -> list[IngestReport]:
+def ingest_frames(
+    repo: FeastRepo, frames: Sequence[tuple[str, pd.DataFrame]]
+) -> list[IngestReport]:
     """Validate every (origin, raw rows) pair, then append the new rows of all of them."""
     with repo.offline.write_lock():
         batches = [_validate(repo, origin, raw) for origin, raw in frames]
@@ -70,7 +72,10 @@ def ingest_frames(repo: FeastRepo, frames: Sequence[tuple[str, pd.DataFrame]]) -
             stored = new_rows.drop(columns=ENTITY_ROW)
             stored[repo.config.data.entity_key] = _storage_entities(stored, repo)
             stored = pd.concat(
-                [stored.reset_index(drop=True), engineer(stored[EVENT_TS], repo.config).reset_index(drop=True)],
+                [
+                    stored.reset_index(drop=True),
+                    engineer(stored[EVENT_TS], repo.config).reset_index(drop=True),
+                ],
                 axis=1,
             )
             part = repo.offline.append(stored)

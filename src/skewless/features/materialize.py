@@ -8,6 +8,7 @@ windows of entities that received rows since the last run (by ingestion time, so
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -37,7 +38,9 @@ class MaterializeReport:
     end: datetime
 
 
-def materialize(repo: FeastRepo, incremental: bool = False, progress: Progress | None = None) -> MaterializeReport:
+def materialize(
+    repo: FeastRepo, incremental: bool = False, progress: Progress | None = None
+) -> MaterializeReport:
     """Bring the online store up to date with the offline store."""
     if repo.offline.is_empty():
         raise FeatureStoreError(
@@ -100,5 +103,7 @@ def _write_watermark(repo: FeastRepo, ingested_until: datetime) -> None:
 
 
 def _store_identity(repo: FeastRepo) -> str:
+    """A stable name of the online store that does not spell out its credentials."""
     online = repo.store.config.online_store
-    return f"{online.type}:{getattr(online, 'path', None) or getattr(online, 'connection_string', '')}"
+    where = getattr(online, "path", None) or getattr(online, "connection_string", "")
+    return f"{online.type}:{hashlib.sha256(str(where).encode()).hexdigest()[:16]}"

@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ class OfflineTable:
     def append(self, rows: pd.DataFrame) -> Path:
         """Write ``rows`` as a new part, stamped with the ingestion time."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         stamped = rows.assign(**{CREATED_TS: pd.Timestamp(now)})
         table = pa.Table.from_pandas(stamped, preserve_index=False)
         name = f"part-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
@@ -115,7 +115,7 @@ class OfflineTable:
         return frame[self.entity_key].tolist() if not frame.empty else []
 
     def changed_since(self, created_after: datetime) -> tuple[list[Any], datetime | None]:
-        """Entities with rows ingested after ``created_after``, and those rows' earliest event time."""
+        """Entities with rows ingested after ``created_after``, and those rows' earliest time."""
         frame = self._query(
             f"SELECT {self._key}, min({EVENT_TS}) AS earliest FROM rows WHERE {CREATED_TS} > ? "
             f"GROUP BY {self._key} ORDER BY {self._key}",
@@ -129,7 +129,8 @@ class OfflineTable:
         """Earliest and latest event timestamp, and latest ingestion time."""
         frame = self._query(
             f"SELECT min({EVENT_TS}) AS lo, max({EVENT_TS}) AS hi, max({CREATED_TS}) AS created "
-            "FROM rows", []
+            "FROM rows",
+            [],
         )
         row = frame.iloc[0]
         return row["lo"].to_pydatetime(), row["hi"].to_pydatetime(), row["created"].to_pydatetime()
@@ -149,6 +150,7 @@ class OfflineTable:
         with duckdb.connect() as connection:
             connection.execute("SET TimeZone = 'UTC'")
             connection.execute(
-                f"CREATE VIEW rows AS SELECT * FROM read_parquet('{self.pattern}', union_by_name=true)"
+                "CREATE VIEW rows AS SELECT * FROM "
+                f"read_parquet('{self.pattern}', union_by_name=true)"
             )
             return connection.execute(statement, parameters).df()

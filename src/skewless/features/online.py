@@ -4,7 +4,7 @@ Three readers return the same blobs, in request order (None for unknown entities
 
 - ``get_online_features``: Feast's public API; converts every value to response protos.
 - ``online_read``: Feast's online-store layer, one level down, for any online store.
-- ``redis_hash``: for Redis, one pipelined HMGET per entity on the keys and fields Feast's Redis
+- ``redis_hash``: for Redis, one pipelined HGET per entity on the keys and fields Feast's Redis
   store writes, with the encoded entity keys cached; no per-call proto work besides one parse.
 
 ``benchmarks/online_read.py`` measures all three side by side; :func:`window_reader` picks the
@@ -13,7 +13,7 @@ fastest one that the configured store supports.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -74,7 +74,9 @@ class OnlineReadReader:
         keys = [entity_key_proto(self._key, self._type, e) for e in entities]
         rows = self._online.online_read(self._config, self._view, keys, [WINDOW_FEATURE])
         # Stores differ on absent keys (no row, or an empty value); a real window is never empty.
-        return [(values or {}).get(WINDOW_FEATURE, ValueProto()).bytes_val or None for _, values in rows]
+        return [
+            (values or {}).get(WINDOW_FEATURE, ValueProto()).bytes_val or None for _, values in rows
+        ]
 
 
 class RedisHashReader:
@@ -98,7 +100,7 @@ class RedisHashReader:
     def read(self, entities: Sequence[Any]) -> list[bytes | None]:
         with self._client.pipeline(transaction=False) as pipe:
             for entity in entities:
-                pipe.hget(self._redis_key(entity), self._field)
+                pipe.hget(self._redis_key(entity), self._field)  # type: ignore[arg-type]
             replies = pipe.execute()
         return [None if reply is None else _bytes_value(reply) for reply in replies]
 
@@ -109,7 +111,7 @@ def _bytes_value(serialized: bytes) -> bytes:
     return value.bytes_val
 
 
-READERS: dict[str, type[WindowReader]] = {
+READERS: dict[str, Callable[[FeastRepo], WindowReader]] = {
     "get_online_features": GetOnlineFeaturesReader,
     "online_read": OnlineReadReader,
     "redis_hash": RedisHashReader,
@@ -121,6 +123,8 @@ def window_reader(repo: FeastRepo, method: str | None = None) -> WindowReader:
     if method is None:
         redis_store = isinstance(repo.config.feature_store.online_store, RedisOnlineStore)
         method = "redis_hash" if redis_store else "online_read"
-    if method == "redis_hash" and not isinstance(repo.config.feature_store.online_store, RedisOnlineStore):
+    if method == "redis_hash" and not isinstance(
+        repo.config.feature_store.online_store, RedisOnlineStore
+    ):
         raise ValueError("the redis_hash reader needs feature_store.online_store.type: redis")
     return READERS[method](repo)

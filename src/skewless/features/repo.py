@@ -50,7 +50,10 @@ from skewless.features.repo import feast_definitions
 _here = Path(__file__).parent
 (
     {names},
-) = feast_definitions(load_config(_here / "skewless.yaml"), offline_pattern={pattern!r})
+) = feast_definitions(
+    load_config(_here / "skewless.yaml", environ={{}}),  # the snapshot already holds overrides
+    offline_pattern={pattern!r},
+)
 '''
 
 
@@ -74,7 +77,9 @@ def feast_definitions(config: SkewlessConfig, offline_pattern: str) -> list[Any]
         name=SERIES_VIEW,
         entities=[entity],
         ttl=timedelta(0),
-        schema=[Field(name=c, dtype=Float32) for c in [*data.variables, *engineered_columns(config)]],
+        schema=[
+            Field(name=c, dtype=Float32) for c in [*data.variables, *engineered_columns(config)]
+        ],
         source=source,
         online=True,
         description="raw variables and calendar features, one row per (entity, timestamp)",
@@ -117,7 +122,9 @@ class FeastRepo:
     def write(self) -> None:
         """(Re)write feature_store.yaml, repo.py and the config snapshot repo.py reads."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "feature_store.yaml").write_text(yaml.safe_dump(self._store_yaml(), sort_keys=False))
+        (self.folder / "feature_store.yaml").write_text(
+            yaml.safe_dump(self._store_yaml(), sort_keys=False)
+        )
         (self.folder / "skewless.yaml").write_text(
             yaml.safe_dump(self.config.model_dump(mode="json", exclude_none=True), sort_keys=False)
         )

@@ -1,4 +1,4 @@
-"""Reading raw rows from CSV, Parquet and PostgreSQL, exactly as they are (validation comes next)."""
+"""Reading raw rows from CSV, Parquet and PostgreSQL as they are; validation comes next."""
 
 from __future__ import annotations
 
@@ -24,10 +24,7 @@ def describe_source(source: SourceConfig) -> str:
 
 def read_source(source: SourceConfig, data: DataConfig) -> pd.DataFrame:
     """Raw rows of one source; a constant ``entity`` fills a missing entity column."""
-    if source.path is not None:
-        frame = _read_file(source, data)
-    else:
-        frame = _read_postgres(source)
+    frame = _read_file(source, data) if source.path is not None else _read_postgres(source)
     if source.entity is not None:
         if data.entity_key in frame.columns:
             raise SourceError(
@@ -60,11 +57,13 @@ def _read_postgres(source: SourceConfig) -> pd.DataFrame:
         statement = sql.SQL("SELECT * FROM {}").format(sql.Identifier(*pg.table.split(".")))
     else:
         assert pg.query is not None
-        statement = sql.SQL(pg.query)  # type: ignore[arg-type]  # the user's own query, by design
+        statement = sql.SQL(pg.query)  # the user's own query, by design
     try:
         with psycopg.connect(pg.dsn, connect_timeout=10) as conn, conn.cursor() as cursor:
             cursor.execute(statement)
             columns = [column.name for column in cursor.description or []]
             return pd.DataFrame(cursor.fetchall(), columns=columns)
     except psycopg.Error as exc:
-        raise SourceError(f"cannot read from PostgreSQL ({describe_source(source)}): {exc}") from exc
+        raise SourceError(
+            f"cannot read from PostgreSQL ({describe_source(source)}): {exc}"
+        ) from exc

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 
@@ -84,7 +84,9 @@ class TabularRetrievalStrategy(RetrievalStrategy):
             entity_rows = entities
         else:
             if self.time_point is None:
-                raise FeatureStoreError("a tabular retrieval of a list of entities needs a time point")
+                raise FeatureStoreError(
+                    "a tabular retrieval of a list of entities needs a time point"
+                )
             chosen = list(entities) if entities is not None else self.repo.offline.entities()
             entity_rows = pd.DataFrame({key: chosen, EVENT_TS: pd.Timestamp(self.time_point)})
         self._check_known(entity_rows[key].unique().tolist())
@@ -114,9 +116,11 @@ class OnlineWindows:
 class OnlineRetrievalStrategy(RetrievalStrategy):
     """Latest windows of many entities with one online call; stale ones become problems."""
 
-    def __init__(self, repo: FeastRepo, time_point: datetime | None, reader: WindowReader | None = None):
+    def __init__(
+        self, repo: FeastRepo, time_point: datetime | None, reader: WindowReader | None = None
+    ):
         super().__init__(repo, time_point)
-        self.reader = reader or window_reader(repo)
+        self._reader = reader
         config = repo.config
         self._variables = tuple(config.data.variables)
         self._step = parse_frequency(config.data.frequency)
@@ -125,9 +129,12 @@ class OnlineRetrievalStrategy(RetrievalStrategy):
     def retrieve(self, entities: Sequence[Any] | None = None) -> OnlineWindows:
         if not entities:
             raise FeatureStoreError("name at least one entity to read online windows for")
+        if self._reader is None:
+            self._require_data()
+            self._reader = window_reader(self.repo)
         result = OnlineWindows()
         key = self.repo.config.data.entity_key
-        for entity, blob in zip(entities, self.reader.read(entities), strict=True):
+        for entity, blob in zip(entities, self._reader.read(entities), strict=True):
             if blob is None:
                 result.problems[entity] = UnknownEntityError([entity], key)
                 continue
@@ -151,14 +158,16 @@ class OnlineRetrievalStrategy(RetrievalStrategy):
         window = window.until(point)
         required = point.floor(self._step) - self._tolerance
         if window.end < required:
-            return StaleFeaturesError({window.entity: window.end.to_pydatetime()}, required.to_pydatetime())
+            return StaleFeaturesError(
+                {window.entity: window.end.to_pydatetime()}, required.to_pydatetime()
+            )
         return window
 
 
 class StrategyFactory:
     """Creates the strategy for a (data type, mode) pair over one repo."""
 
-    _STRATEGIES: dict[tuple[str, str], type[RetrievalStrategy]] = {
+    _STRATEGIES: ClassVar[dict[tuple[str, str], type[RetrievalStrategy]]] = {
         ("timeseries", "offline"): TimeseriesRetrievalStrategy,
         ("tabular", "offline"): TabularRetrievalStrategy,
         ("timeseries", "online"): OnlineRetrievalStrategy,
@@ -167,9 +176,13 @@ class StrategyFactory:
     def __init__(self, repo: FeastRepo) -> None:
         self.repo = repo
 
-    def create(self, data_type: DataType, mode: Mode, time_point: datetime | None) -> RetrievalStrategy:
+    def create(
+        self, data_type: DataType, mode: Mode, time_point: datetime | None
+    ) -> RetrievalStrategy:
         strategy = self._STRATEGIES.get((data_type, mode))
         if strategy is None:
             allowed = ", ".join(f"{d}/{m}" for d, m in self._STRATEGIES)
-            raise FeatureStoreError(f"no retrieval for data type '{data_type}' in mode '{mode}'; use one of {allowed}")
+            raise FeatureStoreError(
+                f"no retrieval for data type '{data_type}' in mode '{mode}'; use one of {allowed}"
+            )
         return strategy(self.repo, time_point)

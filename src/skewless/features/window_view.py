@@ -3,7 +3,8 @@
 One Bytes value per entity keeps an online read to one value per entity, which STACK.md measured
 as ninefold cheaper than one Array feature per variable. Layout, little-endian:
 
-    b"SKW1" | uint32 rows | uint32 variables | int64[rows] UTC microseconds | float32[rows, variables]
+    b"SKW1" | uint32 rows | uint32 variables | int64[rows] UTC microseconds
+           | float32[rows, variables]
 
 Timestamps are stored, not derived from the end and the frequency, so a window that spans a
 gap in the data is still exact.
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np

@@ -1,0 +1,78 @@
+"""The command line, in-process through Typer's runner, against a real home folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from skewless.cli import app
+from tests.conftest import ETTH_CONFIG, raw_rows
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SKEWLESS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def run(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_ingest_materialize_push_and_read_windows(home: Path, tmp_path: Path) -> None:
+    config = str(ETTH_CONFIG)
+    small = ["--set", "feature_store.window_size=48", "--set", "feature_store.project=cli"]
+    for station in (1, 2):
+        raw_rows(None, "2020-01-01", 72, seed=station).to_csv(
+            tmp_path / f"s{station}.csv", index=False
+        )
+        assert "72" in run(
+            "ingest",
+            config,
+            "--source",
+            str(tmp_path / f"s{station}.csv"),
+            "--entity",
+            str(station),
+            *small,
+        )
+    assert "full materialization" in run("materialize", config, *small)
+    assert "windows of 0 entities" in run("materialize", config, "--incremental", *small)
+
+    raw_rows(1, "2020-01-04", 2, seed=9).to_csv(tmp_path / "new.csv", index=False)
+    pushed = run("push", config, "--file", str(tmp_path / "new.csv"), *small)
+    assert "new rows" in pushed and "│        2 │" in pushed
+
+    shown = run("windows", config, "--entity", "1", "--tail", "2", *small)
+    assert "2020-01-04 01:00" in shown and "48 points, ending 2020-01-04T01:00:00+00:00" in shown
+    assert (home / "feast" / "cli" / "feature_store.yaml").is_file()
+
+
+def test_user_errors_exit_1_without_traceback(home: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    frame = raw_rows(1, "2020-01-01", 5)
+    frame.loc[2, "OT"] = "oops"
+    frame.to_csv(bad, index=False)
+    result = runner.invoke(app, ["ingest", str(ETTH_CONFIG), "--source", str(bad)])
+    assert result.exit_code == 1
+    assert "'OT' must be numeric but has 'oops' at row 3" in result.output
+    assert "Traceback" not in result.output
+
+    result = runner.invoke(
+        app, ["materialize", str(ETTH_CONFIG), "--set", "feature_store.window_size=-1"]
+    )
+    assert result.exit_code == 1 and "feature_store.window_size" in result.output
+
+    result = runner.invoke(app, ["windows", str(ETTH_CONFIG), "--entity", "9"])
+    assert result.exit_code == 1 and "run 'skewless ingest CONFIG' first" in result.output
+
+
+def test_non_integer_entity_ids_are_a_usage_error(home: Path) -> None:
+    result = runner.invoke(app, ["windows", str(ETTH_CONFIG), "--entity", "abc"])
+    assert result.exit_code == 2
+    assert "must be integer ids" in result.output
