@@ -4,6 +4,8 @@ Side by side in one run, on one machine:
 - SQLite and Redis online stores, through each reader in skewless.features.online
   (Feast's get_online_features, Feast's online_read, the Redis hash reader), including unpacking
   into Window objects, i.e. what serving pays;
+- on Redis, the fetch of the same values without decoding, by skewless's reader and by a plain
+  redis-py pipeline (the reference anyone would write);
 - the same windows built through Feast's offline point-in-time path (get_historical_features on
   an entity frame of 336 timestamps per entity).
 
@@ -32,7 +34,7 @@ import pandas as pd
 from skewless.core.config import load_config
 from skewless.features.ingest import ingest_frames
 from skewless.features.materialize import materialize
-from skewless.features.online import READERS, window_reader
+from skewless.features.online import READERS, RedisHashReader, window_reader
 from skewless.features.repo import SERIES_VIEW, FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
 
@@ -94,18 +96,35 @@ def record(store: str, method: str, entities: int, samples: list[float]) -> dict
 
 
 def online_records(repo: FeastRepo, store: str, quick: bool) -> list[dict[str, object]]:
-    out = []
+    """Each reader through the online strategy; on Redis also the bare fetch (the floor)."""
+    calls: dict[str, Callable[[list[int]], object]] = {}
     for method in READERS:
         if method == "redis_hash" and store != "redis":
             continue
         strategy = OnlineRetrievalStrategy(repo, None, window_reader(repo, method))
+        calls[method] = strategy.retrieve
+    if store == "redis":
+        reader = window_reader(repo, "redis_hash")
+        assert isinstance(reader, RedisHashReader)
+        calls["redis_fetch_only"] = reader.fetch
+        calls["redis_py_pipeline_fetch"] = lambda entities: redis_py_pipeline(reader, entities)
+    out = []
+    for method, call in calls.items():
         for count in COUNTS:
             entities = list(range(1, count + 1))
-            calls = (20 if count >= 1000 else 50) if quick else (100 if count >= 1000 else 500)
-            samples = timed(lambda e=entities, s=strategy: s.retrieve(e), calls, warmup=5)
+            repeats = (20 if count >= 1000 else 50) if quick else (100 if count >= 1000 else 500)
+            samples = timed(lambda e=entities, c=call: c(e), repeats, warmup=5)
             out.append(record(store, method, count, samples))
             print_row(out[-1])
     return out
+
+
+def redis_py_pipeline(reader: RedisHashReader, entities: list[int]) -> list[object]:
+    """The reference: fetch the same values with a plain redis-py pipeline, no decoding."""
+    with reader.client.pipeline(transaction=False) as pipe:
+        for entity in entities:
+            pipe.hget(reader.redis_key(entity), reader.field)  # type: ignore[arg-type]
+        return pipe.execute()
 
 
 def offline_records(repo: FeastRepo, quick: bool) -> list[dict[str, object]]:

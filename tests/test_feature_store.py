@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 
 from skewless.core.errors import FeatureStoreError, StaleFeaturesError, UnknownEntityError
-from skewless.features.engineering import engineered_columns
 from skewless.features.facade import FeatureStoreFacade
 from skewless.features.ingest import ingest_frames
-from skewless.features.materialize import materialize, push
+from skewless.features.materialize import materialize
 from skewless.features.online import READERS, window_reader
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import (
@@ -22,23 +22,12 @@ from skewless.features.strategies import (
     TabularRetrievalStrategy,
     TimeseriesRetrievalStrategy,
 )
-from tests.conftest import REDIS_URL, VARIABLES, MakeRepo, raw_rows
-
-
-def assert_windows_equal_offline_tail(
-    repo: FeastRepo, entities: list, method: str | None = None
-) -> None:
-    size = repo.config.feature_store.window_size
-    strategy = OnlineRetrievalStrategy(repo, None, window_reader(repo, method))
-    windows = strategy.retrieve(entities).windows
-    for entity in entities:
-        expected = repo.offline.tail(size, [entity])
-        window = windows[entity]
-        assert len(window) == min(size, len(expected))
-        np.testing.assert_array_equal(
-            window.timestamps, pd.DatetimeIndex(expected["event_timestamp"])
-        )
-        np.testing.assert_array_equal(window.values, expected[VARIABLES].to_numpy())
+from tests.checks import (
+    assert_point_in_time_equals_merge_asof,
+    assert_windows_equal_offline_tail,
+    incremental_cycle,
+)
+from tests.conftest import REDIS_URL, MakeRepo, raw_rows
 
 
 def test_online_windows_equal_the_last_rows_offline(etth_sqlite: FeastRepo) -> None:
@@ -46,33 +35,15 @@ def test_online_windows_equal_the_last_rows_offline(etth_sqlite: FeastRepo) -> N
 
 
 def test_point_in_time_join_equals_merge_asof(etth_sqlite: FeastRepo) -> None:
+    assert isinstance(
+        StrategyFactory(etth_sqlite).create("tabular", "offline", None), TabularRetrievalStrategy
+    )
     rng = np.random.default_rng(3)
     stamps = pd.Timestamp("2016-06-30", tz="UTC") + pd.to_timedelta(
         rng.integers(0, 720 * 24 * 60, 400), "min"
     )
     entity_rows = pd.DataFrame({"station_id": rng.integers(1, 3, 400), "event_timestamp": stamps})
-    strategy = StrategyFactory(etth_sqlite).create("tabular", "offline", None)
-    assert isinstance(strategy, TabularRetrievalStrategy)
-    joined = strategy.retrieve(entity_rows)
-
-    columns = [*VARIABLES, *engineered_columns(etth_sqlite.config)]
-    stored = etth_sqlite.offline.history(None, None, None)
-    stored["event_timestamp"] = stored["event_timestamp"].astype("datetime64[ns, UTC]")
-    reference = pd.merge_asof(
-        entity_rows.sort_values("event_timestamp"),
-        stored[["station_id", "event_timestamp", *columns]].sort_values("event_timestamp"),
-        on="event_timestamp",
-        by="station_id",
-        direction="backward",
-    )
-    key = ["station_id", "event_timestamp"]
-    got = joined.sort_values(key).reset_index(drop=True)
-    want = reference.sort_values(key).reset_index(drop=True)
-    assert len(got) == 400
-    assert (
-        got[columns].isna().sum().sum() == want[columns].isna().sum().sum() > 0
-    )  # some before the data
-    pd.testing.assert_frame_equal(got[key + columns], want[key + columns], check_dtype=False)
+    assert_point_in_time_equals_merge_asof(etth_sqlite, entity_rows)
 
 
 def test_timeseries_strategy_returns_history_up_to_the_time_point(etth_sqlite: FeastRepo) -> None:
@@ -156,40 +127,13 @@ def test_materialize_before_ingest_is_explained(make_repo: MakeRepo) -> None:
         materialize(make_repo())
 
 
-def _incremental_cycle(repo: FeastRepo) -> None:
-    """Full materialize, then incremental after new rows, then push; windows follow each step."""
-    ingest_frames(
-        repo, [("a", raw_rows(1, "2020-01-01", 40)), ("b", raw_rows(2, "2020-01-01", 40, seed=2))]
-    )
-    full = materialize(repo)
-    assert not full.incremental and full.entities_updated == 2
-    assert_windows_equal_offline_tail(repo, [1, 2])
-
-    ingest_frames(repo, [("a2", raw_rows(1, "2020-01-02 16:00", 5, seed=4))])
-    step = materialize(repo, incremental=True)
-    assert step.incremental and step.entities_updated == 1
-    assert_windows_equal_offline_tail(repo, [1, 2])
-
-    pushed = raw_rows(2, "2020-01-02 16:00", 3, seed=5)
-    report = push(repo, pushed)
-    assert report.rows_written == 3
-    assert_windows_equal_offline_tail(repo, [1, 2])
-    stored = repo.offline.history([2], None, None)
-    assert stored["event_timestamp"].iloc[-1] == pd.Timestamp("2020-01-02 18:00", tz="UTC")
-    latest = repo.store.get_online_features(
-        features=["series:OT"], entity_rows=[{"station_id": 2}]
-    ).to_dict()["OT"][0]
-    assert latest == pytest.approx(float(np.float32(pushed["OT"].iloc[-1])))
-    assert push(repo, pushed).rows_written == 0  # pushing the same rows again adds nothing
-
-
 def test_incremental_materialize_and_push_on_sqlite(make_repo: MakeRepo) -> None:
-    _incremental_cycle(make_repo("feature_store.window_size=24"))
+    incremental_cycle(make_repo("feature_store.window_size=24"))
 
 
 @pytest.mark.redis
 def test_incremental_materialize_and_push_on_redis(make_repo: MakeRepo) -> None:
-    _incremental_cycle(
+    incremental_cycle(
         make_repo(
             "feature_store.window_size=24",
             "feature_store.online_store.type=redis",
@@ -210,6 +154,11 @@ def test_every_reader_returns_the_same_windows_on_redis(make_repo: MakeRepo) -> 
     assert blobs["redis_hash"] == blobs["online_read"] == blobs["get_online_features"]
     for method in READERS:
         assert_windows_equal_offline_tail(repo, [1, 2, 3], method)
+
+    reader = window_reader(repo, "redis_hash")
+    before = reader.read([1, 2])
+    redis.Redis.from_url(REDIS_URL).client_kill_filter(_type="normal", skipme=True)
+    assert reader.read([1, 2]) == before  # a connection killed by the server is replaced
 
 
 def test_redis_reader_needs_redis(etth_sqlite: FeastRepo) -> None:

@@ -136,7 +136,31 @@ class RedisOnlineStore(_Strict):
 
 
 OnlineStoreConfig = Annotated[SqliteOnlineStore | RedisOnlineStore, Field(discriminator="type")]
-_STORE_TAGS = ("sqlite", "redis")
+
+
+class FileOfflineStore(_Strict):
+    type: Literal["file"] = "file"
+
+
+class PostgresOfflineStore(_Strict):
+    type: Literal["postgres"] = "postgres"
+    dsn: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        description="postgresql:// URL; leave the password out and use PGPASSWORD or ~/.pgpass",
+    )
+    db_schema: str = "public"
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if urlparse(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"'{value}' is not a postgresql:// URL")
+        return value
+
+
+OfflineStoreConfig = Annotated[FileOfflineStore | PostgresOfflineStore, Field(discriminator="type")]
+_STORE_KEYS = ("online_store", "offline_store")
 
 
 class FeatureStoreConfig(_Strict):
@@ -144,6 +168,7 @@ class FeatureStoreConfig(_Strict):
 
     project: str | None = Field(default=None, description="Feast project; defaults to 'name'")
     online_store: OnlineStoreConfig = Field(default_factory=SqliteOnlineStore)
+    offline_store: OfflineStoreConfig = Field(default_factory=FileOfflineStore)
     window_size: int = Field(default=512, ge=1, le=100_000)
     max_staleness_periods: int = Field(
         default=1,
@@ -233,7 +258,8 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         # A discriminated union adds its tag to the path (online_store.redis.url): drop it.
-        parts = [p for p in error["loc"] if p not in _STORE_TAGS]
+        loc = error["loc"]
+        parts = [p for i, p in enumerate(loc) if i == 0 or loc[i - 1] not in _STORE_KEYS]
         key = ".".join(str(part) for part in parts) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":

@@ -1,9 +1,16 @@
-"""The offline table: ingested rows as append-only Parquet part files, queried with DuckDB.
+"""The offline table: every ingested row, keyed by (entity, event timestamp).
 
-Append-only parts make ingestion atomic (a part appears whole, by rename, or not at all) and
-cheap (old parts are never rewritten). Feast reads the same files through a glob FileSource;
-skewless reads them with DuckDB for what Feast's offline API does not offer (the last W rows per
-entity, the rows changed since a watermark).
+Two backends behind one set of queries:
+
+- :class:`ParquetOfflineTable` (default): append-only Parquet part files, queried with DuckDB.
+  A part appears whole, by rename, or not at all; old parts are never rewritten. Feast reads the
+  same files through a glob FileSource and its DuckDB offline store.
+- :class:`PostgresOfflineTable`: one PostgreSQL table, appended to with COPY inside a
+  transaction. Feast reads it through its PostgreSQL offline store.
+
+The queries are written once, in SQL both engines accept, for what Feast's offline API does not
+offer: the last W rows per entity, the rows ingested since a watermark, stored rows to compare a
+new batch with.
 """
 
 from __future__ import annotations
@@ -11,65 +18,69 @@ from __future__ import annotations
 import fcntl
 import os
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import duckdb
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
+from feast import FileSource
+from feast.data_format import ParquetFormat
+from feast.data_source import DataSource
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+    PostgreSQLSource,
+)
+from psycopg import sql
 
-from skewless.features.validation import CREATED_TS, EVENT_TS
+from skewless.core.config import PostgresOfflineStore, SkewlessConfig
+from skewless.core.errors import FeatureStoreError
+from skewless.features.engineering import engineered_columns
+from skewless.features.validation import CREATED_TS, EVENT_TS, VALUE_DTYPE
+
+SERIES_TABLE = "series"
 
 
-class OfflineTable:
-    """All rows of one Feast project's series, keyed by (entity, event timestamp)."""
+class OfflineTable(ABC):
+    """All rows of one Feast project's series, and the queries skewless runs on them."""
 
-    def __init__(self, folder: Path, entity_key: str) -> None:
-        self.folder = folder
-        self.entity_key = entity_key
+    def __init__(self, config: SkewlessConfig) -> None:
+        self.entity_key = config.data.entity_key
+        self.value_columns = [*config.data.variables, *engineered_columns(config)]
 
-    @property
-    def pattern(self) -> str:
-        """The glob Feast's FileSource and DuckDB read."""
-        return str(self.folder / "part-*.parquet")
+    @abstractmethod
+    def is_empty(self) -> bool: ...
 
-    def parts(self) -> list[Path]:
-        return sorted(self.folder.glob("part-*.parquet"))
+    @abstractmethod
+    def write_lock(self) -> Any:
+        """A context manager that serialises writers, so two ingests never add the same rows."""
 
-    def is_empty(self) -> bool:
-        return not self.parts()
+    @abstractmethod
+    def append(self, rows: pd.DataFrame) -> str:
+        """Store ``rows`` atomically, stamped with the ingestion time; returns where they went."""
 
-    @contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """Serialise writers, so that two ingests cannot both add the same rows."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    @abstractmethod
+    def feast_source(self, name: str) -> DataSource:
+        """The Feast data source that reads this table."""
 
-    def append(self, rows: pd.DataFrame) -> Path:
-        """Write ``rows`` as a new part, stamped with the ingestion time."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        now = datetime.now(UTC)
-        stamped = rows.assign(**{CREATED_TS: pd.Timestamp(now)})
-        table = pa.Table.from_pandas(stamped, preserve_index=False)
-        name = f"part-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        temporary = self.folder / f".{name}.tmp"
-        pq.write_table(table, temporary, coerce_timestamps="us", allow_truncated_timestamps=True)
-        os.replace(temporary, self.folder / name)
-        return self.folder / name
+    @abstractmethod
+    def feast_offline_store(self) -> dict[str, Any]:
+        """The ``offline_store`` block of feature_store.yaml."""
+
+    @abstractmethod
+    def _fetch(self, statement: str, parameters: list[Any]) -> pd.DataFrame:
+        """Run ``statement`` (``{rows}`` names the table, ``?`` the parameters)."""
 
     def rows_between(self, entities: Sequence[Any], start: datetime, end: datetime) -> pd.DataFrame:
         """Stored rows of ``entities`` with start <= event timestamp <= end."""
         return self._query(
-            f"SELECT * FROM rows WHERE {self._key} IN (SELECT unnest(?)) "
+            f"SELECT * FROM {{rows}} WHERE {self._key} = ANY(?) "
             f"AND {EVENT_TS} BETWEEN ? AND ? ORDER BY {self._key}, {EVENT_TS}",
             [list(entities), start, end],
         )
@@ -77,8 +88,8 @@ class OfflineTable:
     def last_before(self, entities: Sequence[Any], start: datetime) -> pd.DataFrame:
         """Per entity, the latest stored event timestamp earlier than ``start``."""
         return self._query(
-            f"SELECT {self._key}, max({EVENT_TS}) AS {EVENT_TS} FROM rows "
-            f"WHERE {self._key} IN (SELECT unnest(?)) AND {EVENT_TS} < ? GROUP BY {self._key}",
+            f"SELECT {self._key}, max({EVENT_TS}) AS {EVENT_TS} FROM {{rows}} "
+            f"WHERE {self._key} = ANY(?) AND {EVENT_TS} < ? GROUP BY {self._key}",
             [list(entities), start],
         )
 
@@ -93,64 +104,252 @@ class OfflineTable:
         if end is not None:
             conditions.append(f"{EVENT_TS} <= ?")
             parameters.append(end)
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         return self._query(
-            f"SELECT * FROM rows {where} ORDER BY {self._key}, {EVENT_TS}", parameters
+            f"SELECT * FROM {{rows}} {_where(conditions)} ORDER BY {self._key}, {EVENT_TS}",
+            parameters,
         )
 
     def tail(self, size: int, entities: Sequence[Any] | None = None) -> pd.DataFrame:
         """The last ``size`` rows of each entity (all when None), sorted by entity and time."""
         conditions, parameters = self._entity_filter(entities)
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        columns = ", ".join(f'"{c}"' for c in self._columns)
         return self._query(
-            f"SELECT * FROM rows {where} "
-            f"QUALIFY row_number() OVER (PARTITION BY {self._key} ORDER BY {EVENT_TS} DESC) <= ? "
+            f"SELECT {columns} FROM (SELECT *, row_number() OVER "
+            f"(PARTITION BY {self._key} ORDER BY {EVENT_TS} DESC) AS recency "
+            f"FROM {{rows}} {_where(conditions)}) AS ranked WHERE recency <= ? "
             f"ORDER BY {self._key}, {EVENT_TS}",
             [*parameters, size],
         )
 
     def entities(self) -> list[Any]:
         """Every entity with at least one row."""
-        frame = self._query(f"SELECT DISTINCT {self._key} FROM rows ORDER BY {self._key}", [])
+        frame = self._query(f"SELECT DISTINCT {self._key} FROM {{rows}} ORDER BY {self._key}", [])
         return frame[self.entity_key].tolist() if not frame.empty else []
 
     def changed_since(self, created_after: datetime) -> tuple[list[Any], datetime | None]:
         """Entities with rows ingested after ``created_after``, and those rows' earliest time."""
         frame = self._query(
-            f"SELECT {self._key}, min({EVENT_TS}) AS earliest FROM rows WHERE {CREATED_TS} > ? "
-            f"GROUP BY {self._key} ORDER BY {self._key}",
+            f"SELECT {self._key}, min({EVENT_TS}) AS {EVENT_TS} FROM {{rows}} "
+            f"WHERE {CREATED_TS} > ? GROUP BY {self._key} ORDER BY {self._key}",
             [created_after],
         )
         if frame.empty:
             return [], None
-        return frame[self.entity_key].tolist(), frame["earliest"].min().to_pydatetime()
+        return frame[self.entity_key].tolist(), frame[EVENT_TS].min().to_pydatetime()
 
     def bounds(self) -> tuple[datetime, datetime, datetime]:
         """Earliest and latest event timestamp, and latest ingestion time."""
         frame = self._query(
-            f"SELECT min({EVENT_TS}) AS lo, max({EVENT_TS}) AS hi, max({CREATED_TS}) AS created "
-            "FROM rows",
+            f"SELECT min({EVENT_TS}) AS {EVENT_TS}, max({EVENT_TS}) AS latest, "
+            f"max({CREATED_TS}) AS {CREATED_TS} FROM {{rows}}",
             [],
         )
         row = frame.iloc[0]
-        return row["lo"].to_pydatetime(), row["hi"].to_pydatetime(), row["created"].to_pydatetime()
+        return (
+            row[EVENT_TS].to_pydatetime(),
+            row["latest"].to_pydatetime(),
+            row[CREATED_TS].to_pydatetime(),
+        )
 
     @property
     def _key(self) -> str:
         return f'"{self.entity_key}"'
 
+    @property
+    def _columns(self) -> list[str]:
+        return [self.entity_key, EVENT_TS, *self.value_columns, CREATED_TS]
+
     def _entity_filter(self, entities: Sequence[Any] | None) -> tuple[list[str], list[Any]]:
         if entities is None:
             return [], []
-        return [f"{self._key} IN (SELECT unnest(?))"], [list(entities)]
+        return [f"{self._key} = ANY(?)"], [list(entities)]
 
     def _query(self, statement: str, parameters: list[Any]) -> pd.DataFrame:
         if self.is_empty():
             return pd.DataFrame()
+        frame = self._fetch(statement, parameters)
+        for column in frame.columns:
+            if column in self.value_columns:
+                frame[column] = frame[column].astype(VALUE_DTYPE)
+            elif column in (EVENT_TS, CREATED_TS, "latest"):
+                frame[column] = pd.to_datetime(frame[column], utc=True)
+        return frame
+
+
+class ParquetOfflineTable(OfflineTable):
+    """Append-only Parquet parts in one folder."""
+
+    def __init__(self, config: SkewlessConfig, folder: Path) -> None:
+        super().__init__(config)
+        self.folder = folder
+
+    @property
+    def pattern(self) -> str:
+        """The glob Feast's FileSource and DuckDB read."""
+        return str(self.folder / "part-*.parquet")
+
+    def is_empty(self) -> bool:
+        return not any(self.folder.glob("part-*.parquet"))
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def append(self, rows: pd.DataFrame) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        now = datetime.now(UTC)
+        stamped = rows.assign(**{CREATED_TS: pd.Timestamp(now)})
+        table = pa.Table.from_pandas(stamped, preserve_index=False)
+        name = f"part-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        temporary = self.folder / f".{name}.tmp"
+        pq.write_table(table, temporary, coerce_timestamps="us", allow_truncated_timestamps=True)
+        os.replace(temporary, self.folder / name)
+        return str(self.folder / name)
+
+    def feast_source(self, name: str) -> DataSource:
+        return FileSource(
+            name=name,
+            path=self.pattern,
+            file_format=ParquetFormat(),
+            timestamp_field=EVENT_TS,
+            created_timestamp_column=CREATED_TS,
+        )
+
+    def feast_offline_store(self) -> dict[str, Any]:
+        return {"type": "duckdb"}
+
+    def _fetch(self, statement: str, parameters: list[Any]) -> pd.DataFrame:
         with duckdb.connect() as connection:
             connection.execute("SET TimeZone = 'UTC'")
             connection.execute(
-                "CREATE VIEW rows AS SELECT * FROM "
+                "CREATE VIEW series AS SELECT * FROM "
                 f"read_parquet('{self.pattern}', union_by_name=true)"
             )
-            return connection.execute(statement, parameters).df()
+            return connection.execute(statement.format(rows="series"), parameters).df()
+
+
+class PostgresOfflineTable(OfflineTable):
+    """One PostgreSQL table; each append is one transaction."""
+
+    def __init__(self, config: SkewlessConfig, store: PostgresOfflineStore) -> None:
+        super().__init__(config)
+        self.store = store
+        self.table = f"{config.project}_{SERIES_TABLE}"
+        self._entity_sql = "bigint" if config.data.entity_type == "int64" else "text"
+
+    def is_empty(self) -> bool:
+        with self._connect() as conn:
+            exists = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", [self._qualified]
+            ).fetchone()
+            if not exists or not exists[0]:
+                return True
+            row = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(self._ident))
+            found = row.fetchone()
+            return bool(found and found[0])
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        with self._connect() as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", [self._qualified])
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [self._qualified])
+
+    def append(self, rows: pd.DataFrame) -> str:
+        columns = [self.entity_key, EVENT_TS, *self.value_columns, CREATED_TS]
+        stamped = rows.assign(**{CREATED_TS: pd.Timestamp.now(tz="UTC")})[columns]
+        records = stamped.astype(object).where(stamped.notna(), None).itertuples(index=False)
+        with self._connect() as conn, conn.transaction():
+            conn.execute(self._create_statement())
+            with conn.cursor().copy(
+                sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    self._ident, sql.SQL(", ").join(map(sql.Identifier, columns))
+                )
+            ) as copy:
+                for record in records:
+                    copy.write_row(record)
+        return self._qualified
+
+    def feast_source(self, name: str) -> DataSource:
+        return PostgreSQLSource(
+            name=name,
+            table=self._qualified,
+            timestamp_field=EVENT_TS,
+            created_timestamp_column=CREATED_TS,
+        )
+
+    def feast_offline_store(self) -> dict[str, Any]:
+        url = urlparse(self.store.dsn)
+        return {
+            "type": "postgres",
+            "host": url.hostname or "127.0.0.1",
+            "port": url.port or 5432,
+            "database": url.path.lstrip("/") or "postgres",
+            "db_schema": self.store.db_schema,
+            "user": unquote(url.username or "postgres"),
+            "password": unquote(url.password or ""),
+            "sslmode": self.store.sslmode,
+        }
+
+    def _fetch(self, statement: str, parameters: list[Any]) -> pd.DataFrame:
+        text = statement.format(rows=self._qualified).replace("?", "%s")
+        with self._connect() as conn, conn.cursor() as cursor:
+            cursor.execute(text, parameters)  # built from constants; values are parameters
+            columns = [c.name for c in cursor.description or []]
+            return pd.DataFrame(cursor.fetchall(), columns=columns)
+
+    @property
+    def _qualified(self) -> str:
+        return f'"{self.store.db_schema}"."{self.table}"'
+
+    @property
+    def _ident(self) -> sql.Identifier:
+        return sql.Identifier(self.store.db_schema, self.table)
+
+    def _create_statement(self) -> sql.Composed:
+        values = sql.SQL(", ").join(
+            sql.SQL("{} real").format(sql.Identifier(c)) for c in self.value_columns
+        )
+        return sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {table} ({key} {key_type} NOT NULL, "
+            "{event} timestamptz NOT NULL, {values}, {created} timestamptz NOT NULL, "
+            "PRIMARY KEY ({key}, {event}))"
+        ).format(
+            table=self._ident,
+            key=sql.Identifier(self.entity_key),
+            key_type=sql.SQL(self._entity_sql),
+            event=sql.Identifier(EVENT_TS),
+            values=values,
+            created=sql.Identifier(CREATED_TS),
+        )
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self.store.dsn, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise FeatureStoreError(
+                f"cannot reach the PostgreSQL offline store: {exc}; check "
+                "feature_store.offline_store.dsn"
+            ) from exc
+        conn.execute("SET TIME ZONE 'UTC'")
+        return conn
+
+
+def offline_table(config: SkewlessConfig, home: Path) -> OfflineTable:
+    """The configured offline table of ``config`` under ``home``."""
+    store = config.feature_store.offline_store
+    if isinstance(store, PostgresOfflineStore):
+        return PostgresOfflineTable(config, store)
+    return ParquetOfflineTable(config, home / "offline" / config.project / SERIES_TABLE)
+
+
+def _where(conditions: list[str]) -> str:
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""

@@ -16,15 +16,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import yaml
-from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, FileSource, PushSource
-from feast.data_format import ParquetFormat
+from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, PushSource
 from feast.types import Bytes, Float32, UnixTimestamp
 from feast.value_type import ValueType
 
 from skewless.core.config import RedisOnlineStore, SkewlessConfig, skewless_home
 from skewless.features.engineering import engineered_columns
-from skewless.features.offline import OfflineTable
-from skewless.features.validation import CREATED_TS, EVENT_TS
+from skewless.features.offline import OfflineTable, offline_table
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +50,12 @@ _here = Path(__file__).parent
     {names},
 ) = feast_definitions(
     load_config(_here / "skewless.yaml", environ={{}}),  # the snapshot already holds overrides
-    offline_pattern={pattern!r},
+    home=Path({home!r}),
 )
 '''
 
 
-def feast_definitions(config: SkewlessConfig, offline_pattern: str) -> list[Any]:
+def feast_definitions(config: SkewlessConfig, home: Path) -> list[Any]:
     """Entity, sources, the latest-row and window views and the feature service, in that order."""
     data = config.data
     entity = Entity(
@@ -66,13 +64,7 @@ def feast_definitions(config: SkewlessConfig, offline_pattern: str) -> list[Any]
         value_type=ValueType.INT64 if data.entity_type == "int64" else ValueType.STRING,
         description=f"the series key of '{config.name}'",
     )
-    source = FileSource(
-        name=f"{SERIES_VIEW}_source",
-        path=offline_pattern,
-        file_format=ParquetFormat(),
-        timestamp_field=EVENT_TS,
-        created_timestamp_column=CREATED_TS,
-    )
+    source = offline_table(config, home).feast_source(f"{SERIES_VIEW}_source")
     series = FeatureView(
         name=SERIES_VIEW,
         entities=[entity],
@@ -115,9 +107,7 @@ class FeastRepo:
 
     @cached_property
     def offline(self) -> OfflineTable:
-        return OfflineTable(
-            self.home / "offline" / self.config.project / SERIES_VIEW, self.config.data.entity_key
-        )
+        return offline_table(self.config, self.home)
 
     def write(self) -> None:
         """(Re)write feature_store.yaml, repo.py and the config snapshot repo.py reads."""
@@ -128,12 +118,10 @@ class FeastRepo:
         (self.folder / "skewless.yaml").write_text(
             yaml.safe_dump(self.config.model_dump(mode="json", exclude_none=True), sort_keys=False)
         )
-        names = [d.name for d in feast_definitions(self.config, self.offline.pattern)]
+        names = [d.name for d in feast_definitions(self.config, self.home)]
         (self.folder / "repo.py").write_text(
             _REPO_PY.format(
-                project=self.config.project,
-                names=", ".join(n.replace("-", "_") for n in names),
-                pattern=self.offline.pattern,
+                project=self.config.project, names=", ".join(names), home=str(self.home)
             )
         )
 
@@ -145,7 +133,7 @@ class FeastRepo:
 
     def apply(self) -> None:
         """Register the generated objects in the Feast registry and create online tables."""
-        self.store.apply(feast_definitions(self.config, self.offline.pattern))
+        self.store.apply(feast_definitions(self.config, self.home))
         logger.info("applied Feast repo %s", self.folder)
 
     def is_applied(self) -> bool:
@@ -166,7 +154,7 @@ class FeastRepo:
             "provider": "local",
             "registry": {"path": str(self.folder / "registry.db"), "cache_ttl_seconds": 60},
             "online_store": online_yaml,
-            "offline_store": {"type": "duckdb"},
+            "offline_store": self.offline.feast_offline_store(),
             "entity_key_serialization_version": 3,
         }
 
