@@ -6,6 +6,7 @@ Side by side in one run, on one machine:
   into Window objects, i.e. what serving pays;
 - on Redis, the fetch of the same values without decoding, by skewless's reader and by a plain
   redis-py pipeline (the reference anyone would write);
+- a CPU-only control task, whose p99/p50 shows how noisy the machine itself is;
 - the same windows built through Feast's offline point-in-time path (get_historical_features on
   an entity frame of 336 timestamps per entity).
 
@@ -83,6 +84,21 @@ def timed(call: Callable[[], object], calls: int, warmup: int) -> list[float]:
     return samples
 
 
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Time each call once per round, in turn, so that machine noise hits all of them alike."""
+    for call in calls.values():
+        for _ in range(5):
+            call()
+    gc.collect()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return samples
+
+
 def record(store: str, method: str, entities: int, samples: list[float]) -> dict[str, object]:
     return {
         "store": store,
@@ -109,12 +125,13 @@ def online_records(repo: FeastRepo, store: str, quick: bool) -> list[dict[str, o
         calls["redis_fetch_only"] = reader.fetch
         calls["redis_py_pipeline_fetch"] = lambda entities: redis_py_pipeline(reader, entities)
     out = []
-    for method, call in calls.items():
-        for count in COUNTS:
-            entities = list(range(1, count + 1))
-            repeats = (20 if count >= 1000 else 50) if quick else (100 if count >= 1000 else 500)
-            samples = timed(lambda e=entities, c=call: c(e), repeats, warmup=5)
-            out.append(record(store, method, count, samples))
+    for count in COUNTS:
+        entities = list(range(1, count + 1))
+        repeats = (20 if count >= 1000 else 50) if quick else (100 if count >= 1000 else 500)
+        bound = {m: lambda c=call, e=entities: c(e) for m, call in calls.items()}
+        samples = interleaved(bound, repeats)
+        for method, series in samples.items():
+            out.append(record(store, method, count, series))
             print_row(out[-1])
     return out
 
@@ -148,9 +165,8 @@ def offline_records(repo: FeastRepo, quick: bool) -> list[dict[str, object]]:
             )
 
         calls = 3 if quick or count >= 1000 else 10
-        out.append(
-            record("offline", "get_historical_features", count, timed(build, calls, warmup=1))
-        )
+        samples = timed(build, calls, warmup=0 if count >= 1000 else 1)
+        out.append(record("offline", "get_historical_features", count, samples))
         print_row(out[-1])
     return out
 
@@ -163,13 +179,22 @@ def print_row(row: dict[str, object]) -> None:
     )
 
 
+def machine_jitter(quick: bool) -> dict[str, object]:
+    """A fixed CPU-only task timed like the reads: its p99/p50 is this machine's own noise."""
+    matrix = np.random.default_rng(0).random((200, 200))
+    samples = timed(lambda: [matrix @ matrix for _ in range(4)], 200 if quick else 1000, warmup=20)
+    row = record("cpu", "control_matmul", 0, samples)
+    print_row(row)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls, for a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rows = synthetic_rows(max(COUNTS))
-    records: list[dict[str, object]] = []
+    records: list[dict[str, object]] = [machine_jitter(args.quick)]
     with tempfile.TemporaryDirectory() as home:
         for store in ("sqlite", "redis"):
             repo = build_repo(Path(home), store, rows)

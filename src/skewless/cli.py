@@ -191,6 +191,92 @@ def windows(
             )
 
 
+benchmark_app = typer.Typer(
+    help="Reproducible comparisons with published results.", no_args_is_help=True
+)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("ltsf")
+def benchmark_ltsf(
+    data: Annotated[Path, typer.Option(help="CSV with a 'date' column and one column per channel")],
+    lookback: Annotated[int, typer.Option(min=1, help="input length L")] = 336,
+    horizons: Annotated[
+        str, typer.Option(help="comma-separated forecast lengths")
+    ] = "96,192,336,720",
+    models: Annotated[
+        str, typer.Option(help="comma-separated: naive, nlinear, nlinear_gd")
+    ] = "naive,nlinear",
+    drop_last_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="drop the last incomplete test batch of this size, as published tables did"
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the table as JSON")] = None,
+) -> None:
+    """The standard long-horizon protocol (train/val/test borders, standardised MSE/MAE)."""
+    with _user_errors():
+        from skewless.training.ltsf import as_records, published, run_protocol
+
+        try:
+            horizon_list = [int(h) for h in horizons.split(",")]
+        except ValueError:
+            raise typer.BadParameter(
+                f"'{horizons}' is not a list of integers", param_hint="--horizons"
+            ) from None
+        model_list = [m.strip() for m in models.split(",") if m.strip()]
+        total = len(horizon_list) * len(model_list)
+        with _progress() as progress:
+            task = progress.add_task("fitting", total=total)
+            results = run_protocol(
+                data,
+                lookback,
+                horizon_list,
+                model_list,
+                drop_last_batch,
+                on_result=lambda r: progress.advance(task),
+            )
+        table = Table(
+            title=f"{data.stem}, lookback {lookback}"
+            + (
+                f", last incomplete test batch of {drop_last_batch} dropped"
+                if drop_last_batch
+                else ""
+            )
+        )
+        for column in (
+            "horizon",
+            "model",
+            "MSE",
+            "MAE",
+            "train s",
+            "test windows",
+            "published MSE",
+        ):
+            table.add_column(
+                column, justify="left" if column in ("model", "published MSE") else "right"
+            )
+        for r in results:
+            known = ", ".join(f"{k} {v:.3f}" for k, v in published(r.dataset, r.horizon).items())
+            table.add_row(
+                str(r.horizon),
+                r.model,
+                f"{r.mse:.4f}",
+                f"{r.mae:.4f}",
+                f"{r.train_seconds:.2f}",
+                str(r.test_windows),
+                known,
+            )
+        console.print(table)
+        if out is not None:
+            import json
+
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(as_records(results), indent=2) + "\n")
+            console.print(f"wrote {out}")
+
+
 def _entity_ids(values: list[str], config: SkewlessConfig) -> list[int | str]:
     if config.data.entity_type == "string":
         return list(values)

@@ -1,0 +1,59 @@
+"""The Forecaster contract: windows in, windows out, scikit-learn style.
+
+``fit(inputs, targets)`` learns from windows of shape (windows, lookback, variables) and their
+futures (windows, horizon, variables), optionally watching validation windows for model selection
+or early stopping, and returns ``self``. ``predict(inputs)`` returns (windows, horizon, variables)
+and never changes the fitted state. Constructors only store parameters; fitted attributes end in
+``_``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from skewless.core.errors import SkewlessError
+
+
+class NotFittedError(SkewlessError):
+    """``predict`` was called before ``fit``."""
+
+
+class Forecaster(ABC):
+    """A multi-horizon forecaster over fixed-length windows."""
+
+    def __init__(self, horizon: int) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be at least 1 (got {horizon})")
+        self.horizon = horizon
+
+    @abstractmethod
+    def fit(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        val_inputs: np.ndarray | None = None,
+        val_targets: np.ndarray | None = None,
+    ) -> Forecaster: ...
+
+    @abstractmethod
+    def predict(self, inputs: np.ndarray) -> np.ndarray: ...
+
+    def _check_fitted(self, attribute: str) -> None:
+        if not hasattr(self, attribute):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit first")
+
+    def _check_windows(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
+        if inputs.ndim != 3:
+            raise ValueError(
+                f"inputs must be (windows, lookback, variables), got shape {inputs.shape}"
+            )
+        if targets is not None and targets.shape != (
+            inputs.shape[0],
+            self.horizon,
+            inputs.shape[2],
+        ):
+            raise ValueError(
+                f"targets must be (windows, {self.horizon}, {inputs.shape[2]}), got {targets.shape}"
+            )

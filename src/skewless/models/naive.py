@@ -1,0 +1,27 @@
+"""Repeat the last value: the baseline every forecaster must beat."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from skewless.models.base import Forecaster
+
+
+class NaiveForecaster(Forecaster):
+    """Forecasts every step as the window's last observed value ("Repeat" in the LTSF papers)."""
+
+    def fit(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        val_inputs: np.ndarray | None = None,
+        val_targets: np.ndarray | None = None,
+    ) -> NaiveForecaster:
+        self._check_windows(inputs, targets)
+        self.fitted_ = True
+        return self
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        self._check_fitted("fitted_")
+        self._check_windows(inputs)
+        return np.repeat(inputs[:, -1:, :], self.horizon, axis=1)

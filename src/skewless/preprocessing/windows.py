@@ -1,0 +1,74 @@
+"""THE windowing: one function cuts (lookback, horizon) windows for training, backtests and serving.
+
+Rows arrive sorted by entity and time. A window never crosses an entity boundary or a gap in the
+series: rows are grouped into segments (a new segment starts at each new entity and after each
+missing period), and a window must lie inside one segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Windows cut from one array of rows."""
+
+    inputs: np.ndarray  # (windows, lookback, variables)
+    targets: np.ndarray  # (windows, horizon, variables); empty horizon for serving
+    starts: np.ndarray  # row index of each window's first input row
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def segment_ids(
+    entities: np.ndarray, timestamps: pd.DatetimeIndex | np.ndarray, step: pd.Timedelta
+) -> np.ndarray:
+    """Segment number of each row: it changes with the entity and after every gap."""
+    times = pd.DatetimeIndex(timestamps)
+    entity_change = np.r_[True, np.asarray(entities)[1:] != np.asarray(entities)[:-1]]
+    gap = np.r_[True, np.diff(times.asi8) != step.value]
+    return np.cumsum(entity_change | gap) - 1
+
+
+def window_starts(segments: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
+    """Row indices where a window of ``length`` rows starts and stays inside one segment."""
+    if length < 1 or stride < 1:
+        raise ValueError("window length and stride must be at least 1")
+    count = len(segments) - length + 1
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    starts = np.arange(count)
+    inside = segments[starts] == segments[starts + length - 1]
+    # Segments are contiguous runs, so equal ends mean the whole window is one segment.
+    starts = starts[inside]
+    if stride > 1:
+        first_of_segment = np.searchsorted(segments, segments[starts], side="left")
+        starts = starts[(starts - first_of_segment) % stride == 0]
+    return starts.astype(np.int64)
+
+
+def cut_windows(
+    values: np.ndarray,
+    lookback: int,
+    horizon: int,
+    segments: np.ndarray | None = None,
+    stride: int = 1,
+) -> Windows:
+    """All (lookback → horizon) windows of ``values`` (rows x variables), stride ``stride``."""
+    if lookback < 1 or horizon < 0:
+        raise ValueError(f"lookback must be >= 1 and horizon >= 0 (got {lookback}, {horizon})")
+    values = np.asarray(values)
+    segments = np.zeros(len(values), dtype=np.int64) if segments is None else segments
+    length = lookback + horizon
+    starts = window_starts(segments, length, stride)
+    if len(starts):
+        view = np.lib.stride_tricks.sliding_window_view(values, length, axis=0)
+        chosen = np.moveaxis(view[starts], -1, 1)
+    else:
+        chosen = np.empty((0, length, values.shape[1]), dtype=values.dtype)
+    return Windows(inputs=chosen[:, :lookback], targets=chosen[:, lookback:], starts=starts)

@@ -1,0 +1,157 @@
+"""The standard long-horizon forecasting protocol ("the paper table").
+
+As in the LTSF literature (Informer, Autoformer, DLinear/NLinear, PatchTST): ETT hourly files are
+split 12/4/4 months, any other file 70/10/20 % of rows; every column but ``date`` is a channel
+(multivariate); values are standardised with the training rows; MSE and MAE are computed on the
+standardised values over every test window (stride 1). The published tables came from a test
+loader that dropped its last incomplete batch: ``drop_last_batch`` reproduces that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skewless.core.errors import ConfigError
+from skewless.models.base import Forecaster
+from skewless.models.naive import NaiveForecaster
+from skewless.models.nlinear import NLinear
+from skewless.preprocessing.windows import Windows, cut_windows
+
+logger = logging.getLogger(__name__)
+
+HOURS_PER_MONTH = 30 * 24
+ETT_HOURLY = ("ETTh1", "ETTh2")
+
+MODELS: dict[str, Callable[[int], Forecaster]] = {
+    "naive": NaiveForecaster,
+    "nlinear": lambda horizon: NLinear(horizon, solver="closed_form"),
+    "nlinear_gd": lambda horizon: NLinear(horizon, solver="gradient"),
+}
+
+# Published MSE on ETTh1, lookback 336 (Repeat: any lookback), horizons 96/192/336/720.
+PUBLISHED_MSE: dict[tuple[str, str], tuple[float, float, float, float]] = {
+    ("ETTh1", "Repeat"): (1.295, 1.325, 1.323, 1.339),
+    ("ETTh1", "NLinear"): (0.374, 0.408, 0.429, 0.440),
+    ("ETTh1", "DLinear"): (0.375, 0.405, 0.439, 0.472),
+    ("ETTh1", "PatchTST/64"): (0.370, 0.413, 0.422, 0.447),
+    ("ETTh1", "best published"): (0.357, 0.396, 0.422, 0.435),
+}
+PUBLISHED_HORIZONS = (96, 192, 336, 720)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Standardised train / validation / test rows, each starting ``lookback`` rows early."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+@dataclass(frozen=True)
+class Result:
+    dataset: str
+    model: str
+    lookback: int
+    horizon: int
+    mse: float
+    mae: float
+    train_seconds: float
+    test_windows: int
+
+
+def load_split(path: Path, lookback: int) -> Split:
+    """The protocol's borders and standardisation for one CSV with a ``date`` column."""
+    frame = pd.read_csv(path)
+    if "date" not in frame.columns:
+        raise ConfigError(f"{path} has no 'date' column; the LTSF protocol needs one")
+    values = frame.drop(columns="date").to_numpy(np.float64)
+    if path.stem in ETT_HOURLY:
+        train_end, val_end = 12 * HOURS_PER_MONTH, 16 * HOURS_PER_MONTH
+        test_end = 20 * HOURS_PER_MONTH
+    else:
+        train_end = int(len(values) * 0.7)
+        test_start = len(values) - int(len(values) * 0.2)
+        val_end, test_end = test_start, len(values)
+    if train_end - lookback <= 0 or test_end > len(values):
+        raise ConfigError(f"{path} has {len(values)} rows: too few for lookback {lookback}")
+    mean = values[:train_end].mean(axis=0)
+    std = values[:train_end].std(axis=0)
+    scaled = ((values - mean) / np.where(std == 0, 1, std)).astype(np.float32)
+    return Split(
+        train=scaled[:train_end],
+        val=scaled[train_end - lookback : val_end],
+        test=scaled[val_end - lookback : test_end],
+    )
+
+
+def run_protocol(
+    path: Path,
+    lookback: int,
+    horizons: Sequence[int],
+    models: Sequence[str],
+    drop_last_batch: int | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Fit and score every model at every horizon; results in (horizon, model) order."""
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {unknown}; available: {sorted(MODELS)}")
+    if any(h < 1 for h in horizons):
+        raise ConfigError(f"horizons must be at least 1 (got {list(horizons)})")
+    split = load_split(path, lookback)
+    results = []
+    for horizon in horizons:
+        train, val, test = (
+            cut_windows(part, lookback, horizon) for part in (split.train, split.val, split.test)
+        )
+        if min(len(train), len(val), len(test)) == 0:
+            raise ConfigError(f"horizon {horizon} leaves no complete window in {path}")
+        test = _drop_last_batch(test, drop_last_batch)
+        for name in models:
+            started = time.perf_counter()
+            model = MODELS[name](horizon).fit(train.inputs, train.targets, val.inputs, val.targets)
+            seconds = time.perf_counter() - started
+            predicted = model.predict(test.inputs).astype(np.float64)
+            error = predicted - test.targets
+            result = Result(
+                dataset=path.stem,
+                model=name,
+                lookback=lookback,
+                horizon=horizon,
+                mse=float(np.mean(error**2)),
+                mae=float(np.mean(np.abs(error))),
+                train_seconds=seconds,
+                test_windows=len(test),
+            )
+            logger.info("%s", result)
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+    return results
+
+
+def published(dataset: str, horizon: int) -> dict[str, float]:
+    """Published MSEs known for (dataset, horizon), by method."""
+    if horizon not in PUBLISHED_HORIZONS:
+        return {}
+    column = PUBLISHED_HORIZONS.index(horizon)
+    return {m: v[column] for (d, m), v in PUBLISHED_MSE.items() if d == dataset}
+
+
+def as_records(results: Sequence[Result]) -> list[dict[str, object]]:
+    return [asdict(r) | {"published_mse": published(r.dataset, r.horizon)} for r in results]
+
+
+def _drop_last_batch(windows: Windows, batch: int | None) -> Windows:
+    if not batch:
+        return windows
+    keep = len(windows) - len(windows) % batch
+    return Windows(windows.inputs[:keep], windows.targets[:keep], windows.starts[:keep])

@@ -1,0 +1,98 @@
+"""Forecasters: the contract, the naive baseline and NLinear's two solvers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skewless.models.base import NotFittedError
+from skewless.models.naive import NaiveForecaster
+from skewless.models.nlinear import NLinear
+from skewless.preprocessing.windows import cut_windows
+
+
+def series(rows: int = 600, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Seasonal channels with noise: something a linear map can learn."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows)[:, None]
+    phases = rng.uniform(0, 2 * np.pi, channels)
+    return (np.sin(2 * np.pi * t / 24 + phases) + 0.1 * rng.normal(size=(rows, channels))).astype(
+        np.float32
+    )
+
+
+def test_naive_repeats_the_last_value() -> None:
+    windows = cut_windows(series(50), 8, 4)
+    model = NaiveForecaster(4).fit(windows.inputs, windows.targets)
+    predicted = model.predict(windows.inputs)
+    assert predicted.shape == windows.targets.shape
+    np.testing.assert_array_equal(predicted[:, 2, :], windows.inputs[:, -1, :])
+
+
+def test_predict_before_fit_and_bad_shapes_are_explained() -> None:
+    windows = cut_windows(series(50), 8, 4)
+    with pytest.raises(NotFittedError, match="call fit first"):
+        NLinear(4).predict(windows.inputs)
+    with pytest.raises(ValueError, match="targets must be"):
+        NLinear(5).fit(windows.inputs, windows.targets)
+    with pytest.raises(ValueError, match="horizon must be at least 1"):
+        NLinear(0)
+
+
+def test_closed_form_is_the_least_squares_solution() -> None:
+    windows = cut_windows(series(), 24, 6)
+    model = NLinear(6, alphas=(0.0,)).fit(windows.inputs, windows.targets)
+    # Reference: one stacked regression over every (window, channel) pair.
+    last = windows.inputs[:, -1:, :]
+    design = np.moveaxis(windows.inputs - last, 2, 1).reshape(-1, 24).astype(np.float64)
+    design = np.hstack([design, np.ones((len(design), 1))])
+    response = np.moveaxis(windows.targets - last, 2, 1).reshape(-1, 6).astype(np.float64)
+    reference = np.linalg.lstsq(design, response, rcond=None)[0]
+    np.testing.assert_allclose(model.weight_[0], reference[:-1], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(model.bias_[0], reference[-1], rtol=1e-6, atol=1e-8)
+
+
+def test_ridge_penalty_is_chosen_on_validation() -> None:
+    data = series(900)
+    train, val = cut_windows(data[:600], 48, 12), cut_windows(data[600:], 48, 12)
+    model = NLinear(12, alphas=(0.0, 1e-2, 1e3)).fit(
+        train.inputs, train.targets, val.inputs, val.targets
+    )
+    assert model.alpha_ in (0.0, 1e-2)  # an absurd penalty never wins
+    errors = {
+        a: np.mean(
+            (
+                NLinear(12, alphas=(a,)).fit(train.inputs, train.targets).predict(val.inputs)
+                - val.targets
+            )
+            ** 2
+        )
+        for a in (0.0, 1e-2, 1e3)
+    }
+    assert model.alpha_ == min(errors, key=lambda a: errors[a])
+
+
+def test_individual_fits_one_map_per_channel() -> None:
+    windows = cut_windows(series(), 24, 6)
+    model = NLinear(6, individual=True).fit(windows.inputs, windows.targets)
+    assert model.weight_.shape == (3, 24, 6) and model.bias_.shape == (3, 6)
+    assert model.predict(windows.inputs[:5]).shape == (5, 6, 3)
+
+
+def test_gradient_solver_learns_towards_the_closed_form() -> None:
+    data = series(900)
+    train, val = cut_windows(data[:600], 24, 6), cut_windows(data[600:], 24, 6)
+    closed = NLinear(6).fit(train.inputs, train.targets, val.inputs, val.targets)
+    trained = NLinear(6, solver="gradient", epochs=5, seed=1).fit(
+        train.inputs, train.targets, val.inputs, val.targets
+    )
+    naive = NaiveForecaster(6).fit(train.inputs, train.targets)
+
+    def mse(model) -> float:
+        return float(np.mean((model.predict(val.inputs) - val.targets) ** 2))
+
+    assert mse(closed) <= mse(trained) < mse(naive)
+    again = NLinear(6, solver="gradient", epochs=5, seed=1).fit(
+        train.inputs, train.targets, val.inputs, val.targets
+    )
+    np.testing.assert_array_equal(again.weight_, trained.weight_)  # seeded: reproducible
