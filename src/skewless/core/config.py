@@ -192,6 +192,37 @@ class ValidationConfig(_Strict):
     on_missing: Literal["warn", "error"] = "warn"
 
 
+class ImputationConfig(_Strict):
+    """How missing values are filled, with statistics of the training rows only."""
+
+    method: Literal["ffill", "mean", "median"] = "ffill"
+    limit: int | None = Field(
+        default=3, ge=1, description="ffill: longest run of missing values filled forward"
+    )
+
+
+class ScalingConfig(_Strict):
+    method: Literal["standard", "robust", "minmax", "none"] = "standard"
+    per_entity: bool = Field(
+        default=False, description="one set of statistics per entity (unseen ones use global)"
+    )
+
+
+class CategoricalConfig(_Strict):
+    columns: list[str] = Field(default_factory=list)
+    unseen: Literal["unknown", "error"] = Field(
+        default="unknown", description="a value not seen in training: code 0, or an error"
+    )
+
+
+class PreprocessingConfig(_Strict):
+    """The stateful preprocessor, fitted on training rows only."""
+
+    imputation: ImputationConfig = Field(default_factory=ImputationConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    categoricals: CategoricalConfig = Field(default_factory=CategoricalConfig)
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -200,6 +231,7 @@ class SkewlessConfig(_Strict):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
 
     @field_validator("name")
     @classmethod

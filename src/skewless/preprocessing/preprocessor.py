@@ -1,0 +1,169 @@
+"""The stateful preprocessor: fitted on training rows only, then applied unchanged everywhere.
+
+Input is rows exactly as ingestion stores them (entity, event_timestamp, raw variables, optional
+categorical columns). Output is model-ready float32 columns in a fixed order: targets, covariates,
+categorical codes, calendar features. The steps, in order:
+
+1. impute: forward fill within each entity (up to a limit), then the training mean or median;
+2. scale: standard, robust or min-max, globally or per entity (entities unseen in training use
+   the global statistics);
+3. encode categoricals as integer codes (0 = unseen in training, or an error);
+4. add the calendar features with the same function ingestion uses.
+
+It follows scikit-learn's contract: the constructor stores the config, ``fit`` learns attributes
+ending in ``_``, ``transform`` never mutates. It pickles, which is how the bundle stores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skewless.core.config import SkewlessConfig
+from skewless.core.errors import DataValidationError
+from skewless.features.engineering import engineer, engineered_columns
+from skewless.features.validation import EVENT_TS
+from skewless.models.base import NotFittedError
+
+_UNSEEN = 0
+
+
+@dataclass(frozen=True)
+class ScaleStats:
+    """Per column: scaled = (raw - center) / scale."""
+
+    center: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray, method: str) -> ScaleStats:
+        if method == "standard":
+            center, scale = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+        elif method == "robust":
+            q25, center, q75 = np.nanpercentile(values, [25, 50, 75], axis=0)
+            scale = q75 - q25
+        elif method == "minmax":
+            center = np.nanmin(values, axis=0)
+            scale = np.nanmax(values, axis=0) - center
+        else:  # "none"
+            center, scale = np.zeros(values.shape[1]), np.ones(values.shape[1])
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        return cls(np.nan_to_num(center), scale)
+
+
+class Preprocessor:
+    """Imputation, scaling, encoding and calendar features, learned from training rows."""
+
+    def __init__(self, config: SkewlessConfig) -> None:
+        self.config = config
+
+    @property
+    def entity_key(self) -> str:
+        return self.config.data.entity_key
+
+    @property
+    def numeric_columns(self) -> list[str]:
+        return self.config.data.variables
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        return self.config.preprocessing.categoricals.columns
+
+    @property
+    def output_columns(self) -> list[str]:
+        """Model inputs in order; the first ``len(targets)`` are the targets."""
+        return [*self.numeric_columns, *self.categorical_columns, *engineered_columns(self.config)]
+
+    @property
+    def expected_columns(self) -> list[str]:
+        """The raw columns ``transform`` needs."""
+        return [self.entity_key, EVENT_TS, *self.numeric_columns, *self.categorical_columns]
+
+    def fit(self, rows: pd.DataFrame) -> Preprocessor:
+        self._check_columns(rows)
+        settings = self.config.preprocessing
+        values = rows[self.numeric_columns].to_numpy(np.float64)
+        self.fill_values_ = (
+            np.nanmedian(values, axis=0)
+            if settings.imputation.method == "median"
+            else np.nanmean(values, axis=0)
+        )
+        filled = self._impute(rows).to_numpy(np.float64)
+        method = settings.scaling.method
+        self.global_stats_ = ScaleStats.fit(filled, method)
+        self.entity_stats_: dict[Any, ScaleStats] = {}
+        if settings.scaling.per_entity:
+            for entity, index in rows.groupby(self.entity_key, sort=False).indices.items():
+                self.entity_stats_[entity] = ScaleStats.fit(filled[index], method)
+        self.categories_ = {
+            column: sorted(rows[column].dropna().astype(str).unique())
+            for column in self.categorical_columns
+        }
+        return self
+
+    def transform(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Model-ready float32 columns (``output_columns``), index aligned with ``rows``."""
+        self._check_fitted()
+        self._check_columns(rows)
+        filled = self._impute(rows)
+        center, scale = self._stats_per_row(rows[self.entity_key])
+        scaled = (filled.to_numpy(np.float64) - center) / scale
+        out = pd.DataFrame(
+            scaled.astype(np.float32), columns=self.numeric_columns, index=rows.index
+        )
+        for column in self.categorical_columns:
+            out[column] = self._encode(rows[column], column)
+        calendar = engineer(pd.DatetimeIndex(rows[EVENT_TS]), self.config)
+        out[calendar.columns] = calendar.to_numpy()
+        return out
+
+    def inverse_transform_targets(self, entities: np.ndarray, scaled: np.ndarray) -> np.ndarray:
+        """Targets back in original units; ``scaled`` is (windows, horizon, targets)."""
+        self._check_fitted()
+        count = len(self.config.data.targets)
+        center, scale = self._stats_per_row(pd.Series(entities))
+        return scaled * scale[:, None, :count] + center[:, None, :count]
+
+    def _impute(self, rows: pd.DataFrame) -> pd.DataFrame:
+        values = rows[self.numeric_columns]
+        imputation = self.config.preprocessing.imputation
+        if imputation.method == "ffill":
+            values = values.groupby(rows[self.entity_key].to_numpy(), sort=False).ffill(
+                limit=imputation.limit
+            )
+        return values.fillna(dict(zip(self.numeric_columns, self.fill_values_, strict=True)))
+
+    def _stats_per_row(self, entities: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Center and scale for every row: its entity's, or the global ones (the last row)."""
+        known = list(self.entity_stats_)
+        table = [*self.entity_stats_.values(), self.global_stats_]
+        centers = np.stack([s.center for s in table])
+        scales = np.stack([s.scale for s in table])
+        index = pd.Index(known).get_indexer(entities) if known else np.full(len(entities), -1)
+        return centers[index], scales[index]  # -1 picks the global statistics
+
+    def _encode(self, values: pd.Series, column: str) -> np.ndarray:
+        known = self.categories_[column]
+        codes = pd.Categorical(values.astype("string"), categories=known).codes.astype(np.int64) + 1
+        unseen = (codes == _UNSEEN) & values.notna().to_numpy()
+        if unseen.any() and self.config.preprocessing.categoricals.unseen == "error":
+            raise DataValidationError(
+                f"'{column}' has values never seen in training",
+                [f"{sorted(set(values[unseen].astype(str)))[:10]}; known: {known[:20]}"],
+            )
+        return codes.astype(np.float32)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "global_stats_"):
+            raise NotFittedError("the preprocessor is not fitted yet; call fit on training rows")
+
+    def _check_columns(self, rows: pd.DataFrame) -> None:
+        missing = [c for c in self.expected_columns if c not in rows.columns]
+        if missing:
+            raise DataValidationError(
+                "rows cannot be preprocessed:",
+                [f"missing column(s) {missing}; expected {self.expected_columns}"],
+            )
