@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/etth.yaml
 export SKEWLESS_HOME ?= $(CURDIR)/skewless_home
 
-.PHONY: demo test lint bench-online clean
+.PHONY: demo test lint bench-online bench-ltsf clean
 
 # torch first and pinned exactly: a CPU build lies on local disk, anything else downloads GBs.
 $(BIN)/python:
@@ -26,6 +26,8 @@ demo: $(VENV)/.installed
 	$(BIN)/skewless apply $(CONFIG)
 	$(BIN)/skewless materialize $(CONFIG)
 	$(BIN)/skewless windows $(CONFIG) --tail 5
+	$(BIN)/skewless train $(CONFIG)
+	$(BIN)/skewless backtest $(CONFIG)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest
@@ -36,6 +38,10 @@ lint: $(VENV)/.installed-dev
 
 bench-online: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/online_read.py
+
+bench-ltsf: $(VENV)/.installed
+	$(BIN)/skewless benchmark ltsf --data data/ETTh1.csv --lookback 336 \
+		--models naive,nlinear,nlinear_gd --drop-last-batch 32 --out benchmarks/results/ltsf_etth1.json
 
 clean:
 	rm -rf $(VENV) skewless_home

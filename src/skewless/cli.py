@@ -191,6 +191,75 @@ def windows(
             )
 
 
+CsvOpt = Annotated[
+    Path | None,
+    typer.Option("--csv", help="train from this CSV instead of the offline store"),
+]
+
+
+@app.command()
+def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
+    """Fit the preprocessor and model on point-in-time data and report validation errors."""
+    with _user_errors():
+        from skewless.training.pipeline import check_request, fit, load_history
+
+        repo = _repo(config, set_)
+        check_request(repo.config)
+        with console.status("loading history"):
+            rows = load_history(repo.config, repo.home, csv)
+        check_request(repo.config, rows)
+        with console.status(f"fitting {repo.config.training.model}"):
+            result = fit(repo.config, rows)
+        _print_metrics("validation", {"all": result.validation.overall})
+        _print_metrics("validation per entity", result.validation.per_entity.to_dict("index"))
+
+
+@app.command()
+def backtest(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
+    """Rolling-origin backtest: refit per fold, score every window of each test period."""
+    with _user_errors():
+        from skewless.training.backtest import backtest as run_backtest
+        from skewless.training.backtest import fold_bounds
+        from skewless.training.pipeline import check_request, load_history
+
+        repo = _repo(config, set_)
+        check_request(repo.config)
+        with console.status("loading history"):
+            rows = load_history(repo.config, repo.home, csv)
+        check_request(repo.config, rows)
+        fold_bounds(repo.config, rows)  # refuse impossible fold layouts before any work
+        with _progress() as progress:
+            task = progress.add_task("folds", total=repo.config.backtest.folds)
+            report = run_backtest(repo.config, rows, on_fold=lambda _: progress.advance(task))
+        _print_metrics(
+            "backtest folds",
+            {
+                f"{f.number}: {f.test_start:%Y-%m-%d %H:%M} .. {f.test_end:%Y-%m-%d %H:%M} "
+                f"({f.windows} windows)": f.evaluation.overall
+                for f in report.folds
+            }
+            | {"all folds": report.overall.overall},
+        )
+        _print_metrics("all folds, per entity", report.overall.per_entity.to_dict("index"))
+        steps = report.overall.per_horizon
+        shown = sorted({1, len(steps) // 2 or 1, len(steps)})
+        _print_metrics(
+            "all folds, per horizon step", {f"step {s}": steps.loc[s].to_dict() for s in shown}
+        )
+
+
+def _print_metrics(title: str, rows: dict) -> None:
+    from skewless.training.metrics import METRICS
+
+    table = Table(title=title)
+    table.add_column("", justify="left")
+    for metric in METRICS:
+        table.add_column(metric.upper(), justify="right")
+    for label, values in rows.items():
+        table.add_row(str(label), *(f"{values[m]:.4f}" for m in METRICS))
+    console.print(table)
+
+
 benchmark_app = typer.Typer(
     help="Reproducible comparisons with published results.", no_args_is_help=True
 )

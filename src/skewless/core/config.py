@@ -223,6 +223,34 @@ class PreprocessingConfig(_Strict):
     categoricals: CategoricalConfig = Field(default_factory=CategoricalConfig)
 
 
+class TrainingConfig(_Strict):
+    """What to fit: the model, its parameters, the window shape."""
+
+    model: str = "nlinear"
+    params: dict[str, Any] = Field(default_factory=dict, description="model constructor arguments")
+    lookback: int = Field(default=336, ge=1)
+    horizon: int = Field(default=24, ge=1)
+    validation_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="last share of each training period used to validate"
+    )
+
+
+class BacktestConfig(_Strict):
+    """Rolling-origin evaluation: ``folds`` test periods at the end of the data."""
+
+    folds: int = Field(default=3, ge=1)
+    test_periods: int = Field(default=168, ge=1, description="length of each fold's test period")
+    window: Literal["expanding", "sliding"] = "expanding"
+    train_periods: int | None = Field(default=None, ge=1, description="sliding window length")
+    gap: int = Field(default=0, ge=0, description="periods between training end and first target")
+
+    @model_validator(mode="after")
+    def _sliding_needs_length(self) -> BacktestConfig:
+        if self.window == "sliding" and self.train_periods is None:
+            raise ValueError("a sliding window needs train_periods")
+        return self
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -232,6 +260,8 @@ class SkewlessConfig(_Strict):
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
 
     @field_validator("name")
     @classmethod

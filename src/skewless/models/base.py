@@ -40,6 +40,10 @@ class Forecaster(ABC):
     @abstractmethod
     def predict(self, inputs: np.ndarray) -> np.ndarray: ...
 
+    @abstractmethod
+    def validate_params(self) -> None:
+        """Raise ValueError for a parameter value that cannot work (called before fitting)."""
+
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit first")

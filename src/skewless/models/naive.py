@@ -21,6 +21,9 @@ class NaiveForecaster(Forecaster):
         self.fitted_ = True
         return self
 
+    def validate_params(self) -> None:
+        """The horizon is checked by the constructor; there is nothing else to validate."""
+
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         self._check_fitted("fitted_")
         self._check_windows(inputs)

@@ -57,14 +57,26 @@ class NLinear(Forecaster):
         val_inputs: np.ndarray | None = None,
         val_targets: np.ndarray | None = None,
     ) -> NLinear:
+        self.validate_params()
         self._check_windows(inputs, targets)
         if self.solver == "closed_form":
             self._fit_closed_form(inputs, targets, val_inputs, val_targets)
-        elif self.solver == "gradient":
-            self._fit_gradient(inputs, targets, val_inputs, val_targets)
         else:
-            raise ValueError(f"unknown solver '{self.solver}'; use 'closed_form' or 'gradient'")
+            self._fit_gradient(inputs, targets, val_inputs, val_targets)
         return self
+
+    def validate_params(self) -> None:
+        if self.solver not in ("closed_form", "gradient"):
+            raise ValueError(f"unknown solver '{self.solver}'; use 'closed_form' or 'gradient'")
+        if not self.alphas or min(self.alphas) < 0:
+            raise ValueError(
+                f"alphas must be a non-empty list of penalties >= 0, got {self.alphas}"
+            )
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         self._check_fitted("weight_")

@@ -31,7 +31,7 @@ def segment_ids(
     """Segment number of each row: it changes with the entity and after every gap."""
     times = pd.DatetimeIndex(timestamps)
     entity_change = np.r_[True, np.asarray(entities)[1:] != np.asarray(entities)[:-1]]
-    gap = np.r_[True, np.diff(times.asi8) != step.value]
+    gap = np.r_[True, np.diff(times.as_unit("ns").asi8) != step.value]
     return np.cumsum(entity_change | gap) - 1
 
 
