@@ -112,3 +112,24 @@ def test_lagged_product_path_equals_the_matrix_path(individual: bool) -> None:
     assert fast.count == slow.count
     shuffled = windows.inputs[::-1].copy(), windows.targets[::-1].copy()
     assert ne._as_series(*shuffled) is None  # not stride-1 windows: the matrix path is used
+
+
+def test_xgboost_learns_from_covariates_and_stops_early() -> None:
+    from skewless.models.xgboost import XGBoostForecaster
+
+    rng = np.random.default_rng(0)
+    driver = rng.normal(size=1200).astype(np.float32)
+    target = np.roll(driver, 1) * 2 + 0.05 * rng.normal(size=1200).astype(np.float32)
+    data = np.stack([target, driver], axis=1)  # channel 0: target, channel 1: covariate
+    train, val = cut_windows(data[:900], 16, 1), cut_windows(data[900:], 16, 1)
+    model = XGBoostForecaster(1, lags=8, covariate_lags=2, n_estimators=200, seed=0).fit(
+        train.inputs, train.targets[:, :, :1], val.inputs, val.targets[:, :, :1]
+    )
+    predicted = model.predict(val.inputs)
+    assert predicted.shape == (len(val), 1, 1)
+    error = np.mean((predicted - val.targets[:, :, :1]) ** 2)
+    naive = np.mean((val.inputs[:, -1:, :1] - val.targets[:, :, :1]) ** 2)
+    assert error < 0.1 * naive  # only the covariate explains the target
+    assert 1 <= model.rounds_ <= 200
+    with pytest.raises(ValueError, match="subsample must be in"):
+        XGBoostForecaster(1, subsample=0).validate_params()

@@ -21,7 +21,14 @@ class NotFittedError(SkewlessError):
 
 
 class Forecaster(ABC):
-    """A multi-horizon forecaster over fixed-length windows."""
+    """A multi-horizon forecaster over fixed-length windows.
+
+    ``uses_covariates``: False means the model sees only the target channels (and forecasts each
+    channel it sees); True means it sees every channel (targets first, then covariates and
+    calendar features) and forecasts the first ``targets.shape[2]`` of them.
+    """
+
+    uses_covariates = False
 
     def __init__(self, horizon: int) -> None:
         if horizon < 1:
@@ -53,11 +60,11 @@ class Forecaster(ABC):
             raise ValueError(
                 f"inputs must be (windows, lookback, variables), got shape {inputs.shape}"
             )
-        if targets is not None and targets.shape != (
-            inputs.shape[0],
-            self.horizon,
-            inputs.shape[2],
-        ):
+        if targets is None:
+            return
+        channels = targets.shape[2] if self.uses_covariates else inputs.shape[2]
+        if targets.shape != (inputs.shape[0], self.horizon, channels) or channels > inputs.shape[2]:
             raise ValueError(
-                f"targets must be (windows, {self.horizon}, {inputs.shape[2]}), got {targets.shape}"
+                f"targets must be (windows, {self.horizon}, {channels}) for inputs of shape "
+                f"{inputs.shape}, got {targets.shape}"
             )

@@ -130,8 +130,7 @@ def fit(config: SkewlessConfig, rows: pd.DataFrame) -> FitResult:
     val = window_set(config, preprocessor, rows, first_target=split + step)
     _require(train, "training", config, len(rows))
     _require(val, "validation", config, len(rows))
-    targets = len(config.data.targets)
-    model.fit(train.inputs[:, :, :targets], train.targets, val.inputs[:, :, :targets], val.targets)
+    model.fit(_seen(model, train, config), train.targets, _seen(model, val, config), val.targets)
     scale = naive_scale(
         train_rows[config.data.entity_key].to_numpy(), train_rows[config.data.targets].to_numpy()
     )
@@ -143,7 +142,7 @@ def predict(
 ) -> np.ndarray:
     """Forecasts of ``windows`` in original units: (windows, horizon, targets)."""
     targets = len(config.data.targets)
-    scaled = model.predict(windows.inputs[:, :, :targets])[:, :, :targets]
+    scaled = model.predict(_seen(model, windows, config))[:, :, :targets]
     return preprocessor.inverse_transform_targets(windows.entities, scaled.astype(np.float64))
 
 
@@ -156,6 +155,15 @@ def score(
 ) -> Evaluation:
     return evaluate(
         windows.actual, predict(config, preprocessor, model, windows), windows.entities, scale
+    )
+
+
+def _seen(model: Forecaster, windows: WindowSet, config: SkewlessConfig) -> np.ndarray:
+    """The channels ``model`` sees: all of them, or only the targets."""
+    return (
+        windows.inputs
+        if model.uses_covariates
+        else windows.inputs[:, :, : len(config.data.targets)]
     )
 
 

@@ -1,0 +1,124 @@
+"""XGBoost: gradient-boosted trees on lagged window values, covariates and calendar features.
+
+Each window becomes one row of features: the last ``lags`` target values relative to the window's
+last target value, that last value itself (the level), and the last ``covariate_lags`` values of
+every other channel (covariates and calendar features). The label is the whole future relative to
+the last value, one output per (horizon step, target): one multi-output model, whose trees each
+predict every output (XGBoost's ``multi_output_tree``), stopped early on the validation windows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xgboost as xgb
+
+from skewless.models.base import Forecaster
+
+
+class XGBoostForecaster(Forecaster):
+    """Multi-horizon XGBoost over windows of every channel."""
+
+    uses_covariates = True
+
+    def __init__(
+        self,
+        horizon: int,
+        lags: int = 48,
+        covariate_lags: int = 3,
+        n_estimators: int = 300,
+        max_depth: int = 5,
+        learning_rate: float = 0.05,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        early_stopping_rounds: int = 30,
+        seed: int = 0,
+        n_jobs: int | None = None,
+    ) -> None:
+        super().__init__(horizon)
+        self.lags = lags
+        self.covariate_lags = covariate_lags
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.early_stopping_rounds = early_stopping_rounds
+        self.seed = seed
+        self.n_jobs = n_jobs
+
+    def validate_params(self) -> None:
+        for name in (
+            "lags",
+            "covariate_lags",
+            "n_estimators",
+            "max_depth",
+            "early_stopping_rounds",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "subsample", "colsample_bytree"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+
+    def fit(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        val_inputs: np.ndarray | None = None,
+        val_targets: np.ndarray | None = None,
+    ) -> XGBoostForecaster:
+        self.validate_params()
+        self._check_windows(inputs, targets)
+        self.targets_ = targets.shape[2]
+        params = {
+            "objective": "reg:squarederror",
+            "tree_method": "hist",
+            "multi_strategy": "multi_output_tree",
+            "max_depth": self.max_depth,
+            "eta": self.learning_rate,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "seed": self.seed,
+            "nthread": self.n_jobs or 0,
+        }
+        train = xgb.DMatrix(self._features(inputs), label=self._labels(inputs, targets))
+        evals, stopping = [], None
+        if val_inputs is not None and val_targets is not None:
+            labels = self._labels(val_inputs, val_targets)
+            evals = [(xgb.DMatrix(self._features(val_inputs), label=labels), "validation")]
+            stopping = self.early_stopping_rounds
+        self.booster_ = xgb.train(
+            params,
+            train,
+            num_boost_round=self.n_estimators,
+            evals=evals,
+            early_stopping_rounds=stopping,
+            verbose_eval=False,
+        )
+        self.rounds_ = self.booster_.best_iteration + 1 if stopping else self.n_estimators
+        return self
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        self._check_fitted("booster_")
+        self._check_windows(inputs)
+        features = xgb.DMatrix(self._features(inputs))
+        flat = self.booster_.predict(features, iteration_range=(0, self.rounds_))
+        flat = flat.reshape(len(inputs), self.horizon, self.targets_)
+        return (flat + self._last(inputs)).astype(inputs.dtype)
+
+    def _last(self, inputs: np.ndarray) -> np.ndarray:
+        """(windows, 1, targets): the last observed target values."""
+        return inputs[:, -1:, : self.targets_]
+
+    def _features(self, inputs: np.ndarray) -> np.ndarray:
+        """Target lags relative to the level, the level, and short lags of the other channels."""
+        last = self._last(inputs)
+        targets = inputs[:, -min(self.lags, inputs.shape[1]) :, : self.targets_] - last
+        others = inputs[:, -min(self.covariate_lags, inputs.shape[1]) :, self.targets_ :]
+        return np.concatenate(
+            [targets.reshape(len(inputs), -1), last[:, 0, :], others.reshape(len(inputs), -1)],
+            axis=1,
+        ).astype(np.float32)
+
+    def _labels(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return (targets - self._last(inputs)).reshape(len(inputs), -1)
