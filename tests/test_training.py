@@ -97,7 +97,10 @@ def test_sliding_window_and_bad_fold_layouts(history: pd.DataFrame) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["training.model=prophet"], "unknown model 'prophet'; available: ['naive', 'nlinear', 'xgboost']"),
+        (
+            ["training.model=prophet"],
+            "unknown model 'prophet'; available: ['naive', 'nlinear', 'xgboost']",
+        ),
         (["training.params={depth: 3}"], "['depth'] are not parameters of 'nlinear'"),
         (["training.params={solver: magic}"], "unknown solver 'magic'"),
         (["training.lookback=20000"], "the longest entity history has 17420"),

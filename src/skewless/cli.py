@@ -248,6 +248,51 @@ def backtest(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None
         )
 
 
+@app.command()
+def tune(
+    config: ConfigArg,
+    csv: CsvOpt = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="overrides tuning.trials")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Optuna search over tuning.space; each trial is a rolling-origin backtest."""
+    with _user_errors():
+        import optuna
+
+        from skewless.training.pipeline import check_request, load_history
+        from skewless.training.tuning import storage_url
+        from skewless.training.tuning import tune as run_tune
+
+        if not logging.getLogger().isEnabledFor(logging.INFO):  # the table below says it all
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+        overrides = [*(set_ or []), *([f"tuning.trials={trials}"] if trials else [])]
+        repo = _repo(config, overrides)
+        check_request(repo.config)
+        with console.status("loading history"):
+            rows = load_history(repo.config, repo.home, csv)
+        with _progress() as progress:
+            task = progress.add_task("trials", total=repo.config.tuning.trials)
+            report = run_tune(
+                repo.config, rows, repo.home, on_trial=lambda _: progress.advance(task)
+            )
+        table = Table(
+            title=f"study '{report.study.study_name}' in {storage_url(repo.config, repo.home)}"
+        )
+        for column in ("trial", "state", repo.config.tuning.metric.upper(), "values"):
+            table.add_column(column)
+        for trial in report.study.trials:
+            value = "" if trial.value is None else f"{trial.value:.4f}"
+            table.add_row(str(trial.number), trial.state.name, value, str(trial.params))
+        console.print(table)
+        metric = repo.config.tuning.metric
+        console.print(f"best {metric} {report.best_value:.4f} with {report.study.best_params}")
+        _print_metrics(
+            "best configuration refitted on all rows: validation",
+            {"all": report.refit.validation.overall},
+        )
+
+
 def _print_metrics(title: str, rows: dict) -> None:
     from skewless.training.metrics import METRICS
 

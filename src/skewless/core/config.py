@@ -251,6 +251,41 @@ class BacktestConfig(_Strict):
         return self
 
 
+class SearchDimension(_Strict):
+    """One tuned value: an int or float range, or a list of choices."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"an {self.type} dimension needs low <= high")
+        return self
+
+
+class TuningConfig(_Strict):
+    """Optuna search over ``training`` keys; every trial is a full rolling-origin backtest."""
+
+    trials: int = Field(default=20, ge=1)
+    metric: Literal["mse", "mae", "rmse", "smape", "mase"] = "mse"
+    space: dict[str, SearchDimension] = Field(
+        default_factory=dict, description="dotted keys under training, e.g. lookback, params.lags"
+    )
+    storage: str | None = Field(
+        default=None, description="Optuna storage URL; default sqlite under SKEWLESS_HOME"
+    )
+    study_name: str | None = None
+    seed: int = 0
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -262,6 +297,7 @@ class SkewlessConfig(_Strict):
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
 
     @field_validator("name")
     @classmethod

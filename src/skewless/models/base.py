@@ -9,6 +9,7 @@ and never changes the fitted state. Constructors only store parameters; fitted a
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -50,6 +51,11 @@ class Forecaster(ABC):
     @abstractmethod
     def validate_params(self) -> None:
         """Raise ValueError for a parameter value that cannot work (called before fitting)."""
+
+    def get_params(self) -> dict[str, object]:
+        """The constructor's arguments as stored (scikit-learn's convention)."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in names if name != "self"}
 
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):

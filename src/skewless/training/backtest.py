@@ -30,6 +30,7 @@ class Fold:
     test_end: pd.Timestamp
     windows: int
     evaluation: Evaluation
+    model_params: dict[str, object]  # what the fitted model was actually built with
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ def backtest(
     rows: pd.DataFrame,
     on_fold: Callable[[Fold], None] | None = None,
 ) -> BacktestReport:
+    """Run every fold; ``on_fold`` sees each as it finishes (and may raise to stop early)."""
     settings, step = config.backtest, parse_frequency(config.data.frequency)
     times, key = rows[EVENT_TS], config.data.entity_key
     folds, pooled = [], []
@@ -90,6 +92,7 @@ def backtest(
             test_end,
             len(windows),
             evaluate(windows.actual, predicted, windows.entities, scale),
+            result.model.get_params(),
         )
         denominators = np.array([scale.get(e, np.nan) for e in windows.entities])
         pooled.append((windows.actual, predicted, windows.entities, denominators))

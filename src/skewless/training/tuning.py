@@ -1,0 +1,129 @@
+"""Optuna tuning: each trial is a rolling-origin backtest of one configuration.
+
+The search space is declared in the config (``tuning.space``) as dotted keys under ``training``
+(``lookback``, ``params.lags``...). A trial rebuilds the config with its values, so they reach the
+model by the same path as any hand-written config, and reports every fold's error so that the
+median pruner can stop hopeless trials early. The study lives in an Optuna storage (SQLite under
+``SKEWLESS_HOME`` by default, PostgreSQL so that workers on several machines share one study).
+The best configuration is then refitted on all rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from skewless.core.config import SearchDimension, SkewlessConfig, validate_config
+from skewless.core.errors import ConfigError
+from skewless.training.backtest import Fold, backtest, fold_bounds
+from skewless.training.pipeline import FitResult, check_request, fit
+
+
+@dataclass(frozen=True)
+class TuningReport:
+    study: optuna.Study
+    best_config: SkewlessConfig
+    best_value: float
+    refit: FitResult
+
+
+def storage_url(config: SkewlessConfig, home: Path) -> str:
+    if config.tuning.storage:
+        return config.tuning.storage
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'optuna.db'}"
+
+
+def trial_config(config: SkewlessConfig, values: dict[str, Any]) -> SkewlessConfig:
+    """``config`` with ``values`` (dotted keys under training) applied and validated again."""
+    raw = config.model_dump(mode="json")
+    for dotted, value in values.items():
+        node = raw["training"]
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return validate_config(raw, origin="a tuning trial's config")
+
+
+def tune(
+    config: SkewlessConfig,
+    rows: pd.DataFrame,
+    home: Path,
+    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+) -> TuningReport:
+    settings = config.tuning
+    if not settings.space:
+        raise ConfigError("tuning.space is empty: declare at least one dimension to search")
+    for dotted in settings.space:  # a bad key or range fails here, before any trial runs
+        check_request(trial_config(config, {dotted: _example(settings.space[dotted])}), rows)
+    fold_bounds(config, rows)
+    study = optuna.create_study(
+        study_name=settings.study_name or f"{config.name}-{config.training.model}",
+        storage=storage_url(config, home),
+        load_if_exists=True,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {k: _suggest(trial, k, d) for k, d in settings.space.items()}
+        candidate = trial_config(config, values)
+        try:
+            check_request(candidate, rows)
+            fold_bounds(candidate, rows)
+        except ConfigError as exc:  # e.g. a lookback too long for the first fold
+            raise optuna.TrialPruned(str(exc)) from exc
+
+        def report(fold: Fold) -> None:
+            trial.set_user_attr("model_params", _jsonable(fold.model_params))
+            trial.report(fold.evaluation.overall[settings.metric], step=fold.number)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {fold.number}")
+
+        result = backtest(candidate, rows, on_fold=report)
+        return result.overall.overall[settings.metric]
+
+    callbacks = [] if on_trial is None else [lambda _study, frozen: on_trial(frozen)]
+    study.optimize(objective, n_trials=settings.trials, callbacks=callbacks)
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        raise ConfigError("no tuning trial completed; widen tuning.space or add tuning.trials")
+    best = trial_config(config, study.best_params)
+    return TuningReport(study, best, study.best_value, fit(best, rows))
+
+
+def _suggest(trial: optuna.Trial, name: str, dimension: SearchDimension) -> Any:
+    if dimension.type == "categorical":
+        return trial.suggest_categorical(name, dimension.choices or [])
+    assert dimension.low is not None and dimension.high is not None
+    if dimension.type == "int":
+        return trial.suggest_int(
+            name,
+            int(dimension.low),
+            int(dimension.high),
+            step=int(dimension.step or 1),
+            log=dimension.log,
+        )
+    return trial.suggest_float(
+        name, dimension.low, dimension.high, step=dimension.step, log=dimension.log
+    )
+
+
+def _example(dimension: SearchDimension) -> Any:
+    if dimension.type == "categorical":
+        return (dimension.choices or [None])[0]
+    return int(dimension.low or 0) if dimension.type == "int" else dimension.low
+
+
+def _jsonable(params: dict[str, object]) -> dict[str, object]:
+    return {
+        k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
+        for k, v in params.items()
+    }
