@@ -48,7 +48,7 @@ def test_every_tuned_value_reaches_the_model(rows: pd.DataFrame, tmp_path: Path)
 
 def test_bad_spaces_fail_before_any_trial(rows: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tuning.space is empty"):
-        tune(etth_config("training.horizon=6"), rows, tmp_path)
+        tune(etth_config("training.horizon=6", "tuning.space={}"), rows, tmp_path)
     with pytest.raises(ConfigError, match=r"\['depth'\] are not parameters of 'nlinear'"):
         tune(
             etth_config(*BASE[:4], "tuning.space={params.depth: {type: int, low: 1, high: 3}}"),
