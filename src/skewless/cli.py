@@ -23,6 +23,8 @@ from skewless.core.config import SkewlessConfig, load_config, skewless_home
 from skewless.core.errors import SkewlessError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from skewless.features.ingest import IngestReport
     from skewless.features.repo import FeastRepo
 
@@ -201,13 +203,9 @@ CsvOpt = Annotated[
 def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
     """Fit the preprocessor and model on point-in-time data and report validation errors."""
     with _user_errors():
-        from skewless.training.pipeline import check_request, fit, load_history
+        from skewless.training.pipeline import fit
 
-        repo = _repo(config, set_)
-        check_request(repo.config)
-        with console.status("loading history"):
-            rows = load_history(repo.config, repo.home, csv)
-        check_request(repo.config, rows)
+        repo, rows = _history(config, set_, csv)
         with console.status(f"fitting {repo.config.training.model}"):
             result = fit(repo.config, rows)
         _print_metrics("validation", {"all": result.validation.overall})
@@ -220,13 +218,8 @@ def backtest(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None
     with _user_errors():
         from skewless.training.backtest import backtest as run_backtest
         from skewless.training.backtest import fold_bounds
-        from skewless.training.pipeline import check_request, load_history
 
-        repo = _repo(config, set_)
-        check_request(repo.config)
-        with console.status("loading history"):
-            rows = load_history(repo.config, repo.home, csv)
-        check_request(repo.config, rows)
+        repo, rows = _history(config, set_, csv)
         fold_bounds(repo.config, rows)  # refuse impossible fold layouts before any work
         with _progress() as progress:
             task = progress.add_task("folds", total=repo.config.backtest.folds)
@@ -259,7 +252,6 @@ def tune(
     with _user_errors():
         import optuna
 
-        from skewless.training.pipeline import check_request, load_history
         from skewless.training.tuning import storage_url
         from skewless.training.tuning import tune as run_tune
 
@@ -267,10 +259,7 @@ def tune(
             optuna.logging.set_verbosity(optuna.logging.WARNING)
 
         overrides = [*(set_ or []), *([f"tuning.trials={trials}"] if trials else [])]
-        repo = _repo(config, overrides)
-        check_request(repo.config)
-        with console.status("loading history"):
-            rows = load_history(repo.config, repo.home, csv)
+        repo, rows = _history(config, overrides, csv)
         with _progress() as progress:
             task = progress.add_task("trials", total=repo.config.tuning.trials)
             report = run_tune(
@@ -291,6 +280,20 @@ def tune(
             "best configuration refitted on all rows: validation",
             {"all": report.refit.validation.overall},
         )
+
+
+def _history(
+    config: Path, overrides: list[str] | None, csv: Path | None
+) -> tuple[FeastRepo, pd.DataFrame]:
+    """The repo and its training rows, with the request checked before and after loading."""
+    from skewless.training.pipeline import check_request, load_history
+
+    repo = _repo(config, overrides)
+    check_request(repo.config)  # model and parameters, before the (slow) load
+    with console.status("loading history"):
+        rows = load_history(repo.config, repo.home, csv)
+    check_request(repo.config, rows)
+    return repo, rows
 
 
 def _print_metrics(title: str, rows: dict) -> None:
