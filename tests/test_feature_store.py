@@ -32,6 +32,10 @@ from tests.conftest import REDIS_URL, MakeRepo, raw_rows
 
 def test_online_windows_equal_the_last_rows_offline(etth_sqlite: FeastRepo) -> None:
     assert_windows_equal_offline_tail(etth_sqlite, [1, 2])
+    window = OnlineRetrievalStrategy(etth_sqlite, None).retrieve([2]).windows[2]
+    rows = window.to_frame("station_id")  # back in the shape ingestion stored
+    expected = etth_sqlite.offline.tail(512, [2])[rows.columns]
+    pd.testing.assert_frame_equal(rows, expected.reset_index(drop=True), check_dtype=False)
 
 
 def test_point_in_time_join_equals_merge_asof(etth_sqlite: FeastRepo) -> None:

@@ -136,9 +136,6 @@ class FeastRepo:
         self.store.apply(feast_definitions(self.config, self.home))
         logger.info("applied Feast repo %s", self.folder)
 
-    def is_applied(self) -> bool:
-        return any(v.name == WINDOW_VIEW for v in self.store.list_feature_views())
-
     def _store_yaml(self) -> dict[str, Any]:
         online = self.config.feature_store.online_store
         if isinstance(online, RedisOnlineStore):
