@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from skewless.cli import app
@@ -145,6 +146,16 @@ def test_cli_train_and_backtest_from_a_csv(tmp_path: Path, monkeypatch: pytest.M
     tested = CliRunner().invoke(app, ["backtest", *common])
     assert tested.exit_code == 0, tested.output
     assert "all folds, per horizon step" in tested.output
+    client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("etth")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert runs["train"].data.metrics["val_mse"] > 0
+    assert runs["train"].data.params["training.lookback"] == "24"
+    tested_run = runs["backtest"]
+    assert [m.step for m in client.get_metric_history(tested_run.info.run_id, "fold_mse")] == [1, 2]
+    assert len(client.get_metric_history(tested_run.info.run_id, "mse_by_step")) == 6
+    artifacts = {a.path for a in client.list_artifacts(tested_run.info.run_id)}
+    assert {"forecast_vs_actual.png", "backtest_folds.json", "config.json"} <= artifacts
     refused = CliRunner().invoke(app, ["train", *common, "--set", "training.model=arima"])
     assert refused.exit_code == 1 and "unknown model 'arima'" in refused.output
     assert load_config(ETTH_CONFIG, environ={}).training.model == "nlinear"

@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from skewless.cli import app
@@ -44,6 +45,12 @@ def test_every_tuned_value_reaches_the_model(rows: pd.DataFrame, tmp_path: Path)
     assert report.best_config.training.lookback == best["lookback"]
     assert report.refit.model.get_params()["individual"] == best["params.individual"]
     assert (tmp_path / "optuna.db").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("etth").experiment_id])
+    trial_runs = [r for r in runs if (r.info.run_name or "").startswith("trial ")]
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in trial_runs}
+    assert len(trial_runs) == 5 and len(parents) == 1  # every trial, nested under the study run
+    assert {f"tuned.{k}" for k in report.study.trials[0].params} <= set(trial_runs[0].data.params)
 
 
 def test_bad_spaces_fail_before_any_trial(rows: pd.DataFrame, tmp_path: Path) -> None:

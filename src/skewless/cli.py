@@ -204,12 +204,18 @@ def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
     """Fit the preprocessor and model on point-in-time data and report validation errors."""
     with _user_errors():
         from skewless.training.pipeline import fit
+        from skewless.training.tracking import log_evaluation, tracked_run
 
         repo, rows = _history(config, set_, csv)
-        with console.status(f"fitting {repo.config.training.model}"):
+        with (
+            tracked_run(repo.config, repo.home, "train") as run_id,
+            console.status(f"fitting {repo.config.training.model}"),
+        ):
             result = fit(repo.config, rows)
+            log_evaluation(result.validation, "val_")
         _print_metrics("validation", {"all": result.validation.overall})
         _print_metrics("validation per entity", result.validation.per_entity.to_dict("index"))
+        console.print(f"MLflow run {run_id}")
 
 
 @app.command()
@@ -218,12 +224,14 @@ def backtest(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None
     with _user_errors():
         from skewless.training.backtest import backtest as run_backtest
         from skewless.training.backtest import fold_bounds
+        from skewless.training.tracking import log_backtest, tracked_run
 
         repo, rows = _history(config, set_, csv)
         fold_bounds(repo.config, rows)  # refuse impossible fold layouts before any work
-        with _progress() as progress:
+        with tracked_run(repo.config, repo.home, "backtest") as run_id, _progress() as progress:
             task = progress.add_task("folds", total=repo.config.backtest.folds)
             report = run_backtest(repo.config, rows, on_fold=lambda _: progress.advance(task))
+            log_backtest(report, repo.config)
         _print_metrics(
             "backtest folds",
             {
@@ -239,6 +247,7 @@ def backtest(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None
         _print_metrics(
             "all folds, per horizon step", {f"step {s}": steps.loc[s].to_dict() for s in shown}
         )
+        console.print(f"MLflow run {run_id}")
 
 
 @app.command()

@@ -286,6 +286,13 @@ class TuningConfig(_Strict):
     seed: int = 0
 
 
+class TrackingConfig(_Strict):
+    """Where runs are logged: an MLflow tracking URI (default: SQLite under SKEWLESS_HOME)."""
+
+    uri: str | None = None
+    experiment: str | None = Field(default=None, description="defaults to 'name'")
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -298,6 +305,7 @@ class SkewlessConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("name")
     @classmethod

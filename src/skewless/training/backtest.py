@@ -34,9 +34,20 @@ class Fold:
 
 
 @dataclass(frozen=True)
+class Forecasts:
+    """Every scored window of a backtest: when its forecast starts, whose, actual and forecast."""
+
+    first_target: pd.DatetimeIndex
+    entities: np.ndarray
+    actual: np.ndarray  # (windows, horizon, targets), original units
+    predicted: np.ndarray
+
+
+@dataclass(frozen=True)
 class BacktestReport:
     folds: list[Fold]
     overall: Evaluation  # every test window of every fold, pooled
+    forecasts: Forecasts
 
 
 def fold_bounds(
@@ -72,7 +83,7 @@ def backtest(
     """Run every fold; ``on_fold`` sees each as it finishes (and may raise to stop early)."""
     settings, step = config.backtest, parse_frequency(config.data.frequency)
     times, key = rows[EVENT_TS], config.data.entity_key
-    folds, pooled = [], []
+    folds, pooled, starts = [], [], []
     for number, (train_end, test_start, test_end) in enumerate(fold_bounds(config, rows), start=1):
         in_train = times <= train_end
         if settings.window == "sliding":
@@ -96,8 +107,14 @@ def backtest(
         )
         denominators = np.array([scale.get(e, np.nan) for e in windows.entities])
         pooled.append((windows.actual, predicted, windows.entities, denominators))
+        starts.append(windows.first_target)
         if on_fold is not None:
             on_fold(fold)
         folds.append(fold)
-    overall = evaluate(*(np.concatenate(parts) for parts in zip(*pooled, strict=True)))
-    return BacktestReport(folds, overall)
+    actual, predicted, entities, denominators = (
+        np.concatenate(parts) for parts in zip(*pooled, strict=True)
+    )
+    forecasts = Forecasts(
+        pd.DatetimeIndex(starts[0].append(starts[1:])), entities, actual, predicted
+    )
+    return BacktestReport(folds, evaluate(actual, predicted, entities, denominators), forecasts)

@@ -5,7 +5,8 @@ The search space is declared in the config (``tuning.space``) as dotted keys und
 model by the same path as any hand-written config, and reports every fold's error so that the
 median pruner can stop hopeless trials early. The study lives in an Optuna storage (SQLite under
 ``SKEWLESS_HOME`` by default, PostgreSQL so that workers on several machines share one study).
-The best configuration is then refitted on all rows.
+The best configuration is then refitted on all rows. The study is one MLflow run, each trial
+a nested run with its values and score.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import optuna
 import pandas as pd
 
@@ -22,6 +24,7 @@ from skewless.core.config import SearchDimension, SkewlessConfig, validate_confi
 from skewless.core.errors import ConfigError
 from skewless.training.backtest import Fold, backtest, fold_bounds
 from skewless.training.pipeline import FitResult, check_request, fit
+from skewless.training.tracking import log_evaluation, tracked_run
 
 
 @dataclass(frozen=True)
@@ -87,16 +90,25 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {fold.number}")
 
-        result = backtest(candidate, rows, on_fold=report)
-        return result.overall.overall[settings.metric]
+        with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
+            mlflow.log_params({f"tuned.{k}": v for k, v in values.items()})
+            result = backtest(candidate, rows, on_fold=report)
+            value = result.overall.overall[settings.metric]
+            mlflow.log_metric(settings.metric, value)
+        return value
 
     callbacks = [] if on_trial is None else [lambda _study, frozen: on_trial(frozen)]
-    study.optimize(objective, n_trials=settings.trials, callbacks=callbacks)
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not completed:
-        raise ConfigError("no tuning trial completed; widen tuning.space or add tuning.trials")
-    best = trial_config(config, study.best_params)
-    return TuningReport(study, best, study.best_value, fit(best, rows))
+    with tracked_run(config, home, f"tune {study.study_name}"):
+        study.optimize(objective, n_trials=settings.trials, callbacks=callbacks)
+        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not completed:
+            raise ConfigError("no tuning trial completed; widen tuning.space or add tuning.trials")
+        best = trial_config(config, study.best_params)
+        refit = fit(best, rows)
+        mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
+        mlflow.log_metric(f"best_{settings.metric}", study.best_value)
+        log_evaluation(refit.validation, "refit_val_")
+    return TuningReport(study, best, study.best_value, refit)
 
 
 def _suggest(trial: optuna.Trial, name: str, dimension: SearchDimension) -> Any:
