@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -39,11 +39,11 @@ errors = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="experiment config (YAML)", show_default=False)]
 SetOpt = Annotated[
-    Optional[list[str]],  # noqa: UP045  typer needs Optional here
+    list[str] | None,
     typer.Option("--set", help="override a config key: --set feature_store.window_size=336"),
 ]
 EntityOpt = Annotated[
-    Optional[str],  # noqa: UP045
+    str | None,
     typer.Option(help="entity id for every row, when the file has no entity column"),
 ]
 
