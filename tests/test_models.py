@@ -133,3 +133,17 @@ def test_xgboost_learns_from_covariates_and_stops_early() -> None:
     assert 1 <= model.rounds_ <= 200
     with pytest.raises(ValueError, match="subsample must be in"):
         XGBoostForecaster(1, subsample=0).validate_params()
+
+
+def test_long_fits_report_progress_to_a_listener() -> None:
+    from skewless.core.progress import listening
+    from skewless.models.xgboost import XGBoostForecaster
+
+    windows = cut_windows(series(300), 24, 6)
+    seen: list[tuple[str, int, int]] = []
+    with listening(lambda what, done, total: seen.append((what, done, total))):
+        NLinear(6, solver="gradient", epochs=2).fit(windows.inputs, windows.targets)
+        XGBoostForecaster(6, n_estimators=3).fit(windows.inputs, windows.targets)
+    assert ("NLinear epochs", 2, 2) in seen and ("XGBoost rounds", 3, 3) in seen
+    NLinear(6, solver="gradient", epochs=1).fit(windows.inputs, windows.targets)  # nobody listens
+    assert len(seen) == 5

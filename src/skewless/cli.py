@@ -16,7 +16,14 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from skewless.core.config import SkewlessConfig, load_config, skewless_home
@@ -207,10 +214,7 @@ def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
         from skewless.training.tracking import log_evaluation, tracked_run
 
         repo, rows = _history(config, set_, csv)
-        with (
-            tracked_run(repo.config, repo.home, "train") as run_id,
-            console.status(f"fitting {repo.config.training.model}"),
-        ):
+        with tracked_run(repo.config, repo.home, "train") as run_id, _progress():
             result = fit(repo.config, rows)
             log_evaluation(result.validation, "val_")
         _print_metrics("validation", {"all": result.validation.overall})
@@ -415,8 +419,12 @@ def _entity_ids(values: list[str], config: SkewlessConfig) -> list[int | str]:
         ) from None
 
 
-def _progress() -> Progress:
-    return Progress(
+@contextmanager
+def _progress() -> Iterator[Progress]:
+    """Rich progress bars, which also show what the library reports (epochs, rounds)."""
+    from skewless.core.progress import listening
+
+    bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -424,6 +432,15 @@ def _progress() -> Progress:
         console=console,
         transient=False,
     )
+    reported: dict[str, TaskID] = {}
+
+    def show(what: str, done: int, total: int) -> None:
+        if what not in reported:
+            reported[what] = bars.add_task(what, total=total)
+        bars.update(reported[what], completed=done, total=total)
+
+    with bars, listening(show):
+        yield bars
 
 
 def _print_ingest(reports: list[IngestReport]) -> None:

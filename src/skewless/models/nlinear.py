@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from skewless.core.progress import report
 from skewless.models.base import Forecaster
 from skewless.models.normal_equations import normal_equations, solve_ridge
 
@@ -153,6 +154,7 @@ class NLinear(Forecaster):
                 loss.backward()
                 optimizer.step()
             schedule.step()
+            report("NLinear epochs", epoch + 1, self.epochs)
             if val_inputs is None or val_targets is None:
                 continue
             with torch.no_grad():

@@ -12,7 +12,20 @@ from __future__ import annotations
 import numpy as np
 import xgboost as xgb
 
+from skewless.core.progress import report
 from skewless.models.base import Forecaster
+
+
+class _RoundProgress(xgb.callback.TrainingCallback):
+    """Reports boosting rounds to whoever listens (the CLI's progress bars)."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__()
+        self.rounds = rounds
+
+    def after_iteration(self, model: object, epoch: int, evals_log: object) -> bool:
+        report("XGBoost rounds", epoch + 1, self.rounds)
+        return False  # never stops training itself
 
 
 class XGBoostForecaster(Forecaster):
@@ -94,6 +107,7 @@ class XGBoostForecaster(Forecaster):
             evals=evals,
             early_stopping_rounds=stopping,
             verbose_eval=False,
+            callbacks=[_RoundProgress(self.n_estimators)],
         )
         self.rounds_ = self.booster_.best_iteration + 1 if stopping else self.n_estimators
         return self
