@@ -62,10 +62,16 @@ def cut_windows(
     """All (lookback → horizon) windows of ``values`` (rows x variables), stride ``stride``."""
     if lookback < 1 or horizon < 0:
         raise ValueError(f"lookback must be >= 1 and horizon >= 0 (got {lookback}, {horizon})")
-    values = np.asarray(values)
     segments = np.zeros(len(values), dtype=np.int64) if segments is None else segments
+    return windows_at(
+        values, window_starts(segments, lookback + horizon, stride), lookback, horizon
+    )
+
+
+def windows_at(values: np.ndarray, starts: np.ndarray, lookback: int, horizon: int) -> Windows:
+    """The windows starting at ``starts`` (from :func:`window_starts`), copied out once."""
+    values = np.asarray(values)
     length = lookback + horizon
-    starts = window_starts(segments, length, stride)
     if len(starts):
         view = np.lib.stride_tricks.sliding_window_view(values, length, axis=0)
         chosen = np.moveaxis(view[starts], -1, 1)

@@ -21,7 +21,7 @@ from skewless.features.validation import EVENT_TS, Findings, check_duplicates, p
 from skewless.models.base import Forecaster
 from skewless.models.factory import create_model
 from skewless.preprocessing.preprocessor import Preprocessor
-from skewless.preprocessing.windows import cut_windows, segment_ids
+from skewless.preprocessing.windows import segment_ids, window_starts, windows_at
 from skewless.training.metrics import Evaluation, evaluate, naive_scale
 
 
@@ -98,23 +98,25 @@ def window_set(
     targets = len(config.data.targets)
     times = pd.DatetimeIndex(rows[EVENT_TS])
     segments = segment_ids(rows[key].to_numpy(), times, step)
-    values = preprocessor.transform(rows).to_numpy(np.float32)
-    raw = rows[config.data.targets].to_numpy(np.float64)
-    scaled = cut_windows(values, training.lookback, training.horizon, segments)
-    actual = cut_windows(raw, training.lookback, training.horizon, segments)
-    starts = times[scaled.starts + training.lookback]
-    ends = times[scaled.starts + training.lookback + training.horizon - 1]
-    keep = np.ones(len(scaled), dtype=bool)
+    starts = window_starts(segments, training.lookback + training.horizon)
+    # Choose windows by their forecast span first, so only the kept ones are ever copied.
+    first = times[starts + training.lookback]
+    keep = np.ones(len(starts), dtype=bool)
     if first_target is not None:
-        keep &= starts >= first_target
+        keep &= first >= first_target
     if last_target is not None:
-        keep &= ends <= last_target
+        keep &= times[starts + training.lookback + training.horizon - 1] <= last_target
+    starts = starts[keep]
+    values = preprocessor.transform(rows).to_numpy(np.float32)
+    scaled = windows_at(values, starts, training.lookback, training.horizon)
+    raw = rows[config.data.targets].to_numpy(np.float64)
+    actual = windows_at(raw, starts, training.lookback, training.horizon)
     return WindowSet(
-        inputs=scaled.inputs[keep],
-        targets=scaled.targets[keep, :, :targets],
-        actual=actual.targets[keep],
-        entities=rows[key].to_numpy()[scaled.starts[keep]],
-        first_target=starts[keep],
+        inputs=scaled.inputs,
+        targets=scaled.targets[:, :, :targets],
+        actual=actual.targets,
+        entities=rows[key].to_numpy()[starts],
+        first_target=first[keep],
     )
 
 
