@@ -130,7 +130,7 @@ def test_xgboost_learns_from_covariates_and_stops_early() -> None:
     error = np.mean((predicted - val.targets[:, :, :1]) ** 2)
     naive = np.mean((val.inputs[:, -1:, :1] - val.targets[:, :, :1]) ** 2)
     assert error < 0.1 * naive  # only the covariate explains the target
-    assert 1 <= model.rounds_ <= 200
+    assert model.rounds_ in range(1, 201)  # early stopping may end before the last round
     with pytest.raises(ValueError, match="subsample must be in"):
         XGBoostForecaster(1, subsample=0).validate_params()
 
