@@ -83,8 +83,9 @@ def test_stale_windows_are_reported_not_used(etth_sqlite: FeastRepo) -> None:
     facade = FeatureStoreFacade(etth_sqlite.config, mode="online", home=etth_sqlite.home)
     with pytest.raises(
         StaleFeaturesError, match="stale online windows for 1 .*ends 2018-06-26T19:00:00"
-    ):
+    ) as error:
         facade.load_features("now", [1, 2])
+    assert set(error.value.window_ends) == {1, 2}  # every stale entity, in one error
     # One period late is within the default tolerance; two are not.
     assert facade.load_features("2018-06-26T20:59:00Z", [1]).windows[1].end.hour == 19
     with pytest.raises(StaleFeaturesError):

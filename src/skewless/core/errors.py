@@ -48,6 +48,7 @@ class StaleFeaturesError(FeatureStoreError):
 
     def __init__(self, window_ends: Mapping[object, datetime], required_end: datetime) -> None:
         self.window_ends = dict(window_ends)
+        self.required_end = required_end
         shown = ", ".join(
             f"{e!r} (ends {t.isoformat()})" for e, t in list(window_ends.items())[:20]
         )

@@ -109,6 +109,10 @@ class OnlineWindows:
         unknown = [e for e, p in self.problems.items() if isinstance(p, UnknownEntityError)]
         if unknown:
             raise UnknownEntityError(unknown, entity_key)
+        stale = [p for p in self.problems.values() if isinstance(p, StaleFeaturesError)]
+        if stale:
+            ends = {e: t for p in stale for e, t in p.window_ends.items()}
+            raise StaleFeaturesError(ends, stale[0].required_end)
         for problem in self.problems.values():
             raise problem
 
