@@ -4,13 +4,15 @@
 futures (windows, horizon, variables), optionally watching validation windows for model selection
 or early stopping, and returns ``self``. ``predict(inputs)`` returns (windows, horizon, variables)
 and never changes the fitted state. Constructors only store parameters; fitted attributes end in
-``_``.
+``_``. The base class owns the checks (parameters, shapes, fitted or not); a model implements
+``validate_params``, ``_fit`` and ``_predict``.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from typing import Self
 
 import numpy as np
 
@@ -36,17 +38,43 @@ class Forecaster(ABC):
             raise ValueError(f"horizon must be at least 1 (got {horizon})")
         self.horizon = horizon
 
-    @abstractmethod
     def fit(
         self,
         inputs: np.ndarray,
         targets: np.ndarray,
         val_inputs: np.ndarray | None = None,
         val_targets: np.ndarray | None = None,
-    ) -> Forecaster: ...
+    ) -> Self:
+        """Check parameters and shapes, learn, and mark the model fitted."""
+        self.validate_params()
+        self._check_windows(inputs, targets)
+        if val_inputs is not None and val_targets is not None:
+            self._check_windows(val_inputs, val_targets)
+        else:
+            val_inputs = val_targets = None
+        self._fit(inputs, targets, val_inputs, val_targets)
+        self.fitted_ = True
+        return self
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """(windows, horizon, channels) forecasts; never changes the fitted state."""
+        if not getattr(self, "fitted_", False):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit first")
+        self._check_windows(inputs)
+        return self._predict(inputs)
 
     @abstractmethod
-    def predict(self, inputs: np.ndarray) -> np.ndarray: ...
+    def _fit(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        val_inputs: np.ndarray | None,
+        val_targets: np.ndarray | None,
+    ) -> None:
+        """Learn from checked windows; validation windows are both given or both None."""
+
+    @abstractmethod
+    def _predict(self, inputs: np.ndarray) -> np.ndarray: ...
 
     @abstractmethod
     def validate_params(self) -> None:
@@ -56,10 +84,6 @@ class Forecaster(ABC):
         """The constructor's arguments as stored (scikit-learn's convention)."""
         names = inspect.signature(type(self).__init__).parameters
         return {name: getattr(self, name) for name in names if name != "self"}
-
-    def _check_fitted(self, attribute: str) -> None:
-        if not hasattr(self, attribute):
-            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit first")
 
     def _check_windows(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
         if inputs.ndim != 3:

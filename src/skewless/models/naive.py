@@ -10,21 +10,17 @@ from skewless.models.base import Forecaster
 class NaiveForecaster(Forecaster):
     """Forecasts every step as the window's last observed value ("Repeat" in the LTSF papers)."""
 
-    def fit(
-        self,
-        inputs: np.ndarray,
-        targets: np.ndarray,
-        val_inputs: np.ndarray | None = None,
-        val_targets: np.ndarray | None = None,
-    ) -> NaiveForecaster:
-        self._check_windows(inputs, targets)
-        self.fitted_ = True
-        return self
-
     def validate_params(self) -> None:
         """The horizon is checked by the constructor; there is nothing else to validate."""
 
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        self._check_fitted("fitted_")
-        self._check_windows(inputs)
+    def _fit(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        val_inputs: np.ndarray | None,
+        val_targets: np.ndarray | None,
+    ) -> None:
+        """Nothing to learn."""
+
+    def _predict(self, inputs: np.ndarray) -> np.ndarray:
         return np.repeat(inputs[:, -1:, :], self.horizon, axis=1)

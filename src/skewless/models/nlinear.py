@@ -51,20 +51,17 @@ class NLinear(Forecaster):
         self.patience = patience
         self.seed = seed
 
-    def fit(
+    def _fit(
         self,
         inputs: np.ndarray,
         targets: np.ndarray,
-        val_inputs: np.ndarray | None = None,
-        val_targets: np.ndarray | None = None,
-    ) -> NLinear:
-        self.validate_params()
-        self._check_windows(inputs, targets)
+        val_inputs: np.ndarray | None,
+        val_targets: np.ndarray | None,
+    ) -> None:
         if self.solver == "closed_form":
             self._fit_closed_form(inputs, targets, val_inputs, val_targets)
         else:
             self._fit_gradient(inputs, targets, val_inputs, val_targets)
-        return self
 
     def validate_params(self) -> None:
         if self.solver not in ("closed_form", "gradient"):
@@ -79,9 +76,7 @@ class NLinear(Forecaster):
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        self._check_fitted("weight_")
-        self._check_windows(inputs)
+    def _predict(self, inputs: np.ndarray) -> np.ndarray:
         last = inputs[:, -1:, :]
         centered = np.moveaxis(inputs - last, 2, 0).astype(np.float64)  # (channels, n, lookback)
         # weight_: (groups, lookback, horizon); one group shared by all channels, or one each.

@@ -73,15 +73,13 @@ class XGBoostForecaster(Forecaster):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
 
-    def fit(
+    def _fit(
         self,
         inputs: np.ndarray,
         targets: np.ndarray,
-        val_inputs: np.ndarray | None = None,
-        val_targets: np.ndarray | None = None,
-    ) -> XGBoostForecaster:
-        self.validate_params()
-        self._check_windows(inputs, targets)
+        val_inputs: np.ndarray | None,
+        val_targets: np.ndarray | None,
+    ) -> None:
         self.targets_ = targets.shape[2]
         params = {
             "objective": "reg:squarederror",
@@ -110,11 +108,8 @@ class XGBoostForecaster(Forecaster):
             callbacks=[_RoundProgress(self.n_estimators)],
         )
         self.rounds_ = self.booster_.best_iteration + 1 if stopping else self.n_estimators
-        return self
 
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        self._check_fitted("booster_")
-        self._check_windows(inputs)
+    def _predict(self, inputs: np.ndarray) -> np.ndarray:
         features = xgb.DMatrix(self._features(inputs))
         flat = self.booster_.predict(features, iteration_range=(0, self.rounds_))
         flat = flat.reshape(len(inputs), self.horizon, self.targets_)
