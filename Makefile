@@ -41,7 +41,7 @@ bench-online: $(VENV)/.installed-dev
 
 bench-ltsf: $(VENV)/.installed
 	$(BIN)/skewless benchmark ltsf --data data/ETTh1.csv --lookback 336 \
-		--models naive,nlinear,nlinear_gd --drop-last-batch 32 --out benchmarks/results/ltsf_etth1.json
+		--models naive,nlinear,nlinear_gd,xgboost,tft --drop-last-batch 32 --out benchmarks/results/ltsf_etth1.json
 
 clean:
 	rm -rf $(VENV) skewless_home

@@ -147,3 +147,23 @@ def test_long_fits_report_progress_to_a_listener() -> None:
     assert ("NLinear epochs", 2, 2) in seen and ("XGBoost rounds", 3, 3) in seen
     NLinear(6, solver="gradient", epochs=1).fit(windows.inputs, windows.targets)  # nobody listens
     assert len(seen) == 5
+
+
+def test_xgboost_compressed_horizon_is_as_accurate_as_one_output_per_step() -> None:
+    """With 6 label components the trees predict 6 numbers per window, not 12 x 3."""
+    from skewless.models.xgboost import XGBoostForecaster
+
+    data = series(1200)
+    train, val = cut_windows(data[:900], 48, 12), cut_windows(data[900:], 48, 12)
+
+    def error(components: int | None) -> float:
+        model = XGBoostForecaster(
+            12, lags=24, n_estimators=60, learning_rate=0.15, horizon_components=components
+        ).fit(train.inputs, train.targets, val.inputs, val.targets)
+        assert (model.basis_ is None) == (components is None)
+        return float(np.mean((model.predict(val.inputs) - val.targets) ** 2))
+
+    compressed = error(6)
+    naive = np.mean((val.inputs[:, -1:] - val.targets) ** 2)
+    assert compressed < 0.5 * naive
+    assert compressed < 1.05 * error(None)

@@ -335,7 +335,7 @@ def benchmark_ltsf(
         str, typer.Option(help="comma-separated forecast lengths")
     ] = "96,192,336,720",
     models: Annotated[
-        str, typer.Option(help="comma-separated: naive, nlinear, nlinear_gd")
+        str, typer.Option(help="comma-separated: naive, nlinear, nlinear_gd, xgboost, tft")
     ] = "naive,nlinear",
     drop_last_batch: Annotated[
         int | None,

@@ -10,12 +10,14 @@ from skewless.core.errors import ConfigError
 from skewless.models.base import Forecaster
 from skewless.models.naive import NaiveForecaster
 from skewless.models.nlinear import NLinear
+from skewless.models.tft import TemporalFusionTransformer
 from skewless.models.xgboost import XGBoostForecaster
 
 MODELS: dict[str, Callable[..., Forecaster]] = {
     "naive": NaiveForecaster,
     "nlinear": NLinear,
     "xgboost": XGBoostForecaster,
+    "tft": TemporalFusionTransformer,
 }
 
 

@@ -10,14 +10,14 @@ Adam as the paper did, for comparison.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Literal
 
 import numpy as np
+import torch
 
-from skewless.core.progress import report
 from skewless.models.base import Forecaster
 from skewless.models.normal_equations import normal_equations, solve_ridge
+from skewless.models.torch_training import TrainingLoop
 
 logger = logging.getLogger(__name__)
 
@@ -113,71 +113,44 @@ class NLinear(Forecaster):
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
     ) -> None:
-        import torch
-
         torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
-        lookback, channels = inputs.shape[1], inputs.shape[2]
-        groups = channels if self.individual else 1
-        weight = torch.nn.Parameter(torch.empty(groups, lookback, self.horizon))
-        bias = torch.nn.Parameter(torch.empty(groups, self.horizon))
-        bound = 1 / lookback**0.5  # nn.Linear's default initialisation
-        torch.nn.init.uniform_(weight, -bound, bound)
-        torch.nn.init.uniform_(bias, -bound, bound)
-        optimizer = torch.optim.Adam([weight, bias], lr=self.learning_rate)
-        # The paper's schedule ("type1"): halve the learning rate after every epoch.
-        schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
-
-        def forward(batch: torch.Tensor) -> torch.Tensor:
-            last = batch[:, -1:, :]
-            w = weight.expand(channels, -1, -1)
-            b = bias.expand(channels, -1)
-            return torch.einsum("nlv,vlh->nhv", batch - last, w) + b.T[None] + last
-
-        x, y = (
-            torch.from_numpy(inputs.astype(np.float32)),
-            torch.from_numpy(targets.astype(np.float32)),
+        groups = inputs.shape[2] if self.individual else 1
+        network = _NLinearNetwork(groups, inputs.shape[1], self.horizon)
+        loop = TrainingLoop(
+            label="NLinear",
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            patience=self.patience,
+            seed=self.seed,
+            lr_decay=0.5,  # the paper's schedule ("type1"): halve the rate after every epoch
         )
-        best, best_loss, waited = None, float("inf"), 0
-        for epoch in range(self.epochs):
-            started = time.perf_counter()
-            order = torch.randperm(len(x), generator=generator)
-            for begin in range(0, len(x), self.batch_size):
-                index = order[begin : begin + self.batch_size]
-                optimizer.zero_grad()
-                loss = torch.mean((forward(x[index]) - y[index]) ** 2)
-                loss.backward()
-                optimizer.step()
-            schedule.step()
-            report("NLinear epochs", epoch + 1, self.epochs)
-            if val_inputs is None or val_targets is None:
-                continue
-            with torch.no_grad():
-                val_loss = float(
-                    torch.mean(
-                        (
-                            forward(torch.from_numpy(val_inputs.astype(np.float32)))
-                            - torch.from_numpy(val_targets.astype(np.float32))
-                        )
-                        ** 2
-                    )
-                )
-            logger.info(
-                "NLinear epoch %d: validation MSE %.5f (%.1fs)",
-                epoch + 1,
-                val_loss,
-                time.perf_counter() - started,
-            )
-            if val_loss < best_loss:
-                best, best_loss, waited = (
-                    (weight.detach().clone(), bias.detach().clone()),
-                    val_loss,
-                    0,
-                )
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
-        final = best or (weight.detach(), bias.detach())
-        self.weight_ = final[0].numpy().astype(np.float64)
-        self.bias_ = final[1].numpy().astype(np.float64)
+
+        def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+
+        validation = (
+            None if val_inputs is None or val_targets is None else tensors(val_inputs, val_targets)
+        )
+        loop.run(network, torch.nn.functional.mse_loss, tensors(inputs, targets), validation)
+        self.weight_ = network.weight.detach().numpy().astype(np.float64)
+        self.bias_ = network.bias.detach().numpy().astype(np.float64)
+
+
+class _NLinearNetwork(torch.nn.Module):
+    """The gradient solver's parameters: one (lookback → horizon) map per group of channels."""
+
+    def __init__(self, groups: int, lookback: int, horizon: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(groups, lookback, horizon))
+        self.bias = torch.nn.Parameter(torch.empty(groups, horizon))
+        bound = 1 / lookback**0.5  # nn.Linear's default initialisation
+        torch.nn.init.uniform_(self.weight, -bound, bound)
+        torch.nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        last = batch[:, -1:, :]
+        channels = batch.shape[2]
+        weight = self.weight.expand(channels, -1, -1)
+        bias = self.bias.expand(channels, -1)
+        return torch.einsum("nlv,vlh->nhv", batch - last, weight) + bias.T[None] + last

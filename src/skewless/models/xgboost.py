@@ -5,9 +5,15 @@ last target value, that last value itself (the level), and the last ``covariate_
 every other channel (covariates and calendar features). The label is the whole future relative to
 the last value, one output per (horizon step, target): one multi-output model, whose trees each
 predict every output (XGBoost's ``multi_output_tree``), stopped early on the validation windows.
+
+A tree's cost grows with its outputs, so for long horizons ``horizon_components`` compresses the
+label to its leading principal components (learned from the training futures): the trees predict
+those few coefficients and the forecast is rebuilt from them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import xgboost as xgb
@@ -44,6 +50,7 @@ class XGBoostForecaster(Forecaster):
         subsample: float = 0.8,
         colsample_bytree: float = 0.8,
         early_stopping_rounds: int = 30,
+        horizon_components: int | None = None,
         seed: int = 0,
         n_jobs: int | None = None,
     ) -> None:
@@ -56,6 +63,7 @@ class XGBoostForecaster(Forecaster):
         self.subsample = subsample
         self.colsample_bytree = colsample_bytree
         self.early_stopping_rounds = early_stopping_rounds
+        self.horizon_components = horizon_components
         self.seed = seed
         self.n_jobs = n_jobs
 
@@ -69,6 +77,10 @@ class XGBoostForecaster(Forecaster):
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.horizon_components is not None and self.horizon_components < 1:
+            raise ValueError(
+                f"horizon_components must be at least 1 or null, got {self.horizon_components}"
+            )
         for name in ("learning_rate", "subsample", "colsample_bytree"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
@@ -92,11 +104,15 @@ class XGBoostForecaster(Forecaster):
             "seed": self.seed,
             "nthread": self.n_jobs or 0,
         }
-        train = xgb.DMatrix(self._features(inputs), label=self._labels(inputs, targets))
+        labels = self._labels(inputs, targets)
+        self.basis_ = (
+            _LabelBasis.fit(labels, self.horizon_components) if self.horizon_components else None
+        )
+        train = xgb.DMatrix(self._features(inputs), label=self._encode(labels))
         evals, stopping = [], None
         if val_inputs is not None and val_targets is not None:
-            labels = self._labels(val_inputs, val_targets)
-            evals = [(xgb.DMatrix(self._features(val_inputs), label=labels), "validation")]
+            val_labels = self._encode(self._labels(val_inputs, val_targets))
+            evals = [(xgb.DMatrix(self._features(val_inputs), label=val_labels), "validation")]
             stopping = self.early_stopping_rounds
         self.booster_ = xgb.train(
             params,
@@ -112,6 +128,8 @@ class XGBoostForecaster(Forecaster):
     def _predict(self, inputs: np.ndarray) -> np.ndarray:
         features = xgb.DMatrix(self._features(inputs))
         flat = self.booster_.predict(features, iteration_range=(0, self.rounds_))
+        if self.basis_ is not None:
+            flat = self.basis_.decode(flat.reshape(len(inputs), -1))
         flat = flat.reshape(len(inputs), self.horizon, self.targets_)
         return (flat + self._last(inputs)).astype(inputs.dtype)
 
@@ -131,3 +149,26 @@ class XGBoostForecaster(Forecaster):
 
     def _labels(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return (targets - self._last(inputs)).reshape(len(inputs), -1)
+
+    def _encode(self, labels: np.ndarray) -> np.ndarray:
+        return labels if self.basis_ is None else self.basis_.encode(labels)
+
+
+@dataclass(frozen=True)
+class _LabelBasis:
+    """The leading principal directions of the training labels: labels ≈ mean + codes @ axes."""
+
+    mean: np.ndarray
+    axes: np.ndarray  # (components, outputs), orthonormal rows
+
+    @classmethod
+    def fit(cls, labels: np.ndarray, components: int) -> _LabelBasis:
+        mean = labels.mean(axis=0)
+        _, _, right = np.linalg.svd(labels - mean, full_matrices=False)
+        return cls(mean, right[:components])
+
+    def encode(self, labels: np.ndarray) -> np.ndarray:
+        return (labels - self.mean) @ self.axes.T
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return codes @ self.axes + self.mean

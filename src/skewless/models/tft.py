@@ -1,0 +1,185 @@
+"""The Temporal Fusion Transformer as a Forecaster over windows.
+
+What the network sees for one window (the paper's three kinds of input):
+
+- static: each target's location and scale over the lookback (the window is normalised by them,
+  and they tell the network what level it is forecasting at, as pytorch-forecasting's
+  ``add_target_scales`` does);
+- past (observed): every channel of the last ``encoder_length`` steps, targets normalised, plus
+  the known input below;
+- known (past and future): the relative time index, which is what is known of the future here.
+
+It forecasts ``quantiles`` of every target for every horizon step, trained with the quantile
+(pinball) loss; ``predict`` returns the median, ``predict_quantiles`` all of them. Neuralforecast
+has a TFT, but predicting through it needs a Lightning trainer per call; this one predicts a batch
+of windows with one forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from skewless.models.base import Forecaster
+from skewless.models.tft_layers import TemporalFusionNetwork
+from skewless.models.torch_training import TrainingLoop
+
+_EPSILON = 1e-5
+
+
+class TemporalFusionTransformer(Forecaster):
+    """TFT with quantile outputs; the median is the point forecast."""
+
+    uses_covariates = True
+
+    def __init__(
+        self,
+        horizon: int,
+        hidden_size: int = 32,
+        attention_heads: int = 4,
+        dropout: float = 0.1,
+        quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
+        encoder_length: int | None = None,
+        epochs: int = 20,
+        batch_size: int = 64,
+        learning_rate: float = 0.001,
+        patience: int = 3,
+        gradient_clip: float = 1.0,
+        windows_per_epoch: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(horizon)
+        self.hidden_size = hidden_size
+        self.attention_heads = attention_heads
+        self.dropout = dropout
+        self.quantiles = tuple(quantiles)
+        self.encoder_length = encoder_length
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.patience = patience
+        self.gradient_clip = gradient_clip
+        self.windows_per_epoch = windows_per_epoch
+        self.seed = seed
+
+    def validate_params(self) -> None:
+        for name in ("hidden_size", "attention_heads", "epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("encoder_length", "windows_per_epoch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 or null, got {value}")
+        if self.hidden_size % self.attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by attention_heads "
+                f"{self.attention_heads}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if 0.5 not in self.quantiles or not all(0 < q < 1 for q in self.quantiles):
+            raise ValueError(
+                f"quantiles must lie in (0, 1) and include 0.5 (the point forecast), "
+                f"got {list(self.quantiles)}"
+            )
+        if self.learning_rate <= 0 or self.gradient_clip <= 0:
+            raise ValueError("learning_rate and gradient_clip must be positive")
+
+    def _fit(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        val_inputs: np.ndarray | None,
+        val_targets: np.ndarray | None,
+    ) -> None:
+        torch.manual_seed(self.seed)
+        self.targets_ = targets.shape[2]
+        encoder = min(self.encoder_length or inputs.shape[1], inputs.shape[1])
+        self.network_ = _WindowTFT(
+            TemporalFusionNetwork(
+                statics=2 * self.targets_,
+                past_variables=inputs.shape[2] + 1,
+                future_variables=1,
+                outputs=self.targets_,
+                quantiles=len(self.quantiles),
+                hidden_size=self.hidden_size,
+                heads=self.attention_heads,
+                dropout=self.dropout,
+            ),
+            targets=self.targets_,
+            encoder_length=encoder,
+            horizon=self.horizon,
+        )
+        loop = TrainingLoop(
+            label="TFT",
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            patience=self.patience,
+            seed=self.seed,
+            gradient_clip=self.gradient_clip,
+            windows_per_epoch=self.windows_per_epoch,
+        )
+        validation = (
+            None if val_inputs is None or val_targets is None else _tensors(val_inputs, val_targets)
+        )
+        loop.run(self.network_, self._loss, _tensors(inputs, targets), validation)
+
+    def _predict(self, inputs: np.ndarray) -> np.ndarray:
+        median = self.quantiles.index(0.5)
+        return self.predict_quantiles(inputs)[..., median]
+
+    def predict_quantiles(self, inputs: np.ndarray) -> np.ndarray:
+        """(windows, horizon, targets, quantiles), in the order of ``quantiles``."""
+        self._check_windows(inputs)
+        self.network_.eval()
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        with torch.no_grad():
+            parts = [self.network_(x[i : i + 1024]) for i in range(0, len(x), 1024)]
+        return torch.cat(parts).numpy().astype(inputs.dtype)
+
+    def _loss(self, predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
+        """Quantile (pinball) loss, summed over quantiles and averaged over everything else."""
+        levels = torch.tensor(self.quantiles, dtype=predicted.dtype)
+        error = actual.unsqueeze(-1) - predicted
+        return torch.maximum(levels * error, (levels - 1) * error).sum(-1).mean()
+
+
+class _WindowTFT(nn.Module):
+    """From a raw window (batch, lookback, channels) to quantiles (batch, horizon, targets, q)."""
+
+    time_index: torch.Tensor
+
+    def __init__(
+        self, network: TemporalFusionNetwork, targets: int, encoder_length: int, horizon: int
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.targets = targets
+        self.encoder_length = encoder_length
+        time_index = torch.arange(-encoder_length + 1, horizon + 1, dtype=torch.float32)
+        self.register_buffer("time_index", time_index / (encoder_length + horizon))
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        target_history = window[..., : self.targets]
+        location = target_history[:, -1:]
+        scale = target_history.std(dim=1, keepdim=True) + _EPSILON
+        recent = window[:, -self.encoder_length :]
+        normalised = torch.cat(
+            [(recent[..., : self.targets] - location) / scale, recent[..., self.targets :]], dim=-1
+        )
+        batch = window.shape[0]
+        known = self.time_index.expand(batch, -1).unsqueeze(-1)
+        past = torch.cat([normalised, known[:, : self.encoder_length]], dim=-1)
+        future = known[:, self.encoder_length :]
+        static = torch.cat([location, torch.log(scale)], dim=-1).squeeze(1)
+        quantiles = self.network(static, past, future)
+        return quantiles * scale.unsqueeze(-1) + location.unsqueeze(-1)
+
+
+def _tensors(inputs: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)),
+    )
