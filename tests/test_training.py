@@ -100,7 +100,7 @@ def test_sliding_window_and_bad_fold_layouts(history: pd.DataFrame) -> None:
     [
         (
             ["training.model=prophet"],
-            "unknown model 'prophet'; available: ['naive', 'nlinear', 'xgboost']",
+            "unknown model 'prophet'; available: ['naive', 'nlinear', 'tft', 'xgboost']",
         ),
         (["training.params={depth: 3}"], "['depth'] are not parameters of 'nlinear'"),
         (["training.params={solver: magic}"], "unknown solver 'magic'"),
@@ -142,14 +142,16 @@ def test_cli_train_and_backtest_from_a_csv(tmp_path: Path, monkeypatch: pytest.M
     ]
     trained = CliRunner().invoke(app, ["train", *common])
     assert trained.exit_code == 0, trained.output
-    assert "validation per entity" in trained.output and "MASE" in trained.output
+    assert "backtest (all folds) and validation" in trained.output and "MASE" in trained.output
+    assert "registered etth_forecaster version 1" in trained.output
     tested = CliRunner().invoke(app, ["backtest", *common])
     assert tested.exit_code == 0, tested.output
     assert "all folds, per horizon step" in tested.output
     client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("etth")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert runs["train"].data.metrics["val_mse"] > 0
+    assert runs["train"].data.metrics["val_mse"] > 0 and runs["train"].data.metrics["mse"] > 0
+    assert 0 < runs["train"].data.metrics["coverage_80"] <= 1
     assert runs["train"].data.params["training.lookback"] == "24"
     tested_run = runs["backtest"]
     assert [m.step for m in client.get_metric_history(tested_run.info.run_id, "fold_mse")] == [1, 2]

@@ -6,6 +6,7 @@ Feast is imported inside the verbs that need it, because importing it costs seco
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,9 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,8 +25,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from skewless.cli_models import models_app
+from skewless.cli_output import console, errors, user_errors
 from skewless.core.config import SkewlessConfig, load_config, skewless_home
-from skewless.core.errors import SkewlessError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,8 +41,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(width=None if Console().is_terminal else 120)
-errors = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="experiment config (YAML)", show_default=False)]
 SetOpt = Annotated[
@@ -64,16 +62,10 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=errors, show_path=False)],
     )
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn skewless errors into a red message and exit code 1, without a traceback."""
-    try:
-        yield
-    except SkewlessError as exc:
-        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    if not verbose:  # MLflow's own progress bars, hints and notices: the CLI says what matters
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
 
 
 def _repo(config: Path, overrides: list[str] | None) -> FeastRepo:
@@ -99,7 +91,7 @@ def ingest(
     set_: SetOpt = None,
 ) -> None:
     """Validate raw data and append new rows to the offline store."""
-    with _user_errors():
+    with user_errors():
         from skewless.features.ingest import ingest as run_ingest
         from skewless.features.ingest import source_from_path
 
@@ -113,7 +105,7 @@ def ingest(
 @app.command()
 def apply(config: ConfigArg, set_: SetOpt = None) -> None:
     """Generate the Feast repo from the config and register it."""
-    with _user_errors():
+    with user_errors():
         repo = _repo(config, set_)
         repo.apply()
         console.print(f"Feast repo [bold]{repo.folder}[/] applied")
@@ -126,7 +118,7 @@ def materialize(
     set_: SetOpt = None,
 ) -> None:
     """Copy the latest rows and the lookback windows from the offline to the online store."""
-    with _user_errors():
+    with user_errors():
         from skewless.features.materialize import materialize as run_materialize
 
         repo = _repo(config, set_)
@@ -152,7 +144,7 @@ def push(
     set_: SetOpt = None,
 ) -> None:
     """Push new rows into the offline and online stores (the streaming path)."""
-    with _user_errors():
+    with user_errors():
         from skewless.features.ingest import source_from_path
         from skewless.features.materialize import push as run_push
         from skewless.features.sources import read_source
@@ -176,7 +168,7 @@ def windows(
     set_: SetOpt = None,
 ) -> None:
     """Read the latest windows from the online store (one call) and show their last rows."""
-    with _user_errors():
+    with user_errors():
         from skewless.features.facade import FeatureStoreFacade
 
         repo = _repo(config, set_)
@@ -208,24 +200,108 @@ CsvOpt = Annotated[
 
 @app.command()
 def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
-    """Fit the preprocessor and model on point-in-time data and report validation errors."""
-    with _user_errors():
-        from skewless.training.pipeline import fit
-        from skewless.training.tracking import log_evaluation, tracked_run
+    """Backtest, fit on all history, and register the bundle as a new model version."""
+    with user_errors():
+        from skewless.training.release import train_and_register
 
         repo, rows = _history(config, set_, csv)
-        with tracked_run(repo.config, repo.home, "train") as run_id, _progress():
-            result = fit(repo.config, rows)
-            log_evaluation(result.validation, "val_")
-        _print_metrics("validation", {"all": result.validation.overall})
-        _print_metrics("validation per entity", result.validation.per_entity.to_dict("index"))
-        console.print(f"MLflow run {run_id}")
+        with _progress() as progress:
+            task = progress.add_task("backtest folds", total=repo.config.backtest.folds)
+            release = train_and_register(
+                repo.config, rows, repo.home, on_fold=lambda _: progress.advance(task)
+            )
+        _print_metrics(
+            "backtest (all folds) and validation",
+            {
+                "backtest": release.report.overall.overall,
+                "validation": release.fitted.validation.overall,
+            },
+        )
+        for level, covered in release.coverage.items():
+            console.print(
+                f"interval {level:.0%}: {covered:.1%} of the last fold covered "
+                "(calibrated on the earlier folds)"
+            )
+        console.print(
+            f"registered [bold]{repo.config.model_name}[/] version {release.version} "
+            f"(alias latest), MLflow run {release.run_id}"
+        )
+
+
+@app.command()
+def forecast(
+    config: ConfigArg,
+    alias: Annotated[str, typer.Option(help="registry alias to load")] = "production",
+    entity: Annotated[
+        list[str] | None, typer.Option(help="entity id (repeat for several); default: all")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Forecast from the online store's latest windows with the model version behind ALIAS."""
+    with user_errors():
+        import pandas as pd
+
+        from skewless.features.facade import FeatureStoreFacade
+        from skewless.registry.pyfunc import naive_utc
+        from skewless.registry.registry import ModelRegistry
+        from skewless.training.tracking import tracking_uri
+
+        repo = _repo(config, set_)
+        key = repo.config.data.entity_key
+        entities = _entity_ids(entity, repo.config) if entity else repo.offline.entities()
+        facade = FeatureStoreFacade(repo.config, "online", home=repo.home)
+        windows = facade.load_features(None, entities).windows
+        registry = ModelRegistry(tracking_uri(repo.config, repo.home))
+        model = registry.load(repo.config.model_name, alias)
+        rows = pd.concat([w.to_frame(key) for w in windows.values()], ignore_index=True)
+        table = _frame_table(model.predict(naive_utc(rows)))
+        table.title = (
+            f"{repo.config.model_name}@{alias} "
+            f"(version {registry.version_of(repo.config.model_name, alias)}), times in UTC"
+        )
+        console.print(table)
+
+
+@app.command("verify-skew")
+def verify_skew(
+    config: ConfigArg,
+    alias: Annotated[str, typer.Option(help="registry alias to check")] = "production",
+    samples: Annotated[int, typer.Option(min=1, help="(entity, time) pairs to compare")] = 50,
+    set_: SetOpt = None,
+) -> None:
+    """Forecast sampled (entity, time) pairs from offline and online inputs; exit 1 on skew."""
+    with user_errors():
+        from skewless.training.skew_check import verify_skew as check
+
+        repo = _repo(config, set_)
+        with console.status(f"comparing {samples} (entity, time) pairs"):
+            report = check(repo.config, repo.home, alias, samples)
+        for pair in report.differing[:20]:
+            console.print(
+                f"[red]differs[/]: entity {pair.entity!r} at {pair.time.isoformat()}: "
+                f"largest difference {pair.max_abs_difference:.3g}"
+            )
+        console.print(
+            f"{len(report.pairs)} pairs compared, {len(report.differing)} differ; "
+            f"largest absolute difference {report.largest:.3g}"
+        )
+        if report.differing:
+            raise typer.Exit(1)
+
+
+def _frame_table(frame: pd.DataFrame) -> Table:
+    table = Table()
+    for column in frame.columns:
+        table.add_column(str(column), justify="right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    return table
 
 
 @app.command()
 def backtest(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
     """Rolling-origin backtest: refit per fold, score every window of each test period."""
-    with _user_errors():
+    with user_errors():
         from skewless.training.backtest import backtest as run_backtest
         from skewless.training.backtest import fold_bounds
         from skewless.training.tracking import log_backtest, tracked_run
@@ -262,7 +338,7 @@ def tune(
     set_: SetOpt = None,
 ) -> None:
     """Optuna search over tuning.space; each trial is a rolling-origin backtest."""
-    with _user_errors():
+    with user_errors():
         import optuna
 
         from skewless.training.tuning import storage_url
@@ -325,6 +401,7 @@ benchmark_app = typer.Typer(
     help="Reproducible comparisons with published results.", no_args_is_help=True
 )
 app.add_typer(benchmark_app, name="benchmark")
+app.add_typer(models_app, name="models")
 
 
 @benchmark_app.command("ltsf")
@@ -346,7 +423,7 @@ def benchmark_ltsf(
     out: Annotated[Path | None, typer.Option(help="also write the table as JSON")] = None,
 ) -> None:
     """The standard long-horizon protocol (train/val/test borders, standardised MSE/MAE)."""
-    with _user_errors():
+    with user_errors():
         from skewless.training.ltsf import as_records, published, run_protocol
 
         try:

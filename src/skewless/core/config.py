@@ -293,6 +293,23 @@ class TrackingConfig(_Strict):
     experiment: str | None = Field(default=None, description="defaults to 'name'")
 
 
+class RegistryConfig(_Strict):
+    """The MLflow registered model that training adds versions to, and how versions compare."""
+
+    model_name: str | None = Field(default=None, description="defaults to '<name>_forecaster'")
+    metric: Literal["mse", "mae", "rmse", "smape", "mase"] = Field(
+        default="mse", description="backtest metric that promotions compare (lower is better)"
+    )
+    interval_levels: list[float] = Field(default_factory=lambda: [0.8, 0.95])
+
+    @field_validator("interval_levels")
+    @classmethod
+    def _levels_are_probabilities(cls, levels: list[float]) -> list[float]:
+        if any(not 0 < level < 1 for level in levels):
+            raise ValueError(f"interval levels must lie strictly between 0 and 1, got {levels}")
+        return sorted(set(levels))
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -306,6 +323,7 @@ class SkewlessConfig(_Strict):
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     @field_validator("name")
     @classmethod
@@ -317,6 +335,11 @@ class SkewlessConfig(_Strict):
     @property
     def project(self) -> str:
         return self.feature_store.project or self.name
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name."""
+        return self.registry.model_name or f"{self.name}_forecaster"
 
 
 def skewless_home() -> Path:

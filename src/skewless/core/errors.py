@@ -57,3 +57,11 @@ class StaleFeaturesError(FeatureStoreError):
             f"{required_end.isoformat()}; push or materialize newer rows, or ask for an "
             "earlier time point"
         )
+
+
+class BundleError(SkewlessError):
+    """A forecast bundle artifact is missing a part or cannot be read."""
+
+
+class RegistryError(SkewlessError):
+    """A registered model, version or alias does not exist, or a move was refused."""

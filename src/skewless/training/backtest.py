@@ -94,7 +94,7 @@ def backtest(
         windows = window_set(
             config, result.preprocessor, rows[times <= test_end], test_start, test_end
         )
-        predicted = predict(config, result.preprocessor, result.model, windows)
+        predicted = predict(result.preprocessor, result.model, windows)
         scale = naive_scale(train_rows[key].to_numpy(), train_rows[config.data.targets].to_numpy())
         fold = Fold(
             number,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skewless.bundle.bundle import forecast, model_inputs
 from skewless.core.config import SkewlessConfig, SourceConfig
 from skewless.core.errors import ConfigError
 from skewless.core.frequency import parse_frequency
@@ -132,41 +133,28 @@ def fit(config: SkewlessConfig, rows: pd.DataFrame) -> FitResult:
     val = window_set(config, preprocessor, rows, first_target=split + step)
     _require(train, "training", config, len(rows))
     _require(val, "validation", config, len(rows))
-    model.fit(_seen(model, train, config), train.targets, _seen(model, val, config), val.targets)
+    targets = len(config.data.targets)
+    model.fit(
+        model_inputs(model, train.inputs, targets),
+        train.targets,
+        model_inputs(model, val.inputs, targets),
+        val.targets,
+    )
     scale = naive_scale(
         train_rows[config.data.entity_key].to_numpy(), train_rows[config.data.targets].to_numpy()
     )
-    return FitResult(preprocessor, model, score(config, preprocessor, model, val, scale))
+    return FitResult(preprocessor, model, score(preprocessor, model, val, scale))
 
 
-def predict(
-    config: SkewlessConfig, preprocessor: Preprocessor, model: Forecaster, windows: WindowSet
-) -> np.ndarray:
-    """Forecasts of ``windows`` in original units: (windows, horizon, targets)."""
-    targets = len(config.data.targets)
-    scaled = model.predict(_seen(model, windows, config))[:, :, :targets]
-    return preprocessor.inverse_transform_targets(windows.entities, scaled.astype(np.float64))
+def predict(preprocessor: Preprocessor, model: Forecaster, windows: WindowSet) -> np.ndarray:
+    """Forecasts of ``windows`` in original units, through the bundle's one forecast path."""
+    return forecast(preprocessor, model, windows.inputs, windows.entities)
 
 
 def score(
-    config: SkewlessConfig,
-    preprocessor: Preprocessor,
-    model: Forecaster,
-    windows: WindowSet,
-    scale: dict,
+    preprocessor: Preprocessor, model: Forecaster, windows: WindowSet, scale: dict
 ) -> Evaluation:
-    return evaluate(
-        windows.actual, predict(config, preprocessor, model, windows), windows.entities, scale
-    )
-
-
-def _seen(model: Forecaster, windows: WindowSet, config: SkewlessConfig) -> np.ndarray:
-    """The channels ``model`` sees: all of them, or only the targets."""
-    return (
-        windows.inputs
-        if model.uses_covariates
-        else windows.inputs[:, :, : len(config.data.targets)]
-    )
+    return evaluate(windows.actual, predict(preprocessor, model, windows), windows.entities, scale)
 
 
 def _require(windows: WindowSet, part: str, config: SkewlessConfig, rows: int) -> None:

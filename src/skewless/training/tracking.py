@@ -30,8 +30,11 @@ def tracking_uri(config: SkewlessConfig, home: Path) -> str:
     MLFLOW_TRACKING_URI is deliberately not read: mlflow.set_tracking_uri rewrites it, so within
     one process it would point at whichever store was used last.
     """
-    if config.tracking.uri:
-        return config.tracking.uri
+    return config.tracking.uri or default_tracking_uri(home)
+
+
+def default_tracking_uri(home: Path) -> str:
+    """The embedded store: SQLite under the home."""
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'mlflow.db'}"
 

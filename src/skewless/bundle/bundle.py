@@ -1,0 +1,181 @@
+"""``ForecastBundle``: feature spec, fitted preprocessor and forecaster, and what serving needs
+beside them (interval widths, reference statistics, metadata), moved and loaded as one object.
+
+``forecast`` is the one function that turns preprocessed windows into forecasts in original
+units; training, backtests and ``ForecastBundle.predict`` all call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skewless.bundle.intervals import ConformalIntervals
+from skewless.bundle.reference import VariableReference
+from skewless.core.config import SkewlessConfig
+from skewless.core.errors import DataValidationError
+from skewless.core.frequency import parse_frequency
+from skewless.features.validation import EVENT_TS
+from skewless.models.base import Forecaster
+from skewless.preprocessing.preprocessor import Preprocessor
+from skewless.preprocessing.windows import windows_at
+
+FORECAST = "forecast"
+TARGET = "target"
+SERIES_VIEW = "series"  # the Feast feature view that holds the raw variables
+
+
+def forecast(
+    preprocessor: Preprocessor, model: Forecaster, inputs: np.ndarray, entities: np.ndarray
+) -> np.ndarray:
+    """(windows, horizon, targets) in original units from preprocessed windows."""
+    targets = len(preprocessor.config.data.targets)
+    scaled = model.predict(model_inputs(model, inputs, targets))[:, :, :targets]
+    return preprocessor.inverse_transform_targets(entities, scaled.astype(np.float64))
+
+
+def model_inputs(model: Forecaster, inputs: np.ndarray, targets: int) -> np.ndarray:
+    """The channels ``model`` sees: all of them, or only the first ``targets``."""
+    return inputs if model.uses_covariates else inputs[:, :, :targets]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the bundle reads: which features, at what frequency, how far back and ahead."""
+
+    entity_key: str
+    entity_type: str
+    feature_refs: tuple[str, ...]
+    frequency: str
+    lookback: int
+    horizon: int
+    targets: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: SkewlessConfig) -> FeatureSpec:
+        return cls(
+            entity_key=config.data.entity_key,
+            entity_type=config.data.entity_type,
+            feature_refs=tuple(f"{SERIES_VIEW}:{v}" for v in config.data.variables),
+            frequency=config.data.frequency,
+            lookback=config.training.lookback,
+            horizon=config.training.horizon,
+            targets=tuple(config.data.targets),
+        )
+
+    @property
+    def variables(self) -> list[str]:
+        return [ref.split(":", 1)[1] for ref in self.feature_refs]
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [self.entity_key, EVENT_TS, *self.variables]
+
+
+@dataclass(frozen=True)
+class ForecastBundle:
+    spec: FeatureSpec
+    preprocessor: Preprocessor
+    model: Forecaster
+    intervals: ConformalIntervals
+    reference: dict[str, VariableReference]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Forecasts after each entity's last row, from raw rows in ingestion format.
+
+        Returns one row per (entity, forecast timestamp, target): the point forecast and the
+        bounds ``lower_<level>`` / ``upper_<level>`` (level in percent) of every interval.
+        """
+        history = self._checked(rows)
+        inputs, entities, last_times = self._windows(history)
+        point = forecast(self.preprocessor, self.model, inputs, entities)
+        return self._frame(entities, last_times, point)
+
+    def _checked(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Typed, sorted copies of the input columns; every problem reported at once."""
+        spec = self.spec
+        missing = [c for c in spec.input_columns if c not in rows.columns]
+        if missing:
+            raise DataValidationError(
+                "forecast input is incomplete",
+                [f"missing column(s) {missing}; expected {spec.input_columns}"],
+            )
+        problems = []
+        typed = rows[spec.input_columns].copy()
+        try:
+            typed[EVENT_TS] = pd.to_datetime(typed[EVENT_TS], utc=True)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"'{EVENT_TS}' holds values that are not timestamps ({exc})")
+        for column in spec.variables:
+            numbers = pd.to_numeric(typed[column], errors="coerce")
+            bad = numbers.isna() & typed[column].notna()
+            if bad.any():
+                problems.append(
+                    f"'{column}' must be numeric but holds {typed[column][bad].iloc[0]!r}"
+                )
+            typed[column] = numbers.astype(np.float32)
+        if spec.entity_type == "int64":
+            entities = pd.to_numeric(typed[spec.entity_key], errors="coerce")
+            if entities.isna().any() or (entities % 1 != 0).any():
+                problems.append(f"'{spec.entity_key}' must hold integers")
+            else:
+                typed[spec.entity_key] = entities.astype(np.int64)
+        if problems:
+            raise DataValidationError("forecast input has the wrong types", problems)
+        return typed.sort_values([spec.entity_key, EVENT_TS], kind="stable")
+
+    def _windows(self, history: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex]:
+        """Each entity's last ``lookback`` rows, checked, preprocessed and cut by THE windowing."""
+        spec = self.spec
+        step = parse_frequency(spec.frequency)
+        tails = history.groupby(spec.entity_key, sort=False).tail(spec.lookback)
+        problems = []
+        for entity, rows in tails.groupby(spec.entity_key, sort=False):
+            times = pd.DatetimeIndex(rows[EVENT_TS]).as_unit("ns")
+            if len(rows) < spec.lookback:
+                problems.append(
+                    f"entity {entity!r}: {len(rows)} rows, but the model needs the last "
+                    f"{spec.lookback} ({spec.frequency} apart)"
+                )
+            elif (np.diff(times.asi8) != step.value).any():
+                problems.append(
+                    f"entity {entity!r}: the last {spec.lookback} rows are not consecutive at "
+                    f"'{spec.frequency}' (duplicate or missing timestamps)"
+                )
+            empty = [c for c in spec.variables if rows[c].isna().any()]
+            if empty:
+                problems.append(f"entity {entity!r}: missing values (NaN) in {empty}")
+        if problems:
+            raise DataValidationError("cannot forecast from this history", problems)
+        values = self.preprocessor.transform(tails).to_numpy(np.float32)
+        starts = np.arange(0, len(tails), spec.lookback)
+        inputs = windows_at(values, starts, spec.lookback, 0).inputs
+        entities = tails[spec.entity_key].to_numpy()[starts]
+        last_times = pd.DatetimeIndex(tails[EVENT_TS].iloc[starts + spec.lookback - 1])
+        return inputs, entities, last_times.as_unit("ns")
+
+    def _frame(
+        self, entities: np.ndarray, last_times: pd.DatetimeIndex, point: np.ndarray
+    ) -> pd.DataFrame:
+        spec = self.spec
+        step = parse_frequency(spec.frequency)
+        windows, horizon, targets = point.shape
+        steps = np.arange(1, horizon + 1)
+        times = last_times.asi8[:, None, None] + steps[None, :, None] * step.value
+        shape = (windows, horizon, targets)
+        frame = pd.DataFrame(
+            {
+                spec.entity_key: np.broadcast_to(entities[:, None, None], shape).ravel(),
+                EVENT_TS: pd.to_datetime(np.broadcast_to(times, shape).ravel(), utc=True),
+                TARGET: np.broadcast_to(np.array(spec.targets)[None, None], shape).ravel(),
+                FORECAST: point.ravel(),
+            }
+        )
+        for level, (lower, upper) in self.intervals.bounds(point).items():
+            frame[f"lower_{level * 100:g}"] = lower.ravel()
+            frame[f"upper_{level * 100:g}"] = upper.ravel()
+        return frame

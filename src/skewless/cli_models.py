@@ -1,0 +1,96 @@
+"""``skewless models``: list, describe, promote and roll back registered forecast bundles."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from skewless.cli_output import console, user_errors
+from skewless.core.config import skewless_home
+
+if TYPE_CHECKING:
+    from skewless.registry.registry import ModelRegistry
+
+models_app = typer.Typer(help="Registered model versions and their aliases.", no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="registered model name, e.g. etth_forecaster")]
+UriOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow tracking URI (default: SKEWLESS__TRACKING__URI, else SQLite under "
+        "SKEWLESS_HOME)"
+    ),
+]
+AliasOpt = Annotated[str, typer.Option(help="staging or production")]
+
+
+def _registry(uri: str | None) -> ModelRegistry:
+    from skewless.registry.registry import ModelRegistry
+    from skewless.training.tracking import default_tracking_uri
+
+    return ModelRegistry(
+        uri or os.environ.get("SKEWLESS__TRACKING__URI") or default_tracking_uri(skewless_home())
+    )
+
+
+@models_app.command("list")
+def list_versions(name: NameArg, tracking_uri: UriOpt = None) -> None:
+    """Every version, newest first, with its aliases and backtest metrics."""
+    with user_errors():
+        versions = _registry(tracking_uri).versions(name)
+        metrics = sorted({m for v in versions for m in v.metrics})
+        table = Table(title=name)
+        for column in ("version", "aliases", "created (UTC)", *metrics):
+            table.add_column(column, justify="right")
+        for v in versions:
+            created = dt.datetime.fromtimestamp(v.created / 1000, dt.UTC)
+            table.add_row(
+                str(v.version),
+                ", ".join(v.aliases),
+                f"{created:%Y-%m-%d %H:%M}",
+                *(f"{v.metrics[m]:.4f}" if m in v.metrics else "" for m in metrics),
+            )
+        console.print(table)
+
+
+@models_app.command()
+def describe(name: NameArg, tracking_uri: UriOpt = None) -> None:
+    """Aliases, the promotion history of each, and the number of versions."""
+    with user_errors():
+        info = _registry(tracking_uri).describe(name)
+        console.print(f"[bold]{name}[/]: {info['versions']} version(s)")
+        for alias, version in sorted(info["aliases"].items()):
+            console.print(f"  {alias} -> version {version}")
+        for alias, history in info["history"].items():
+            if history:
+                console.print(f"  {alias} history (oldest first): {history}")
+
+
+@models_app.command()
+def promote(
+    name: NameArg,
+    version: Annotated[str, typer.Argument(help="version number, or an alias such as latest")],
+    alias: AliasOpt,
+    force: Annotated[bool, typer.Option(help="promote even if its metric is worse")] = False,
+    metric: Annotated[str, typer.Option(help="backtest metric to compare")] = "mse",
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Point ALIAS at VERSION, unless it backtested worse than the current holder."""
+    with user_errors():
+        registry = _registry(tracking_uri)
+        number = registry.version_of(name, version)
+        before = registry.promote(name, number, alias, metric, force)
+        moved = "already there" if before == number else f"was {before or 'unset'}"
+        console.print(f"{name}@{alias} -> version {number} ({moved})")
+
+
+@models_app.command()
+def rollback(name: NameArg, alias: AliasOpt = "production", tracking_uri: UriOpt = None) -> None:
+    """Move ALIAS back to the version it held before its last promotion."""
+    with user_errors():
+        current, previous = _registry(tracking_uri).rollback(name, alias)
+        console.print(f"{name}@{alias} -> version {previous} (was {current})")

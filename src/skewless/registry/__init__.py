@@ -1,0 +1,1 @@
+"""MLflow: the bundle as a pyfunc model, registered versions, and their aliases."""

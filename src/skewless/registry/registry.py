@@ -1,0 +1,167 @@
+"""Registered versions and their aliases: ``latest`` is always the newest version (MLflow
+resolves that alias itself and reserves the name); ``staging`` and ``production`` move only by
+promotion, and each move is recorded in the registry itself (a tag
+on the registered model) so that rollback knows where an alias was before."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from skewless.core.errors import RegistryError
+
+LATEST = "latest"
+PROMOTABLE = ("staging", "production")
+_METRIC_TAG = "metric."
+_HISTORY_TAG = "skewless.history."
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    aliases: list[str]
+    metrics: dict[str, float]
+    run_id: str | None
+    created: int  # ms since the epoch, as MLflow keeps it
+
+
+class ModelRegistry:
+    """The MLflow model registry at ``uri`` (SQLite, PostgreSQL or a tracking server)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def record_metrics(self, name: str, version: int, metrics: dict[str, float]) -> None:
+        """Tag a version with its backtest metrics, which promotions compare."""
+        for metric, value in metrics.items():
+            self.client.set_model_version_tag(name, str(version), f"{_METRIC_TAG}{metric}", value)
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every version, newest first."""
+        aliases = dict(self._model(name).aliases)  # searched versions do not carry them
+        found = self.client.search_model_versions(f"name='{name}'")
+        infos = sorted((self._info(v) for v in found), key=lambda v: -v.version)
+        for info in infos:
+            info.aliases.extend(sorted(a for a, v in aliases.items() if int(v) == info.version))
+        if infos:
+            infos[0].aliases.insert(0, LATEST)
+        return infos
+
+    def describe(self, name: str) -> dict[str, Any]:
+        model = self._model(name)
+        return {
+            "name": name,
+            "description": model.description,
+            "aliases": dict(model.aliases),
+            "history": {alias: self.history(name, alias) for alias in PROMOTABLE},
+            "versions": len(self.versions(name)),
+        }
+
+    def version_of(self, name: str, alias_or_version: str) -> int:
+        """A version number from a number or an alias, checked to exist."""
+        if alias_or_version.isdigit():
+            number = int(alias_or_version)
+            known = [v.version for v in self.versions(name)]
+            if number not in known:
+                raise RegistryError(f"'{name}' has no version {number}; versions: {known}")
+            return number
+        aliases = dict(self._model(name).aliases)
+        if alias_or_version.lower() == LATEST:
+            return int(self.client.get_model_version_by_alias(name, LATEST).version)
+        if alias_or_version not in aliases:
+            raise RegistryError(
+                f"'{name}' has no alias '{alias_or_version}'; aliases: {[LATEST, *sorted(aliases)]}"
+            )
+        return int(aliases[alias_or_version])
+
+    def load(self, name: str, alias: str) -> Any:
+        """The pyfunc model ``models:/NAME@ALIAS``, after checking that the alias exists."""
+
+        self.version_of(name, alias)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+    def promote(
+        self, name: str, version: int, alias: str, metric: str, force: bool = False
+    ) -> int | None:
+        """Point ``alias`` at ``version``; returns the version it held before (None: none).
+
+        Refused, unless ``force``, when the candidate's backtest ``metric`` is worse (higher)
+        than the current holder's.
+        """
+        if alias not in PROMOTABLE:
+            raise RegistryError(f"promote to one of {list(PROMOTABLE)}, not '{alias}'")
+        candidate = self._info(self.client.get_model_version(name, str(self._check(name, version))))
+        current = dict(self._model(name).aliases).get(alias)
+        if current is not None and int(current) == version:
+            return version
+        if current is not None and not force:
+            holder = self._info(self.client.get_model_version(name, current))
+            ours, theirs = candidate.metrics.get(metric), holder.metrics.get(metric)
+            if ours is not None and theirs is not None and ours > theirs:
+                raise RegistryError(
+                    f"version {version} has backtest {metric} {ours:.6g}, worse than "
+                    f"{theirs:.6g} of version {current} ({alias}); use --force to promote anyway"
+                )
+        self.client.set_registered_model_alias(name, alias, str(version))
+        history = self.history(name, alias)
+        if not history and current is not None:
+            history = [int(current)]
+        self._write_history(name, alias, [*history, version])
+        return int(current) if current is not None else None
+
+    def rollback(self, name: str, alias: str) -> tuple[int, int]:
+        """Move ``alias`` back to the version it held before; returns (from, to)."""
+        if alias not in PROMOTABLE:
+            raise RegistryError(f"roll back one of {list(PROMOTABLE)}, not '{alias}'")
+        history = self.history(name, alias)
+        if len(history) < 2:
+            raise RegistryError(
+                f"'{name}@{alias}' has no earlier version to roll back to (history: {history})"
+            )
+        *earlier, current = history
+        self.client.set_registered_model_alias(name, alias, str(earlier[-1]))
+        self._write_history(name, alias, earlier)
+        return current, earlier[-1]
+
+    def history(self, name: str, alias: str) -> list[int]:
+        """The versions ``alias`` has pointed at, oldest first, as promotions recorded them."""
+        text = self._model(name).tags.get(f"{_HISTORY_TAG}{alias}", "")
+        return [int(v) for v in text.split(",") if v]
+
+    def _write_history(self, name: str, alias: str, versions: list[int]) -> None:
+        self.client.set_registered_model_tag(
+            name, f"{_HISTORY_TAG}{alias}", ",".join(str(v) for v in versions)
+        )
+
+    def _model(self, name: str) -> Any:
+        try:
+            return self.client.get_registered_model(name)
+        except MlflowException:
+            known = sorted(m.name for m in self.client.search_registered_models())
+            raise RegistryError(
+                f"no registered model '{name}'; registered models: {known or 'none yet'}"
+            ) from None
+
+    def _check(self, name: str, version: int) -> int:
+        return self.version_of(name, str(version))
+
+    @staticmethod
+    def _info(version: Any) -> VersionInfo:
+        return VersionInfo(
+            version=int(version.version),
+            aliases=[],
+            metrics={
+                key.removeprefix(_METRIC_TAG): float(value)
+                for key, value in version.tags.items()
+                if key.startswith(_METRIC_TAG)
+            },
+            run_id=version.run_id,
+            created=version.creation_timestamp,
+        )

@@ -1,0 +1,160 @@
+"""The forecast bundle: one forecast path for backtests and serving, intervals, and input checks."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skewless.bundle.bundle import ForecastBundle
+from skewless.bundle.intervals import ConformalIntervals
+from skewless.core.config import SkewlessConfig
+from skewless.core.errors import DataValidationError
+from skewless.features.validation import EVENT_TS
+from skewless.training.backtest import backtest
+from skewless.training.packaging import fingerprint, held_out_coverage, package
+from skewless.training.pipeline import fit, load_history
+from tests.conftest import etth_config, raw_rows
+
+LOOKBACK, HORIZON = 24, 6
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[SkewlessConfig, pd.DataFrame, object]:
+    folder = tmp_path_factory.mktemp("bundle")
+    raw = pd.concat([raw_rows(1, "2020-01-01", 500), raw_rows(2, "2020-01-01", 500, seed=3)])
+    raw.to_csv(folder / "history.csv", index=False)
+    config = etth_config(
+        f"training.lookback={LOOKBACK}",
+        f"training.horizon={HORIZON}",
+        "backtest.folds=3",
+        "backtest.test_periods=48",
+    )
+    rows = load_history(config, csv=folder / "history.csv")
+    report = backtest(config, rows)
+    return config, rows, report
+
+
+@pytest.fixture(scope="module")
+def bundle(trained: tuple) -> ForecastBundle:
+    config, rows, report = trained
+    made, _ = package(config, rows, fit(config, rows), report)
+    return made
+
+
+def request(rows: pd.DataFrame, entity: int, until: pd.Timestamp | None = None) -> pd.DataFrame:
+    """An entity's raw rows up to ``until``, as ingestion stores them."""
+    chosen = rows[rows["station_id"] == entity]
+    if until is not None:
+        chosen = chosen[chosen[EVENT_TS] <= until]
+    return chosen.reset_index(drop=True)
+
+
+def test_backtest_forecasts_are_the_bundles_forecasts(trained: tuple) -> None:
+    """A backtest number is a serving number: the fold's model through ``predict`` agrees."""
+    config, rows, report = trained
+    last_fold = report.folds[-1]
+    train_rows = rows[rows[EVENT_TS] <= last_fold.train_end]
+    fold_bundle, _ = package(config, train_rows, fit(config, train_rows), report)
+    forecasts = report.forecasts
+    chosen = np.flatnonzero(forecasts.first_target >= last_fold.test_start)[[0, 7, -1]]
+    step = pd.Timedelta(hours=1)
+    for index in chosen:
+        entity = forecasts.entities[index]
+        origin = forecasts.first_target[index] - step
+        served = fold_bundle.predict(request(rows, entity, origin))
+        np.testing.assert_allclose(served["forecast"], forecasts.predicted[index, :, 0], rtol=1e-12)
+        assert served[EVENT_TS].iloc[0] == forecasts.first_target[index]
+
+
+def test_predict_returns_timestamps_point_and_ordered_bounds(
+    bundle: ForecastBundle, trained: tuple
+) -> None:
+    _, rows, _ = trained
+    both = pd.concat([request(rows, 1), request(rows, 2)])
+    out = bundle.predict(both.sample(frac=1, random_state=0))  # order of rows does not matter
+    assert len(out) == 2 * HORIZON
+    assert list(out.columns) == [
+        "station_id",
+        EVENT_TS,
+        "target",
+        "forecast",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
+    ]
+    first = out[out["station_id"] == 1]
+    assert first[EVENT_TS].iloc[0] == rows[rows["station_id"] == 1][EVENT_TS].max() + pd.Timedelta(
+        hours=1
+    )
+    assert (first["lower_95"] <= first["lower_80"]).all() and (
+        first["lower_80"] <= first["forecast"]
+    ).all()
+    assert (first["forecast"] <= first["upper_80"]).all() and (
+        first["upper_80"] <= first["upper_95"]
+    ).all()
+    again = pickle.loads(pickle.dumps(bundle)).predict(both)
+    pd.testing.assert_frame_equal(again, bundle.predict(both))
+
+
+def test_bundle_carries_spec_reference_statistics_and_metadata(
+    bundle: ForecastBundle, trained: tuple
+) -> None:
+    _, rows, _ = trained
+    assert bundle.spec.feature_refs[0] == "series:OT" and bundle.spec.lookback == LOOKBACK
+    assert bundle.reference["OT"].count == len(rows)
+    assert abs(bundle.reference["OT"].mean - rows["OT"].mean()) < 1e-4
+    assert len(bundle.reference["OT"].quantiles) == 11
+    assert bundle.metadata["data_fingerprint"] == fingerprint(rows)
+    assert bundle.metadata["config"]["training"]["horizon"] == HORIZON
+    assert bundle.intervals.half_widths.shape == (2, HORIZON, 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.drop(columns="HUFL"), r"missing column\(s\) \['HUFL'\]"),
+        (
+            lambda r: r.assign(OT=r["OT"].astype(object).where(r.index != 3, "hot")),
+            "'OT' must be numeric",
+        ),
+        (
+            lambda r: r.assign(HULL=r["HULL"].where(r.index != len(r) - 2)),
+            r"entity 1: missing values \(NaN\) in \['HULL'\]",
+        ),
+        (
+            lambda r: r.tail(LOOKBACK - 5),
+            f"entity 1: {LOOKBACK - 5} rows, but the model needs the last {LOOKBACK}",
+        ),
+        (lambda r: r.drop(index=len(r) - 4), "not consecutive"),
+        (lambda r: r.assign(station_id="one"), "'station_id' must hold integers"),
+    ],
+)
+def test_bad_input_is_explained_per_entity(
+    bundle: ForecastBundle, trained: tuple, change, message: str
+) -> None:
+    _, rows, _ = trained
+    with pytest.raises(DataValidationError, match=message):
+        bundle.predict(change(request(rows, 1)))
+
+
+def test_conformal_widths_cover_at_least_the_nominal_share() -> None:
+    rng = np.random.default_rng(0)
+    actual = rng.normal(size=(2000, 3, 1))
+    predicted = np.zeros_like(actual)
+    intervals = ConformalIntervals.calibrate(actual[:1000], predicted[:1000], (0.8, 0.95))
+    np.testing.assert_allclose(intervals.half_widths[:, 0, 0], [1.2816, 1.96], atol=0.12)
+    coverage = intervals.coverage(actual[1000:], predicted[1000:])
+    assert abs(coverage[0.8] - 0.8) < 0.04 and abs(coverage[0.95] - 0.95) < 0.03
+
+
+def test_held_out_coverage_is_measured_on_the_last_fold(trained: tuple) -> None:
+    _, _, report = trained
+    coverage = held_out_coverage(report, (0.8, 0.95))
+    assert set(coverage) == {0.8, 0.95}
+    assert 0.5 < coverage[0.8] <= coverage[0.95] <= 1.0
