@@ -27,7 +27,9 @@ demo: $(VENV)/.installed
 	$(BIN)/skewless materialize $(CONFIG)
 	$(BIN)/skewless windows $(CONFIG) --tail 5
 	$(BIN)/skewless train $(CONFIG)
-	$(BIN)/skewless backtest $(CONFIG)
+	$(BIN)/skewless models promote etth_forecaster latest --alias production
+	$(BIN)/skewless forecast $(CONFIG) --alias production
+	$(BIN)/skewless verify-skew $(CONFIG) --alias production --samples 20
 
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest

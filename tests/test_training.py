@@ -121,6 +121,8 @@ def test_horizon_zero_and_unknown_targets_are_refused(history: pd.DataFrame) -> 
         etth_config("training.horizon=0")
     with pytest.raises(ConfigError, match=r"column\(s\) \['TEMP'\] that the data does not have"):
         check_request(etth_config("data.targets=[TEMP]"), history)
+    with pytest.raises(ConfigError, match=r"categoricals.columns name column\(s\) \['kind'\]"):
+        check_request(etth_config("preprocessing.categoricals.columns=[kind]"), history)
 
 
 def test_cli_train_and_backtest_from_a_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

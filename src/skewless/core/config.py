@@ -294,12 +294,9 @@ class TrackingConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
-    """The MLflow registered model that training adds versions to, and how versions compare."""
+    """The MLflow registered model that training adds versions to, and its interval levels."""
 
     model_name: str | None = Field(default=None, description="defaults to '<name>_forecaster'")
-    metric: Literal["mse", "mae", "rmse", "smape", "mase"] = Field(
-        default="mse", description="backtest metric that promotions compare (lower is better)"
-    )
     interval_levels: list[float] = Field(default_factory=lambda: [0.8, 0.95])
 
     @field_validator("interval_levels")

@@ -70,11 +70,13 @@ def check_request(config: SkewlessConfig, rows: pd.DataFrame | None = None) -> N
     create_model(config.training.model, config.training.horizon, config.training.params)
     if rows is None:
         return
-    missing = [c for c in config.data.variables if c not in rows.columns]
+    named = [*config.data.variables, *config.preprocessing.categoricals.columns]
+    missing = [c for c in named if c not in rows.columns]
     if missing:
         raise ConfigError(
-            f"data.targets / data.covariates name column(s) {missing} that the data does not "
-            f"have; it has {[c for c in rows.columns if c not in ('row', EVENT_TS)]}"
+            f"data.targets / data.covariates / preprocessing.categoricals.columns name "
+            f"column(s) {missing} that the data does not have; it has "
+            f"{[c for c in rows.columns if c not in ('row', EVENT_TS)]}"
         )
     longest = int(rows.groupby(config.data.entity_key).size().max()) if len(rows) else 0
     needed = config.training.lookback + config.training.horizon

@@ -1,0 +1,259 @@
+"""The registry on real MLflow stores (SQLite and PostgreSQL), and the registered bundle loaded
+back by alias: in a fresh process, behind ``mlflow models serve``, and through the skew check."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from skewless.cli import app
+from skewless.core.config import SkewlessConfig
+from skewless.core.errors import BundleError, RegistryError
+from skewless.features.repo import FeastRepo
+from skewless.registry.pyfunc import naive_utc
+from skewless.registry.registry import ModelRegistry
+from skewless.training.pipeline import load_history
+from skewless.training.release import Release, input_example, train_and_register
+from tests.conftest import ETTH_CONFIG
+
+POSTGRES_MLFLOW = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> ModelRegistry:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if request.param == "sqlite" else POSTGRES_MLFLOW
+    return ModelRegistry(uri)
+
+
+def register(registry: ModelRegistry, name: str, mses: list[float]) -> None:
+    """Versions 1..n of ``name``, each a real logged artifact, tagged with a backtest MSE."""
+    mlflow.set_tracking_uri(registry.uri)
+    registry.client.create_registered_model(name)
+    for mse in mses:
+        with mlflow.start_run() as run:
+            mlflow.log_dict({"mse": mse}, "model/info.json")
+        source = f"{run.info.artifact_uri}/model"
+        version = registry.client.create_model_version(name, source, run.info.run_id)
+        registry.record_metrics(name, int(version.version), {"mse": mse})
+
+
+def test_promote_refuses_worse_versions_and_rollback_walks_back(registry: ModelRegistry) -> None:
+    name = f"m{uuid.uuid4().hex[:8]}"
+    register(registry, name, [5.0, 4.0, 6.0])
+    assert registry.version_of(name, "latest") == 3
+    assert [v.version for v in registry.versions(name)] == [3, 2, 1]
+    assert registry.promote(name, 1, "production", "mse") is None
+    assert registry.promote(name, 2, "production", "mse") == 1  # better: allowed
+    with pytest.raises(
+        RegistryError, match="version 3 has backtest mse 6, worse than 4 of version 2"
+    ):
+        registry.promote(name, 3, "production", "mse")
+    assert registry.version_of(name, "production") == 2  # a refusal moves nothing
+    assert registry.promote(name, 3, "production", "mse", force=True) == 2
+    assert registry.history(name, "production") == [1, 2, 3]
+    assert registry.rollback(name, "production") == (3, 2)
+    assert registry.rollback(name, "production") == (2, 1)
+    assert registry.version_of(name, "production") == 1
+    with pytest.raises(RegistryError, match="no earlier version"):
+        registry.rollback(name, "production")
+    listed = {v.version: v for v in registry.versions(name)}
+    assert listed[1].aliases == ["production"] and listed[3].aliases == ["latest"]
+    assert listed[2].metrics == {"mse": 4.0}
+
+
+def test_unknown_names_versions_and_aliases_list_what_exists(registry: ModelRegistry) -> None:
+    name = f"m{uuid.uuid4().hex[:8]}"
+    register(registry, name, [1.0])
+    with pytest.raises(
+        RegistryError, match=rf"no registered model 'nope'; registered models: .*{name}"
+    ):
+        registry.versions("nope")
+    with pytest.raises(RegistryError, match=r"has no version 7; versions: \[1\]"):
+        registry.version_of(name, "7")
+    with pytest.raises(RegistryError, match=r"has no alias 'champion'; aliases: \['latest'\]"):
+        registry.version_of(name, "champion")
+    with pytest.raises(RegistryError, match="promote to one of"):
+        registry.promote(name, 1, "latest", "mse")
+
+
+@pytest.fixture(scope="module")
+def release(
+    etth_sqlite: FeastRepo, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SkewlessConfig, Release, pd.DataFrame]:
+    """The shipped config trained on both stations and registered, then promoted to production."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    config = etth_sqlite.config.model_copy(
+        update={"tracking": etth_sqlite.config.tracking.model_copy(update={"uri": uri})}
+    )
+    rows = load_history(config, etth_sqlite.home)
+    released = train_and_register(config, rows, etth_sqlite.home)
+    ModelRegistry(uri).promote(config.model_name, released.version, "production", "mse")
+    return config, released, rows
+
+
+def test_a_fresh_process_predicts_the_same_numbers_bit_for_bit(
+    release: tuple, tmp_path: Path
+) -> None:
+    config, _, rows = release
+    example = naive_utc(input_example(config, rows))
+    registry = ModelRegistry(config.tracking.uri)
+    expected = registry.load(config.model_name, "production").predict(example)
+    example.to_parquet(tmp_path / "input.parquet")
+    script = (
+        "import mlflow, pandas as pd, sys\n"
+        f"model = mlflow.pyfunc.load_model('models:/{config.model_name}@production')\n"
+        "model.predict(pd.read_parquet(sys.argv[1])).to_parquet(sys.argv[2])\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.tracking.uri}
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "input.parquet"),
+            str(tmp_path / "out.parquet"),
+        ],
+        env=env,
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "out.parquet"), expected, check_exact=True
+    )
+
+
+def test_the_logged_model_pins_its_requirements_and_carries_its_code(release: tuple) -> None:
+    config, released, _ = release
+    mlflow.set_tracking_uri(config.tracking.uri)
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}@production"))
+    requirements = (folder / "requirements.txt").read_text()
+    assert "torch==2.13.0" in requirements and "xgboost-cpu==" in requirements
+    assert (folder / "code" / "skewless" / "bundle" / "bundle.py").is_file()
+    mlmodel = (folder / "MLmodel").read_text()
+    assert "signature:" in mlmodel and "input_example" in mlmodel
+    run = MlflowClient(config.tracking.uri).get_run(released.run_id)
+    assert run.data.tags["data_fingerprint"] and run.data.metrics["mse"] > 0
+
+
+def test_an_incomplete_or_corrupt_artifact_names_what_is_wrong(
+    release: tuple, tmp_path: Path
+) -> None:
+    config, _, _ = release
+    mlflow.set_tracking_uri(config.tracking.uri)
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}@production"))
+    broken = shutil.copytree(folder, tmp_path / "model")
+    pickled = next(broken.rglob("bundle.pkl"))
+    pickled.write_bytes(b"not a pickle")
+    with pytest.raises(BundleError, match="is corrupt"):
+        mlflow.pyfunc.load_model(str(broken))
+    pickled.unlink()
+    with pytest.raises(BundleError, match="'bundle.pkl' is missing"):
+        mlflow.pyfunc.load_model(str(broken))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_mlflow_models_serve_answers_with_the_same_forecasts(
+    release: tuple, tmp_path: Path
+) -> None:
+    config, _, rows = release
+    example = naive_utc(input_example(config, rows))
+    expected = (
+        ModelRegistry(config.tracking.uri).load(config.model_name, "production").predict(example)
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": config.tracking.uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{config.model_name}@production",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve did not come up"
+                time.sleep(0.5)
+        body = json.dumps(
+            {"dataframe_split": json.loads(example.to_json(orient="split", date_format="iso"))}
+        )
+        answer = urllib.request.urlopen(
+            urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations",
+                body.encode(),
+                {"Content-Type": "application/json"},
+            ),
+            timeout=30,
+        )
+        served = pd.DataFrame(json.loads(answer.read())["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert len(served) == len(expected)
+    np.testing.assert_allclose(served["forecast"], expected["forecast"], rtol=1e-9)
+    np.testing.assert_allclose(served["upper_95"], expected["upper_95"], rtol=1e-9)
+
+
+def test_skew_check_and_forecast_commands_on_the_shipped_data(
+    release: tuple, etth_sqlite: FeastRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, released, _ = release
+    monkeypatch.setenv("SKEWLESS_HOME", str(etth_sqlite.home))
+    common = [
+        "--set",
+        f"feature_store.project={config.project}",
+        "--set",
+        f"tracking.uri={config.tracking.uri}",
+    ]
+    checked = CliRunner().invoke(app, ["verify-skew", str(ETTH_CONFIG), "--samples", "10", *common])
+    assert checked.exit_code == 0, checked.output
+    assert "10 pairs compared, 0 differ; largest absolute difference 0" in checked.output
+    shown = CliRunner().invoke(app, ["forecast", str(ETTH_CONFIG), "--entity", "2", *common])
+    assert shown.exit_code == 0, shown.output
+    assert f"etth_forecaster@production (version {released.version})" in shown.output
+    assert "2018-06-27 19:00:00" in shown.output  # ETTh ends 2018-06-26 19:00; horizon 24
+    unknown = CliRunner().invoke(app, ["forecast", str(ETTH_CONFIG), "--alias", "staging", *common])
+    assert unknown.exit_code == 1 and "has no alias 'staging'" in unknown.output
