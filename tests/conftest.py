@@ -14,6 +14,9 @@ from skewless.core.config import SkewlessConfig, load_config
 from skewless.features.ingest import ingest
 from skewless.features.materialize import materialize
 from skewless.features.repo import FeastRepo
+from skewless.registry.registry import ModelRegistry
+from skewless.training.pipeline import load_history
+from skewless.training.release import Release, train_and_register
 
 ROOT = Path(__file__).resolve().parents[1]
 ETTH_CONFIG = ROOT / "configs" / "etth.yaml"
@@ -66,3 +69,19 @@ def etth_sqlite(tmp_path_factory: pytest.TempPathFactory) -> FeastRepo:
     ingest(repo)
     materialize(repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def etth_release(
+    etth_sqlite: FeastRepo, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SkewlessConfig, Release, pd.DataFrame]:
+    """The shipped config trained on both stations, registered in its own SQLite MLflow store,
+    and promoted to production."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    config = etth_sqlite.config.model_copy(
+        update={"tracking": etth_sqlite.config.tracking.model_copy(update={"uri": uri})}
+    )
+    rows = load_history(config, etth_sqlite.home)
+    released = train_and_register(config, rows, etth_sqlite.home)
+    ModelRegistry(uri).promote(config.model_name, released.version, "production", "mse")
+    return config, released, rows

@@ -22,13 +22,11 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from skewless.cli import app
-from skewless.core.config import SkewlessConfig
 from skewless.core.errors import BundleError, RegistryError
 from skewless.features.repo import FeastRepo
 from skewless.registry.pyfunc import naive_utc
 from skewless.registry.registry import ModelRegistry
-from skewless.training.pipeline import load_history
-from skewless.training.release import Release, input_example, train_and_register
+from skewless.training.release import input_example
 from tests.conftest import ETTH_CONFIG
 
 POSTGRES_MLFLOW = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -91,25 +89,10 @@ def test_unknown_names_versions_and_aliases_list_what_exists(registry: ModelRegi
         registry.promote(name, 1, "latest", "mse")
 
 
-@pytest.fixture(scope="module")
-def release(
-    etth_sqlite: FeastRepo, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[SkewlessConfig, Release, pd.DataFrame]:
-    """The shipped config trained on both stations and registered, then promoted to production."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    config = etth_sqlite.config.model_copy(
-        update={"tracking": etth_sqlite.config.tracking.model_copy(update={"uri": uri})}
-    )
-    rows = load_history(config, etth_sqlite.home)
-    released = train_and_register(config, rows, etth_sqlite.home)
-    ModelRegistry(uri).promote(config.model_name, released.version, "production", "mse")
-    return config, released, rows
-
-
 def test_a_fresh_process_predicts_the_same_numbers_bit_for_bit(
-    release: tuple, tmp_path: Path
+    etth_release: tuple, tmp_path: Path
 ) -> None:
-    config, _, rows = release
+    config, _, rows = etth_release
     example = naive_utc(input_example(config, rows))
     registry = ModelRegistry(config.tracking.uri)
     expected = registry.load(config.model_name, "production").predict(example)
@@ -138,8 +121,8 @@ def test_a_fresh_process_predicts_the_same_numbers_bit_for_bit(
     )
 
 
-def test_the_logged_model_pins_its_requirements_and_carries_its_code(release: tuple) -> None:
-    config, released, _ = release
+def test_the_logged_model_pins_its_requirements_and_carries_its_code(etth_release: tuple) -> None:
+    config, released, _ = etth_release
     mlflow.set_tracking_uri(config.tracking.uri)
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}@production"))
     requirements = (folder / "requirements.txt").read_text()
@@ -152,9 +135,9 @@ def test_the_logged_model_pins_its_requirements_and_carries_its_code(release: tu
 
 
 def test_an_incomplete_or_corrupt_artifact_names_what_is_wrong(
-    release: tuple, tmp_path: Path
+    etth_release: tuple, tmp_path: Path
 ) -> None:
-    config, _, _ = release
+    config, _, _ = etth_release
     mlflow.set_tracking_uri(config.tracking.uri)
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}@production"))
     broken = shutil.copytree(folder, tmp_path / "model")
@@ -174,9 +157,9 @@ def free_port() -> int:
 
 
 def test_mlflow_models_serve_answers_with_the_same_forecasts(
-    release: tuple, tmp_path: Path
+    etth_release: tuple, tmp_path: Path
 ) -> None:
-    config, _, rows = release
+    config, _, rows = etth_release
     example = naive_utc(input_example(config, rows))
     expected = (
         ModelRegistry(config.tracking.uri).load(config.model_name, "production").predict(example)
@@ -238,9 +221,9 @@ def test_mlflow_models_serve_answers_with_the_same_forecasts(
 
 
 def test_skew_check_and_forecast_commands_on_the_shipped_data(
-    release: tuple, etth_sqlite: FeastRepo, monkeypatch: pytest.MonkeyPatch
+    etth_release: tuple, etth_sqlite: FeastRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config, released, _ = release
+    config, released, _ = etth_release
     monkeypatch.setenv("SKEWLESS_HOME", str(etth_sqlite.home))
     common = [
         "--set",

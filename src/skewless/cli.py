@@ -10,6 +10,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -260,6 +261,42 @@ def forecast(
             f"(version {registry.version_of(repo.config.model_name, alias)}), times in UTC"
         )
         console.print(table)
+
+
+class Engine(StrEnum):
+    fastapi = "fastapi"
+
+
+@app.command()
+def serve(
+    config: ConfigArg,
+    engine: Annotated[Engine, typer.Option(help="HTTP server")] = Engine.fastapi,
+    alias: Annotated[str | None, typer.Option(help="default: serving.alias")] = None,
+    host: Annotated[str | None, typer.Option(help="default: serving.host")] = None,
+    port: Annotated[int | None, typer.Option(help="default: serving.port")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Serve forecasts over HTTP from the model version behind ALIAS, following the alias."""
+    with user_errors():
+        import uvicorn
+
+        from skewless.serving.fastapi_app import create_app
+        from skewless.serving.service import ForecastService
+
+        repo = _repo(config, set_)
+        settings = repo.config.serving
+        with console.status("loading the model and warming the online store"):
+            service = ForecastService(repo.config, repo.home, alias)
+        console.print(
+            f"serving {service.current.name} version {service.current.version} "
+            f"(@{service.alias}) on http://{host or settings.host}:{port or settings.port}"
+        )
+        uvicorn.run(
+            create_app(service),
+            host=host or settings.host,
+            port=port or settings.port,
+            log_level="warning",
+        )
 
 
 @app.command("verify-skew")

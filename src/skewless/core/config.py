@@ -307,6 +307,16 @@ class RegistryConfig(_Strict):
         return sorted(set(levels))
 
 
+class ServingConfig(_Strict):
+    """How servers load the model and what requests they accept."""
+
+    alias: str = "production"
+    poll_seconds: float = Field(default=10.0, gt=0, description="how often the alias is checked")
+    max_entities: int = Field(default=1000, ge=1, description="most entities in one request")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -321,6 +331,7 @@ class SkewlessConfig(_Strict):
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @field_validator("name")
     @classmethod

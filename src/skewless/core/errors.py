@@ -65,3 +65,8 @@ class BundleError(SkewlessError):
 
 class RegistryError(SkewlessError):
     """A registered model, version or alias does not exist, or a move was refused."""
+
+
+class RequestError(SkewlessError):
+    """A serving request asks for something that cannot be answered (bad time point, too many
+    entities, an entity id of the wrong type)."""

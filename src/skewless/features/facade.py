@@ -50,12 +50,15 @@ def parse_time_point(value: TimePoint, zone: str | None) -> datetime | None:
         return None
     if isinstance(value, str) and value.strip().lower() == "now":
         return datetime.now(UTC)
+    problem = FeatureStoreError(
+        f"time point {value!r} is not 'now' or an ISO timestamp such as 2018-06-01T12:00:00Z"
+    )
     try:
         stamp = pd.Timestamp(value)
     except ValueError as exc:
-        raise FeatureStoreError(
-            f"time point {value!r} is not 'now' or an ISO timestamp such as 2018-06-01T12:00:00Z"
-        ) from exc
+        raise problem from exc
+    if pd.isna(stamp):  # pandas reads "" and "NaT" as "not a time" without complaint
+        raise problem
     if stamp.tzinfo is None:
         stamp = stamp.tz_localize(zone or "UTC")
     return stamp.tz_convert("UTC").to_pydatetime()

@@ -79,13 +79,15 @@ class ModelRegistry:
             )
         return int(aliases[alias_or_version])
 
-    def load(self, name: str, alias: str) -> Any:
-        """The pyfunc model ``models:/NAME@ALIAS``, after checking that the alias exists."""
+    def load(self, name: str, alias_or_version: str) -> Any:
+        """The pyfunc model behind an alias or version number, checked to exist first."""
+        return self.load_version(name, self.version_of(name, alias_or_version))
 
-        self.version_of(name, alias)
+    def load_version(self, name: str, version: int) -> Any:
+        """``models:/NAME/VERSION`` as a pyfunc model (a version never changes under a load)."""
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
-        return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+        return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
 
     def promote(
         self, name: str, version: int, alias: str, metric: str, force: bool = False

@@ -1,0 +1,242 @@
+"""The FastAPI server: routes over ``ForecastService``, one error handler, alias polling."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from skewless.core.errors import (
+    BundleError,
+    RegistryError,
+    RequestError,
+    SkewlessError,
+    StaleFeaturesError,
+    UnknownEntityError,
+)
+from skewless.serving.metrics import ServingMetrics
+from skewless.serving.schemas import (
+    BatchRequest,
+    EntityRequest,
+    ErrorResponse,
+    ModelInfo,
+    Prediction,
+    PredictionResponse,
+    RowsRequest,
+)
+from skewless.serving.service import ForecastService, LoadedModel
+
+logger = logging.getLogger(__name__)
+
+ADMIN_TOKEN_ENV = "SKEWLESS_ADMIN_TOKEN"
+_STATUS: tuple[tuple[type[SkewlessError], int], ...] = (
+    (UnknownEntityError, 404),
+    (StaleFeaturesError, 409),
+    (RegistryError, 503),
+    (BundleError, 503),
+    (SkewlessError, 422),
+)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (404, 409, 422, 503)
+}
+
+
+def status_of(error: SkewlessError) -> int:
+    """The HTTP status of a skewless error: the first matching class wins."""
+    return next(status for kind, status in _STATUS if isinstance(error, kind))
+
+
+def create_app(service: ForecastService, poll_seconds: float | None = None) -> FastAPI:
+    """The app; ``poll_seconds`` (default: the config's) is how often the alias is checked."""
+    metrics = ServingMetrics()
+    metrics.model_version.set(service.current.version)
+    interval = poll_seconds or service.config.serving.poll_seconds
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        poller = threading.Thread(
+            target=_poll, args=(service, metrics, interval, stop), daemon=True, name="alias-poller"
+        )
+        poller.start()
+        yield
+        stop.set()
+        poller.join(timeout=5)
+
+    app = FastAPI(
+        title="skewless",
+        summary="Forecasts from the registered bundle, with features from the online store.",
+        lifespan=lifespan,
+    )
+    app.state.service, app.state.metrics = service, metrics
+
+    @app.exception_handler(SkewlessError)
+    async def skewless_error(request: Request, exc: SkewlessError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    app.include_router(_predictions_router())
+    app.include_router(_operations_router())
+    return app
+
+
+def _service(request: Request) -> ForecastService:
+    service: ForecastService = request.app.state.service
+    return service
+
+
+def _metrics(request: Request) -> ServingMetrics:
+    metrics: ServingMetrics = request.app.state.metrics
+    return metrics
+
+
+Service = Annotated[ForecastService, Depends(_service)]
+Metrics = Annotated[ServingMetrics, Depends(_metrics)]
+
+
+def _predictions_router() -> APIRouter:
+    router = APIRouter(tags=["predictions"], responses=_ERRORS)
+
+    @router.post("/predict")
+    def predict_rows(body: RowsRequest, service: Service) -> PredictionResponse:
+        """Forecast after each entity's last row, from raw rows sent in the request."""
+        model, items = service.predict_rows(pd.DataFrame.from_records(body.rows))
+        return _response(model, items)
+
+    @router.post("/predict/feast")
+    def predict_entity(
+        body: EntityRequest, service: Service, metrics: Metrics
+    ) -> PredictionResponse:
+        """Forecast one entity from its online window; its error is the response's status."""
+        _check_key(service, body.entity_key)
+        metrics.entities.observe(1)
+        model, items = service.predict_entities([body.entity], body.time_point)
+        if "error" in items[0]:
+            raise items[0]["error"]
+        return _response(model, items)
+
+    @router.post("/predict/feast/batch")
+    def predict_batch(body: BatchRequest, service: Service, metrics: Metrics) -> PredictionResponse:
+        """Forecast many entities; each succeeds or carries its own error, in request order."""
+        _check_key(service, body.entity_key)
+        metrics.entities.observe(len(body.entities))
+        model, items = service.predict_entities(body.entities, body.time_point)
+        metrics.entity_errors.inc(sum("error" in item for item in items))
+        return _response(model, items)
+
+    return router
+
+
+def _operations_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health")
+    def health() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "alive"}
+
+    @router.get("/ready", responses={503: {"model": ErrorResponse}})
+    def ready(service: Service) -> JSONResponse:
+        """A model is loaded and the online store answers; a failed reload is reported too."""
+        body: dict[str, Any] = {
+            "model": service.current.describe(),
+            "reload_error": service.last_reload_error,
+        }
+        try:
+            service.feature_store_ready()
+        except Exception as exc:  # any failure of the store means not ready
+            return JSONResponse(
+                {**body, "status": "feature store unreachable", "detail": str(exc)}, 503
+            )
+        return JSONResponse({**body, "status": "ready"})
+
+    @router.get("/model")
+    def model(service: Service) -> dict[str, Any]:
+        """Name, version, alias and backtest metrics of the version being served."""
+        current = service.current
+        return {
+            **current.describe(),
+            "metrics": current.metrics,
+            "trained_until": current.bundle.metadata.get("trained_until"),
+        }
+
+    @router.get("/metrics")
+    def prometheus(metrics: Metrics) -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.post("/admin/reload", responses={403: {"model": ErrorResponse}})
+    def reload(
+        service: Service, metrics: Metrics, authorization: Annotated[str | None, Header()] = None
+    ) -> JSONResponse:
+        """Load the version the alias points at now. Needs ``Authorization: Bearer <token>``
+        with the token from SKEWLESS_ADMIN_TOKEN (unset: reloads over HTTP are disabled)."""
+        token = os.environ.get(ADMIN_TOKEN_ENV)
+        if not token:
+            return JSONResponse(
+                {"detail": f"reload over HTTP is disabled; set {ADMIN_TOKEN_ENV}"}, 403
+            )
+        if not hmac.compare_digest(authorization or "", f"Bearer {token}"):
+            return JSONResponse({"detail": "wrong or missing bearer token"}, 403)
+        swapped = _reload(service, metrics)
+        return JSONResponse({"swapped": swapped, "model": service.current.describe()})
+
+    return router
+
+
+def _reload(service: ForecastService, metrics: ServingMetrics) -> bool:
+    try:
+        swapped = service.refresh()
+    except Exception:
+        metrics.reloads.labels("failed").inc()
+        raise
+    metrics.reloads.labels("swapped" if swapped else "unchanged").inc()
+    metrics.model_version.set(service.current.version)
+    return swapped
+
+
+def _poll(
+    service: ForecastService, metrics: ServingMetrics, interval: float, stop: threading.Event
+) -> None:
+    """Follow the alias until ``stop``; a failed load is counted and the old version kept."""
+    while not stop.wait(interval):
+        try:
+            _reload(service, metrics)
+        except Exception:  # already recorded in last_reload_error and the metrics
+            continue
+
+
+def _check_key(service: ForecastService, entity_key: str | None) -> None:
+    expected = service.config.data.entity_key
+    if entity_key is not None and entity_key != expected:
+        raise RequestError(f"entity_key '{entity_key}' is not this model's entity key '{expected}'")
+
+
+def _response(model: LoadedModel, items: list[dict[str, Any]]) -> PredictionResponse:
+    """Errors, kept as exceptions by the service, become their messages."""
+    predictions = [
+        Prediction(**{**item, "error": str(item["error"])} if "error" in item else item)
+        for item in items
+    ]
+    return PredictionResponse(model=ModelInfo(**model.describe()), predictions=predictions)

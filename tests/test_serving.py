@@ -1,0 +1,299 @@
+"""The HTTP contract against a live server over the registered ETTh bundle: predictions, errors,
+operations, alias hot-swap under load, and schemathesis over the OpenAPI schema."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import given, settings
+
+from skewless.features.repo import FeastRepo
+from skewless.features.validation import EVENT_TS
+from skewless.registry.registry import ModelRegistry
+from tests.conftest import ETTH_CONFIG
+
+TOKEN = "test-admin-token"
+LAST = "2018-06-26T19:00:00Z"  # the last hour of both ETTh files
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(etth_sqlite: FeastRepo, config, *overrides: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "skewless"),
+        "serve",
+        str(ETTH_CONFIG),
+        "--port",
+        str(port),
+        "--set",
+        f"feature_store.project={config.project}",
+        "--set",
+        f"tracking.uri={config.tracking.uri}",
+        *[part for override in overrides for part in ("--set", override)],
+    ]
+    env = {**os.environ, "SKEWLESS_HOME": str(etth_sqlite.home), "SKEWLESS_ADMIN_TOKEN": TOKEN}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"server did not start: {server.stderr.read().decode()[-2000:]}")
+        time.sleep(0.3)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(etth_sqlite: FeastRepo, etth_release: tuple) -> Iterator[str]:
+    config = etth_release[0]
+    process, url = start_server(
+        etth_sqlite, config, "serving.max_entities=5", "serving.poll_seconds=3600"
+    )
+    yield url
+    stop_server(process)
+
+
+def test_batch_answers_every_entity_in_order_with_its_own_error(server: str) -> None:
+    answer = httpx.post(
+        f"{server}/predict/feast/batch", json={"entities": [2, 99, 1], "time_point": LAST}
+    )
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["model"]["name"] == "etth_forecaster" and body["model"]["alias"] == "production"
+    assert [p["entity"] for p in body["predictions"]] == [2, 99, 1]
+    first = body["predictions"][2]
+    assert first["timestamps"][0] == "2018-06-26T20:00:00+00:00" and len(first["timestamps"]) == 24
+    assert len(first["forecast"]["OT"]) == 24
+    assert set(first["lower"]["OT"]) == {"80", "95"}
+    assert all(
+        lo <= f <= hi
+        for lo, f, hi in zip(
+            first["lower"]["OT"]["80"],
+            first["forecast"]["OT"],
+            first["upper"]["OT"]["80"],
+            strict=True,
+        )
+    )
+    assert "unknown station_id value(s): 99" in body["predictions"][1]["error"]
+    assert body["predictions"][1]["forecast"] is None
+
+
+def test_raw_rows_give_the_same_forecast_as_the_online_window(
+    server: str, etth_release: tuple
+) -> None:
+    _, _, rows = etth_release
+    columns = ["station_id", EVENT_TS, "OT", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL"]
+    history = rows.loc[rows["station_id"] == 1, columns].tail(336)
+    records = history.assign(**{EVENT_TS: history[EVENT_TS].astype(str)}).to_dict("records")
+    raw = httpx.post(f"{server}/predict", json={"rows": records})
+    assert raw.status_code == 200, raw.text
+    online = httpx.post(f"{server}/predict/feast", json={"entity": 1, "time_point": LAST})
+    assert raw.json()["predictions"][0]["forecast"] == online.json()["predictions"][0]["forecast"]
+    records[-3]["HULL"] = None
+    refused = httpx.post(f"{server}/predict", json={"rows": records})
+    assert (
+        refused.status_code == 422 and "entity 1: missing values (NaN) in ['HULL']" in refused.text
+    )
+    without = [{k: v for k, v in r.items() if k != "OT"} for r in records]
+    missing = httpx.post(f"{server}/predict", json={"rows": without})
+    assert missing.status_code == 422 and "missing column(s) ['OT']" in missing.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/predict/feast", {"entity": 99, "time_point": LAST}, 404, "unknown station_id"),
+        ("/predict/feast", {"entity": 1, "time_point": "now"}, 409, "stale online windows"),
+        (
+            "/predict/feast",
+            {"entity": 1, "time_point": "2999-01-01T00:00:00Z"},
+            422,
+            "in the future",
+        ),
+        (
+            "/predict/feast",
+            {"entity": 1, "time_point": "2001-01-01T00:00:00Z"},
+            422,
+            "use the offline store",
+        ),
+        (
+            "/predict/feast",
+            {"entity": 1, "time_point": "yesterday-ish"},
+            422,
+            "not 'now' or an ISO timestamp",
+        ),
+        ("/predict/feast", {"entity": "one", "time_point": LAST}, 422, "must be 64-bit integers"),
+        ("/predict/feast", {"entity": 2**64, "time_point": LAST}, 422, "must be 64-bit integers"),
+        ("/predict/feast", {"entity": 1, "time_point": ""}, 422, "not 'now' or an ISO timestamp"),
+        ("/predict/feast", {"entity": 1, "entity_key": "site"}, 422, "not this model's entity key"),
+        ("/predict/feast/batch", {"entities": []}, 422, "at least 1 item"),
+        ("/predict/feast/batch", {"entities": [1, 2, 1, 2, 1, 2]}, 422, "at most 5 per request"),
+        ("/predict/feast/batch", {"entities": [1], "extra": 1}, 422, "extra"),
+        ("/predict", {"rows": []}, 422, "at least 1 item"),
+    ],
+)
+def test_bad_requests_are_4xx_with_a_reason(
+    server: str, path: str, body: dict, status: int, message: str
+) -> None:
+    answer = httpx.post(f"{server}{path}", json=body)
+    assert answer.status_code == status, answer.text
+    assert message in answer.text
+
+
+def test_malformed_json_is_422(server: str) -> None:
+    answer = httpx.post(
+        f"{server}/predict/feast/batch",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 422
+
+
+def test_operations_endpoints(server: str, etth_release: tuple) -> None:
+    _, released, _ = etth_release
+    assert httpx.get(f"{server}/health").json() == {"status": "alive"}
+    ready = httpx.get(f"{server}/ready").json()
+    assert ready["status"] == "ready" and ready["reload_error"] is None
+    model = httpx.get(f"{server}/model").json()
+    assert model["version"] == released.version and model["metrics"]["mse"] > 0
+    httpx.post(f"{server}/predict/feast/batch", json={"entities": [1, 2], "time_point": LAST})
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'skewless_requests_total{endpoint="/predict/feast/batch",status="200"}' in metrics
+    assert "skewless_request_seconds_bucket" in metrics and "skewless_model_version" in metrics
+    assert httpx.get(f"{server}/openapi.json").json()["paths"]["/predict/feast/batch"]
+    assert httpx.post(f"{server}/admin/reload").status_code == 403
+    wrong = httpx.post(f"{server}/admin/reload", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    right = httpx.post(f"{server}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert right.status_code == 200 and right.json()["model"]["version"] == model["version"]
+
+
+def add_version(config) -> int:
+    """A second real version of the registered model (same artifact), tagged like the first."""
+    registry = ModelRegistry(config.tracking.uri)
+    first = registry.client.get_model_version(config.model_name, "1")
+    created = registry.client.create_model_version(config.model_name, first.source, first.run_id)
+    version = int(created.version)
+    registry.record_metrics(
+        config.model_name, version, registry.versions(config.model_name)[-1].metrics
+    )
+    return version
+
+
+def test_alias_moves_swap_the_model_under_load_without_a_failed_request(
+    server: str, etth_release: tuple
+) -> None:
+    config, released, _ = etth_release
+    registry = ModelRegistry(config.tracking.uri)
+    second = add_version(config)
+    first = released.version
+    swaps: list[tuple[float, float, int]] = []  # (reload sent, reload answered, new version)
+    results: list[tuple[float, float, int, int]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client() as client:
+            while not stop.is_set():
+                began = time.monotonic()
+                answer = client.post(
+                    f"{server}/predict/feast/batch", json={"entities": [1, 2], "time_point": LAST}
+                )
+                version = answer.json()["model"]["version"] if answer.status_code == 200 else -1
+                results.append((began, time.monotonic(), answer.status_code, version))
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(load)
+        for target in [second, first, second, first]:
+            time.sleep(0.3)
+            if target == second:
+                registry.promote(config.model_name, second, "production", "mse")
+            else:
+                registry.rollback(config.model_name, "production")
+            sent = time.monotonic()
+            reloaded = httpx.post(
+                f"{server}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+            )
+            assert reloaded.json()["model"]["version"] == target
+            swaps.append((sent, time.monotonic(), target))
+        time.sleep(0.3)
+        stop.set()
+    assert len(results) > 20 and all(status == 200 for _, _, status, _ in results)
+
+    def possible(began: float, ended: float) -> set[int]:
+        serving, allowed = first, set()
+        for sent, answered, version in swaps:
+            if answered < began:
+                serving = version
+            elif sent <= ended:
+                allowed.add(version)
+        return allowed | {serving}
+
+    assert all(version in possible(began, ended) for began, ended, _, version in results)
+    assert {version for *_, version in results} == {first, second}
+
+
+def test_the_server_follows_the_alias_by_polling(
+    etth_sqlite: FeastRepo, etth_release: tuple
+) -> None:
+    config = etth_release[0]
+    registry = ModelRegistry(config.tracking.uri)
+    process, url = start_server(etth_sqlite, config, "serving.poll_seconds=0.5")
+    try:
+        newest = registry.version_of(config.model_name, "latest")
+        registry.promote(config.model_name, newest, "staging", "mse", force=True)
+        registry.promote(config.model_name, newest, "production", "mse", force=True)
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/model").json()["version"] != newest:
+            assert time.monotonic() < deadline, "the server did not follow the alias"
+            time.sleep(0.2)
+        registry.rollback(config.model_name, "production")
+        previous = registry.version_of(config.model_name, "production")
+        while httpx.get(f"{url}/model").json()["version"] != previous:
+            assert time.monotonic() < deadline, "the server did not follow the rollback"
+            time.sleep(0.2)
+    finally:
+        stop_server(process)
+
+
+def test_schemathesis_finds_no_server_error(server: str) -> None:
+    schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
+    failures = []
+    for operation in schema.get_all_operations():
+        api = operation.ok()
+        strategy = api.as_strategy()
+
+        @settings(max_examples=60, deadline=None, database=None, derandomize=True)
+        @given(case=strategy)
+        def check(case: schemathesis.Case) -> None:
+            response = case.call()
+            if response.status_code >= 500:
+                failures.append((case.operation.path, response.status_code, case.body))
+
+        check()
+    assert not failures, failures
