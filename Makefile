@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/etth.yaml
 export SKEWLESS_HOME ?= $(CURDIR)/skewless_home
+DEMO_PORT ?= 8000
 
 .PHONY: demo test lint bench-online bench-ltsf clean
 
@@ -30,12 +31,15 @@ demo: $(VENV)/.installed
 	$(BIN)/skewless models promote etth_forecaster latest --alias production
 	$(BIN)/skewless forecast $(CONFIG) --alias production
 	$(BIN)/skewless verify-skew $(CONFIG) --alias production --samples 20
+	$(BIN)/skewless serve $(CONFIG) --alias production --port $(DEMO_PORT) & server=$$!; \
+	  $(BIN)/python scripts/ask_server.py http://127.0.0.1:$(DEMO_PORT) 2018-06-26T19:00:00Z 1 2; \
+	  status=$$?; kill $$server; wait $$server; exit $$status
 
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 
 bench-online: $(VENV)/.installed-dev

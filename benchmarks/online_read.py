@@ -38,25 +38,12 @@ from skewless.features.materialize import materialize
 from skewless.features.online import READERS, RedisHashReader, window_reader
 from skewless.features.repo import SERIES_VIEW, FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
+from synthetic import VARIABLES, synthetic_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "online_read.json"
 LOOKBACK = 336
-HISTORY = LOOKBACK + 24
 COUNTS = (1, 10, 100, 1000)
-VARIABLES = ["OT", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL"]
-
-
-def synthetic_rows(entities: int) -> pd.DataFrame:
-    """HISTORY hourly rows per entity, derived from the real stations."""
-    stations = [pd.read_csv(ROOT / "data" / f"ETTh{i}.csv").tail(HISTORY) for i in (1, 2)]
-    frames = []
-    for entity in range(1, entities + 1):
-        rows = stations[entity % 2].copy()
-        rows[VARIABLES] = rows[VARIABLES] * (1 + entity / 1000) + entity % 7
-        rows["station_id"] = entity
-        frames.append(rows)
-    return pd.concat(frames, ignore_index=True)
 
 
 def build_repo(home: Path, store: str, rows: pd.DataFrame) -> FeastRepo:
@@ -193,7 +180,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer calls, for a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    rows = synthetic_rows(max(COUNTS))
+    rows = synthetic_rows(max(COUNTS), LOOKBACK + 24)
     records: list[dict[str, object]] = [machine_jitter(args.quick)]
     with tempfile.TemporaryDirectory() as home:
         for store in ("sqlite", "redis"):

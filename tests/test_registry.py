@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
@@ -27,15 +28,23 @@ from skewless.features.repo import FeastRepo
 from skewless.registry.pyfunc import naive_utc
 from skewless.registry.registry import ModelRegistry
 from skewless.training.release import input_example
-from tests.conftest import ETTH_CONFIG
+from tests.conftest import ETTH_CONFIG, POSTGRES_DSN
 
-POSTGRES_MLFLOW = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# A schema of its own: MLflow and Optuna both keep their schema version in a table named
+# alembic_version, so they must not share one.
+MLFLOW_SCHEMA = "mlflow_registry"
+POSTGRES_MLFLOW = (
+    f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{MLFLOW_SCHEMA}"
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> ModelRegistry:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if request.param == "sqlite" else POSTGRES_MLFLOW
-    return ModelRegistry(uri)
+    if request.param == "sqlite":
+        return ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA IF NOT EXISTS {MLFLOW_SCHEMA}")
+    return ModelRegistry(POSTGRES_MLFLOW)
 
 
 def register(registry: ModelRegistry, name: str, mses: list[float]) -> None:

@@ -48,7 +48,9 @@ def start_server(etth_sqlite: FeastRepo, config, *overrides: str) -> tuple[subpr
         *[part for override in overrides for part in ("--set", override)],
     ]
     env = {**os.environ, "SKEWLESS_HOME": str(etth_sqlite.home), "SKEWLESS_ADMIN_TOKEN": TOKEN}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = etth_sqlite.home.parent / f"server-{port}.log"  # a pipe nobody reads could fill up
+    with log.open("wb") as sink:
+        server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -59,7 +61,7 @@ def start_server(etth_sqlite: FeastRepo, config, *overrides: str) -> tuple[subpr
             pass
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
-            raise AssertionError(f"server did not start: {server.stderr.read().decode()[-2000:]}")
+            raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
         time.sleep(0.3)
 
 

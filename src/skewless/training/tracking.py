@@ -45,7 +45,9 @@ def tracked_run(
 ) -> Iterator[str]:
     """An MLflow run with the config logged; yields its id."""
     if not nested:
-        mlflow.set_tracking_uri(tracking_uri(config, home))
+        uri = tracking_uri(config, home)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)  # registration goes where the run goes
         experiment = config.tracking.experiment or config.name
         if mlflow.get_experiment_by_name(experiment) is None:
             mlflow.create_experiment(

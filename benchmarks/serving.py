@@ -1,0 +1,267 @@
+"""Serving latency and throughput, side by side in one run, on loopback.
+
+Closed-loop load (each client sends its next request when the previous answer arrives) at
+concurrency 1, 8 and 32, for 1, 10 and 100 entities per request, against:
+- `skewless serve --engine fastapi`: POST /predict/feast/batch (windows from the online store);
+- `mlflow models serve` on the same registered model: POST /invocations with the raw rows
+  (what a client without the feature store would have to send);
+- a bare FastAPI endpoint returning a constant under the same uvicorn: the ceiling of the machine.
+
+The model is the shipped config's NLinear trained on ETTh1 + ETTh2; the entities are synthetic
+copies of the stations in a SQLite online store. Results: benchmarks/results/serving.json.
+
+    python benchmarks/serving.py [--seconds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from skewless.core.config import load_config
+from skewless.features.ingest import ingest, ingest_frames
+from skewless.features.materialize import materialize
+from skewless.features.repo import FeastRepo
+from skewless.registry.registry import ModelRegistry
+from skewless.training.pipeline import load_history
+from skewless.training.release import train_and_register
+from synthetic import ROOT, VARIABLES, synthetic_rows
+
+RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
+CONFIG = ROOT / "configs" / "etth.yaml"
+ENTITY_COUNTS = (1, 10, 100)
+CONCURRENCY = (1, 8, 32)
+LOOKBACK = 336
+TIME_POINT = "2018-06-26T19:00:00Z"
+BIN = Path(sys.executable).parent
+CEILING_APP = """
+import sys, uvicorn
+from fastapi import FastAPI
+app = FastAPI()
+@app.post("/constant")
+def constant() -> dict:
+    return {"forecast": [0.0] * 24}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def prepare(home: Path) -> tuple[str, pd.DataFrame]:
+    """Train and register on the real stations; serve synthetic entities from another project.
+    Returns the tracking URI and the raw rows of every synthetic entity."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    trained = FeastRepo(
+        load_config(CONFIG, ["feature_store.project=bench_train"], environ={}), home
+    )
+    ingest(trained)
+    config = trained.config.model_copy(
+        update={"tracking": trained.config.tracking.model_copy(update={"uri": uri})}
+    )
+    release = train_and_register(config, load_history(config, home), home)
+    ModelRegistry(uri).promote(config.model_name, release.version, "production", "mse")
+    served = FeastRepo(load_config(CONFIG, ["feature_store.project=bench_serve"], environ={}), home)
+    rows = synthetic_rows(max(ENTITY_COUNTS), LOOKBACK + 24)
+    ingest_frames(served, [("synthetic", rows)])
+    materialize(served)
+    return uri, rows
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start(command: list[str], env: dict[str, str], probe: str, log: Path) -> subprocess.Popen:
+    """Start a server, its output to ``log`` (a pipe nobody reads would fill and block it)."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            httpx.request(*probe.split(" ", 1), timeout=2)
+            return process
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                tail = log.read_text()[-2000:]
+                raise RuntimeError(f"{command[:3]} did not start: {tail}") from None
+            time.sleep(0.5)
+
+
+def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+    """Each client loops until the deadline; latencies of every answered request."""
+    latencies: list[float] = []
+    failures = 0
+    lock = threading.Lock()
+    headers = {"Content-Type": "application/json"}
+
+    def client() -> None:
+        nonlocal failures
+        with httpx.Client(timeout=120) as http:
+            http.post(url, content=body, headers=headers)  # warm the connection
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                began = time.perf_counter()
+                status = http.post(url, content=body, headers=headers).status_code
+                elapsed = time.perf_counter() - began
+                with lock:
+                    latencies.append(elapsed)
+                    failures += status != 200
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    ordered = sorted(latencies)
+    return {
+        "requests": len(ordered),
+        "failed": failures,
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "throughput_rps": len(ordered) / wall,
+    }
+
+
+def raw_rows_body(rows: pd.DataFrame, entities: int) -> bytes:
+    chosen = rows[rows["station_id"] <= entities].groupby("station_id").tail(LOOKBACK)
+    frame = pd.DataFrame(
+        {
+            "station_id": chosen["station_id"],
+            "event_timestamp": pd.to_datetime(chosen["date"]).dt.strftime("%Y-%m-%dT%H:%M:%S"),
+            **{v: chosen[v] for v in VARIABLES},
+        }
+    )
+    return json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split"))}).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="load per cell")
+    args = parser.parse_args()
+    records: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        home = Path(folder)
+        uri, rows = prepare(home)
+        env = {
+            **os.environ,
+            "SKEWLESS_HOME": str(home),
+            "MLFLOW_TRACKING_URI": uri,
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        }
+        ports = {name: free_port() for name in ("fastapi", "mlflow", "ceiling")}
+        servers = {
+            "fastapi": start(
+                [
+                    str(BIN / "skewless"),
+                    "serve",
+                    str(CONFIG),
+                    "--port",
+                    str(ports["fastapi"]),
+                    "--set",
+                    "feature_store.project=bench_serve",
+                    "--set",
+                    f"tracking.uri={uri}",
+                ],
+                env,
+                f"GET http://127.0.0.1:{ports['fastapi']}/health",
+                home / "fastapi.log",
+            ),
+            "mlflow": start(
+                [
+                    str(BIN / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    "models:/etth_forecaster@production",
+                    "--env-manager",
+                    "local",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(ports["mlflow"]),
+                ],
+                env,
+                f"GET http://127.0.0.1:{ports['mlflow']}/ping",
+                home / "mlflow.log",
+            ),
+            "ceiling": start(
+                [sys.executable, "-c", CEILING_APP, str(ports["ceiling"])],
+                env,
+                f"POST http://127.0.0.1:{ports['ceiling']}/constant",
+                home / "ceiling.log",
+            ),
+        }
+        try:
+            cells = [("ceiling", f"http://127.0.0.1:{ports['ceiling']}/constant", 0, b"{}")]
+            for entities in ENTITY_COUNTS:
+                batch = {"entities": list(range(1, entities + 1)), "time_point": TIME_POINT}
+                cells.append(
+                    (
+                        "fastapi /predict/feast/batch",
+                        f"http://127.0.0.1:{ports['fastapi']}/predict/feast/batch",
+                        entities,
+                        json.dumps(batch).encode(),
+                    )
+                )
+                cells.append(
+                    (
+                        "mlflow models serve /invocations (raw rows)",
+                        f"http://127.0.0.1:{ports['mlflow']}/invocations",
+                        entities,
+                        raw_rows_body(rows, entities),
+                    )
+                )
+            for server, url, entities, body in cells:
+                for concurrency in CONCURRENCY:
+                    result = closed_loop(url, body, concurrency, args.seconds)
+                    record = {
+                        "server": server,
+                        "entities": entities,
+                        "concurrency": concurrency,
+                        **result,
+                    }
+                    records.append(record)
+                    print(
+                        f"{server:45s} entities {entities:3d} concurrency {concurrency:2d}: "
+                        f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                        f"{result['throughput_rps']:7.1f} req/s  ({result['failed']} failed)",
+                        flush=True,
+                    )
+        finally:
+            for process in servers.values():
+                process.terminate()
+                process.wait(timeout=30)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "seconds_per_cell": args.seconds,
+                "results": records,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
