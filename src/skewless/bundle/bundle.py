@@ -2,7 +2,9 @@
 beside them (interval widths, reference statistics, metadata), moved and loaded as one object.
 
 ``forecast`` is the one function that turns preprocessed windows into forecasts in original
-units; training, backtests and ``ForecastBundle.predict`` all call it.
+units; training, backtests and ``ForecastBundle.predict`` all call it. ``predict`` is two stages,
+``prepare`` (check, preprocess, cut windows) and ``finish`` (model, intervals), so that a
+distributed server can run them in separate processes without re-implementing either.
 """
 
 from __future__ import annotations
@@ -76,6 +78,15 @@ class FeatureSpec:
 
 
 @dataclass(frozen=True)
+class PreparedWindows:
+    """Preprocessed lookback windows, one per entity, between the two stages of ``predict``."""
+
+    inputs: np.ndarray  # (entities, lookback, channels)
+    entities: np.ndarray
+    last_times: pd.DatetimeIndex  # each entity's last observed timestamp
+
+
+@dataclass(frozen=True)
 class ForecastBundle:
     spec: FeatureSpec
     preprocessor: Preprocessor
@@ -90,10 +101,16 @@ class ForecastBundle:
         Returns one row per (entity, forecast timestamp, target): the point forecast and the
         bounds ``lower_<level>`` / ``upper_<level>`` (level in percent) of every interval.
         """
-        history = self._checked(rows)
-        inputs, entities, last_times = self._windows(history)
-        point = forecast(self.preprocessor, self.model, inputs, entities)
-        return self._frame(entities, last_times, point)
+        return self.finish(self.prepare(rows))
+
+    def prepare(self, rows: pd.DataFrame) -> PreparedWindows:
+        """The first stage of ``predict``: checked rows, preprocessed and cut into windows."""
+        return self._windows(self._checked(rows))
+
+    def finish(self, prepared: PreparedWindows) -> pd.DataFrame:
+        """The second stage of ``predict``: the model, original units, intervals, the frame."""
+        point = forecast(self.preprocessor, self.model, prepared.inputs, prepared.entities)
+        return self._frame(prepared.entities, prepared.last_times, point)
 
     def _checked(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Typed, sorted copies of the input columns; every problem reported at once."""
@@ -128,7 +145,7 @@ class ForecastBundle:
             raise DataValidationError("forecast input has the wrong types", problems)
         return typed.sort_values([spec.entity_key, EVENT_TS], kind="stable")
 
-    def _windows(self, history: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex]:
+    def _windows(self, history: pd.DataFrame) -> PreparedWindows:
         """Each entity's last ``lookback`` rows, checked, preprocessed and cut by THE windowing."""
         spec = self.spec
         step = parse_frequency(spec.frequency)
@@ -156,7 +173,7 @@ class ForecastBundle:
         inputs = windows_at(values, starts, spec.lookback, 0).inputs
         entities = tails[spec.entity_key].to_numpy()[starts]
         last_times = pd.DatetimeIndex(tails[EVENT_TS].iloc[starts + spec.lookback - 1])
-        return inputs, entities, last_times.as_unit("ns")
+        return PreparedWindows(inputs, entities, last_times.as_unit("ns"))
 
     def _frame(
         self, entities: np.ndarray, last_times: pd.DatetimeIndex, point: np.ndarray

@@ -1,4 +1,4 @@
-"""The FastAPI server: routes over ``ForecastService``, one error handler, alias polling."""
+"""The FastAPI server: routes over ``ServiceCore``, one error handler, alias polling."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from skewless.serving.schemas import (
     PredictionResponse,
     RowsRequest,
 )
-from skewless.serving.service import ForecastService, LoadedModel
+from skewless.serving.service import LoadedModel, ServiceCore
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def status_of(error: SkewlessError) -> int:
     return next(status for kind, status in _STATUS if isinstance(error, kind))
 
 
-def create_app(service: ForecastService, poll_seconds: float | None = None) -> FastAPI:
+def create_app(service: ServiceCore, poll_seconds: float | None = None) -> FastAPI:
     """The app; ``poll_seconds`` (default: the config's) is how often the alias is checked."""
     metrics = ServingMetrics()
     metrics.model_version.set(service.current.version)
@@ -101,8 +101,8 @@ def create_app(service: ForecastService, poll_seconds: float | None = None) -> F
     return app
 
 
-def _service(request: Request) -> ForecastService:
-    service: ForecastService = request.app.state.service
+def _service(request: Request) -> ServiceCore:
+    service: ServiceCore = request.app.state.service
     return service
 
 
@@ -111,7 +111,7 @@ def _metrics(request: Request) -> ServingMetrics:
     return metrics
 
 
-Service = Annotated[ForecastService, Depends(_service)]
+Service = Annotated[ServiceCore, Depends(_service)]
 Metrics = Annotated[ServingMetrics, Depends(_metrics)]
 
 
@@ -205,7 +205,7 @@ def _operations_router() -> APIRouter:
     return router
 
 
-def _reload(service: ForecastService, metrics: ServingMetrics) -> bool:
+def _reload(service: ServiceCore, metrics: ServingMetrics) -> bool:
     try:
         swapped = service.refresh()
     except Exception:
@@ -217,7 +217,7 @@ def _reload(service: ForecastService, metrics: ServingMetrics) -> bool:
 
 
 def _poll(
-    service: ForecastService, metrics: ServingMetrics, interval: float, stop: threading.Event
+    service: ServiceCore, metrics: ServingMetrics, interval: float, stop: threading.Event
 ) -> None:
     """Follow the alias until ``stop``; a failed load is counted and the old version kept."""
     while not stop.wait(interval):
@@ -227,7 +227,7 @@ def _poll(
             continue
 
 
-def _check_key(service: ForecastService, entity_key: str | None) -> None:
+def _check_key(service: ServiceCore, entity_key: str | None) -> None:
     expected = service.config.data.entity_key
     if entity_key is not None and entity_key != expected:
         raise RequestError(f"entity_key '{entity_key}' is not this model's entity key '{expected}'")

@@ -1,6 +1,10 @@
 """``ForecastService``: online windows → bundle → response items, with no web framework inside.
 
-Both servers call it. It holds one loaded model version at a time, as one immutable object:
+``ServiceCore`` holds what every server shares: request checks, per-entity error isolation, the
+response items, and model versions. ``ForecastService`` runs the stages in-process (the FastAPI
+server); the Ray Serve server runs the same core with the stages in separate deployments.
+
+It holds one loaded model version at a time, as one immutable object:
 a request takes the current one when it starts and finishes on it, and a reload swaps the
 reference only after the new version loaded, so a failed load leaves the old one serving.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,19 +53,31 @@ class LoadedModel:
         return {"name": self.name, "version": self.version, "alias": self.alias}
 
 
-class ForecastService:
-    """Forecasts for raw rows or for entities whose windows are in the online store."""
+class ServiceCore(ABC):
+    """Everything but where the stages run: fetching windows and predicting are abstract."""
 
     def __init__(self, config: SkewlessConfig, home: Path, alias: str | None = None) -> None:
         self.config = config
+        self.home = home
         self.alias = alias or config.serving.alias
-        self.repo = FeastRepo(config, home)
         self.registry = ModelRegistry(tracking_uri(config, home))
         self.last_reload_error: str | None = None
         self._reload_lock = threading.Lock()
         self.current = self._load(self.registry.version_of(config.model_name, self.alias))
-        self._reader: WindowReader = window_reader(self.repo)
-        self.feature_store_ready()  # the first online call is slow: pay it before traffic
+
+    @abstractmethod
+    def feature_store_ready(self) -> bool:
+        """Raise if the online store does not answer."""
+
+    @abstractmethod
+    def _fetch(
+        self, entities: list[Any], point: datetime | None, lookback: int
+    ) -> tuple[dict[Any, pd.DataFrame], dict[Any, SkewlessError]]:
+        """Each entity's last ``lookback`` online rows at the time point, or its problem."""
+
+    @abstractmethod
+    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
+        """``model.bundle.predict(rows)``, wherever its stages run."""
 
     # -- model versions ------------------------------------------------------------------------
 
@@ -82,25 +99,14 @@ class ForecastService:
             return True
 
     def _load(self, version: int) -> LoadedModel:
-        name = self.config.model_name
-        model = self.registry.load_version(name, version)
-        metrics = next(v.metrics for v in self.registry.versions(name) if v.version == version)
-        return LoadedModel(name, self.alias, version, model.unwrap_python_model().bundle, metrics)
-
-    # -- health --------------------------------------------------------------------------------
-
-    def feature_store_ready(self) -> bool:
-        """One online read of an id no entity has: proves the online store answers."""
-        probe: Any = "__readiness_probe__" if self.config.data.entity_type == "string" else -1
-        self._reader.read([probe])
-        return True
+        return load_model(self.registry, self.config.model_name, self.alias, version)
 
     # -- forecasts -----------------------------------------------------------------------------
 
     def predict_rows(self, rows: pd.DataFrame) -> tuple[LoadedModel, list[Item]]:
         """Forecasts after each entity's last row; bad rows raise for the whole request."""
         model = self.current
-        frame = model.bundle.predict(rows)
+        frame = self._predict(model, rows)
         return model, [
             _item(entity, part) for entity, part in frame.groupby(_key(model), sort=False)
         ]
@@ -111,20 +117,12 @@ class ForecastService:
         """One item per requested entity, in order: a forecast, or that entity's own error (the
         exception itself, under "error")."""
         model = self.current
-        entities = self._checked_entities(entities)
-        point = self._checked_time_point(time_point)
-        strategy = OnlineRetrievalStrategy(self.repo, point, reader=self._reader)
-        unique = list(dict.fromkeys(entities))
-        windows = strategy.retrieve(unique)
-        results: dict[Any, Item] = {
-            entity: {"entity": entity, "error": problem}
-            for entity, problem in windows.problems.items()
-        }
-        lookback = model.bundle.spec.lookback
-        frames = {
-            e: w.to_frame(self.config.data.entity_key).tail(lookback)
-            for e, w in windows.windows.items()
-        }
+        entities = check_entities(self.config, entities)
+        point = check_time_point(self.config, time_point)
+        frames, problems = self._fetch(
+            list(dict.fromkeys(entities)), point, model.bundle.spec.lookback
+        )
+        results: dict[Any, Item] = {e: {"entity": e, "error": p} for e, p in problems.items()}
         results.update(self._forecast_each(model, frames))
         return model, [results[entity] for entity in entities]
 
@@ -135,7 +133,7 @@ class ForecastService:
         if not frames:
             return {}
         try:
-            forecast = model.bundle.predict(pd.concat(frames.values(), ignore_index=True))
+            forecast = self._predict(model, pd.concat(frames.values(), ignore_index=True))
         except DataValidationError:
             items = {}
             for entity, rows in frames.items():
@@ -146,43 +144,91 @@ class ForecastService:
             return items
         return {e: _item(e, part) for e, part in forecast.groupby(_key(model), sort=False)}
 
-    def _checked_entities(self, entities: Sequence[Any]) -> list[Any]:
-        cap = self.config.serving.max_entities
-        if not entities:
-            raise RequestError("name at least one entity")
-        if len(entities) > cap:
-            raise RequestError(
-                f"{len(entities)} entities requested; at most {cap} per request "
-                "(serving.max_entities)"
-            )
-        if self.config.data.entity_type == "int64":
-            wrong = [
-                e
-                for e in entities
-                if isinstance(e, bool)
-                or not isinstance(e, int)
-                or not _INT64_MIN <= e <= _INT64_MAX
-            ]
-            if wrong:
-                raise RequestError(
-                    f"entity ids must be 64-bit integers (data.entity_type is int64); got "
-                    f"{wrong[:5]}"
-                )
-        return list(entities)
 
-    def _checked_time_point(self, time_point: str) -> datetime | None:
-        try:
-            point = parse_time_point(time_point, self.config.data.timezone)
-        except SkewlessError as exc:
-            raise RequestError(str(exc)) from None
-        if point is not None and point > datetime.now(UTC) + parse_frequency(
-            self.config.data.frequency
-        ):
+class ForecastService(ServiceCore):
+    """Every stage in this process: the FastAPI server."""
+
+    def __init__(self, config: SkewlessConfig, home: Path, alias: str | None = None) -> None:
+        super().__init__(config, home, alias)
+        self.windows = OnlineWindowFetcher(config, home)
+
+    def feature_store_ready(self) -> bool:
+        return self.windows.ready()
+
+    def _fetch(
+        self, entities: list[Any], point: datetime | None, lookback: int
+    ) -> tuple[dict[Any, pd.DataFrame], dict[Any, SkewlessError]]:
+        return self.windows.fetch(entities, point, lookback)
+
+    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
+        return model.bundle.predict(rows)
+
+
+class OnlineWindowFetcher:
+    """Online windows of many entities with one call, as raw rows; keeps its reader warm."""
+
+    def __init__(self, config: SkewlessConfig, home: Path) -> None:
+        self.repo = FeastRepo(config, home)
+        self._reader: WindowReader = window_reader(self.repo)
+        self.ready()  # the first online call is slow: pay it before traffic
+
+    def ready(self) -> bool:
+        """One online read of an id no entity has: proves the online store answers."""
+        string_ids = self.repo.config.data.entity_type == "string"
+        self._reader.read(["__readiness_probe__" if string_ids else -1])
+        return True
+
+    def fetch(
+        self, entities: list[Any], point: datetime | None, lookback: int
+    ) -> tuple[dict[Any, pd.DataFrame], dict[Any, SkewlessError]]:
+        strategy = OnlineRetrievalStrategy(self.repo, point, reader=self._reader)
+        windows = strategy.retrieve(entities)
+        key = self.repo.config.data.entity_key
+        frames = {e: w.to_frame(key).tail(lookback) for e, w in windows.windows.items()}
+        return frames, windows.problems
+
+
+def load_model(registry: ModelRegistry, name: str, alias: str, version: int) -> LoadedModel:
+    """One registered version, loaded whole, with its backtest metrics."""
+    model = registry.load_version(name, version)
+    metrics = next(v.metrics for v in registry.versions(name) if v.version == version)
+    return LoadedModel(name, alias, version, model.unwrap_python_model().bundle, metrics)
+
+
+def check_entities(config: SkewlessConfig, entities: Sequence[Any]) -> list[Any]:
+    """The requested ids, or a RequestError: none, too many, or of the wrong type."""
+    cap = config.serving.max_entities
+    if not entities:
+        raise RequestError("name at least one entity")
+    if len(entities) > cap:
+        raise RequestError(
+            f"{len(entities)} entities requested; at most {cap} per request (serving.max_entities)"
+        )
+    if config.data.entity_type == "int64":
+        wrong = [
+            e
+            for e in entities
+            if isinstance(e, bool) or not isinstance(e, int) or not _INT64_MIN <= e <= _INT64_MAX
+        ]
+        if wrong:
             raise RequestError(
-                f"time_point {point.isoformat()} is in the future; forecasts start from data "
-                "that exists, so use 'now' or a past timestamp"
+                f"entity ids must be 64-bit integers (data.entity_type is int64); got {wrong[:5]}"
             )
-        return point
+    return list(entities)
+
+
+def check_time_point(config: SkewlessConfig, time_point: str) -> datetime | None:
+    """The UTC time point, or a RequestError: not a timestamp, or in the future."""
+    try:
+        point = parse_time_point(time_point, config.data.timezone)
+    except SkewlessError as exc:
+        raise RequestError(str(exc)) from None
+    if point is not None and point > datetime.now(UTC) + parse_frequency(config.data.frequency):
+        raise RequestError(
+            f"time_point {point.isoformat()} is in the future; forecasts start from data "
+            "that exists, so use 'now' or a past timestamp"
+        )
+    return point
 
 
 def _key(model: LoadedModel) -> str:
