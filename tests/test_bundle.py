@@ -158,3 +158,22 @@ def test_held_out_coverage_is_measured_on_the_last_fold(trained: tuple) -> None:
     coverage = held_out_coverage(report, (0.8, 0.95))
     assert set(coverage) == {0.8, 0.95}
     assert 0.5 < coverage[0.8] <= coverage[0.95] <= 1.0
+
+
+def test_errors_survive_pickling_with_their_message_and_details() -> None:
+    """Errors cross process boundaries (Ray Serve deployments) and must arrive intact."""
+    from datetime import UTC, datetime
+
+    from skewless.core.errors import StaleFeaturesError, UnknownEntityError
+
+    errors = [
+        DataValidationError("cannot forecast", ["entity 1: too short"]),
+        UnknownEntityError([7, 8], "station_id"),
+        StaleFeaturesError(
+            {1: datetime(2018, 6, 26, tzinfo=UTC)}, datetime(2026, 1, 1, tzinfo=UTC)
+        ),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+    assert pickle.loads(pickle.dumps(errors[1])).entities == [7, 8]

@@ -265,6 +265,7 @@ def forecast(
 
 class Engine(StrEnum):
     fastapi = "fastapi"
+    ray = "ray"
 
 
 @app.command()
@@ -274,29 +275,62 @@ def serve(
     alias: Annotated[str | None, typer.Option(help="default: serving.alias")] = None,
     host: Annotated[str | None, typer.Option(help="default: serving.host")] = None,
     port: Annotated[int | None, typer.Option(help="default: serving.port")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="ray: an existing cluster's address (default: a local one)")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Serve forecasts over HTTP from the model version behind ALIAS, following the alias."""
     with user_errors():
+        repo = _repo(config, set_)
+        settings = repo.config.serving
+        host, port = host or settings.host, port or settings.port
+        if engine is Engine.ray:
+            _serve_ray(repo, alias, host, port, address)
+            return
         import uvicorn
 
         from skewless.serving.fastapi_app import create_app
         from skewless.serving.service import ForecastService
 
-        repo = _repo(config, set_)
-        settings = repo.config.serving
         with console.status("loading the model and warming the online store"):
             service = ForecastService(repo.config, repo.home, alias)
         console.print(
             f"serving {service.current.name} version {service.current.version} "
-            f"(@{service.alias}) on http://{host or settings.host}:{port or settings.port}"
+            f"(@{service.alias}) on http://{host}:{port} (FastAPI)"
         )
-        uvicorn.run(
-            create_app(service),
-            host=host or settings.host,
-            port=port or settings.port,
-            log_level="warning",
-        )
+        uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+
+
+def _serve_ray(
+    repo: FeastRepo, alias: str | None, host: str, port: int, address: str | None
+) -> None:
+    """Start (or join) Ray, run the Serve application, and block until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    # Ray 2.60 turns token auth on by default; a local cluster started here needs none.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve as ray_serve
+
+    from skewless.serving.ray_app import APP_NAME, build_application
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        with console.status("starting Ray Serve: ingress, features, preprocessing, model"):
+            ray_serve.start(http_options={"host": host, "port": port})
+            ray_serve.run(
+                build_application(repo.config, repo.home, alias), name=APP_NAME, route_prefix="/"
+            )
+        console.print(f"serving on http://{host}:{port} (Ray Serve, app '{APP_NAME}')")
+        stop.wait()
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
 
 
 @app.command("verify-skew")
@@ -461,7 +495,9 @@ def benchmark_ltsf(
 ) -> None:
     """The standard long-horizon protocol (train/val/test borders, standardised MSE/MAE)."""
     with user_errors():
-        from skewless.training.ltsf import as_records, published, run_protocol
+        import json
+
+        from skewless.training.ltsf import Result, as_records, published, run_protocol
 
         try:
             horizon_list = [int(h) for h in horizons.split(",")]
@@ -471,15 +507,20 @@ def benchmark_ltsf(
             ) from None
         model_list = [m.strip() for m in models.split(",") if m.strip()]
         total = len(horizon_list) * len(model_list)
+        finished: list[Result] = []
+
+        def record(result: Result) -> None:
+            """Advance the bar and rewrite --out, so a run cut short keeps what it measured."""
+            finished.append(result)
+            progress.advance(task)
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(as_records(finished), indent=2) + "\n")
+
         with _progress() as progress:
             task = progress.add_task("fitting", total=total)
             results = run_protocol(
-                data,
-                lookback,
-                horizon_list,
-                model_list,
-                drop_last_batch,
-                on_result=lambda r: progress.advance(task),
+                data, lookback, horizon_list, model_list, drop_last_batch, on_result=record
             )
         table = Table(
             title=f"{data.stem}, lookback {lookback}"
@@ -514,10 +555,6 @@ def benchmark_ltsf(
             )
         console.print(table)
         if out is not None:
-            import json
-
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(as_records(results), indent=2) + "\n")
             console.print(f"wrote {out}")
 
 

@@ -307,6 +307,32 @@ class RegistryConfig(_Strict):
         return sorted(set(levels))
 
 
+class DeploymentScaling(_Strict):
+    """Replicas, CPU share and autoscaling of one Ray Serve deployment."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    num_cpus: float = Field(default=0.25, gt=0)
+    target_ongoing_requests: float = Field(default=4, gt=0)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> DeploymentScaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}"
+            )
+        return self
+
+
+class RayServingConfig(_Strict):
+    """The Ray Serve application: one ingress and three deployments that scale on their own."""
+
+    ingress: DeploymentScaling = Field(default_factory=DeploymentScaling)
+    features: DeploymentScaling = Field(default_factory=DeploymentScaling)
+    preprocessing: DeploymentScaling = Field(default_factory=DeploymentScaling)
+    model: DeploymentScaling = Field(default_factory=DeploymentScaling)
+
+
 class ServingConfig(_Strict):
     """How servers load the model and what requests they accept."""
 
@@ -315,6 +341,7 @@ class ServingConfig(_Strict):
     max_entities: int = Field(default=1000, ge=1, description="most entities in one request")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    ray: RayServingConfig = Field(default_factory=RayServingConfig)
 
 
 class SkewlessConfig(_Strict):

@@ -7,7 +7,16 @@ from datetime import datetime
 
 
 class SkewlessError(Exception):
-    """Base of every error skewless raises on purpose."""
+    """Base of every error skewless raises on purpose.
+
+    Errors cross process boundaries (Ray Serve deployments), so they pickle: subclasses whose
+    constructor takes other arguments than the message keep them in ``_arguments``.
+    """
+
+    _arguments: tuple[object, ...] | None = None
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return type(self), self._arguments if self._arguments is not None else self.args
 
 
 class ConfigError(SkewlessError):
@@ -22,6 +31,7 @@ class DataValidationError(SkewlessError):
     """Raw rows failed validation; nothing was written."""
 
     def __init__(self, message: str, problems: list[str]) -> None:
+        self._arguments = (message, problems)
         super().__init__(message + "\n" + "\n".join(f"  - {p}" for p in problems))
         self.problems = problems
 
@@ -35,6 +45,7 @@ class UnknownEntityError(FeatureStoreError):
 
     def __init__(self, entities: Iterable[object], entity_key: str) -> None:
         self.entities = list(entities)
+        self._arguments = (self.entities, entity_key)
         shown = ", ".join(repr(e) for e in self.entities[:20])
         more = f" (and {len(self.entities) - 20} more)" if len(self.entities) > 20 else ""
         super().__init__(
@@ -49,6 +60,7 @@ class StaleFeaturesError(FeatureStoreError):
     def __init__(self, window_ends: Mapping[object, datetime], required_end: datetime) -> None:
         self.window_ends = dict(window_ends)
         self.required_end = required_end
+        self._arguments = (self.window_ends, required_end)
         shown = ", ".join(
             f"{e!r} (ends {t.isoformat()})" for e, t in list(window_ends.items())[:20]
         )

@@ -120,6 +120,7 @@ class TemporalFusionTransformer(Forecaster):
             seed=self.seed,
             gradient_clip=self.gradient_clip,
             windows_per_epoch=self.windows_per_epoch,
+            evaluation_batch_size=self._chunk_size(),
         )
         validation = (
             None if val_inputs is None or val_targets is None else _tensors(val_inputs, val_targets)
@@ -135,9 +136,17 @@ class TemporalFusionTransformer(Forecaster):
         self._check_windows(inputs)
         self.network_.eval()
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        chunk = self._chunk_size()
         with torch.no_grad():
-            parts = [self.network_(x[i : i + 1024]) for i in range(0, len(x), 1024)]
+            parts = [self.network_(x[i : i + chunk]) for i in range(0, len(x), chunk)]
         return torch.cat(parts).numpy().astype(inputs.dtype)
+
+    def _chunk_size(self) -> int:
+        """Windows per forward pass without gradients, so that the attention weights
+        (heads x horizon x (encoder + horizon) per window) stay near 256 MB."""
+        positions = self.network_.encoder_length + self.horizon
+        per_window = self.attention_heads * self.horizon * positions * 4  # float32 bytes
+        return max(1, min(1024, 2**28 // per_window))
 
     def _loss(self, predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
         """Quantile (pinball) loss, summed over quantiles and averaged over everything else."""

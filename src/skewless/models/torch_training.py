@@ -33,6 +33,7 @@ class TrainingLoop:
     lr_decay: float | None = None
     gradient_clip: float | None = None
     windows_per_epoch: int | None = None
+    evaluation_batch_size: int = 256  # windows per validation forward pass
 
     def run(
         self,
@@ -92,7 +93,7 @@ class TrainingLoop:
         x, y = data
         total = 0.0
         with torch.no_grad():
-            for begin in range(0, len(x), self.batch_size * 8):
-                part = slice(begin, begin + self.batch_size * 8)
+            for begin in range(0, len(x), self.evaluation_batch_size):
+                part = slice(begin, begin + self.evaluation_batch_size)
                 total += float(loss(module(x[part]), y[part])) * len(x[part])
         return total / len(x)
