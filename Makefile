@@ -6,7 +6,7 @@ CONFIG ?= configs/etth.yaml
 export SKEWLESS_HOME ?= $(CURDIR)/skewless_home
 DEMO_PORT ?= 8000
 
-.PHONY: demo test lint bench-online bench-ltsf clean
+.PHONY: demo test lint bench-online bench-ltsf bench-serving clean
 
 # torch first and pinned exactly: a CPU build lies on local disk, anything else downloads GBs.
 $(BIN)/python:
@@ -19,7 +19,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -44,6 +44,9 @@ lint: $(VENV)/.installed-dev
 
 bench-online: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/online_read.py
+
+bench-serving: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/serving.py
 
 bench-ltsf: $(VENV)/.installed
 	$(BIN)/skewless benchmark ltsf --data data/ETTh1.csv --lookback 336 \

@@ -3,6 +3,8 @@
 Closed-loop load (each client sends its next request when the previous answer arrives) at
 concurrency 1, 8 and 32, for 1, 10 and 100 entities per request, against:
 - `skewless serve --engine fastapi`: POST /predict/feast/batch (windows from the online store);
+- `skewless serve --engine ray`: the same contract through Ray Serve (ingress, features,
+  preprocessing and model deployments);
 - `mlflow models serve` on the same registered model: POST /invocations with the raw rows
   (what a client without the feature store would have to send);
 - a bare FastAPI endpoint returning a constant under the same uvicorn: the ceiling of the machine.
@@ -165,24 +167,26 @@ def main() -> None:
             "MLFLOW_TRACKING_URI": uri,
             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         }
-        ports = {name: free_port() for name in ("fastapi", "mlflow", "ceiling")}
+        ports = {name: free_port() for name in ("fastapi", "ray", "mlflow", "ceiling")}
+        serve_args = ["--set", "feature_store.project=bench_serve", "--set", f"tracking.uri={uri}"]
         servers = {
-            "fastapi": start(
+            engine: start(
                 [
                     str(BIN / "skewless"),
                     "serve",
                     str(CONFIG),
+                    "--engine",
+                    engine,
                     "--port",
-                    str(ports["fastapi"]),
-                    "--set",
-                    "feature_store.project=bench_serve",
-                    "--set",
-                    f"tracking.uri={uri}",
+                    str(ports[engine]),
+                    *serve_args,
                 ],
                 env,
-                f"GET http://127.0.0.1:{ports['fastapi']}/health",
-                home / "fastapi.log",
-            ),
+                f"GET http://127.0.0.1:{ports[engine]}/health",
+                home / f"{engine}.log",
+            )
+            for engine in ("fastapi", "ray")
+        } | {
             "mlflow": start(
                 [
                     str(BIN / "mlflow"),
@@ -212,13 +216,14 @@ def main() -> None:
             cells = [("ceiling", f"http://127.0.0.1:{ports['ceiling']}/constant", 0, b"{}")]
             for entities in ENTITY_COUNTS:
                 batch = {"entities": list(range(1, entities + 1)), "time_point": TIME_POINT}
-                cells.append(
+                cells.extend(
                     (
-                        "fastapi /predict/feast/batch",
-                        f"http://127.0.0.1:{ports['fastapi']}/predict/feast/batch",
+                        f"{engine} /predict/feast/batch",
+                        f"http://127.0.0.1:{ports[engine]}/predict/feast/batch",
                         entities,
                         json.dumps(batch).encode(),
                     )
+                    for engine in ("fastapi", "ray")
                 )
                 cells.append(
                     (

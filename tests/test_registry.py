@@ -50,6 +50,7 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> ModelRegistry:
 def register(registry: ModelRegistry, name: str, mses: list[float]) -> None:
     """Versions 1..n of ``name``, each a real logged artifact, tagged with a backtest MSE."""
     mlflow.set_tracking_uri(registry.uri)
+    mlflow.set_experiment("registry-tests")  # not whichever experiment an earlier test set
     registry.client.create_registered_model(name)
     for mse in mses:
         with mlflow.start_run() as run:
@@ -247,5 +248,5 @@ def test_skew_check_and_forecast_commands_on_the_shipped_data(
     assert shown.exit_code == 0, shown.output
     assert f"etth_forecaster@production (version {released.version})" in shown.output
     assert "2018-06-27 19:00:00" in shown.output  # ETTh ends 2018-06-26 19:00; horizon 24
-    unknown = CliRunner().invoke(app, ["forecast", str(ETTH_CONFIG), "--alias", "staging", *common])
-    assert unknown.exit_code == 1 and "has no alias 'staging'" in unknown.output
+    unknown = CliRunner().invoke(app, ["forecast", str(ETTH_CONFIG), "--alias", "canary", *common])
+    assert unknown.exit_code == 1 and "has no alias 'canary'" in unknown.output

@@ -288,7 +288,6 @@ def test_the_server_follows_the_alias_by_polling(
     process, url = start_server(etth_sqlite, config, "serving.poll_seconds=0.5")
     try:
         newest = registry.version_of(config.model_name, "latest")
-        registry.promote(config.model_name, newest, "staging", "mse", force=True)
         registry.promote(config.model_name, newest, "production", "mse", force=True)
         deadline = time.monotonic() + 30
         while httpx.get(f"{url}/model").json()["version"] != newest:

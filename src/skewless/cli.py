@@ -29,6 +29,7 @@ from rich.table import Table
 from skewless.cli_models import models_app
 from skewless.cli_output import console, errors, user_errors
 from skewless.core.config import SkewlessConfig, load_config, skewless_home
+from skewless.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -311,8 +312,13 @@ def _serve_ray(
 
     # Ray 2.60 turns token auth on by default; a local cluster started here needs none.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-    from ray import serve as ray_serve
+    try:
+        import ray
+        from ray import serve as ray_serve
+    except ImportError:
+        raise ConfigError(
+            "--engine ray needs Ray Serve: pip install 'skewless[ray]' (ray[serve]==2.60.0)"
+        ) from None
 
     from skewless.serving.ray_app import APP_NAME, build_application
 

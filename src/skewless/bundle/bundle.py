@@ -124,7 +124,8 @@ class ForecastBundle:
         problems = []
         typed = rows[spec.input_columns].copy()
         try:
-            typed[EVENT_TS] = pd.to_datetime(typed[EVENT_TS], utc=True)
+            # cache=False: pandas' cache heuristic walks every value in Python first.
+            typed[EVENT_TS] = pd.to_datetime(typed[EVENT_TS], utc=True, cache=False)
         except (ValueError, TypeError) as exc:
             problems.append(f"'{EVENT_TS}' holds values that are not timestamps ({exc})")
         for column in spec.variables:
@@ -148,24 +149,8 @@ class ForecastBundle:
     def _windows(self, history: pd.DataFrame) -> PreparedWindows:
         """Each entity's last ``lookback`` rows, checked, preprocessed and cut by THE windowing."""
         spec = self.spec
-        step = parse_frequency(spec.frequency)
         tails = history.groupby(spec.entity_key, sort=False).tail(spec.lookback)
-        problems = []
-        for entity, rows in tails.groupby(spec.entity_key, sort=False):
-            times = pd.DatetimeIndex(rows[EVENT_TS]).as_unit("ns")
-            if len(rows) < spec.lookback:
-                problems.append(
-                    f"entity {entity!r}: {len(rows)} rows, but the model needs the last "
-                    f"{spec.lookback} ({spec.frequency} apart)"
-                )
-            elif (np.diff(times.asi8) != step.value).any():
-                problems.append(
-                    f"entity {entity!r}: the last {spec.lookback} rows are not consecutive at "
-                    f"'{spec.frequency}' (duplicate or missing timestamps)"
-                )
-            empty = [c for c in spec.variables if rows[c].isna().any()]
-            if empty:
-                problems.append(f"entity {entity!r}: missing values (NaN) in {empty}")
+        problems = self._history_problems(tails)
         if problems:
             raise DataValidationError("cannot forecast from this history", problems)
         values = self.preprocessor.transform(tails).to_numpy(np.float32)
@@ -174,6 +159,41 @@ class ForecastBundle:
         entities = tails[spec.entity_key].to_numpy()[starts]
         last_times = pd.DatetimeIndex(tails[EVENT_TS].iloc[starts + spec.lookback - 1])
         return PreparedWindows(inputs, entities, last_times.as_unit("ns"))
+
+    def _history_problems(self, tails: pd.DataFrame) -> list[str]:
+        """Per entity: too few rows, a gap or duplicate, or NaN in its lookback (vectorized:
+        a serving request may name a thousand entities)."""
+        spec = self.spec
+        keys = tails[spec.entity_key].to_numpy()
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        entity_of_row = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(keys)]))
+        counts = np.bincount(entity_of_row, minlength=len(first))
+        nanos = pd.DatetimeIndex(tails[EVENT_TS]).as_unit("ns").asi8
+        step = parse_frequency(spec.frequency).value
+        broken = np.zeros(len(first), dtype=bool)
+        same_entity = entity_of_row[1:] == entity_of_row[:-1]
+        broken[entity_of_row[1:][same_entity & (np.diff(nanos) != step)]] = True
+        missing = tails[spec.variables].isna().to_numpy()
+        has_missing = np.bincount(entity_of_row, missing.any(axis=1), minlength=len(first)) > 0
+        problems = []
+        for index in np.flatnonzero((counts < spec.lookback) | broken | has_missing):
+            entity, rows = keys[first[index]].item(), entity_of_row == index
+            if counts[index] < spec.lookback:
+                problems.append(
+                    f"entity {entity!r}: {counts[index]} rows, but the model needs the last "
+                    f"{spec.lookback} ({spec.frequency} apart)"
+                )
+            elif broken[index]:
+                problems.append(
+                    f"entity {entity!r}: the last {spec.lookback} rows are not consecutive at "
+                    f"'{spec.frequency}' (duplicate or missing timestamps)"
+                )
+            empty = [
+                c for c, bad in zip(spec.variables, missing[rows].any(axis=0), strict=True) if bad
+            ]
+            if empty:
+                problems.append(f"entity {entity!r}: missing values (NaN) in {empty}")
+        return problems
 
     def _frame(
         self, entities: np.ndarray, last_times: pd.DatetimeIndex, point: np.ndarray

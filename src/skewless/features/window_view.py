@@ -66,10 +66,23 @@ class Window:
 
     def to_frame(self, entity_key: str) -> pd.DataFrame:
         """Rows as ingestion wrote them: entity, event_timestamp, variables."""
-        frame = pd.DataFrame(self.values, columns=list(self.variables))
-        frame.insert(0, EVENT_TS, self.timestamps)
-        frame.insert(0, entity_key, self.entity)
-        return frame
+        return windows_frame([self], entity_key)
+
+
+def windows_frame(windows: list[Window], entity_key: str, last: int | None = None) -> pd.DataFrame:
+    """The rows of many windows (each cut to its ``last`` rows) as ONE frame in ingestion
+    format: one frame built from concatenated arrays, not one per entity."""
+    if not windows:
+        raise ValueError("no windows to turn into rows")
+    cut = slice(-last, None) if last else slice(None)
+    lengths = [len(w.times_us[cut]) for w in windows]
+    frame = pd.DataFrame(
+        np.concatenate([w.values[cut] for w in windows]), columns=list(windows[0].variables)
+    )
+    times = np.concatenate([w.times_us[cut] for w in windows]).astype("datetime64[us]")
+    frame.insert(0, EVENT_TS, pd.DatetimeIndex(times).tz_localize("UTC"))
+    frame.insert(0, entity_key, np.repeat(np.array([w.entity for w in windows]), lengths))
+    return frame
 
 
 def pack_window(timestamps: pd.Series | pd.DatetimeIndex, values: np.ndarray) -> bytes:

@@ -64,7 +64,7 @@ class Features:
 
     def fetch(
         self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[dict[Any, pd.DataFrame], dict[Any, SkewlessError]]:
+    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
         return self.fetcher.fetch(entities, point, lookback)
 
     def ready(self) -> bool:
@@ -130,9 +130,9 @@ class RayForecastService(ServiceCore):
 
     def _fetch(
         self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[dict[Any, pd.DataFrame], dict[Any, SkewlessError]]:
-        frames, problems = _result(self.features.fetch.remote(entities, point, lookback))
-        return frames, problems
+    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
+        rows, problems = _result(self.features.fetch.remote(entities, point, lookback))
+        return rows, problems
 
     def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
         prepared = self.preprocessing.prepare.remote(model.version, rows)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skewless.bundle.bundle import FORECAST, TARGET, ForecastBundle
+from skewless.bundle.bundle import FORECAST, ForecastBundle
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError, RequestError, SkewlessError
 from skewless.core.frequency import parse_frequency
@@ -32,6 +32,7 @@ from skewless.features.online import WindowReader, window_reader
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
 from skewless.features.validation import EVENT_TS
+from skewless.features.window_view import windows_frame
 from skewless.registry.registry import ModelRegistry
 from skewless.training.tracking import tracking_uri
 
@@ -72,8 +73,9 @@ class ServiceCore(ABC):
     @abstractmethod
     def _fetch(
         self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[dict[Any, pd.DataFrame], dict[Any, SkewlessError]]:
-        """Each entity's last ``lookback`` online rows at the time point, or its problem."""
+    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
+        """The last ``lookback`` online rows at the time point of every entity that has them
+        (one frame; None if none has), and the problem of each entity that has not."""
 
     @abstractmethod
     def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
@@ -106,10 +108,7 @@ class ServiceCore(ABC):
     def predict_rows(self, rows: pd.DataFrame) -> tuple[LoadedModel, list[Item]]:
         """Forecasts after each entity's last row; bad rows raise for the whole request."""
         model = self.current
-        frame = self._predict(model, rows)
-        return model, [
-            _item(entity, part) for entity, part in frame.groupby(_key(model), sort=False)
-        ]
+        return model, list(_items(self._predict(model, rows), model).values())
 
     def predict_entities(
         self, entities: Sequence[Any], time_point: str = "now"
@@ -119,30 +118,27 @@ class ServiceCore(ABC):
         model = self.current
         entities = check_entities(self.config, entities)
         point = check_time_point(self.config, time_point)
-        frames, problems = self._fetch(
+        rows, problems = self._fetch(
             list(dict.fromkeys(entities)), point, model.bundle.spec.lookback
         )
         results: dict[Any, Item] = {e: {"entity": e, "error": p} for e, p in problems.items()}
-        results.update(self._forecast_each(model, frames))
+        if rows is not None:
+            results.update(self._forecast_each(model, rows))
         return model, [results[entity] for entity in entities]
 
-    def _forecast_each(
-        self, model: LoadedModel, frames: dict[Any, pd.DataFrame]
-    ) -> dict[Any, Item]:
+    def _forecast_each(self, model: LoadedModel, rows: pd.DataFrame) -> dict[Any, Item]:
         """All entities in one bundle call; if that is refused, each alone to name who failed."""
-        if not frames:
-            return {}
         try:
-            forecast = self._predict(model, pd.concat(frames.values(), ignore_index=True))
-        except DataValidationError:
-            items = {}
-            for entity, rows in frames.items():
-                try:
-                    items.update(self._forecast_each(model, {entity: rows}))
-                except DataValidationError as exc:
-                    items[entity] = {"entity": entity, "error": exc}
+            return _items(self._predict(model, rows), model)
+        except DataValidationError as exc:
+            entities = rows.groupby(_key(model), sort=False)
+            if entities.ngroups == 1:
+                entity = rows[_key(model)].iloc[0]
+                return {entity: {"entity": entity, "error": exc}}
+            items: dict[Any, Item] = {}
+            for _, part in entities:
+                items.update(self._forecast_each(model, part))
             return items
-        return {e: _item(e, part) for e, part in forecast.groupby(_key(model), sort=False)}
 
 
 class ForecastService(ServiceCore):
@@ -157,7 +153,7 @@ class ForecastService(ServiceCore):
 
     def _fetch(
         self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[dict[Any, pd.DataFrame], dict[Any, SkewlessError]]:
+    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
         return self.windows.fetch(entities, point, lookback)
 
     def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
@@ -180,12 +176,11 @@ class OnlineWindowFetcher:
 
     def fetch(
         self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[dict[Any, pd.DataFrame], dict[Any, SkewlessError]]:
-        strategy = OnlineRetrievalStrategy(self.repo, point, reader=self._reader)
-        windows = strategy.retrieve(entities)
+    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
+        windows = OnlineRetrievalStrategy(self.repo, point, reader=self._reader).retrieve(entities)
+        found = list(windows.windows.values())
         key = self.repo.config.data.entity_key
-        frames = {e: w.to_frame(key).tail(lookback) for e, w in windows.windows.items()}
-        return frames, windows.problems
+        return (windows_frame(found, key, lookback) if found else None), windows.problems
 
 
 def load_model(registry: ModelRegistry, name: str, alias: str, version: int) -> LoadedModel:
@@ -235,20 +230,37 @@ def _key(model: LoadedModel) -> str:
     return model.bundle.spec.entity_key
 
 
-def _item(entity: Any, forecast: pd.DataFrame) -> Item:
-    """One entity's forecast frame as the response item: values keyed by target (and level)."""
-    entity = entity.item() if isinstance(entity, np.generic) else entity
-    by_target = {t: part for t, part in forecast.groupby(TARGET, sort=False)}
-    first = next(iter(by_target.values()))
+def _items(forecast: pd.DataFrame, model: LoadedModel) -> dict[Any, Item]:
+    """Response items by entity, read straight from the bundle's frame, whose rows run entity by
+    entity, then horizon step, then target."""
+    spec = model.bundle.spec
+    targets, horizon = list(spec.targets), spec.horizon
+    per_entity = horizon * len(targets)
+    count = len(forecast) // per_entity
+
+    def cube(column: str) -> np.ndarray:
+        return forecast[column].to_numpy().reshape(count, horizon, len(targets))
+
+    entities = forecast[spec.entity_key].to_numpy()[::per_entity].tolist()
+    utc = pd.DatetimeIndex(forecast[EVENT_TS]).tz_convert(None).to_numpy()[:: len(targets)]
+    times = (np.datetime_as_string(utc, unit="s").astype(object) + "+00:00").reshape(count, horizon)
+    point = cube(FORECAST)
     levels = [c.removeprefix("lower_") for c in forecast.columns if c.startswith("lower_")]
-    return {
-        "entity": entity,
-        "timestamps": [t.isoformat() for t in pd.DatetimeIndex(first[EVENT_TS])],
-        FORECAST: {t: part[FORECAST].tolist() for t, part in by_target.items()},
-        "lower": {
-            t: {lv: part[f"lower_{lv}"].tolist() for lv in levels} for t, part in by_target.items()
-        },
-        "upper": {
-            t: {lv: part[f"upper_{lv}"].tolist() for lv in levels} for t, part in by_target.items()
-        },
+    bounds = {
+        side: {level: cube(f"{side}_{level}") for level in levels} for side in ("lower", "upper")
     }
+    items = {}
+    for i, entity in enumerate(entities):
+        items[entity] = {
+            "entity": entity,
+            "timestamps": times[i].tolist(),
+            FORECAST: {t: point[i, :, k].tolist() for k, t in enumerate(targets)},
+            **{
+                side: {
+                    t: {level: values[i, :, k].tolist() for level, values in by_level.items()}
+                    for k, t in enumerate(targets)
+                }
+                for side, by_level in bounds.items()
+            },
+        }
+    return items
