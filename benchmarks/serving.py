@@ -104,6 +104,16 @@ def start(command: list[str], env: dict[str, str], probe: str, log: Path) -> sub
             time.sleep(0.5)
 
 
+def warm_up(url: str, body: bytes, seconds: float = 120) -> None:
+    """Until the server answers 200: Ray's stage replicas load the model on first use."""
+    deadline = time.monotonic() + seconds
+    headers = {"Content-Type": "application/json"}
+    while httpx.post(url, content=body, headers=headers, timeout=120).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} never answered 200 while warming up")
+        time.sleep(0.5)
+
+
 def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> dict[str, float]:
     """Each client loops until the deadline; latencies of every answered request."""
     latencies: list[float] = []
@@ -167,92 +177,83 @@ def main() -> None:
             "MLFLOW_TRACKING_URI": uri,
             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         }
-        ports = {name: free_port() for name in ("fastapi", "ray", "mlflow", "ceiling")}
+        port = free_port()
+        local = f"http://127.0.0.1:{port}"
         serve_args = ["--set", "feature_store.project=bench_serve", "--set", f"tracking.uri={uri}"]
-        servers = {
-            engine: start(
-                [
-                    str(BIN / "skewless"),
-                    "serve",
-                    str(CONFIG),
-                    "--engine",
-                    engine,
-                    "--port",
-                    str(ports[engine]),
-                    *serve_args,
-                ],
-                env,
-                f"GET http://127.0.0.1:{ports[engine]}/health",
-                home / f"{engine}.log",
-            )
-            for engine in ("fastapi", "ray")
-        } | {
-            "mlflow": start(
-                [
-                    str(BIN / "mlflow"),
-                    "models",
-                    "serve",
-                    "-m",
-                    "models:/etth_forecaster@production",
-                    "--env-manager",
-                    "local",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(ports["mlflow"]),
-                ],
-                env,
-                f"GET http://127.0.0.1:{ports['mlflow']}/ping",
-                home / "mlflow.log",
-            ),
-            "ceiling": start(
-                [sys.executable, "-c", CEILING_APP, str(ports["ceiling"])],
-                env,
-                f"POST http://127.0.0.1:{ports['ceiling']}/constant",
-                home / "ceiling.log",
-            ),
+        skewless = [str(BIN / "skewless"), "serve", str(CONFIG), "--port", str(port), *serve_args]
+        mlflow = [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/etth_forecaster@production",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        batches = {
+            n: json.dumps({"entities": list(range(1, n + 1)), "time_point": TIME_POINT}).encode()
+            for n in ENTITY_COUNTS
         }
-        try:
-            cells = [("ceiling", f"http://127.0.0.1:{ports['ceiling']}/constant", 0, b"{}")]
-            for entities in ENTITY_COUNTS:
-                batch = {"entities": list(range(1, entities + 1)), "time_point": TIME_POINT}
-                cells.extend(
-                    (
-                        f"{engine} /predict/feast/batch",
-                        f"http://127.0.0.1:{ports[engine]}/predict/feast/batch",
-                        entities,
-                        json.dumps(batch).encode(),
-                    )
-                    for engine in ("fastapi", "ray")
-                )
-                cells.append(
-                    (
-                        "mlflow models serve /invocations (raw rows)",
-                        f"http://127.0.0.1:{ports['mlflow']}/invocations",
-                        entities,
-                        raw_rows_body(rows, entities),
-                    )
-                )
-            for server, url, entities, body in cells:
-                for concurrency in CONCURRENCY:
-                    result = closed_loop(url, body, concurrency, args.seconds)
-                    record = {
-                        "server": server,
-                        "entities": entities,
-                        "concurrency": concurrency,
-                        **result,
-                    }
-                    records.append(record)
-                    print(
-                        f"{server:45s} entities {entities:3d} concurrency {concurrency:2d}: "
-                        f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
-                        f"{result['throughput_rps']:7.1f} req/s  ({result['failed']} failed)",
-                        flush=True,
-                    )
-        finally:
-            for process in servers.values():
+        # One server at a time, so none pays for another's idle processes (Ray's are many).
+        targets = [
+            (
+                "ceiling",
+                [sys.executable, "-c", CEILING_APP, str(port)],
+                "POST /constant",
+                {0: b"{}"},
+                "/constant",
+            ),
+            (
+                "fastapi /predict/feast/batch",
+                [*skewless, "--engine", "fastapi"],
+                "GET /health",
+                batches,
+                "/predict/feast/batch",
+            ),
+            (
+                "ray /predict/feast/batch",
+                [*skewless, "--engine", "ray"],
+                "GET /health",
+                batches,
+                "/predict/feast/batch",
+            ),
+            (
+                "mlflow models serve /invocations (raw rows)",
+                mlflow,
+                "GET /ping",
+                {n: raw_rows_body(rows, n) for n in ENTITY_COUNTS},
+                "/invocations",
+            ),
+        ]
+        for server, command, probe, bodies, path in targets:
+            method, probe_path = probe.split(" ")
+            process = start(command, env, f"{method} {local}{probe_path}", home / "server.log")
+            try:
+                warm_up(f"{local}{path}", max(bodies.items())[1])
+                for entities, body in bodies.items():
+                    for concurrency in CONCURRENCY:
+                        result = closed_loop(f"{local}{path}", body, concurrency, args.seconds)
+                        records.append(
+                            {
+                                "server": server,
+                                "entities": entities,
+                                "concurrency": concurrency,
+                                **result,
+                            }
+                        )
+                        print(
+                            f"{server:45s} entities {entities:3d} concurrency {concurrency:2d}: "
+                            f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                            f"{result['throughput_rps']:7.1f} req/s  ({result['failed']} failed)",
+                            flush=True,
+                        )
+            finally:
                 process.terminate()
-                process.wait(timeout=30)
+                process.wait(timeout=60)
     RESULTS.write_text(
         json.dumps(
             {
