@@ -47,10 +47,12 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> ModelRegistry:
     return ModelRegistry(POSTGRES_MLFLOW)
 
 
-def register(registry: ModelRegistry, name: str, mses: list[float]) -> None:
+def register(registry: ModelRegistry, name: str, mses: list[float], artifacts: Path) -> None:
     """Versions 1..n of ``name``, each a real logged artifact, tagged with a backtest MSE."""
     mlflow.set_tracking_uri(registry.uri)
-    mlflow.set_experiment("registry-tests")  # not whichever experiment an earlier test set
+    # An experiment of its own, with artifacts under the test's folder (not ./mlruns).
+    experiment = registry.client.create_experiment(name, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
     registry.client.create_registered_model(name)
     for mse in mses:
         with mlflow.start_run() as run:
@@ -60,9 +62,11 @@ def register(registry: ModelRegistry, name: str, mses: list[float]) -> None:
         registry.record_metrics(name, int(version.version), {"mse": mse})
 
 
-def test_promote_refuses_worse_versions_and_rollback_walks_back(registry: ModelRegistry) -> None:
+def test_promote_refuses_worse_versions_and_rollback_walks_back(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
     name = f"m{uuid.uuid4().hex[:8]}"
-    register(registry, name, [5.0, 4.0, 6.0])
+    register(registry, name, [5.0, 4.0, 6.0], tmp_path)
     assert registry.version_of(name, "latest") == 3
     assert [v.version for v in registry.versions(name)] == [3, 2, 1]
     assert registry.promote(name, 1, "production", "mse") is None
@@ -84,9 +88,11 @@ def test_promote_refuses_worse_versions_and_rollback_walks_back(registry: ModelR
     assert listed[2].metrics == {"mse": 4.0}
 
 
-def test_unknown_names_versions_and_aliases_list_what_exists(registry: ModelRegistry) -> None:
+def test_unknown_names_versions_and_aliases_list_what_exists(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
     name = f"m{uuid.uuid4().hex[:8]}"
-    register(registry, name, [1.0])
+    register(registry, name, [1.0], tmp_path)
     with pytest.raises(
         RegistryError, match=rf"no registered model 'nope'; registered models: .*{name}"
     ):
