@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,13 @@ def etth_config(*overrides: str) -> SkewlessConfig:
     """The shipped config under a unique Feast project, so tests never share online keys."""
     project = f"t{uuid.uuid4().hex[:10]}"
     return load_config(ETTH_CONFIG, [f"feature_store.project={project}", *overrides], environ={})
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on, for the live servers the tests start."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def raw_rows(entity: int | None, start: str, hours: int, seed: int = 0) -> pd.DataFrame:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from skewless.features.repo import FeastRepo
 from skewless.registry.pyfunc import naive_utc
 from skewless.registry.registry import ModelRegistry
 from skewless.training.release import input_example
-from tests.conftest import ETTH_CONFIG, POSTGRES_DSN
+from tests.conftest import ETTH_CONFIG, POSTGRES_DSN, free_port
 
 # A schema of its own: MLflow and Optuna both keep their schema version in a table named
 # alembic_version, so they must not share one.
@@ -164,12 +163,6 @@ def test_an_incomplete_or_corrupt_artifact_names_what_is_wrong(
     pickled.unlink()
     with pytest.raises(BundleError, match="'bundle.pkl' is missing"):
         mlflow.pyfunc.load_model(str(broken))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_mlflow_models_serve_answers_with_the_same_forecasts(

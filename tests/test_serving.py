@@ -4,7 +4,6 @@ operations, alias hot-swap under load, and schemathesis over the OpenAPI schema.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,16 +20,10 @@ from hypothesis import given, settings
 from skewless.features.repo import FeastRepo
 from skewless.features.validation import EVENT_TS
 from skewless.registry.registry import ModelRegistry
-from tests.conftest import ETTH_CONFIG
+from tests.conftest import ETTH_CONFIG, free_port
 
 TOKEN = "test-admin-token"
 LAST = "2018-06-26T19:00:00Z"  # the last hour of both ETTh files
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_server(

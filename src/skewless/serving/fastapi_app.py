@@ -56,11 +56,11 @@ def status_of(error: SkewlessError) -> int:
     return next(status for kind, status in _STATUS if isinstance(error, kind))
 
 
-def create_app(service: ServiceCore, poll_seconds: float | None = None) -> FastAPI:
-    """The app; ``poll_seconds`` (default: the config's) is how often the alias is checked."""
+def create_app(service: ServiceCore) -> FastAPI:
+    """The app, which checks the alias every ``serving.poll_seconds`` while it runs."""
     metrics = ServingMetrics()
     metrics.model_version.set(service.current.version)
-    interval = poll_seconds or service.config.serving.poll_seconds
+    interval = service.config.serving.poll_seconds
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
