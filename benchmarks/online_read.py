@@ -36,8 +36,9 @@ from skewless.core.config import load_config
 from skewless.features.ingest import ingest_frames
 from skewless.features.materialize import materialize
 from skewless.features.online import READERS, RedisHashReader, window_reader
-from skewless.features.repo import SERIES_VIEW, FeastRepo
+from skewless.features.repo import FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
+from skewless.features.validation import SERIES_VIEW
 from synthetic import VARIABLES, synthetic_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,14 +20,13 @@ from skewless.bundle.reference import VariableReference
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
 from skewless.core.frequency import parse_frequency
-from skewless.features.validation import EVENT_TS
+from skewless.features.validation import EVENT_TS, SERIES_VIEW
 from skewless.models.base import Forecaster
 from skewless.preprocessing.preprocessor import Preprocessor
 from skewless.preprocessing.windows import windows_at
 
 FORECAST = "forecast"
 TARGET = "target"
-SERIES_VIEW = "series"  # the Feast feature view that holds the raw variables
 
 
 def forecast(

@@ -20,8 +20,8 @@ import pandas as pd
 
 from skewless.core.errors import FeatureStoreError
 from skewless.features.ingest import IngestReport, ingest_frames
-from skewless.features.repo import SERIES_VIEW, WINDOW_VIEW, FeastRepo
-from skewless.features.validation import CREATED_TS
+from skewless.features.repo import WINDOW_VIEW, FeastRepo
+from skewless.features.validation import CREATED_TS, SERIES_VIEW
 from skewless.features.window_view import pack_windows
 
 logger = logging.getLogger(__name__)

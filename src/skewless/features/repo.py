@@ -23,10 +23,10 @@ from feast.value_type import ValueType
 from skewless.core.config import RedisOnlineStore, SkewlessConfig, skewless_home
 from skewless.features.engineering import engineered_columns
 from skewless.features.offline import OfflineTable, offline_table
+from skewless.features.validation import SERIES_VIEW
 
 logger = logging.getLogger(__name__)
 
-SERIES_VIEW = "series"
 WINDOW_VIEW = "series_window"
 WINDOW_PUSH_SOURCE = "series_window_push"
 FEATURE_SERVICE = "forecasting"

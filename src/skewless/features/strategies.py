@@ -28,8 +28,8 @@ from skewless.core.errors import (
 from skewless.core.frequency import parse_frequency
 from skewless.features.engineering import engineered_columns
 from skewless.features.online import WindowReader, window_reader
-from skewless.features.repo import SERIES_VIEW, FeastRepo
-from skewless.features.validation import EVENT_TS
+from skewless.features.repo import FeastRepo
+from skewless.features.validation import EVENT_TS, SERIES_VIEW
 from skewless.features.window_view import Window, unpack_window
 
 DataType = Literal["timeseries", "tabular"]

@@ -22,6 +22,7 @@ ENTITY_ROW = "row"  # source row number, kept beside the parsed columns for mess
 EVENT_TS = "event_timestamp"
 CREATED_TS = "created_timestamp"
 VALUE_DTYPE = np.float32
+SERIES_VIEW = "series"  # the Feast feature view of the raw variables (here: no Feast import)
 _SHOWN_ROWS = 10
 
 
