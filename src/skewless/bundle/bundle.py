@@ -176,7 +176,8 @@ class ForecastBundle:
         has_missing = np.bincount(entity_of_row, missing.any(axis=1), minlength=len(first)) > 0
         problems = []
         for index in np.flatnonzero((counts < spec.lookback) | broken | has_missing):
-            entity, rows = keys[first[index]].item(), entity_of_row == index
+            entity, rows = keys[first[index]], entity_of_row == index
+            entity = entity.item() if isinstance(entity, np.generic) else entity  # 1, not int64(1)
             if counts[index] < spec.lookback:
                 problems.append(
                     f"entity {entity!r}: {counts[index]} rows, but the model needs the last "
