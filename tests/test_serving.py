@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import schemathesis
 from hypothesis import given, settings
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from skewless.features.repo import FeastRepo
 from skewless.features.validation import EVENT_TS
 from skewless.registry.registry import ModelRegistry
+from skewless.serving.request_log import monitoring_engine, read_served, request_log_url
 from tests.conftest import ETTH_CONFIG, free_port
 
 TOKEN = "test-admin-token"
@@ -187,16 +189,42 @@ def test_operations_endpoints(server: str, etth_release: tuple) -> None:
     assert ready["status"] == "ready" and ready["reload_error"] is None
     model = httpx.get(f"{server}/model").json()
     assert model["version"] == released.version and model["metrics"]["mse"] > 0
-    httpx.post(f"{server}/predict/feast/batch", json={"entities": [1, 2], "time_point": LAST})
-    metrics = httpx.get(f"{server}/metrics").text
-    assert 'skewless_requests_total{endpoint="/predict/feast/batch",status="200"}' in metrics
-    assert "skewless_request_seconds_bucket" in metrics and "skewless_model_version" in metrics
     assert httpx.get(f"{server}/openapi.json").json()["paths"]["/predict/feast/batch"]
     assert httpx.post(f"{server}/admin/reload").status_code == 403
     wrong = httpx.post(f"{server}/admin/reload", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 403
     right = httpx.post(f"{server}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert right.status_code == 200 and right.json()["model"]["version"] == model["version"]
+
+
+def test_metrics_and_the_request_log_record_every_answer(
+    server: str, etth_sqlite: FeastRepo, etth_release: tuple
+) -> None:
+    config = etth_release[0]
+    answer = httpx.post(
+        f"{server}/predict/feast/batch", json={"entities": [1, 99], "time_point": LAST}
+    ).json()
+    version = answer["model"]["version"]
+    metrics = httpx.get(f"{server}/metrics").text
+    batch = f'endpoint="/predict/feast/batch",status="200",version="{version}"'
+    assert f"skewless_requests_total{{{batch}}}" in metrics
+    assert 'skewless_errors_total{scope="entity",type="UnknownEntityError"}' in metrics
+    assert 'skewless_forecast_value_count{target="OT"}' in metrics
+    assert "skewless_feature_fetch_seconds_count" in metrics and "skewless_model_version" in metrics
+    engine = monitoring_engine(request_log_url(config, etth_sqlite.home))
+    deadline = time.monotonic() + 30
+    while len(logged := read_served(engine).query(f"request_id == '{answer['request_id']}'")) < 2:
+        assert time.monotonic() < deadline, "the request never reached the request log"
+        time.sleep(0.2)
+    entity, unknown = logged.set_index("entity").loc["1"], logged.set_index("entity").loc["99"]
+    assert entity["forecast"] == answer["predictions"][0]["forecast"]
+    assert entity["upper"] == answer["predictions"][0]["upper"]
+    assert entity["model_version"] == version and entity["latency_ms"] > 0
+    assert entity["time_point"] == pd.Timestamp(LAST).tz_localize(None)
+    assert entity["first_step"] == pd.Timestamp(
+        answer["predictions"][0]["timestamps"][0]
+    ).tz_localize(None)
+    assert unknown["error"].startswith("UnknownEntityError") and unknown["forecast"] is None
 
 
 def add_version(config) -> int:

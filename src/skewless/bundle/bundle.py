@@ -112,7 +112,8 @@ class ForecastBundle:
         return self._frame(prepared.entities, prepared.last_times, point)
 
     def _checked(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """Typed, sorted copies of the input columns; every problem reported at once."""
+        """Typed copies of the input columns, sorted by entity and time; every problem reported
+        at once. Columns that already have their type (online windows) pass without work."""
         spec = self.spec
         missing = [c for c in spec.input_columns if c not in rows.columns]
         if missing:
@@ -120,35 +121,30 @@ class ForecastBundle:
                 "forecast input is incomplete",
                 [f"missing column(s) {missing}; expected {spec.input_columns}"],
             )
-        problems = []
-        typed = rows[spec.input_columns].copy()
-        try:
-            # cache=False: pandas' cache heuristic walks every value in Python first.
-            typed[EVENT_TS] = pd.to_datetime(typed[EVENT_TS], utc=True, cache=False)
-        except (ValueError, TypeError) as exc:
-            problems.append(f"'{EVENT_TS}' holds values that are not timestamps ({exc})")
-        for column in spec.variables:
-            numbers = pd.to_numeric(typed[column], errors="coerce")
-            bad = numbers.isna() & typed[column].notna()
-            if bad.any():
-                problems.append(
-                    f"'{column}' must be numeric but holds {typed[column][bad].iloc[0]!r}"
-                )
-            typed[column] = numbers.astype(np.float32)
-        if spec.entity_type == "int64":
-            entities = pd.to_numeric(typed[spec.entity_key], errors="coerce")
-            if entities.isna().any() or (entities % 1 != 0).any():
-                problems.append(f"'{spec.entity_key}' must hold integers")
-            else:
-                typed[spec.entity_key] = entities.astype(np.int64)
+        problems: list[str] = []
+        columns = {
+            spec.entity_key: _entities(rows[spec.entity_key], spec, problems),
+            EVENT_TS: _timestamps(rows[EVENT_TS], problems),
+            **{column: _numbers(rows[column], column, problems) for column in spec.variables},
+        }
         if problems:
             raise DataValidationError("forecast input has the wrong types", problems)
+        typed = pd.DataFrame(columns, index=rows.index)
+        keys, nanos = typed[spec.entity_key].to_numpy(), pd.DatetimeIndex(typed[EVENT_TS]).asi8
+        if _in_order(keys, nanos):
+            return typed
         return typed.sort_values([spec.entity_key, EVENT_TS], kind="stable")
 
     def _windows(self, history: pd.DataFrame) -> PreparedWindows:
         """Each entity's last ``lookback`` rows, checked, preprocessed and cut by THE windowing."""
         spec = self.spec
-        tails = history.groupby(spec.entity_key, sort=False).tail(spec.lookback)
+        keys = history[spec.entity_key].to_numpy()
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        ends = np.r_[first[1:], len(keys)]
+        rows_to_end = np.repeat(ends, ends - first) - np.arange(len(keys))
+        tails = (
+            history if rows_to_end.max() <= spec.lookback else history[rows_to_end <= spec.lookback]
+        )
         problems = self._history_problems(tails)
         if problems:
             raise DataValidationError("cannot forecast from this history", problems)
@@ -216,3 +212,42 @@ class ForecastBundle:
             frame[f"lower_{level * 100:g}"] = lower.ravel()
             frame[f"upper_{level * 100:g}"] = upper.ravel()
         return frame
+
+
+def _entities(values: pd.Series, spec: FeatureSpec, problems: list[str]) -> pd.Series:
+    if spec.entity_type != "int64" or values.dtype == np.int64:
+        return values
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.isna().any() or (numbers % 1 != 0).any():
+        problems.append(f"'{spec.entity_key}' must hold integers")
+        return values
+    return numbers.astype(np.int64)
+
+
+def _timestamps(values: pd.Series, problems: list[str]) -> pd.Series:
+    if isinstance(values.dtype, pd.DatetimeTZDtype) and str(values.dtype.tz) == "UTC":
+        return values
+    try:
+        # cache=False: pandas' cache heuristic walks every value in Python first.
+        return pd.to_datetime(values, utc=True, cache=False)
+    except (ValueError, TypeError) as exc:
+        problems.append(f"'{EVENT_TS}' holds values that are not timestamps ({exc})")
+        return values
+
+
+def _numbers(values: pd.Series, column: str, problems: list[str]) -> np.ndarray:
+    if values.dtype == np.float32:
+        return values.to_numpy()
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        problems.append(f"'{column}' must be numeric but holds {values[bad].iloc[0]!r}")
+    return numbers.to_numpy(np.float32)
+
+
+def _in_order(keys: np.ndarray, nanos: np.ndarray) -> bool:
+    """Whether rows already run by entity, then time (only numeric keys are checked)."""
+    if keys.dtype.kind not in "iu":
+        return False
+    later_key, same_key = keys[1:] > keys[:-1], keys[1:] == keys[:-1]
+    return bool(np.all(later_key | (same_key & (nanos[1:] >= nanos[:-1]))))

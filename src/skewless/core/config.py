@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -344,6 +345,68 @@ class ServingConfig(_Strict):
     ray: RayServingConfig = Field(default_factory=RayServingConfig)
 
 
+class RequestLogConfig(_Strict):
+    """Where servers append every forecast they serve (monitoring reads it back)."""
+
+    enabled: bool = True
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite under SKEWLESS_HOME, or postgresql+psycopg://...",
+    )
+    flush_seconds: float = Field(default=0.5, gt=0, description="longest a record waits in memory")
+    max_pending: int = Field(
+        default=100_000, ge=1, description="records held before new ones are dropped (and counted)"
+    )
+
+
+class AlertRules(_Strict):
+    """Thresholds ``skewless monitor`` checks; null switches a rule off."""
+
+    drift_psi: float | None = Field(default=0.25, gt=0, description="PSI of any input variable")
+    drift_ks: float | None = Field(default=0.3, gt=0, le=1, description="KS of any input variable")
+    accuracy_factor: float | None = Field(
+        default=1.5, gt=0, description="live error above the backtest's error times this"
+    )
+    accuracy_metric: Literal["mse", "mae"] = "mae"
+    latency_p99_ms: float | None = Field(default=250.0, gt=0)
+    error_rate: float | None = Field(
+        default=0.05, ge=0, le=1, description="share of requested entities answered with an error"
+    )
+    min_samples: int = Field(
+        default=20, ge=1, description="a rule stays silent on fewer observations than this"
+    )
+
+
+class RetrainConfig(_Strict):
+    """What ``skewless monitor --retrain`` does after an alert."""
+
+    promote_staging: bool = Field(
+        default=False,
+        description="move 'staging' to the new version if its backtest beats 'production'",
+    )
+
+
+class MonitoringConfig(_Strict):
+    """The closed loop: request log, drift and accuracy over a recent period, alerts, retraining."""
+
+    request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
+    period: str = Field(default="7D", description="how far back monitoring looks (pandas offset)")
+    rules: AlertRules = Field(default_factory=AlertRules)
+    webhook: str | None = Field(default=None, description="URL each alert is POSTed to as JSON")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+
+    @field_validator("period")
+    @classmethod
+    def _period_parses(cls, value: str) -> str:
+        try:
+            period = pd.Timedelta(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a duration such as '7D' or '12h'") from None
+        if period <= pd.Timedelta(0):
+            raise ValueError(f"period must be positive, got '{value}'")
+        return value
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -359,6 +422,7 @@ class SkewlessConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @field_validator("name")
     @classmethod

@@ -127,8 +127,12 @@ class OnlineRetrievalStrategy(RetrievalStrategy):
         self._reader = reader
         config = repo.config
         self._variables = tuple(config.data.variables)
-        self._step = parse_frequency(config.data.frequency)
-        self._tolerance = self._step * config.feature_store.max_staleness_periods
+        # (the time point, the latest window end that is fresh enough for it)
+        self._bounds: tuple[pd.Timestamp, pd.Timestamp] | None = None
+        if time_point is not None:
+            step, point = parse_frequency(config.data.frequency), pd.Timestamp(time_point)
+            tolerance = step * config.feature_store.max_staleness_periods
+            self._bounds = point, point.floor(step) - tolerance
 
     def retrieve(self, entities: Sequence[Any] | None = None) -> OnlineWindows:
         if not entities:
@@ -150,18 +154,18 @@ class OnlineRetrievalStrategy(RetrievalStrategy):
         return result
 
     def _as_of(self, window: Window) -> Window | SkewlessError:
-        """The window as known at the time point, or why it cannot serve that point."""
-        if self.time_point is None:
+        """The window as known at the time point, or why it cannot serve that point (compared
+        in integer microseconds: a request may name a thousand entities)."""
+        if self._bounds is None:
             return window
-        point = pd.Timestamp(self.time_point)
-        if window.start > point:
+        point, required = self._bounds
+        if window.times_us[0] > point.value // 1000:
             return FeatureStoreError(
                 f"the online window of {window.entity!r} starts at {window.start.isoformat()}, "
                 f"after the time point {point.isoformat()}; use the offline store for older points"
             )
         window = window.until(point)
-        required = point.floor(self._step) - self._tolerance
-        if window.end < required:
+        if window.times_us[-1] < required.value // 1000:
             return StaleFeaturesError(
                 {window.entity: window.end.to_pydatetime()}, required.to_pydatetime()
             )

@@ -79,8 +79,9 @@ def windows_frame(windows: list[Window], entity_key: str, last: int | None = Non
     frame = pd.DataFrame(
         np.concatenate([w.values[cut] for w in windows]), columns=list(windows[0].variables)
     )
-    times = np.concatenate([w.times_us[cut] for w in windows]).astype("datetime64[us]")
-    frame.insert(0, EVENT_TS, pd.DatetimeIndex(times).tz_localize("UTC"))
+    # In nanoseconds, pandas' own unit: every later step would otherwise convert, with checks.
+    nanos = (np.concatenate([w.times_us[cut] for w in windows]) * 1000).view("datetime64[ns]")
+    frame.insert(0, EVENT_TS, pd.DatetimeIndex(nanos).tz_localize("UTC"))
     frame.insert(0, entity_key, np.repeat(np.array([w.entity for w in windows]), lengths))
     return frame
 

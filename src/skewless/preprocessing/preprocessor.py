@@ -91,7 +91,7 @@ class Preprocessor:
             if settings.imputation.method == "median"
             else np.nanmean(values, axis=0)
         )
-        filled = self._impute(rows).to_numpy(np.float64)
+        filled = self._impute(rows)
         method = settings.scaling.method
         self.global_stats_ = ScaleStats.fit(filled, method)
         self.entity_stats_: dict[Any, ScaleStats] = {}
@@ -108,17 +108,14 @@ class Preprocessor:
         """Model-ready float32 columns (``output_columns``), index aligned with ``rows``."""
         self._check_fitted()
         self._check_columns(rows)
-        filled = self._impute(rows)
         center, scale = self._stats_per_row(rows[self.entity_key])
-        scaled = (filled.to_numpy(np.float64) - center) / scale
-        out = pd.DataFrame(
-            scaled.astype(np.float32), columns=self.numeric_columns, index=rows.index
-        )
-        for column in self.categorical_columns:
-            out[column] = self._encode(rows[column], column)
-        calendar = engineer(pd.DatetimeIndex(rows[EVENT_TS]), self.config)
-        out[calendar.columns] = calendar.to_numpy()
-        return out
+        parts = [((self._impute(rows) - center) / scale).astype(np.float32)]
+        parts += [
+            self._encode(rows[column], column)[:, None] for column in self.categorical_columns
+        ]
+        parts.append(engineer(pd.DatetimeIndex(rows[EVENT_TS]), self.config).to_numpy(np.float32))
+        # One block, not a column at a time: serving transforms thousands of rows per request.
+        return pd.DataFrame(np.hstack(parts), columns=self.output_columns, index=rows.index)
 
     def inverse_transform_targets(self, entities: np.ndarray, scaled: np.ndarray) -> np.ndarray:
         """Targets back in original units; ``scaled`` is (windows, horizon, targets)."""
@@ -127,14 +124,19 @@ class Preprocessor:
         center, scale = self._stats_per_row(pd.Series(entities))
         return scaled * scale[:, None, :count] + center[:, None, :count]
 
-    def _impute(self, rows: pd.DataFrame) -> pd.DataFrame:
+    def _impute(self, rows: pd.DataFrame) -> np.ndarray:
+        """The numeric columns as float64, gaps filled; served windows rarely have any."""
         values = rows[self.numeric_columns]
+        matrix = values.to_numpy(np.float64)
+        if not np.isnan(matrix).any():
+            return matrix
         imputation = self.config.preprocessing.imputation
         if imputation.method == "ffill":
             values = values.groupby(rows[self.entity_key].to_numpy(), sort=False).ffill(
                 limit=imputation.limit
             )
-        return values.fillna(dict(zip(self.numeric_columns, self.fill_values_, strict=True)))
+        fills = dict(zip(self.numeric_columns, self.fill_values_, strict=True))
+        return values.fillna(fills).to_numpy(np.float64)
 
     def _stats_per_row(self, entities: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Center and scale for every row: its entity's, or the global ones (the last row)."""
@@ -142,7 +144,8 @@ class Preprocessor:
         table = [*self.entity_stats_.values(), self.global_stats_]
         centers = np.stack([s.center for s in table])
         scales = np.stack([s.scale for s in table])
-        index = pd.Index(known).get_indexer(entities) if known else np.full(len(entities), -1)
+        codes, distinct = pd.factorize(entities)  # look up each entity once, not each row
+        index = pd.Index(known).get_indexer(distinct)[codes] if known else np.full(len(codes), -1)
         return centers[index], scales[index]  # -1 picks the global statistics
 
     def _encode(self, values: pd.Series, column: str) -> np.ndarray:

@@ -1,6 +1,9 @@
-"""Prometheus metrics of a server: requests, latency, entities per request, model version."""
+"""Prometheus metrics of a server: requests and latency by endpoint and model version, feature
+fetch latency, errors by type, entities per request, forecast values, reloads, the request log."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -8,20 +11,30 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class ServingMetrics:
-    """One registry per server, so that several servers in one process never collide."""
+    """One registry per server, so that several servers in one process never collide.
 
-    def __init__(self) -> None:
+    ``forecast_buckets`` are the histogram edges of forecast values; servers pass the training
+    deciles of the targets, so the histogram reads as "where forecasts fall in the training data".
+    """
+
+    def __init__(self, forecast_buckets: Sequence[float] = ()) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "skewless_requests",
-            "HTTP requests by endpoint and status",
-            ["endpoint", "status"],
+            "HTTP requests by endpoint, status and model version",
+            ["endpoint", "status", "version"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "skewless_request_seconds",
-            "Request latency by endpoint",
-            ["endpoint"],
+            "Request latency by endpoint and model version",
+            ["endpoint", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.feature_fetch = Histogram(
+            "skewless_feature_fetch_seconds",
+            "Reading the online windows of one request",
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -31,9 +44,17 @@ class ServingMetrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
             registry=self.registry,
         )
-        self.entity_errors = Counter(
-            "skewless_entity_errors",
-            "Entities answered with an error instead of a forecast",
+        self.errors = Counter(
+            "skewless_errors",
+            "Errors by type; scope 'request' failed a whole request, 'entity' one entity of it",
+            ["type", "scope"],
+            registry=self.registry,
+        )
+        self.forecasts = Histogram(
+            "skewless_forecast_value",
+            "Each forecast entity's mean over the horizon, by target, in original units",
+            ["target"],
+            buckets=sorted(set(forecast_buckets)) or Histogram.DEFAULT_BUCKETS,
             registry=self.registry,
         )
         self.model_version = Gauge(
@@ -44,6 +65,12 @@ class ServingMetrics:
         self.reloads = Counter(
             "skewless_model_reloads",
             "Alias reloads by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.request_log = Counter(
+            "skewless_request_log_records",
+            "Request log records by outcome: written, failed (database down), dropped (queue full)",
             ["outcome"],
             registry=self.registry,
         )

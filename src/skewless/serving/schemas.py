@@ -51,6 +51,7 @@ class Prediction(BaseModel):
 
 
 class PredictionResponse(BaseModel):
+    request_id: str = Field(description="the request's id in the request log")
     model: ModelInfo
     predictions: list[Prediction]
 

@@ -4,6 +4,9 @@
 response items, and model versions. ``ForecastService`` runs the stages in-process (the FastAPI
 server); the Ray Serve server runs the same core with the stages in separate deployments.
 
+Every answered request is measured (``ServingMetrics``) and appended to the request log here,
+once for both servers.
+
 It holds one loaded model version at a time, as one immutable object:
 a request takes the current one when it starts and finishes on it, and a reload swaps the
 reference only after the new version loaded, so a failed load leaves the old one serving.
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,12 +39,15 @@ from skewless.features.strategies import OnlineRetrievalStrategy
 from skewless.features.validation import EVENT_TS
 from skewless.features.window_view import windows_frame
 from skewless.registry.registry import ModelRegistry
+from skewless.serving.metrics import ServingMetrics
+from skewless.serving.request_log import RequestLog, request_log_url, served_records
 from skewless.training.tracking import tracking_uri
 
 logger = logging.getLogger(__name__)
 
 Item = dict[str, Any]
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+SIDES = ("lower", "upper")
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,15 @@ class LoadedModel:
         return {"name": self.name, "version": self.version, "alias": self.alias}
 
 
+@dataclass(frozen=True)
+class Served:
+    """One answered request: its id (also in the request log), the version, the items."""
+
+    request_id: str
+    model: LoadedModel
+    items: list[Item]
+
+
 class ServiceCore(ABC):
     """Everything but where the stages run: fetching windows and predicting are abstract."""
 
@@ -65,6 +82,26 @@ class ServiceCore(ABC):
         self.last_reload_error: str | None = None
         self._reload_lock = threading.Lock()
         self.current = self._load(self.registry.version_of(config.model_name, self.alias))
+        self.metrics = ServingMetrics(_target_deciles(self.current.bundle))
+        self.metrics.model_version.set(self.current.version)
+        settings = config.monitoring.request_log
+        self.request_log = (
+            RequestLog(
+                request_log_url(config, home),
+                settings.flush_seconds,
+                settings.max_pending,
+                on_outcome=lambda outcome, count: self.metrics.request_log.labels(outcome).inc(
+                    count
+                ),
+            )
+            if settings.enabled
+            else None
+        )
+
+    def close(self) -> None:
+        """Flush the request log."""
+        if self.request_log is not None:
+            self.request_log.close()
 
     @abstractmethod
     def feature_store_ready(self) -> bool:
@@ -105,26 +142,56 @@ class ServiceCore(ABC):
 
     # -- forecasts -----------------------------------------------------------------------------
 
-    def predict_rows(self, rows: pd.DataFrame) -> tuple[LoadedModel, list[Item]]:
+    def predict_rows(self, rows: pd.DataFrame, endpoint: str = "/predict") -> Served:
         """Forecasts after each entity's last row; bad rows raise for the whole request."""
-        model = self.current
-        return model, list(_items(self._predict(model, rows), model).values())
+        started, model = time.perf_counter(), self.current
+        items = list(_items(self._predict(model, rows), model).values())
+        return self._served(endpoint, model, items, None, started)
 
     def predict_entities(
-        self, entities: Sequence[Any], time_point: str = "now"
-    ) -> tuple[LoadedModel, list[Item]]:
+        self,
+        entities: Sequence[Any],
+        time_point: str = "now",
+        endpoint: str = "/predict/feast/batch",
+    ) -> Served:
         """One item per requested entity, in order: a forecast, or that entity's own error (the
         exception itself, under "error")."""
-        model = self.current
+        started, model = time.perf_counter(), self.current
         entities = check_entities(self.config, entities)
         point = check_time_point(self.config, time_point)
+        self.metrics.entities.observe(len(entities))
         rows, problems = self._fetch(
             list(dict.fromkeys(entities)), point, model.bundle.spec.lookback
         )
+        self.metrics.feature_fetch.observe(time.perf_counter() - started)
         results: dict[Any, Item] = {e: {"entity": e, "error": p} for e, p in problems.items()}
         if rows is not None:
             results.update(self._forecast_each(model, rows))
-        return model, [results[entity] for entity in entities]
+        items = [results[entity] for entity in entities]
+        return self._served(endpoint, model, items, point, started)
+
+    def _served(
+        self,
+        endpoint: str,
+        model: LoadedModel,
+        items: list[Item],
+        point: datetime | None,
+        started: float,
+    ) -> Served:
+        """Count the answer in the metrics and queue it for the request log."""
+        request_id = str(uuid.uuid4())
+        for item in items:
+            if "error" in item:
+                self.metrics.errors.labels(type(item["error"]).__name__, "entity").inc()
+                continue
+            for target, values in item[FORECAST].items():
+                self.metrics.forecasts.labels(target).observe(sum(values) / len(values))
+        if self.request_log is not None:
+            latency = time.perf_counter() - started
+            self.request_log.append(
+                served_records(request_id, endpoint, model.describe(), items, point, latency)
+            )
+        return Served(request_id, model, items)
 
     def _forecast_each(self, model: LoadedModel, rows: pd.DataFrame) -> dict[Any, Item]:
         """All entities in one bundle call; if that is refused, each alone to name who failed."""
@@ -226,41 +293,52 @@ def check_time_point(config: SkewlessConfig, time_point: str) -> datetime | None
     return point
 
 
+def _target_deciles(bundle: ForecastBundle) -> list[float]:
+    """The training deciles of every target: bucket edges for the forecast-value histogram."""
+    return [
+        q
+        for t in bundle.spec.targets
+        if t in bundle.reference
+        for q in bundle.reference[t].quantiles
+    ]
+
+
 def _key(model: LoadedModel) -> str:
     return model.bundle.spec.entity_key
 
 
 def _items(forecast: pd.DataFrame, model: LoadedModel) -> dict[Any, Item]:
     """Response items by entity, read straight from the bundle's frame, whose rows run entity by
-    entity, then horizon step, then target."""
+    entity, then horizon step, then target. Each column becomes nested lists in one call."""
     spec = model.bundle.spec
     targets, horizon = list(spec.targets), spec.horizon
     per_entity = horizon * len(targets)
     count = len(forecast) // per_entity
 
-    def cube(column: str) -> np.ndarray:
-        return forecast[column].to_numpy().reshape(count, horizon, len(targets))
+    def lists(column: str) -> list[list[list[float]]]:
+        """[entity][target][step]"""
+        cube = forecast[column].to_numpy().reshape(count, horizon, len(targets))
+        return cube.transpose(0, 2, 1).tolist()
 
     entities = forecast[spec.entity_key].to_numpy()[::per_entity].tolist()
     utc = pd.DatetimeIndex(forecast[EVENT_TS]).tz_convert(None).to_numpy()[:: len(targets)]
-    times = (np.datetime_as_string(utc, unit="s").astype(object) + "+00:00").reshape(count, horizon)
-    point = cube(FORECAST)
+    stamps = np.datetime_as_string(utc, unit="s").astype(object) + "+00:00"
+    times = stamps.reshape(count, horizon).tolist()
+    point = lists(FORECAST)
     levels = [c.removeprefix("lower_") for c in forecast.columns if c.startswith("lower_")]
-    bounds = {
-        side: {level: cube(f"{side}_{level}") for level in levels} for side in ("lower", "upper")
-    }
-    items = {}
-    for i, entity in enumerate(entities):
-        items[entity] = {
+    bounds = {side: {level: lists(f"{side}_{level}") for level in levels} for side in SIDES}
+    return {
+        entity: {
             "entity": entity,
-            "timestamps": times[i].tolist(),
-            FORECAST: {t: point[i, :, k].tolist() for k, t in enumerate(targets)},
+            "timestamps": times[i],
+            FORECAST: {t: point[i][k] for k, t in enumerate(targets)},
             **{
                 side: {
-                    t: {level: values[i, :, k].tolist() for level, values in by_level.items()}
+                    t: {level: values[i][k] for level, values in by_level.items()}
                     for k, t in enumerate(targets)
                 }
                 for side, by_level in bounds.items()
             },
         }
-    return items
+        for i, entity in enumerate(entities)
+    }

@@ -1,0 +1,209 @@
+"""The request log: every forecast a server answers, appended to SQLite or PostgreSQL.
+
+Requests only put their records on an in-memory queue; one writer thread per server inserts
+them in batches, so the request path pays for a few dict copies, not a database round trip.
+When the database is down or slower than the traffic, the queue fills to
+``monitoring.request_log.max_pending`` requests and further records are dropped and counted
+(``skewless_request_log_records_total{outcome="dropped"}``): serving never waits on its log.
+
+One row per (request, entity): a forecast or the entity's error. Times are naive UTC.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import pandas as pd
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+from skewless.core.config import SkewlessConfig
+
+logger = logging.getLogger(__name__)
+
+METADATA = MetaData()
+SERVED = Table(
+    "served_forecasts",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(36), nullable=False, index=True),
+    Column("served_at", DateTime, nullable=False, index=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("model_name", String(256), nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("entity", String(256), nullable=False),
+    Column("time_point", DateTime, nullable=True, doc="the requested point; null for 'now'"),
+    Column("first_step", DateTime, nullable=True, doc="timestamp of the first forecast step"),
+    Column("forecast", JSON, nullable=True, doc="{target: [values]}"),
+    Column("lower", JSON, nullable=True, doc="{target: {level: [values]}}"),
+    Column("upper", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("latency_ms", Float, nullable=False, doc="the whole request, inside the server"),
+)
+_STOP = object()
+
+
+def request_log_url(config: SkewlessConfig, home: Path) -> str:
+    """``monitoring.request_log.url``, else SQLite under the home."""
+    if config.monitoring.request_log.url:
+        return config.monitoring.request_log.url
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'monitoring.db'}"
+
+
+def monitoring_engine(url: str) -> Engine:
+    """An engine on the monitoring database, its tables created; SQLite in WAL mode so that
+    several server processes and the monitor can use one file at once."""
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection: Any, _: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    METADATA.create_all(engine)
+    return engine
+
+
+def served_records(
+    request_id: str,
+    endpoint: str,
+    model: dict[str, Any],
+    items: Sequence[dict[str, Any]],
+    time_point: datetime | None,
+    latency_s: float,
+) -> list[dict[str, Any]]:
+    """The log rows of one answered request (items as the service returns them)."""
+    served_at = datetime.now(UTC).replace(tzinfo=None)
+    point = None if time_point is None else time_point.astimezone(UTC).replace(tzinfo=None)
+    common = {
+        "request_id": request_id,
+        "served_at": served_at,
+        "endpoint": endpoint,
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "alias": model["alias"],
+        "time_point": point,
+        "latency_ms": 1000 * latency_s,
+    }
+    records = []
+    for item in items:
+        error = item.get("error")
+        stamps = item.get("timestamps")
+        records.append(
+            {
+                **common,
+                "entity": str(item["entity"]),
+                "first_step": _naive_utc(stamps[0]) if stamps else None,
+                "forecast": item.get("forecast"),
+                "lower": item.get("lower"),
+                "upper": item.get("upper"),
+                "error": None if error is None else f"{type(error).__name__}: {error}",
+            }
+        )
+    return records
+
+
+class RequestLog:
+    """Appends records from any thread; one background thread writes them in batches."""
+
+    def __init__(
+        self,
+        url: str,
+        flush_seconds: float = 0.5,
+        max_pending: int = 100_000,
+        on_outcome: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.engine = monitoring_engine(url)
+        self.flush_seconds = flush_seconds
+        self._pending: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        self._on_outcome = on_outcome or (lambda outcome, count: None)
+        self._writer = threading.Thread(target=self._write_forever, daemon=True, name="request-log")
+        self._writer.start()
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Queue one request's records; never blocks (a full queue drops them, counted)."""
+        try:
+            self._pending.put_nowait(records)
+        except queue.Full:
+            self._on_outcome("dropped", len(records))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer."""
+        self._pending.put(_STOP)
+        self._writer.join(timeout)
+        self.engine.dispose()
+
+    def _write_forever(self) -> None:
+        while True:
+            try:
+                first = self._pending.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                continue
+            batch, stop = self._drain(first)
+            if batch:
+                self._write(batch)
+            if stop:
+                return
+
+    def _drain(self, first: object) -> tuple[list[dict[str, Any]], bool]:
+        """Everything queued now, as one batch; and whether the stop marker was among it."""
+        batch: list[dict[str, Any]] = []
+        item = first
+        while True:
+            if item is _STOP:
+                return batch, True
+            batch.extend(cast(list[dict[str, Any]], item))
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                return batch, False
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(SERVED), batch)
+        except Exception as exc:  # a log outage must not stop the writer, nor serving
+            logger.error("request log: %d records not written: %s", len(batch), exc)
+            self._on_outcome("failed", len(batch))
+        else:
+            self._on_outcome("written", len(batch))
+
+
+def read_served(engine: Engine, since: datetime | None = None) -> pd.DataFrame:
+    """Logged rows served at or after ``since`` (naive or aware UTC), oldest first."""
+    query = select(SERVED).order_by(SERVED.c.id)
+    if since is not None:
+        query = query.where(SERVED.c.served_at >= _naive_utc(since))
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return pd.DataFrame([dict(row) for row in rows], columns=[c.name for c in SERVED.columns])
+
+
+def _naive_utc(moment: datetime | str) -> datetime:
+    stamp = pd.Timestamp(moment)
+    return (stamp.tz_convert(UTC) if stamp.tzinfo else stamp).tz_localize(None).to_pydatetime()
