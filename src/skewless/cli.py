@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from skewless.cli_models import models_app
+from skewless.cli_monitoring import EveryOpt, OutOpt, RetrainOpt, run_monitor, run_report
 from skewless.cli_output import console, errors, user_errors
 from skewless.core.config import SkewlessConfig, load_config, skewless_home
 from skewless.core.errors import ConfigError
@@ -364,6 +365,21 @@ def verify_skew(
         )
         if report.differing:
             raise typer.Exit(1)
+
+
+@app.command()
+def monitor(
+    config: ConfigArg, retrain: RetrainOpt = False, every: EveryOpt = None, set_: SetOpt = None
+) -> None:
+    """Drift, accuracy, latency and errors of the recent period against the alert rules;
+    alerts go to the alert log and the webhook. Exit code 2 when an alert fired."""
+    run_monitor(_config(config, set_), retrain, every)
+
+
+@app.command()
+def report(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None) -> None:
+    """One self-contained HTML page: forecasts against actuals, drift, latency, versions."""
+    run_report(_config(config, set_), out)
 
 
 def _frame_table(frame: pd.DataFrame) -> Table:

@@ -391,6 +391,11 @@ class MonitoringConfig(_Strict):
 
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     period: str = Field(default="7D", description="how far back monitoring looks (pandas offset)")
+    reference_periods: int | None = Field(
+        default=720,
+        ge=1,
+        description="drift compares with each entity's last this many training periods; null: all",
+    )
     rules: AlertRules = Field(default_factory=AlertRules)
     webhook: str | None = Field(default=None, description="URL each alert is POSTed to as JSON")
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)

@@ -152,6 +152,11 @@ class RequestLog:
         except queue.Full:
             self._on_outcome("dropped", len(records))
 
+    @property
+    def pending(self) -> int:
+        """Requests queued and not yet taken by the writer."""
+        return self._pending.qsize()
+
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer."""
         self._pending.put(_STOP)

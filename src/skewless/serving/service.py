@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from skewless.bundle.bundle import FORECAST, ForecastBundle
+from skewless.bundle.reference import DECILES
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError, RequestError, SkewlessError
 from skewless.core.frequency import parse_frequency
@@ -295,12 +296,8 @@ def check_time_point(config: SkewlessConfig, time_point: str) -> datetime | None
 
 def _target_deciles(bundle: ForecastBundle) -> list[float]:
     """The training deciles of every target: bucket edges for the forecast-value histogram."""
-    return [
-        q
-        for t in bundle.spec.targets
-        if t in bundle.reference
-        for q in bundle.reference[t].quantiles
-    ]
+    references = [bundle.reference[t] for t in bundle.spec.targets if t in bundle.reference]
+    return [float(q) for reference in references for q in reference.at(DECILES)]
 
 
 def _key(model: LoadedModel) -> str:

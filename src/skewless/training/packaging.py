@@ -31,7 +31,7 @@ def package(
         preprocessor=fitted.preprocessor,
         model=fitted.model,
         intervals=intervals,
-        reference=reference_statistics(rows, config.data.variables),
+        reference=reference_statistics(_reference_rows(config, rows), config.data.variables),
         metadata={
             "config": config.model_dump(mode="json"),
             "data_fingerprint": fingerprint(rows),
@@ -75,3 +75,12 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip()
+
+
+def _reference_rows(config: SkewlessConfig, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows drift is measured against: each entity's last ``monitoring.reference_periods``
+    (the recent past, which serving should resemble; all of history drifts with the seasons)."""
+    periods = config.monitoring.reference_periods
+    if periods is None:
+        return rows
+    return rows.groupby(config.data.entity_key, sort=False).tail(periods)

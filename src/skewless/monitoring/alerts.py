@@ -1,0 +1,179 @@
+"""Alert rules from ``monitoring.rules``, the alert log, and the webhook.
+
+Every rule reads the monitoring period's observations and stays silent below
+``rules.min_samples`` observations, so a quiet hour never pages anyone. Raised alerts are
+appended to the ``alerts`` table beside the request log and POSTed as JSON to
+``monitoring.webhook``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import httpx
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+from skewless.core.config import AlertRules
+from skewless.monitoring.observations import VERSION
+
+logger = logging.getLogger(__name__)
+
+_METADATA = MetaData()
+ALERTS = Table(
+    "alerts",
+    _METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("raised_at", DateTime, nullable=False, index=True),
+    Column("config", String(256), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("message", Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Alert:
+    rule: str  # drift_psi | drift_ks | accuracy | latency_p99 | error_rate
+    subject: str  # the variable, the model version, or "server"
+    value: float
+    threshold: float
+    message: str
+
+
+def evaluate(
+    rules: AlertRules, drift: pd.DataFrame, accuracy: pd.DataFrame, served: pd.DataFrame
+) -> list[Alert]:
+    """Every rule that fires on the period's drift table, accuracy-versus-backtest table and
+    request log rows."""
+    return [
+        *_drift_alerts(rules, drift),
+        *_accuracy_alerts(rules, accuracy),
+        *_serving_alerts(rules, served),
+    ]
+
+
+def _drift_alerts(rules: AlertRules, drift: pd.DataFrame) -> list[Alert]:
+    alerts = []
+    for row in drift[drift["count"] >= rules.min_samples].to_dict("records"):
+        for statistic, threshold in (("psi", rules.drift_psi), ("ks", rules.drift_ks)):
+            if threshold is not None and row[statistic] > threshold:
+                alerts.append(
+                    Alert(
+                        f"drift_{statistic}",
+                        row["variable"],
+                        row[statistic],
+                        threshold,
+                        f"'{row['variable']}' drifted: {statistic.upper()} {row[statistic]:.3f} "
+                        f"over {row['count']} served rows (threshold {threshold}); served mean "
+                        f"{row['mean']:.4g}, training mean {row['training_mean']:.4g}",
+                    )
+                )
+    return alerts
+
+
+def _accuracy_alerts(rules: AlertRules, accuracy: pd.DataFrame) -> list[Alert]:
+    if rules.accuracy_factor is None:
+        return []
+    metric, factor, alerts = rules.accuracy_metric, rules.accuracy_factor, []
+    judged = accuracy[
+        (accuracy["steps"] >= rules.min_samples) & accuracy[f"backtest_{metric}"].notna()
+    ]
+    for row in judged.to_dict("records"):
+        if row[f"{metric}_ratio"] > factor:
+            alerts.append(
+                Alert(
+                    "accuracy",
+                    f"version {row[VERSION]}",
+                    row[f"{metric}_ratio"],
+                    factor,
+                    f"version {row[VERSION]}: live {metric.upper()} {row[metric]:.4g} over "
+                    f"{row['steps']} forecast steps is {row[f'{metric}_ratio']:.2f}x its backtest "
+                    f"{metric.upper()} {row[f'backtest_{metric}']:.4g} (threshold {factor}x)",
+                )
+            )
+    return alerts
+
+
+def _serving_alerts(rules: AlertRules, served: pd.DataFrame) -> list[Alert]:
+    alerts = []
+    requests = served.drop_duplicates("request_id")
+    if rules.latency_p99_ms is not None and len(requests) >= rules.min_samples:
+        p99 = float(np.percentile(requests["latency_ms"], 99))
+        if p99 > rules.latency_p99_ms:
+            alerts.append(
+                Alert(
+                    "latency_p99",
+                    "server",
+                    p99,
+                    rules.latency_p99_ms,
+                    f"p99 latency {p99:.1f} ms over {len(requests)} requests "
+                    f"(threshold {rules.latency_p99_ms} ms)",
+                )
+            )
+    if rules.error_rate is not None and len(served) >= rules.min_samples:
+        rate = float(served["error"].notna().mean())
+        if rate > rules.error_rate:
+            alerts.append(
+                Alert(
+                    "error_rate",
+                    "server",
+                    rate,
+                    rules.error_rate,
+                    f"{rate:.1%} of {len(served)} requested entities got an error instead of a "
+                    f"forecast (threshold {rules.error_rate:.1%})",
+                )
+            )
+    return alerts
+
+
+class AlertLog:
+    """The ``alerts`` table in the monitoring database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        _METADATA.create_all(engine)
+
+    def append(self, config_name: str, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
+        raised_at = datetime.now(UTC).replace(tzinfo=None)
+        rows = [{"raised_at": raised_at, "config": config_name, **asdict(a)} for a in alerts]
+        with self.engine.begin() as connection:
+            connection.execute(insert(ALERTS), rows)
+
+    def read(self, since: datetime | None = None) -> pd.DataFrame:
+        query = select(ALERTS).order_by(ALERTS.c.id)
+        if since is not None:
+            query = query.where(ALERTS.c.raised_at >= since.astimezone(UTC).replace(tzinfo=None))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in ALERTS.columns])
+
+
+def post_webhook(url: str, config_name: str, alerts: list[Alert]) -> str | None:
+    """POST the alerts as JSON; the problem, if the receiver could not be reached or refused."""
+    payload = {"config": config_name, "alerts": [asdict(a) for a in alerts]}
+    try:
+        httpx.post(url, json=payload, timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        logger.error("alert webhook %s failed: %s", url, exc)
+        return f"{type(exc).__name__}: {exc}"
+    return None
