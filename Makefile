@@ -34,6 +34,8 @@ demo: $(VENV)/.installed
 	$(BIN)/skewless serve $(CONFIG) --alias production --port $(DEMO_PORT) & server=$$!; \
 	  $(BIN)/python scripts/ask_server.py http://127.0.0.1:$(DEMO_PORT) 2018-06-26T19:00:00Z 1 2; \
 	  status=$$?; kill $$server; wait $$server; exit $$status
+	$(BIN)/skewless monitor $(CONFIG) || test $$? -eq 2  # exit code 2: alerts fired
+	$(BIN)/skewless report $(CONFIG)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest
