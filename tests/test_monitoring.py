@@ -397,11 +397,11 @@ def _report_in_chromium(repo: FeastRepo) -> None:
     ).stdout
     for section in ("Alerts", "Forecast against actual", "Input drift", "Serving latency"):
         assert f"<h2>{section}" in dom
-    assert dom.count("<img") == 3 and "HUFL" in dom and "drifted" in dom
+    assert dom.count("<img") == 4 and "HUFL" in dom and "drifted" in dom
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     subprocess.run(
-        [*headless, f"--screenshot={shot}", "--window-size=1200,2200", page.as_uri()],
+        [*headless, f"--screenshot={shot}", "--window-size=1200,2600", page.as_uri()],
         capture_output=True,
         timeout=120,
         check=True,

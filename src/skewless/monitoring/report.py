@@ -1,6 +1,6 @@
 """``skewless report``: one self-contained HTML page (plots inlined as PNG) of an assessment:
-forecast against actual with intervals, drift per variable, latency over time, accuracy per
-version against its backtest, the version history, and the period's alerts."""
+forecast against actual with intervals, accuracy per version against its backtest and per day,
+drift per variable, latency over time, the version history, and the period's alerts."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def render(config: SkewlessConfig, assessment: Assessment) -> str:
         ("Alerts", _alerts(assessment.alerts)),
         ("Forecast against actual", _image(_forecast_figure(assessment))),
         ("Accuracy per version, against its backtest", _table(assessment.accuracy)),
+        ("", _image(_daily_figure(assessment))),
         ("Input drift per variable", _image(_drift_figure(assessment, config))),
         ("", _table(assessment.drift)),
         ("Serving latency", _image(_latency_figure(observations.served, config))),
@@ -115,6 +116,38 @@ def _forecast_figure(assessment: Assessment) -> Figure:
         axes.set_title(f"entity {entity}, {target}, version {latest[VERSION].iloc[0]}", fontsize=10)
         axes.legend(loc="upper left", fontsize=8)
         _dates(axes)
+    figure.tight_layout()
+    return figure
+
+
+def _daily_figure(assessment: Assessment) -> Figure:
+    """Live MAE per day of the forecast timestamps, one line per version and entity, each
+    version's backtest MAE dashed in the same colour."""
+    daily = assessment.daily
+    figure = Figure(figsize=(11, 3))
+    if daily.empty:
+        return _empty(figure, "no forecast step has an actual yet")
+    axes = figure.add_subplot(1, 1, 1)
+    backtest = {v.version: v.metrics.get("mae") for v in assessment.versions}
+    for index, (version, rows) in enumerate(daily.groupby(VERSION)):
+        colour = f"C{index}"
+        for entity, series in rows.groupby(ENTITY):
+            axes.plot(
+                series["day"],
+                series["mae"],
+                marker="o",
+                color=colour,
+                alpha=0.8,
+                label=f"version {version}, entity {entity}",
+            )
+        expected = backtest.get(int(rows[VERSION].iloc[0]))
+        if expected is not None:
+            axes.axhline(
+                expected, color=colour, linestyle="--", label=f"version {version} backtest"
+            )
+    axes.set_ylabel("MAE per day")
+    axes.legend(fontsize=8)
+    _dates(axes)
     figure.tight_layout()
     return figure
 
