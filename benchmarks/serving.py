@@ -2,7 +2,8 @@
 
 Closed-loop load (each client sends its next request when the previous answer arrives) at
 concurrency 1, 8 and 32, for 1, 10 and 100 entities per request, against:
-- `skewless serve --engine fastapi`: POST /predict/feast/batch (windows from the online store);
+- `skewless serve --engine fastapi`: POST /predict/feast/batch (windows from the online store),
+  with its request log on (the default) and off, to show what logging every forecast costs;
 - `skewless serve --engine ray`: the same contract through Ray Serve (ingress, features,
   preprocessing and model deployments);
 - `mlflow models serve` on the same registered model: POST /invocations with the raw rows
@@ -210,6 +211,13 @@ def main() -> None:
             (
                 "fastapi /predict/feast/batch",
                 [*skewless, "--engine", "fastapi"],
+                "GET /health",
+                batches,
+                "/predict/feast/batch",
+            ),
+            (
+                "fastapi, request log off",
+                [*skewless, "--engine", "fastapi", "--set", "monitoring.request_log.enabled=false"],
                 "GET /health",
                 batches,
                 "/predict/feast/batch",

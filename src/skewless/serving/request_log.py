@@ -199,6 +199,17 @@ class RequestLog:
             self._on_outcome("written", len(batch))
 
 
+def open_request_log(
+    config: SkewlessConfig, home: Path, on_outcome: Callable[[str, int], None]
+) -> RequestLog | None:
+    """The configured request log, or None when ``monitoring.request_log.enabled`` is false."""
+    settings = config.monitoring.request_log
+    if not settings.enabled:
+        return None
+    url = request_log_url(config, home)
+    return RequestLog(url, settings.flush_seconds, settings.max_pending, on_outcome)
+
+
 def read_served(engine: Engine, since: datetime | None = None) -> pd.DataFrame:
     """Logged rows served at or after ``since`` (naive or aware UTC), oldest first."""
     query = select(SERVED).order_by(SERVED.c.id)

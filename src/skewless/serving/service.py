@@ -41,7 +41,7 @@ from skewless.features.validation import EVENT_TS
 from skewless.features.window_view import windows_frame
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.metrics import ServingMetrics
-from skewless.serving.request_log import RequestLog, request_log_url, served_records
+from skewless.serving.request_log import open_request_log, served_records
 from skewless.training.tracking import tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -85,18 +85,8 @@ class ServiceCore(ABC):
         self.current = self._load(self.registry.version_of(config.model_name, self.alias))
         self.metrics = ServingMetrics(_target_deciles(self.current.bundle))
         self.metrics.model_version.set(self.current.version)
-        settings = config.monitoring.request_log
-        self.request_log = (
-            RequestLog(
-                request_log_url(config, home),
-                settings.flush_seconds,
-                settings.max_pending,
-                on_outcome=lambda outcome, count: self.metrics.request_log.labels(outcome).inc(
-                    count
-                ),
-            )
-            if settings.enabled
-            else None
+        self.request_log = open_request_log(
+            config, home, lambda outcome, count: self.metrics.request_log.labels(outcome).inc(count)
         )
 
     def close(self) -> None:
@@ -161,10 +151,10 @@ class ServiceCore(ABC):
         entities = check_entities(self.config, entities)
         point = check_time_point(self.config, time_point)
         self.metrics.entities.observe(len(entities))
-        rows, problems = self._fetch(
-            list(dict.fromkeys(entities)), point, model.bundle.spec.lookback
-        )
-        self.metrics.feature_fetch.observe(time.perf_counter() - started)
+        with self.metrics.feature_fetch.time():
+            rows, problems = self._fetch(
+                list(dict.fromkeys(entities)), point, model.bundle.spec.lookback
+            )
         results: dict[Any, Item] = {e: {"entity": e, "error": p} for e, p in problems.items()}
         if rows is not None:
             results.update(self._forecast_each(model, rows))
