@@ -107,9 +107,10 @@ def test_bundle_carries_spec_reference_statistics_and_metadata(
 ) -> None:
     _, rows, _ = trained
     assert bundle.spec.feature_refs[0] == "series:OT" and bundle.spec.lookback == LOOKBACK
-    assert bundle.reference["OT"].count == len(rows)
-    assert abs(bundle.reference["OT"].mean - rows["OT"].mean()) < 1e-4
-    assert len(bundle.reference["OT"].quantiles) == 11
+    recent = rows.groupby("station_id").tail(720)  # monitoring.reference_periods
+    assert bundle.reference["OT"].count == len(recent)
+    assert abs(bundle.reference["OT"].mean - recent["OT"].mean()) < 1e-4
+    assert len(bundle.reference["OT"].quantiles) == 101
     assert bundle.metadata["data_fingerprint"] == fingerprint(rows)
     assert bundle.metadata["config"]["training"]["horizon"] == HORIZON
     assert bundle.intervals.half_widths.shape == (2, HORIZON, 1)

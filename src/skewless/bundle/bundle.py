@@ -142,9 +142,8 @@ class ForecastBundle:
         first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
         ends = np.r_[first[1:], len(keys)]
         rows_to_end = np.repeat(ends, ends - first) - np.arange(len(keys))
-        tails = (
-            history if rows_to_end.max() <= spec.lookback else history[rows_to_end <= spec.lookback]
-        )
+        keep = rows_to_end <= spec.lookback
+        tails = history if keep.all() else history[keep]  # served windows are cut already
         problems = self._history_problems(tails)
         if problems:
             raise DataValidationError("cannot forecast from this history", problems)
