@@ -313,6 +313,9 @@ def _serve_ray(
 
     # Ray 2.60 turns token auth on by default; a local cluster started here needs none.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # gRPC between the proxy and replicas: 10-entity p50 47 -> 31 ms here (docs/serving.md).
+    # A local cluster inherits it; set it on an existing cluster's nodes before `ray start`.
+    os.environ.setdefault("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")
     try:
         import ray
         from ray import serve as ray_serve
