@@ -2,8 +2,8 @@
 
 Every rule reads the monitoring period's observations and stays silent below
 ``rules.min_samples`` observations, so a quiet hour never pages anyone. Raised alerts are
-appended to the ``alerts`` table beside the request log and POSTed as JSON to
-``monitoring.webhook``.
+appended to the ``alerts`` table beside the request log (``monitoring_engine`` creates both)
+and POSTed as JSON to ``monitoring.webhook``.
 """
 
 from __future__ import annotations
@@ -15,38 +15,14 @@ from datetime import UTC, datetime
 import httpx
 import numpy as np
 import pandas as pd
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    insert,
-    select,
-)
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
 from skewless.core.config import AlertRules
 from skewless.monitoring.observations import VERSION
+from skewless.serving.request_log import ALERTS, read_since
 
 logger = logging.getLogger(__name__)
-
-_METADATA = MetaData()
-ALERTS = Table(
-    "alerts",
-    _METADATA,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("raised_at", DateTime, nullable=False, index=True),
-    Column("config", String(256), nullable=False),
-    Column("rule", String(64), nullable=False),
-    Column("subject", String(256), nullable=False),
-    Column("value", Float, nullable=False),
-    Column("threshold", Float, nullable=False),
-    Column("message", Text, nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -149,7 +125,6 @@ class AlertLog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        _METADATA.create_all(engine)
 
     def append(self, config_name: str, alerts: list[Alert]) -> None:
         if not alerts:
@@ -160,12 +135,7 @@ class AlertLog:
             connection.execute(insert(ALERTS), rows)
 
     def read(self, since: datetime | None = None) -> pd.DataFrame:
-        query = select(ALERTS).order_by(ALERTS.c.id)
-        if since is not None:
-            query = query.where(ALERTS.c.raised_at >= since.astimezone(UTC).replace(tzinfo=None))
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).mappings().all()
-        return pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in ALERTS.columns])
+        return read_since(self.engine, ALERTS, ALERTS.c.raised_at, since)
 
 
 def post_webhook(url: str, config_name: str, alerts: list[Alert]) -> str | None:

@@ -6,7 +6,8 @@ When the database is down or slower than the traffic, the queue fills to
 ``monitoring.request_log.max_pending`` requests and further records are dropped and counted
 (``skewless_request_log_records_total{outcome="dropped"}``): serving never waits on its log.
 
-One row per (request, entity): a forecast or the entity's error. Times are naive UTC.
+One row per (request, entity): a forecast or the entity's error. Times are naive UTC. The same
+database holds the ``alerts`` table that ``skewless monitor`` appends to.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ SERVED = Table(
     Column("upper", JSON, nullable=True),
     Column("error", Text, nullable=True),
     Column("latency_ms", Float, nullable=False, doc="the whole request, inside the server"),
+)
+ALERTS = Table(
+    "alerts",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("raised_at", DateTime, nullable=False, index=True),
+    Column("config", String(256), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("message", Text, nullable=False),
 )
 _STOP = object()
 
@@ -212,12 +225,19 @@ def open_request_log(
 
 def read_served(engine: Engine, since: datetime | None = None) -> pd.DataFrame:
     """Logged rows served at or after ``since`` (naive or aware UTC), oldest first."""
-    query = select(SERVED).order_by(SERVED.c.id)
+    return read_since(engine, SERVED, SERVED.c.served_at, since)
+
+
+def read_since(
+    engine: Engine, table: Table, stamp: Column[Any], since: datetime | None
+) -> pd.DataFrame:
+    """Rows of a monitoring table whose ``stamp`` is at or after ``since``, oldest first."""
+    query = select(table).order_by(table.c.id)
     if since is not None:
-        query = query.where(SERVED.c.served_at >= _naive_utc(since))
+        query = query.where(stamp >= _naive_utc(since))
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
-    return pd.DataFrame([dict(row) for row in rows], columns=[c.name for c in SERVED.columns])
+    return pd.DataFrame([dict(row) for row in rows], columns=[c.name for c in table.columns])
 
 
 def _naive_utc(moment: datetime | str) -> datetime:
