@@ -125,16 +125,14 @@ Metrics = Annotated[ServingMetrics, Depends(_metrics)]
 def _predictions_router() -> APIRouter:
     router = APIRouter(tags=["predictions"], responses=_ERRORS)
 
-    @router.post("/predict")
-    def predict_rows(body: RowsRequest, service: Service, request: Request) -> PredictionResponse:
+    @router.post("/predict", response_model=PredictionResponse)
+    def predict_rows(body: RowsRequest, service: Service, request: Request) -> Response:
         """Forecast after each entity's last row, from raw rows sent in the request."""
         served = service.predict_rows(pd.DataFrame.from_records(body.rows))
         return _response(served, request)
 
-    @router.post("/predict/feast")
-    def predict_entity(
-        body: EntityRequest, service: Service, request: Request
-    ) -> PredictionResponse:
+    @router.post("/predict/feast", response_model=PredictionResponse)
+    def predict_entity(body: EntityRequest, service: Service, request: Request) -> Response:
         """Forecast one entity from its online window; its error is the response's status."""
         _check_key(service, body.entity_key)
         served = service.predict_entities([body.entity], body.time_point, "/predict/feast")
@@ -142,8 +140,8 @@ def _predictions_router() -> APIRouter:
             raise served.items[0]["error"]
         return _response(served, request)
 
-    @router.post("/predict/feast/batch")
-    def predict_batch(body: BatchRequest, service: Service, request: Request) -> PredictionResponse:
+    @router.post("/predict/feast/batch", response_model=PredictionResponse)
+    def predict_batch(body: BatchRequest, service: Service, request: Request) -> Response:
         """Forecast many entities; each succeeds or carries its own error, in request order."""
         _check_key(service, body.entity_key)
         return _response(service.predict_entities(body.entities, body.time_point), request)
@@ -236,15 +234,18 @@ def _check_key(service: ServiceCore, entity_key: str | None) -> None:
         raise RequestError(f"entity_key '{entity_key}' is not this model's entity key '{expected}'")
 
 
-def _response(served: Served, request: Request) -> PredictionResponse:
-    """Errors, kept as exceptions by the service, become their messages."""
+def _response(served: Served, request: Request) -> Response:
+    """The response, validated once and serialized by pydantic; returned as a finished Response
+    so that FastAPI does not dump, re-validate and re-encode it (3 ms at 100 entities). Errors,
+    kept as exceptions by the service, become their messages."""
     request.state.model_version = served.model.version
     predictions = [
         Prediction(**{**item, "error": str(item["error"])} if "error" in item else item)
         for item in served.items
     ]
-    return PredictionResponse(
+    body = PredictionResponse(
         request_id=served.request_id,
         model=ModelInfo(**served.model.describe()),
         predictions=predictions,
     )
+    return Response(body.model_dump_json(), media_type="application/json")
