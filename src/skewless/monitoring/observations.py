@@ -48,7 +48,7 @@ def observe(
     served = read_served(monitoring_engine(request_log_url(config, home)), since)
     served = served[served["served_at"] <= until.astimezone(UTC).replace(tzinfo=None)]
     served = served.assign(entity=_typed_entities(served[ENTITY], config))
-    forecasts = served[served["error"].isna()]
+    forecasts = served[served["error"].isna()]  # Observations.forecasts, before it exists
     step = parse_frequency(config.data.frequency)
     table = offline_table(config, home)
     inputs = _inputs(table, forecasts, step, lookback, config.data.entity_key)
@@ -62,6 +62,11 @@ def _typed_entities(entities: pd.Series, config: SkewlessConfig) -> pd.Series:
     if config.data.entity_type == "int64":
         return pd.to_numeric(entities, errors="coerce").astype("Int64")
     return entities
+
+
+def _plain(entities: Any) -> list[Any]:
+    """Entity ids as Python values, which the offline store's queries bind."""
+    return [int(e) if isinstance(e, np.integer) else e for e in entities]
 
 
 def _origins(forecasts: pd.DataFrame, step: pd.Timedelta) -> pd.Series:
@@ -84,7 +89,7 @@ def _inputs(
     )
     spans["min"] -= step * (lookback - 1)
     rows = table.history(
-        [int(e) if isinstance(e, np.integer) else e for e in spans.index],
+        _plain(spans.index),
         spans["min"].min().to_pydatetime(),
         spans["max"].max().to_pydatetime(),
     )
@@ -131,7 +136,7 @@ def _with_actuals(steps: pd.DataFrame, table: Any, config: SkewlessConfig) -> pd
     """``steps`` whose actual is recorded, with it as ``actual``."""
     if steps.empty:
         return steps.assign(actual=pd.Series(dtype=np.float64))
-    entities = [int(e) if isinstance(e, np.integer) else e for e in steps[ENTITY].unique()]
+    entities = _plain(steps[ENTITY].unique())
     stamps = pd.to_datetime(steps[EVENT_TS], utc=True)
     rows = table.history(entities, stamps.min().to_pydatetime(), stamps.max().to_pydatetime())
     if rows.empty:
