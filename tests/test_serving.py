@@ -4,6 +4,7 @@ operations, alias hot-swap under load, and schemathesis over the OpenAPI schema.
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from skewless.features.repo import FeastRepo
 from skewless.features.validation import EVENT_TS
 from skewless.registry.registry import ModelRegistry
+from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.request_log import monitoring_engine, read_served, request_log_url
 from tests.conftest import ETTH_CONFIG, free_port
 
@@ -339,3 +341,7 @@ def test_schemathesis_finds_no_server_error(server: str) -> None:
 
         check()
     assert not failures, failures
+
+
+def test_servers_keep_freed_memory_where_the_libc_is_glibc() -> None:
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

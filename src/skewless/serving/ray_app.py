@@ -25,6 +25,7 @@ from skewless.bundle.bundle import ForecastBundle, PreparedWindows
 from skewless.core.config import DeploymentScaling, SkewlessConfig
 from skewless.core.errors import SkewlessError
 from skewless.registry.registry import ModelRegistry
+from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.fastapi_app import create_app
 from skewless.serving.service import LoadedModel, OnlineWindowFetcher, ServiceCore
 from skewless.training.tracking import tracking_uri
@@ -60,6 +61,7 @@ class Features:
     """Online windows of many entities per call."""
 
     def __init__(self, config_json: dict[str, Any], home: str) -> None:
+        keep_freed_memory()
         self.fetcher = OnlineWindowFetcher(_config(config_json), Path(home))
 
     def fetch(
@@ -75,6 +77,7 @@ class _BundleStage:
     """A deployment that runs one stage of the bundle, for whichever version a request names."""
 
     def __init__(self, config_json: dict[str, Any], home: str) -> None:
+        keep_freed_memory()
         self.bundles = _Bundles(_config(config_json), Path(home))
 
     def warm(self, version: int) -> None:

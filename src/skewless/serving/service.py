@@ -40,6 +40,7 @@ from skewless.features.strategies import OnlineRetrievalStrategy
 from skewless.features.validation import EVENT_TS
 from skewless.features.window_view import windows_frame
 from skewless.registry.registry import ModelRegistry
+from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.metrics import ServingMetrics
 from skewless.serving.request_log import open_request_log, served_records
 from skewless.training.tracking import tracking_uri
@@ -76,6 +77,7 @@ class ServiceCore(ABC):
     """Everything but where the stages run: fetching windows and predicting are abstract."""
 
     def __init__(self, config: SkewlessConfig, home: Path, alias: str | None = None) -> None:
+        keep_freed_memory()
         self.config = config
         self.home = home
         self.alias = alias or config.serving.alias
