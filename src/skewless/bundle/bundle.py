@@ -86,6 +86,35 @@ class PreparedWindows:
 
 
 @dataclass(frozen=True)
+class Forecasts:
+    """The second stage's output as arrays, which servers read their answers from directly."""
+
+    entities: np.ndarray  # (windows,)
+    times: np.ndarray  # (windows, horizon): UTC nanoseconds of each forecast step
+    point: np.ndarray  # (windows, horizon, targets)
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]]  # level in percent ("80") -> lower, upper
+
+    def frame(self, spec: FeatureSpec) -> pd.DataFrame:
+        """One row per (entity, forecast timestamp, target): ``forecast`` and the bounds
+        ``lower_<level>`` / ``upper_<level>``."""
+        shape = self.point.shape
+        frame = pd.DataFrame(
+            {
+                spec.entity_key: np.broadcast_to(self.entities[:, None, None], shape).ravel(),
+                EVENT_TS: pd.to_datetime(
+                    np.broadcast_to(self.times[:, :, None], shape).ravel(), utc=True
+                ),
+                TARGET: np.broadcast_to(np.array(spec.targets)[None, None], shape).ravel(),
+                FORECAST: self.point.ravel(),
+            }
+        )
+        for level, (lower, upper) in self.bounds.items():
+            frame[f"lower_{level}"] = lower.ravel()
+            frame[f"upper_{level}"] = upper.ravel()
+        return frame
+
+
+@dataclass(frozen=True)
 class ForecastBundle:
     spec: FeatureSpec
     preprocessor: Preprocessor
@@ -107,9 +136,22 @@ class ForecastBundle:
         return self._windows(self._checked(rows))
 
     def finish(self, prepared: PreparedWindows) -> pd.DataFrame:
-        """The second stage of ``predict``: the model, original units, intervals, the frame."""
+        """The second stage of ``predict``, as the frame ``predict`` documents."""
+        return self.forecasts(prepared).frame(self.spec)
+
+    def forecasts(self, prepared: PreparedWindows) -> Forecasts:
+        """The second stage as arrays: the model, original units, timestamps, intervals."""
         point = forecast(self.preprocessor, self.model, prepared.inputs, prepared.entities)
-        return self._frame(prepared.entities, prepared.last_times, point)
+        step = parse_frequency(self.spec.frequency).value
+        steps = np.arange(1, point.shape[1] + 1) * step
+        return Forecasts(
+            entities=prepared.entities,
+            times=prepared.last_times.asi8[:, None] + steps[None, :],
+            point=point,
+            bounds={
+                f"{level * 100:g}": sides for level, sides in self.intervals.bounds(point).items()
+            },
+        )
 
     def _checked(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Typed copies of the input columns, sorted by entity and time; every problem reported
@@ -189,28 +231,6 @@ class ForecastBundle:
             if empty:
                 problems.append(f"entity {entity!r}: missing values (NaN) in {empty}")
         return problems
-
-    def _frame(
-        self, entities: np.ndarray, last_times: pd.DatetimeIndex, point: np.ndarray
-    ) -> pd.DataFrame:
-        spec = self.spec
-        step = parse_frequency(spec.frequency)
-        windows, horizon, targets = point.shape
-        steps = np.arange(1, horizon + 1)
-        times = last_times.asi8[:, None, None] + steps[None, :, None] * step.value
-        shape = (windows, horizon, targets)
-        frame = pd.DataFrame(
-            {
-                spec.entity_key: np.broadcast_to(entities[:, None, None], shape).ravel(),
-                EVENT_TS: pd.to_datetime(np.broadcast_to(times, shape).ravel(), utc=True),
-                TARGET: np.broadcast_to(np.array(spec.targets)[None, None], shape).ravel(),
-                FORECAST: point.ravel(),
-            }
-        )
-        for level, (lower, upper) in self.intervals.bounds(point).items():
-            frame[f"lower_{level * 100:g}"] = lower.ravel()
-            frame[f"upper_{level * 100:g}"] = upper.ravel()
-        return frame
 
 
 def _entities(values: pd.Series, spec: FeatureSpec, problems: list[str]) -> pd.Series:

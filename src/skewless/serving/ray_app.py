@@ -21,7 +21,7 @@ from ray.exceptions import RayTaskError
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
-from skewless.bundle.bundle import ForecastBundle, PreparedWindows
+from skewless.bundle.bundle import ForecastBundle, Forecasts, PreparedWindows
 from skewless.core.config import DeploymentScaling, SkewlessConfig
 from skewless.core.errors import SkewlessError
 from skewless.registry.registry import ModelRegistry
@@ -97,8 +97,8 @@ class Preprocessing(_BundleStage):
 class Model(_BundleStage):
     """The bundle's second stage: the forecaster, original units, intervals."""
 
-    def finish(self, version: int, prepared: PreparedWindows) -> pd.DataFrame:
-        return self.bundles.get(version).finish(prepared)
+    def finish(self, version: int, prepared: PreparedWindows) -> Forecasts:
+        return self.bundles.get(version).forecasts(prepared)
 
 
 class RayForecastService(ServiceCore):
@@ -137,10 +137,10 @@ class RayForecastService(ServiceCore):
         rows, problems = _result(self.features.fetch.remote(entities, point, lookback))
         return rows, problems
 
-    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
+    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
         prepared = self.preprocessing.prepare.remote(model.version, rows)
-        frame: pd.DataFrame = _result(self.model.finish.remote(model.version, prepared))
-        return frame
+        forecasts: Forecasts = _result(self.model.finish.remote(model.version, prepared))
+        return forecasts
 
 
 def _result(response: DeploymentResponse | DeploymentResponseGenerator) -> Any:

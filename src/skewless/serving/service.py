@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skewless.bundle.bundle import FORECAST, ForecastBundle
+from skewless.bundle.bundle import FORECAST, ForecastBundle, Forecasts
 from skewless.bundle.reference import DECILES
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError, RequestError, SkewlessError
@@ -37,7 +37,6 @@ from skewless.features.facade import parse_time_point
 from skewless.features.online import WindowReader, window_reader
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
-from skewless.features.validation import EVENT_TS
 from skewless.features.window_view import windows_frame
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
@@ -108,8 +107,8 @@ class ServiceCore(ABC):
         (one frame; None if none has), and the problem of each entity that has not."""
 
     @abstractmethod
-    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
-        """``model.bundle.predict(rows)``, wherever its stages run."""
+    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
+        """The bundle's two stages on ``rows``, wherever they run."""
 
     # -- model versions ------------------------------------------------------------------------
 
@@ -216,8 +215,8 @@ class ForecastService(ServiceCore):
     ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
         return self.windows.fetch(entities, point, lookback)
 
-    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
-        return model.bundle.predict(rows)
+    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
+        return model.bundle.forecasts(model.bundle.prepare(rows))
 
 
 class OnlineWindowFetcher:
@@ -296,26 +295,22 @@ def _key(model: LoadedModel) -> str:
     return model.bundle.spec.entity_key
 
 
-def _items(forecast: pd.DataFrame, model: LoadedModel) -> dict[Any, Item]:
-    """Response items by entity, read straight from the bundle's frame, whose rows run entity by
-    entity, then horizon step, then target. Each column becomes nested lists in one call."""
-    spec = model.bundle.spec
-    targets, horizon = list(spec.targets), spec.horizon
-    per_entity = horizon * len(targets)
-    count = len(forecast) // per_entity
+def _items(forecasts: Forecasts, model: LoadedModel) -> dict[Any, Item]:
+    """Response items by entity, read straight from the bundle's arrays; each array becomes
+    nested lists in one call."""
+    targets = model.bundle.spec.targets
 
-    def lists(column: str) -> list[list[list[float]]]:
-        """[entity][target][step]"""
-        cube = forecast[column].to_numpy().reshape(count, horizon, len(targets))
-        return cube.transpose(0, 2, 1).tolist()
+    def lists(values: np.ndarray) -> list[list[list[float]]]:
+        """[entity][target][step] from (entity, step, target)"""
+        return values.transpose(0, 2, 1).tolist()
 
-    entities = forecast[spec.entity_key].to_numpy()[::per_entity].tolist()
-    utc = pd.DatetimeIndex(forecast[EVENT_TS]).tz_convert(None).to_numpy()[:: len(targets)]
-    stamps = np.datetime_as_string(utc, unit="s").astype(object) + "+00:00"
-    times = stamps.reshape(count, horizon).tolist()
-    point = lists(FORECAST)
-    levels = [c.removeprefix("lower_") for c in forecast.columns if c.startswith("lower_")]
-    bounds = {side: {level: lists(f"{side}_{level}") for level in levels} for side in SIDES}
+    stamps = np.datetime_as_string(forecasts.times.astype("datetime64[ns]"), unit="s")
+    times = (stamps.astype(object) + "+00:00").tolist()
+    point = lists(forecasts.point)
+    bounds = {
+        side: {level: lists(pair[k]) for level, pair in forecasts.bounds.items()}
+        for k, side in enumerate(SIDES)
+    }
     return {
         entity: {
             "entity": entity,
@@ -329,5 +324,5 @@ def _items(forecast: pd.DataFrame, model: LoadedModel) -> dict[Any, Item]:
                 for side, by_level in bounds.items()
             },
         }
-        for i, entity in enumerate(entities)
+        for i, entity in enumerate(forecasts.entities.tolist())
     }
