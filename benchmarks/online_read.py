@@ -35,7 +35,7 @@ import pandas as pd
 from skewless.core.config import load_config
 from skewless.features.ingest import ingest_frames
 from skewless.features.materialize import materialize
-from skewless.features.online import READERS, RedisHashReader, window_reader
+from skewless.features.online import RedisHashReader, readers_for, window_reader
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
 from skewless.features.validation import SERIES_VIEW
@@ -102,9 +102,7 @@ def record(store: str, method: str, entities: int, samples: list[float]) -> dict
 def online_records(repo: FeastRepo, store: str, quick: bool) -> list[dict[str, object]]:
     """Each reader through the online strategy; on Redis also the bare fetch (the floor)."""
     calls: dict[str, Callable[[list[int]], object]] = {}
-    for method in READERS:
-        if method == "redis_hash" and store != "redis":
-            continue
+    for method in readers_for(store):
         strategy = OnlineRetrievalStrategy(repo, None, window_reader(repo, method))
         calls[method] = strategy.retrieve
     if store == "redis":

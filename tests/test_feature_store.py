@@ -14,7 +14,7 @@ from skewless.core.errors import FeatureStoreError, StaleFeaturesError, UnknownE
 from skewless.features.facade import FeatureStoreFacade
 from skewless.features.ingest import ingest_frames
 from skewless.features.materialize import materialize
-from skewless.features.online import READERS, window_reader
+from skewless.features.online import readers_for, window_reader
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import (
     OnlineRetrievalStrategy,
@@ -147,6 +147,19 @@ def test_incremental_materialize_and_push_on_redis(make_repo: MakeRepo) -> None:
     )
 
 
+def test_every_reader_returns_the_same_windows_on_sqlite(make_repo: MakeRepo) -> None:
+    repo = make_repo()
+    ingest_frames(repo, [(str(e), raw_rows(e, "2020-01-01", 30 + e, seed=e)) for e in (1, 2, 3)])
+    materialize(repo)
+    readers = readers_for("sqlite")
+    assert readers == ["get_online_features", "online_read", "sqlite_table"]
+    blobs = {method: window_reader(repo, method).read([3, 1, 42, 2]) for method in readers}
+    assert blobs["sqlite_table"][2] is None
+    assert blobs["sqlite_table"] == blobs["online_read"] == blobs["get_online_features"]
+    for method in readers:
+        assert_windows_equal_offline_tail(repo, [1, 2, 3], method)
+
+
 @pytest.mark.redis
 def test_every_reader_returns_the_same_windows_on_redis(make_repo: MakeRepo) -> None:
     repo = make_repo(
@@ -154,10 +167,11 @@ def test_every_reader_returns_the_same_windows_on_redis(make_repo: MakeRepo) -> 
     )
     ingest_frames(repo, [(str(e), raw_rows(e, "2020-01-01", 30 + e, seed=e)) for e in (1, 2, 3)])
     materialize(repo)
-    blobs = {method: window_reader(repo, method).read([3, 1, 42, 2]) for method in READERS}
+    readers = readers_for("redis")
+    blobs = {method: window_reader(repo, method).read([3, 1, 42, 2]) for method in readers}
     assert blobs["redis_hash"][2] is None
     assert blobs["redis_hash"] == blobs["online_read"] == blobs["get_online_features"]
-    for method in READERS:
+    for method in readers:
         assert_windows_equal_offline_tail(repo, [1, 2, 3], method)
 
     reader = window_reader(repo, "redis_hash")
@@ -166,9 +180,16 @@ def test_every_reader_returns_the_same_windows_on_redis(make_repo: MakeRepo) -> 
     assert reader.read([1, 2]) == before  # a connection killed by the server is replaced
 
 
-def test_redis_reader_needs_redis(etth_sqlite: FeastRepo) -> None:
+def test_store_specific_readers_refuse_other_stores(
+    etth_sqlite: FeastRepo, make_repo: MakeRepo
+) -> None:
     with pytest.raises(ValueError, match="needs feature_store.online_store.type: redis"):
         window_reader(etth_sqlite, "redis_hash")
+    redis_repo = make_repo(
+        "feature_store.online_store.type=redis", f"feature_store.online_store.url={REDIS_URL}"
+    )
+    with pytest.raises(ValueError, match="needs feature_store.online_store.type: sqlite"):
+        window_reader(redis_repo, "sqlite_table")
 
 
 def test_window_end_is_stored_beside_the_window(etth_sqlite: FeastRepo) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from functools import cache
 
 import pandas as pd
 from pandas.tseries.offsets import Tick
 
 
+@cache  # every request parses the config's frequency; pandas takes ~0.2 ms to
 def parse_frequency(alias: str) -> pd.Timedelta:
     """Return the fixed step of a pandas frequency alias such as ``h``, ``15min`` or ``D``.
 

@@ -52,12 +52,18 @@ def engineered_columns(config: SkewlessConfig) -> list[str]:
 def engineer(timestamps: pd.Series | pd.DatetimeIndex, config: SkewlessConfig) -> pd.DataFrame:
     """Calendar features for UTC ``timestamps`` as float32 columns, index aligned with input."""
     index = timestamps.index if isinstance(timestamps, pd.Series) else None
-    utc = pd.DatetimeIndex(timestamps)
-    local = utc.tz_convert(config.data.timezone or "UTC").tz_localize(None).to_numpy()
+    # A served request's entities share one set of timestamps: compute each distinct one once.
+    codes, distinct = pd.factorize(pd.DatetimeIndex(timestamps), use_na_sentinel=False)
+    local = (
+        pd.DatetimeIndex(distinct)
+        .tz_convert(config.data.timezone or "UTC")
+        .tz_localize(None)
+        .to_numpy()
+    )
     columns: dict[str, np.ndarray] = {}
     for name in config.features.calendar:
         period, read = _CALENDAR[name]
         sin, cos = _circle(period)
-        position = read(local)
+        position = read(local)[codes]
         columns[f"{name}_sin"], columns[f"{name}_cos"] = sin[position], cos[position]
     return pd.DataFrame(columns, index=index)

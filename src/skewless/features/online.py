@@ -6,6 +6,8 @@ Three readers return the same blobs, in request order (None for unknown entities
 - ``online_read``: Feast's online-store layer, one level down, for any online store.
 - ``redis_hash``: for Redis, one pipelined HGET per entity on the keys and fields Feast's Redis
   store writes, with the encoded entity keys cached; no per-call proto work besides one parse.
+- ``sqlite_table``: for SQLite, one SELECT of the window feature on the table Feast's SQLite
+  store writes, on Feast's own connection, with the encoded entity keys cached.
 
 ``benchmarks/online_read.py`` measures all three side by side; :func:`window_reader` picks the
 fastest one that the configured store supports.
@@ -15,15 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis
 from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores import sqlite as feast_sqlite
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from skewless.core.config import RedisOnlineStore
+from skewless.core.config import RedisOnlineStore, SqliteOnlineStore
 from skewless.features.repo import WINDOW_FEATURE, WINDOW_VIEW, FeastRepo
 
 _KEY_CACHE_SIZE = 1 << 17
@@ -43,6 +46,18 @@ def entity_key_proto(entity_key: str, entity_type: str, entity: Any) -> EntityKe
         else ValueProto(string_val=str(entity))
     )
     return EntityKeyProto(join_keys=[entity_key], entity_values=[value])
+
+
+def serialized_keys(repo: FeastRepo) -> Callable[[Any], bytes]:
+    """Feast's serialized key of an entity id, cached: encoding costs more than reading."""
+    version = repo.store.config.entity_key_serialization_version
+    key, kind = repo.config.data.entity_key, repo.config.data.entity_type
+
+    @lru_cache(maxsize=_KEY_CACHE_SIZE)
+    def serialized(entity: Any) -> bytes:
+        return serialize_entity_key(entity_key_proto(key, kind, entity), version)
+
+    return serialized
 
 
 class GetOnlineFeaturesReader:
@@ -93,13 +108,11 @@ class RedisHashReader:
         self.client = redis.Redis.from_url(online.url)
         self.field = _mmh3(f"{WINDOW_VIEW}:{WINDOW_FEATURE}")
         project = repo.config.project.encode()
-        version = repo.store.config.entity_key_serialization_version
-        key, kind = repo.config.data.entity_key, repo.config.data.entity_type
+        serialized = serialized_keys(repo)
         pack = self.client.connection_pool.connection_class().pack_command
 
-        @lru_cache(maxsize=_KEY_CACHE_SIZE)
         def redis_key(entity: Any) -> bytes:
-            return serialize_entity_key(entity_key_proto(key, kind, entity), version) + project
+            return serialized(entity) + project
 
         @lru_cache(maxsize=_KEY_CACHE_SIZE)
         def command(entity: Any) -> bytes:
@@ -132,6 +145,33 @@ class RedisHashReader:
         raise AssertionError("unreachable")
 
 
+class SqliteTableReader:
+    """SQLite only: one SELECT of the window feature on the table Feast's SQLite store wrote,
+    on Feast's own connection, keys from a cache and no timestamp parsed: 2.5x faster than
+    ``online_read`` at 100 entities (benchmarks/online_read.py)."""
+
+    def __init__(self, repo: FeastRepo) -> None:
+        assert isinstance(repo.config.feature_store.online_store, SqliteOnlineStore)
+        store = repo.store
+        self._config = store.config
+        self._online = cast(feast_sqlite.SqliteOnlineStore, store._get_provider().online_store)
+        versioned = store.config.registry.enable_online_feature_view_versioning
+        view = store.get_feature_view(WINDOW_VIEW)
+        table = feast_sqlite._table_id(repo.config.project, view, versioned)
+        self._select = (
+            f"SELECT entity_key, value FROM {feast_sqlite._quote_id(table)} "
+            "WHERE feature_name = ? AND entity_key IN "
+        )
+        self._key = serialized_keys(repo)
+
+    def read(self, entities: Sequence[Any]) -> list[bytes | None]:
+        keys = [self._key(entity) for entity in entities]
+        connection = self._online._get_conn(self._config)
+        placeholders = f"({','.join('?' * len(keys))})"
+        found = dict(connection.execute(self._select + placeholders, [WINDOW_FEATURE, *keys]))
+        return [None if (value := found.get(k)) is None else _bytes_value(value) for k in keys]
+
+
 def _bytes_value(serialized: bytes) -> bytes:
     value = ValueProto()
     value.ParseFromString(serialized)
@@ -142,16 +182,22 @@ READERS: dict[str, Callable[[FeastRepo], WindowReader]] = {
     "get_online_features": GetOnlineFeaturesReader,
     "online_read": OnlineReadReader,
     "redis_hash": RedisHashReader,
+    "sqlite_table": SqliteTableReader,
 }
+# online_store.type -> the reader that works on that store only, and is the fastest there
+STORE_READERS = {"redis": "redis_hash", "sqlite": "sqlite_table"}
+
+
+def readers_for(store: str) -> list[str]:
+    """The readers that work on an online store of type ``store``."""
+    return [m for m in READERS if m not in STORE_READERS.values() or STORE_READERS[store] == m]
 
 
 def window_reader(repo: FeastRepo, method: str | None = None) -> WindowReader:
     """The named reader, or the fastest one the configured online store supports."""
-    if method is None:
-        redis_store = isinstance(repo.config.feature_store.online_store, RedisOnlineStore)
-        method = "redis_hash" if redis_store else "online_read"
-    if method == "redis_hash" and not isinstance(
-        repo.config.feature_store.online_store, RedisOnlineStore
-    ):
-        raise ValueError("the redis_hash reader needs feature_store.online_store.type: redis")
+    store = repo.config.feature_store.online_store.type
+    method = method or STORE_READERS[store]
+    for needed, only_there in STORE_READERS.items():
+        if method == only_there and store != needed:
+            raise ValueError(f"the {method} reader needs feature_store.online_store.type: {needed}")
     return READERS[method](repo)

@@ -134,7 +134,7 @@ def served_records(
             {
                 **common,
                 "entity": str(item["entity"]),
-                "first_step": _naive_utc(stamps[0]) if stamps else None,
+                "first_step": _naive_utc(datetime.fromisoformat(stamps[0])) if stamps else None,
                 "forecast": item.get("forecast"),
                 "lower": item.get("lower"),
                 "upper": item.get("upper"),
@@ -247,6 +247,5 @@ def _json(value: Any) -> str:
     return pydantic_core.to_json(value).decode()
 
 
-def _naive_utc(moment: datetime | str) -> datetime:
-    stamp = pd.Timestamp(moment)
-    return (stamp.tz_convert(UTC) if stamp.tzinfo else stamp).tz_localize(None).to_pydatetime()
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
