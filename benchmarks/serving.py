@@ -8,7 +8,9 @@ concurrency 1, 8 and 32, for 1, 10 and 100 entities per request, against:
   preprocessing and model deployments);
 - `mlflow models serve` on the same registered model: POST /invocations with the raw rows
   (what a client without the feature store would have to send);
-- a bare FastAPI endpoint returning a constant under the same uvicorn: the ceiling of the machine.
+- a bare FastAPI endpoint returning a constant under the same uvicorn: the ceiling of the machine;
+- a Ray Serve ingress that calls a no-op deployment three times, with `serve`'s Ray settings:
+  the floor of the Ray Serve path.
 
 The model is the shipped config's NLinear trained on ETTh1 + ETTh2; the entities are synthetic
 copies of the stations in a SQLite online store. Results: benchmarks/results/serving.json.
@@ -59,6 +61,40 @@ app = FastAPI()
 def constant() -> dict:
     return {"forecast": [0.0] * 24}
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+# Ray Serve's own floor: the ingress calls a no-op deployment three times in a row, as skewless's
+# ingress calls its features, preprocessing and model deployments; same settings as `serve`.
+RAY_FLOOR_APP = """
+import os, signal, sys, threading
+from skewless.cli import RAY_SERVE_SETTINGS
+os.environ.update({"RAY_AUTH_MODE": "disabled", **RAY_SERVE_SETTINGS})
+import ray
+from fastapi import FastAPI
+from ray import serve
+app = FastAPI()
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class Stage:
+    def run(self, value: int) -> int:
+        return value
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, stage) -> None:
+        self.stage = stage
+    @app.post("/constant")
+    def constant(self) -> dict:
+        value = 0
+        for _ in range(3):
+            value = self.stage.run.remote(value).result()
+        return {"forecast": [float(value)] * 24}
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
+serve.run(Ingress.bind(Stage.bind()), route_prefix="/")
+stop.wait()
+serve.shutdown()
+ray.shutdown()
 """
 
 
@@ -204,6 +240,13 @@ def main() -> None:
             (
                 "ceiling",
                 [sys.executable, "-c", CEILING_APP, str(port)],
+                "POST /constant",
+                {0: b"{}"},
+                "/constant",
+            ),
+            (
+                "ray floor: ingress + 3 no-op handle calls",
+                [sys.executable, "-c", RAY_FLOOR_APP, str(port)],
                 "POST /constant",
                 {0: b"{}"},
                 "/constant",
