@@ -3,8 +3,9 @@ beside them (interval widths, reference statistics, metadata), moved and loaded 
 
 ``forecast`` is the one function that turns preprocessed windows into forecasts in original
 units; training, backtests and ``ForecastBundle.predict`` all call it. ``predict`` is two stages,
-``prepare`` (check, preprocess, cut windows) and ``finish`` (model, intervals), so that a
-distributed server can run them in separate processes without re-implementing either.
+``prepare`` (check, preprocess, cut windows) and ``forecasts`` (model, intervals, as arrays),
+then a frame; servers run the two stages and answer from the arrays (a distributed one in
+separate processes) without re-implementing either.
 """
 
 from __future__ import annotations
@@ -129,18 +130,14 @@ class ForecastBundle:
         Returns one row per (entity, forecast timestamp, target): the point forecast and the
         bounds ``lower_<level>`` / ``upper_<level>`` (level in percent) of every interval.
         """
-        return self.finish(self.prepare(rows))
+        return self.forecasts(self.prepare(rows)).frame(self.spec)
 
     def prepare(self, rows: pd.DataFrame) -> PreparedWindows:
         """The first stage of ``predict``: checked rows, preprocessed and cut into windows."""
         return self._windows(self._checked(rows))
 
-    def finish(self, prepared: PreparedWindows) -> pd.DataFrame:
-        """The second stage of ``predict``, as the frame ``predict`` documents."""
-        return self.forecasts(prepared).frame(self.spec)
-
     def forecasts(self, prepared: PreparedWindows) -> Forecasts:
-        """The second stage as arrays: the model, original units, timestamps, intervals."""
+        """The second stage of ``predict``: the model, original units, timestamps, intervals."""
         point = forecast(self.preprocessor, self.model, prepared.inputs, prepared.entities)
         step = parse_frequency(self.spec.frequency).value
         steps = np.arange(1, point.shape[1] + 1) * step

@@ -9,7 +9,7 @@ import pandas as pd
 from pandas.tseries.offsets import Tick
 
 
-@cache  # every request parses the config's frequency; pandas takes ~0.2 ms to
+@cache  # called on every request with the config's frequency; pandas parses in ~0.2 ms
 def parse_frequency(alias: str) -> pd.Timedelta:
     """Return the fixed step of a pandas frequency alias such as ``h``, ``15min`` or ``D``.
 

@@ -1,6 +1,6 @@
 """Reading packed windows of many entities from the online store in one call.
 
-Three readers return the same blobs, in request order (None for unknown entities):
+Four readers return the same blobs, in request order (None for unknown entities):
 
 - ``get_online_features``: Feast's public API; converts every value to response protos.
 - ``online_read``: Feast's online-store layer, one level down, for any online store.
@@ -9,7 +9,7 @@ Three readers return the same blobs, in request order (None for unknown entities
 - ``sqlite_table``: for SQLite, one SELECT of the window feature on the table Feast's SQLite
   store writes, on Feast's own connection, with the encoded entity keys cached.
 
-``benchmarks/online_read.py`` measures all three side by side; :func:`window_reader` picks the
+``benchmarks/online_read.py`` measures them side by side; :func:`window_reader` picks the
 fastest one that the configured store supports.
 """
 

@@ -97,7 +97,7 @@ class Preprocessing(_BundleStage):
 class Model(_BundleStage):
     """The bundle's second stage: the forecaster, original units, intervals."""
 
-    def finish(self, version: int, prepared: PreparedWindows) -> Forecasts:
+    def forecasts(self, version: int, prepared: PreparedWindows) -> Forecasts:
         return self.bundles.get(version).forecasts(prepared)
 
 
@@ -139,7 +139,7 @@ class RayForecastService(ServiceCore):
 
     def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
         prepared = self.preprocessing.prepare.remote(model.version, rows)
-        forecasts: Forecasts = _result(self.model.finish.remote(model.version, prepared))
+        forecasts: Forecasts = _result(self.model.forecasts.remote(model.version, prepared))
         return forecasts
 
 
