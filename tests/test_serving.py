@@ -227,6 +227,11 @@ def test_metrics_and_the_request_log_record_every_answer(
         answer["predictions"][0]["timestamps"][0]
     ).tz_localize(None)
     assert unknown["error"].startswith("UnknownEntityError") and unknown["forecast"] is None
+    refused = httpx.post(f"{server}/predict/feast", json={"entity": 98, "time_point": LAST})
+    assert refused.status_code == 404  # an answer that is an error is logged too
+    while read_served(engine).query("entity == '98' and endpoint == '/predict/feast'").empty:
+        assert time.monotonic() < deadline, "the refused request never reached the request log"
+        time.sleep(0.2)
 
 
 def add_version(config) -> int:
