@@ -66,8 +66,8 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 # ingress calls its features, preprocessing and model deployments; same settings as `serve`.
 RAY_FLOOR_APP = """
 import os, signal, sys, threading
-from skewless.cli import RAY_SERVE_SETTINGS
-os.environ.update({"RAY_AUTH_MODE": "disabled", **RAY_SERVE_SETTINGS})
+from skewless.cli import ray_serve_settings
+os.environ.update({"RAY_AUTH_MODE": "disabled", **ray_serve_settings()})
 import ray
 from fastapi import FastAPI
 from ray import serve

