@@ -180,16 +180,18 @@ def test_every_reader_returns_the_same_windows_on_redis(make_repo: MakeRepo) -> 
     assert reader.read([1, 2]) == before  # a connection killed by the server is replaced
 
 
-def test_store_specific_readers_refuse_other_stores(
-    etth_sqlite: FeastRepo, make_repo: MakeRepo
-) -> None:
+def test_redis_reader_needs_redis(etth_sqlite: FeastRepo) -> None:
     with pytest.raises(ValueError, match="needs feature_store.online_store.type: redis"):
         window_reader(etth_sqlite, "redis_hash")
-    redis_repo = make_repo(
+
+
+@pytest.mark.redis
+def test_sqlite_reader_needs_sqlite(make_repo: MakeRepo) -> None:
+    repo = make_repo(
         "feature_store.online_store.type=redis", f"feature_store.online_store.url={REDIS_URL}"
     )
     with pytest.raises(ValueError, match="needs feature_store.online_store.type: sqlite"):
-        window_reader(redis_repo, "sqlite_table")
+        window_reader(repo, "sqlite_table")
 
 
 def test_window_end_is_stored_beside_the_window(etth_sqlite: FeastRepo) -> None:
