@@ -5,8 +5,10 @@ in headless Chromium."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -216,6 +218,53 @@ def test_a_full_request_log_drops_and_counts_instead_of_blocking(tmp_path: Path)
     blocker.close()
     log.close()
     assert counted == {"dropped": 5, "written": 2}
+
+
+def _writer() -> multiprocessing.Process:
+    """The request log's writer process (failing the test when there is none)."""
+    (writer,) = [c for c in multiprocessing.active_children() if c.name == "skewless-request-log"]
+    return writer
+
+
+def test_the_request_log_writer_survives_ctrl_c_and_imports_this_skewless(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = tmp_path / "model_code" / "skewless"  # a loaded model's own copy, first on sys.path
+    stale.mkdir(parents=True)
+    (stale / "__init__.py").write_text("raise ImportError('the model artifact copy')\n")
+    monkeypatch.syspath_prepend(str(stale.parent))
+    url = f"sqlite:///{tmp_path / 'monitoring.db'}"
+    counted: dict[str, int] = {}
+    log = RequestLog(url, on_outcome=lambda o, n: counted.__setitem__(o, counted.get(o, 0) + n))
+    model = {"name": "m", "version": 1, "alias": "a"}
+    for request_id in ("before", "after"):
+        log.append(served_records(request_id, "/b", model, [{"entity": 1}], None, 0))
+        while not counted:  # until the writer is up and has written the first one
+            assert _writer().is_alive()
+            time.sleep(0.01)
+        os.kill(_writer().pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    log.close()
+    assert counted == {"written": 2}
+    assert list(read_served(monitoring_engine(url))["request_id"]) == ["before", "after"]
+
+
+def test_a_dead_request_log_writer_drops_and_counts(tmp_path: Path) -> None:
+    counted: dict[str, int] = {}
+    log = RequestLog(
+        f"sqlite:///{tmp_path / 'monitoring.db'}",
+        max_pending=1,
+        on_outcome=lambda o, n: counted.__setitem__(o, counted.get(o, 0) + n),
+    )
+    writer = _writer()
+    writer.kill()
+    writer.join()
+    model = {"name": "m", "version": 1, "alias": "a"}
+    records = served_records("r", "/b", model, [{"entity": 1, "error": KeyError(1)}], None, 0)
+    for _ in range(3):
+        log.append(records)
+    began = time.monotonic()
+    log.close(timeout=5)
+    assert counted == {"dropped": 3} and time.monotonic() - began < 5
 
 
 # -- the loop, end to end --------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The request log: every forecast a server answers, appended to SQLite or PostgreSQL.
 
-Requests only put their records on an in-memory queue; one writer thread per server inserts
-them in batches, so the request path pays for a few dict copies, not a database round trip.
-When the database is down or slower than the traffic, the queue fills to
+Requests only put their records on a queue; a writer process inserts them in batches, so the
+request path pays for building and pickling a few dicts, and the JSON encoding and inserts never
+hold the server's GIL. When the database is down or slower than the traffic, the queue fills to
 ``monitoring.request_log.max_pending`` requests and further records are dropped and counted
 (``skewless_request_log_records_total{outcome="dropped"}``): serving never waits on its log.
 
@@ -13,12 +13,17 @@ database holds the ``alerts`` table that ``skewless monitor`` appends to.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import queue
+import signal
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from multiprocessing.queues import Queue, SimpleQueue
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pandas as pd
 import pydantic_core
@@ -75,7 +80,7 @@ ALERTS = Table(
     Column("threshold", Float, nullable=False),
     Column("message", Text, nullable=False),
 )
-_STOP = object()
+_STOP = None  # on the queue: write what came before, then exit
 
 
 def request_log_url(config: SkewlessConfig, home: Path) -> str:
@@ -87,10 +92,17 @@ def request_log_url(config: SkewlessConfig, home: Path) -> str:
 
 
 def monitoring_engine(url: str) -> Engine:
-    """An engine on the monitoring database, its tables created; SQLite in WAL mode so that
-    several server processes and the monitor can use one file at once."""
+    """An engine on the monitoring database, its tables created."""
+    engine = _engine(url)
+    METADATA.create_all(engine)
+    return engine
+
+
+def _engine(url: str) -> Engine:
+    """An engine on the monitoring database; SQLite in WAL mode so that several server
+    processes and the monitor can use one file at once."""
     # pydantic's JSON encoder (Rust): the stdlib one took 6 of every 9 ms a 100-entity request
-    # cost the writer thread, which shares the GIL with the requests being served.
+    # cost the writer.
     engine = create_engine(url, pool_pre_ping=True, json_serializer=_json)
     if engine.dialect.name == "sqlite":
 
@@ -101,7 +113,6 @@ def monitoring_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-    METADATA.create_all(engine)
     return engine
 
 
@@ -145,7 +156,8 @@ def served_records(
 
 
 class RequestLog:
-    """Appends records from any thread; one background thread writes them in batches."""
+    """Appends records from any thread; a writer process inserts them, and a thread here
+    passes its outcomes (written, failed) on to ``on_outcome``."""
 
     def __init__(
         self,
@@ -154,65 +166,128 @@ class RequestLog:
         max_pending: int = 100_000,
         on_outcome: Callable[[str, int], None] | None = None,
     ) -> None:
-        self.engine = monitoring_engine(url)
-        self.flush_seconds = flush_seconds
-        self._pending: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        monitoring_engine(url).dispose()  # tables now, and a bad URL fails the server's start
+        # spawn: forking a process that runs uvicorn's or Ray's threads is not safe.
+        context = multiprocessing.get_context("spawn")
+        self._pending: Queue[list[dict[str, Any]] | None] = context.Queue(maxsize=max_pending)
+        self._outcomes: SimpleQueue[tuple[str, int] | None] = context.SimpleQueue()
         self._on_outcome = on_outcome or (lambda outcome, count: None)
-        self._writer = threading.Thread(target=self._write_forever, daemon=True, name="request-log")
-        self._writer.start()
+        self._writer = context.Process(
+            target=_write_forever,
+            args=(url, flush_seconds, self._pending, self._outcomes),
+            name="skewless-request-log",
+            daemon=True,
+        )
+        with _importable_from_here():
+            self._writer.start()
+        self._writer_lost = False
+        self._relay = threading.Thread(
+            target=self._relay_outcomes, daemon=True, name="request-log-outcomes"
+        )
+        self._relay.start()
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        """Queue one request's records; never blocks (a full queue drops them, counted)."""
-        try:
-            self._pending.put_nowait(records)
-        except queue.Full:
-            self._on_outcome("dropped", len(records))
+        """Queue one request's records; never blocks (a full queue, or a dead writer, drops
+        them, counted)."""
+        if self._writer.is_alive():
+            try:
+                self._pending.put_nowait(records)
+                return
+            except queue.Full:
+                pass
+        elif not self._writer_lost:
+            self._writer_lost = True
+            logger.error("request log: the writer exited (%s)", self._writer.exitcode)
+        self._on_outcome("dropped", len(records))
 
     @property
     def pending(self) -> int:
-        """Requests queued and not yet taken by the writer."""
+        """Requests queued and not yet taken by the writer (not available on macOS)."""
         return self._pending.qsize()
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer."""
-        self._pending.put(_STOP)
+        with suppress(queue.Full):  # full, with a dead writer: nothing left to stop
+            self._pending.put(_STOP, timeout=timeout)
         self._writer.join(timeout)
-        self.engine.dispose()
+        if self._writer.is_alive():
+            logger.error("request log: the writer did not finish within %.0f s", timeout)
+            self._writer.terminate()
+        if self._writer.exitcode != 0:  # records nobody will read must not hold up our exit
+            self._pending.cancel_join_thread()
+        self._outcomes.put(None)  # the relay's stop, should the writer have died without one
+        self._relay.join(timeout)
 
-    def _write_forever(self) -> None:
-        while True:
-            try:
-                first = self._pending.get(timeout=self.flush_seconds)
-            except queue.Empty:
-                continue
-            batch, stop = self._drain(first)
-            if batch:
-                self._write(batch)
-            if stop:
-                return
+    def _relay_outcomes(self) -> None:
+        while (outcome := self._outcomes.get()) is not None:
+            self._on_outcome(*outcome)
 
-    def _drain(self, first: object) -> tuple[list[dict[str, Any]], bool]:
-        """Everything queued now, as one batch; and whether the stop marker was among it."""
-        batch: list[dict[str, Any]] = []
-        item = first
-        while True:
-            if item is _STOP:
-                return batch, True
-            batch.extend(cast(list[dict[str, Any]], item))
-            try:
-                item = self._pending.get_nowait()
-            except queue.Empty:
-                return batch, False
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+@contextmanager
+def _importable_from_here() -> Iterator[None]:
+    """Have a spawned process import skewless from where this one did: spawn hands the child
+    this process's sys.path, and a loaded model has put first on it the copy of skewless it was
+    saved with (its MLflow code path), which may be another version."""
+    here = str(Path(__file__).parents[2])
+    sys.path.insert(0, here)
+    try:
+        yield
+    finally:
+        sys.path.remove(here)
+
+
+def _write_forever(
+    url: str,
+    flush_seconds: float,
+    pending: Queue[list[dict[str, Any]] | None],
+    outcomes: SimpleQueue[tuple[str, int] | None],
+) -> None:
+    """The writer process: insert batches until told to stop or the server is gone."""
+    # Ctrl-C or a stop signal to the whole process group must not lose queued records: the
+    # server's close() stops the writer after the last request.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    engine = _engine(url)
+    server = multiprocessing.parent_process()
+    stop = False
+    while not stop:
         try:
-            with self.engine.begin() as connection:
-                connection.execute(insert(SERVED), batch)
-        except Exception as exc:  # a log outage must not stop the writer, nor serving
-            logger.error("request log: %d records not written: %s", len(batch), exc)
-            self._on_outcome("failed", len(batch))
-        else:
-            self._on_outcome("written", len(batch))
+            first = pending.get(timeout=flush_seconds)
+        except queue.Empty:
+            stop = server is not None and not server.is_alive()
+            continue
+        batch, stop = _drain(pending, first)
+        if batch:
+            outcomes.put(_insert(engine, batch))
+    engine.dispose()
+    outcomes.put(None)
+
+
+def _drain(
+    pending: Queue[list[dict[str, Any]] | None], first: list[dict[str, Any]] | None
+) -> tuple[list[dict[str, Any]], bool]:
+    """Everything queued now, as one batch; and whether the stop marker was among it."""
+    batch: list[dict[str, Any]] = []
+    item = first
+    while True:
+        if item is _STOP:
+            return batch, True
+        batch.extend(item)
+        try:
+            item = pending.get_nowait()
+        except queue.Empty:
+            return batch, False
+
+
+def _insert(engine: Engine, batch: list[dict[str, Any]]) -> tuple[str, int]:
+    """Insert one batch; its outcome and size."""
+    try:
+        with engine.begin() as connection:
+            connection.execute(insert(SERVED), batch)
+    except Exception as exc:  # a log outage must not stop the writer, nor serving
+        logger.error("request log: %d records not written: %s", len(batch), exc)
+        return "failed", len(batch)
+    return "written", len(batch)
 
 
 def open_request_log(
