@@ -7,6 +7,7 @@ import importlib.util
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -52,7 +53,7 @@ def start_server(
         *[part for override in overrides for part in ("--set", override)],
     ]
     env = {**os.environ, "SKEWLESS_HOME": str(etth_sqlite.home), "SKEWLESS_ADMIN_TOKEN": TOKEN}
-    log = etth_sqlite.home.parent / f"server-{port}.log"  # a pipe nobody reads could fill up
+    log = server_log(etth_sqlite, port)  # a file: a pipe nobody reads could fill up
     with log.open("wb") as sink:
         server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -67,6 +68,11 @@ def start_server(
             server.kill()
             raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
         time.sleep(0.3)
+
+
+def server_log(etth_sqlite: FeastRepo, port: int) -> Path:
+    """Where the server started on ``port`` writes its output."""
+    return etth_sqlite.home.parent / f"server-{port}.log"
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -235,6 +241,21 @@ def test_metrics_and_the_request_log_record_every_answer(
     while read_served(engine).query("entity == '98' and endpoint == '/predict/feast'").empty:
         assert time.monotonic() < deadline, "the refused request never reached the request log"
         time.sleep(0.2)
+
+
+def test_a_stopped_server_has_written_its_request_log_and_exits_cleanly(
+    etth_sqlite: FeastRepo, etth_release: tuple
+) -> None:
+    config = etth_release[0]
+    server, url = start_server(etth_sqlite, config)
+    body = {"entities": [1], "time_point": LAST}
+    answers = [httpx.post(f"{url}/predict/feast/batch", json=body).json() for _ in range(20)]
+    server.terminate()
+    assert server.wait(timeout=60) == 128 + signal.SIGTERM  # uvicorn's graceful stop
+    logged = read_served(monitoring_engine(request_log_url(config, etth_sqlite.home)))
+    assert {a["request_id"] for a in answers} <= set(logged["request_id"])
+    output = server_log(etth_sqlite, int(url.rsplit(":", 1)[1])).read_text()
+    assert "Traceback" not in output and "leaked" not in output, output
 
 
 def add_version(config) -> int:

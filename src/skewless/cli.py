@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -303,7 +304,14 @@ def serve(
             f"serving {service.current.name} version {service.current.version} "
             f"(@{service.alias}) on http://{host}:{port} (FastAPI)"
         )
+        # uvicorn re-raises SIGTERM after its graceful shutdown; leave through Python's normal
+        # exit then, so that exit handlers run (they release the request log's queues).
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def ray_serve_settings() -> dict[str, str]:
@@ -323,7 +331,6 @@ def _serve_ray(
     repo: FeastRepo, alias: str | None, host: str, port: int, address: str | None
 ) -> None:
     """Start (or join) Ray, run the Serve application, and block until SIGINT or SIGTERM."""
-    import signal
     import threading
 
     # Ray 2.60 turns token auth on by default; a local cluster started here needs none.
