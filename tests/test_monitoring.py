@@ -165,7 +165,6 @@ def test_the_request_log_keeps_every_record_across_threads(log_url: str) -> None
     outcomes: dict[str, int] = {}
     log = RequestLog(
         log_url,
-        flush_seconds=0.05,
         on_outcome=lambda o, n: outcomes.__setitem__(o, outcomes.get(o, 0) + n),
     )
     model = {"name": "m", "version": 3, "alias": "production"}
@@ -265,6 +264,42 @@ def test_a_dead_request_log_writer_drops_and_counts(tmp_path: Path) -> None:
     began = time.monotonic()
     log.close(timeout=5)
     assert counted == {"dropped": 3} and time.monotonic() - began < 5
+
+
+_KILLED_SERVER = """
+import multiprocessing, sys
+from skewless.serving.request_log import RequestLog, served_records
+log = RequestLog(sys.argv[1], max_pending=100)
+print(multiprocessing.active_children()[0].pid, flush=True)
+items = [{"entity": i, "forecast": {"OT": [float(i)] * 2000}} for i in range(100)]
+model = {"name": "m", "version": 1, "alias": "a"}
+while True:
+    log.append(served_records("r", "/b", model, items, None, 0))
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_writer_of_a_killed_server_exits(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_SERVER, f"sqlite:///{tmp_path / 'monitoring.db'}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    writer = int(server.stdout.readline())
+    time.sleep(3)  # the writer is busy and records are on their way through the pipe
+    server.kill()
+    server.wait()
+    deadline = time.monotonic() + 30
+    while _running(writer):
+        assert time.monotonic() < deadline, "the writer outlived its server"
+        time.sleep(0.2)
 
 
 # -- the loop, end to end --------------------------------------------------------------------

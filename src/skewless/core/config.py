@@ -353,11 +353,8 @@ class RequestLogConfig(_Strict):
         default=None,
         description="SQLAlchemy URL; default sqlite under SKEWLESS_HOME, or postgresql+psycopg://...",
     )
-    flush_seconds: float = Field(
-        default=0.5, gt=0, description="how often an idle writer checks that its server still runs"
-    )
     max_pending: int = Field(
-        default=100_000, ge=1, description="records held before new ones are dropped (and counted)"
+        default=100_000, ge=1, description="requests queued before new ones are dropped (and counted)"
     )
 
 

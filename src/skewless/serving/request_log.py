@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -81,6 +83,7 @@ ALERTS = Table(
     Column("message", Text, nullable=False),
 )
 _STOP = None  # on the queue: write what came before, then exit
+_ORPHAN_SECONDS = 5.0  # how long a writer whose server died goes on writing what it has
 
 
 def request_log_url(config: SkewlessConfig, home: Path) -> str:
@@ -162,7 +165,6 @@ class RequestLog:
     def __init__(
         self,
         url: str,
-        flush_seconds: float = 0.5,
         max_pending: int = 100_000,
         on_outcome: Callable[[str, int], None] | None = None,
     ) -> None:
@@ -174,7 +176,7 @@ class RequestLog:
         self._on_outcome = on_outcome or (lambda outcome, count: None)
         self._writer = context.Process(
             target=_write_forever,
-            args=(url, flush_seconds, self._pending, self._outcomes),
+            args=(url, self._pending, self._outcomes),
             name="skewless-request-log",
             daemon=True,
         )
@@ -238,29 +240,35 @@ def _importable_from_here() -> Iterator[None]:
 
 def _write_forever(
     url: str,
-    flush_seconds: float,
     pending: Queue[list[dict[str, Any]] | None],
     outcomes: SimpleQueue[tuple[str, int] | None],
 ) -> None:
-    """The writer process: insert batches until told to stop or the server is gone."""
+    """The writer process: insert batches until told to stop, or soon after the server is
+    gone."""
     # Ctrl-C or a stop signal to the whole process group must not lose queued records: the
     # server's close() stops the writer after the last request.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_after_server, daemon=True).start()
     engine = _engine(url)
-    server = multiprocessing.parent_process()
     stop = False
     while not stop:
-        try:
-            first = pending.get(timeout=flush_seconds)
-        except queue.Empty:
-            stop = server is not None and not server.is_alive()
-            continue
-        batch, stop = _drain(pending, first)
+        batch, stop = _drain(pending, pending.get())
         if batch:
             outcomes.put(_insert(engine, batch))
     engine.dispose()
     outcomes.put(None)
+
+
+def _exit_after_server() -> None:
+    """Exit a while after the server has gone without stopping the writer: killed in the middle
+    of sending records, it leaves half a message in the pipe, on which the writer would wait
+    forever. The while is for inserting what did arrive whole."""
+    server = multiprocessing.parent_process()
+    assert server is not None, "the writer runs in a process of its own"
+    server.join()
+    time.sleep(_ORPHAN_SECONDS)
+    os._exit(0)
 
 
 def _drain(
@@ -298,7 +306,7 @@ def open_request_log(
     if not settings.enabled:
         return None
     url = request_log_url(config, home)
-    return RequestLog(url, settings.flush_seconds, settings.max_pending, on_outcome)
+    return RequestLog(url, settings.max_pending, on_outcome)
 
 
 def read_served(engine: Engine, since: datetime | None = None) -> pd.DataFrame:
