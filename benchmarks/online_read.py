@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from machine import describe_machine
 from skewless.core.config import load_config
 from skewless.features.ingest import ingest_frames
 from skewless.features.materialize import materialize
@@ -197,10 +197,7 @@ def main() -> None:
                 "benchmark": "online_read",
                 "window": {"variables": len(VARIABLES), "points": LOOKBACK},
                 "run_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "python": platform.python_version(),
-                    "cpus": __import__("os").cpu_count(),
-                },
+                "machine": describe_machine(),
                 "records": records,
             },
             indent=2,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
+from machine import describe_machine
 from skewless.core.config import load_config
 from skewless.features.ingest import ingest, ingest_frames
 from skewless.features.materialize import materialize
@@ -309,7 +309,7 @@ def main() -> None:
         json.dumps(
             {
                 "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "machine": describe_machine(),
                 "seconds_per_cell": args.seconds,
                 "results": records,
             },

@@ -354,7 +354,7 @@ class RequestLogConfig(_Strict):
         description="SQLAlchemy URL; default sqlite under SKEWLESS_HOME, or postgresql+psycopg://...",
     )
     max_pending: int = Field(
-        default=100_000, ge=1, description="requests queued before new ones are dropped (and counted)"
+        default=100_000, ge=1, description="requests queued before new ones are dropped, counted"
     )
 
 

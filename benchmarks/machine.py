@@ -1,0 +1,35 @@
+"""What a benchmark ran on, so that runs on different hosts of the same kind can be compared."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+
+def describe_machine() -> dict[str, object]:
+    """Cores, Python, the CPU's model name, and the best of five timings of a fixed pure-Python
+    loop: hosts of one kind differ (the serving benchmark's ceiling, a constant over HTTP, took
+    0.8 ms on one and 1.4 ms on another)."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "python_loop_ms": round(min(_loop_ms() for _ in range(5)), 1),
+    }
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _loop_ms() -> float:
+    began = time.perf_counter()
+    sum(range(10**7))
+    return 1000 * (time.perf_counter() - began)
