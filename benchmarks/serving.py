@@ -42,7 +42,7 @@ from skewless.features.ingest import ingest, ingest_frames
 from skewless.features.materialize import materialize
 from skewless.features.repo import FeastRepo
 from skewless.registry.registry import ModelRegistry
-from skewless.training.pipeline import load_history
+from skewless.training.pipeline import open_history
 from skewless.training.release import train_and_register
 from synthetic import ROOT, VARIABLES, synthetic_rows
 
@@ -109,7 +109,7 @@ def prepare(home: Path) -> tuple[str, pd.DataFrame]:
     config = trained.config.model_copy(
         update={"tracking": trained.config.tracking.model_copy(update={"uri": uri})}
     )
-    release = train_and_register(config, load_history(config, home), home)
+    release = train_and_register(config, open_history(config, home), home)
     ModelRegistry(uri).promote(config.model_name, release.version, "production", "mse")
     served = FeastRepo(load_config(CONFIG, ["feature_store.project=bench_serve"], environ={}), home)
     rows = synthetic_rows(max(ENTITY_COUNTS), LOOKBACK + 24)

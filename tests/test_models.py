@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skewless.models.base import NotFittedError
+from skewless.core.errors import NotFittedError
 from skewless.models.naive import NaiveForecaster
 from skewless.models.nlinear import NLinear
 from skewless.preprocessing.windows import cut_windows

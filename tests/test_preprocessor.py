@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skewless.core.errors import DataValidationError
-from skewless.models.base import NotFittedError
+from skewless.core.errors import DataValidationError, NotFittedError
 from skewless.preprocessing.preprocessor import Preprocessor
 from tests.conftest import VARIABLES, etth_config
 

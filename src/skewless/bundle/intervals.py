@@ -19,11 +19,9 @@ class ConformalIntervals:
     half_widths: np.ndarray  # (levels, horizon, targets)
 
     @classmethod
-    def calibrate(
-        cls, actual: np.ndarray, predicted: np.ndarray, levels: tuple[float, ...]
-    ) -> ConformalIntervals:
-        """From (windows, horizon, targets) actuals and forecasts; missing actuals are ignored."""
-        errors = np.sort(np.abs(actual - predicted), axis=0)  # missing (NaN) sort last
+    def calibrate(cls, errors: np.ndarray, levels: tuple[float, ...]) -> ConformalIntervals:
+        """From (windows, horizon, targets) absolute errors; missing ones (NaN) are ignored."""
+        errors = np.sort(errors, axis=0)  # missing (NaN) sort last
         count = np.sum(np.isfinite(errors), axis=0)  # (horizon, targets)
         if np.any(count == 0):
             raise ValueError("no backtest error to calibrate the intervals with")
@@ -41,10 +39,11 @@ class ConformalIntervals:
             for level, width in zip(self.levels, self.half_widths, strict=True)
         }
 
-    def coverage(self, actual: np.ndarray, point: np.ndarray) -> dict[float, float]:
-        """Share of the finite actuals that fall inside each level's interval."""
-        known = np.isfinite(actual)
+    def coverage(self, errors: np.ndarray) -> dict[float, float]:
+        """Share of the finite absolute errors (windows, horizon, targets) that fall inside
+        each level's interval."""
+        known = np.isfinite(errors)
         return {
-            level: float(np.mean(((lower <= actual) & (actual <= upper))[known]))
-            for level, (lower, upper) in self.bounds(point).items()
+            level: float(np.mean((errors <= width[None])[known]))
+            for level, width in zip(self.levels, self.half_widths, strict=True)
         }

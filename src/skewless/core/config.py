@@ -234,6 +234,11 @@ class TrainingConfig(_Strict):
     validation_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="last share of each training period used to validate"
     )
+    batch_entities: int = Field(
+        default=100,
+        ge=1,
+        description="entities read and windowed at a time: memory follows this, not the fleet",
+    )
 
 
 class BacktestConfig(_Strict):

@@ -82,3 +82,7 @@ class RegistryError(SkewlessError):
 class RequestError(SkewlessError):
     """A serving request asks for something that cannot be answered (bad time point, too many
     entities, an entity id of the wrong type)."""
+
+
+class NotFittedError(SkewlessError):
+    """``predict`` or ``transform`` was called before ``fit``."""

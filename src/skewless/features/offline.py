@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import duckdb
+import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
@@ -94,20 +95,33 @@ class OfflineTable(ABC):
         )
 
     def history(
-        self, entities: Sequence[Any] | None, start: datetime | None, end: datetime | None
+        self,
+        entities: Sequence[Any] | None,
+        start: datetime | None,
+        end: datetime | None,
+        columns: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """Rows of ``entities`` (all when None) in [start, end], sorted by entity and time."""
-        conditions, parameters = self._entity_filter(entities)
-        if start is not None:
-            conditions.append(f"{EVENT_TS} >= ?")
-            parameters.append(start)
-        if end is not None:
-            conditions.append(f"{EVENT_TS} <= ?")
-            parameters.append(end)
+        """Rows of ``entities`` (all when None) in [start, end], sorted by entity and time;
+        only ``columns`` when given (a narrow read is a cheap read)."""
+        conditions, parameters = self._time_filter(start, end, *self._entity_filter(entities))
+        chosen = "*" if columns is None else ", ".join(f'"{c}"' for c in columns)
         return self._query(
-            f"SELECT * FROM {{rows}} {_where(conditions)} ORDER BY {self._key}, {EVENT_TS}",
+            f"SELECT {chosen} FROM {{rows}} {_where(conditions)} "
+            f"ORDER BY {self._key}, {EVENT_TS}",
             parameters,
         )
+
+    def row_counts(self, start: datetime | None, end: datetime | None) -> pd.Series:
+        """Rows per entity in [start, end], indexed by entity."""
+        conditions, parameters = self._time_filter(start, end, [], [])
+        frame = self._query(
+            f"SELECT {self._key}, count(*) AS rows FROM {{rows}} {_where(conditions)} "
+            f"GROUP BY {self._key} ORDER BY {self._key}",
+            parameters,
+        )
+        if frame.empty:
+            return pd.Series(dtype=np.int64)
+        return frame.set_index(self.entity_key)["rows"].astype(np.int64)
 
     def tail(self, size: int, entities: Sequence[Any] | None = None) -> pd.DataFrame:
         """The last ``size`` rows of each entity (all when None), sorted by entity and time."""
@@ -163,6 +177,18 @@ class OfflineTable(ABC):
         if entities is None:
             return [], []
         return [f"{self._key} = ANY(?)"], [list(entities)]
+
+    @staticmethod
+    def _time_filter(
+        start: datetime | None, end: datetime | None, conditions: list[str], parameters: list[Any]
+    ) -> tuple[list[str], list[Any]]:
+        if start is not None:
+            conditions.append(f"{EVENT_TS} >= ?")
+            parameters.append(start)
+        if end is not None:
+            conditions.append(f"{EVENT_TS} <= ?")
+            parameters.append(end)
+        return conditions, parameters
 
     def _query(self, statement: str, parameters: list[Any]) -> pd.DataFrame:
         if self.is_empty():

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from typing import Self
 
 import numpy as np
 
-from skewless.core.errors import SkewlessError
+from skewless.core.errors import NotFittedError
+from skewless.preprocessing.windows import WindowBatch
 
-
-class NotFittedError(SkewlessError):
-    """``predict`` was called before ``fit``."""
+# Window batches that can be walked more than once (epochs, validation after training).
+WindowSource = Callable[[], Iterable[WindowBatch]]
 
 
 class Forecaster(ABC):
@@ -55,6 +56,25 @@ class Forecaster(ABC):
         self._fit(inputs, targets, val_inputs, val_targets)
         self.fitted_ = True
         return self
+
+    def fit_batches(self, train: WindowSource, val: WindowSource | None = None) -> Self:
+        """Learn from windows handed out a batch at a time (each source can be walked again).
+
+        A model that learns from sums (NLinear in closed form) never holds more than one batch;
+        the others gather every window first (``_fit_batches``'s default).
+        """
+        self.validate_params()
+        self._fit_batches(train, val)
+        self.fitted_ = True
+        return self
+
+    def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
+        inputs, targets = gather(train)
+        val_inputs, val_targets = gather(val) if val is not None else (None, None)
+        self._check_windows(inputs, targets)
+        if val_inputs is not None and val_targets is not None:
+            self._check_windows(val_inputs, val_targets)
+        self._fit(inputs, targets, val_inputs, val_targets)
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """(windows, horizon, channels) forecasts; never changes the fitted state."""
@@ -98,3 +118,12 @@ class Forecaster(ABC):
                 f"targets must be (windows, {self.horizon}, {channels}) for inputs of shape "
                 f"{inputs.shape}, got {targets.shape}"
             )
+
+
+def gather(source: WindowSource) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of ``source`` in two arrays (inputs, targets)."""
+    parts = [batch.windows() for batch in source()]
+    if not parts:
+        raise ValueError("no windows to learn from")
+    inputs, targets = zip(*parts, strict=True)
+    return np.concatenate(inputs), np.concatenate(targets)

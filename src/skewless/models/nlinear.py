@@ -15,8 +15,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from skewless.models.base import Forecaster
-from skewless.models.normal_equations import normal_equations, solve_ridge
+from skewless.models.base import Forecaster, WindowSource
+from skewless.models.normal_equations import (
+    NormalEquations,
+    normal_equations,
+    series_normal_equations,
+    solve_ridge,
+)
 from skewless.models.torch_training import TrainingLoop
 
 logger = logging.getLogger(__name__)
@@ -63,6 +68,26 @@ class NLinear(Forecaster):
         else:
             self._fit_gradient(inputs, targets, val_inputs, val_targets)
 
+    def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
+        """Closed form: the normal equations of each batch add up, so no window is copied and
+        memory stays O((L + H)² + one batch). The gradient solver needs every window."""
+        if self.solver != "closed_form":
+            super()._fit_batches(train, val)
+            return
+        self._solve(self._equations(train), None if val is None else self._equations(val))
+
+    def _equations(self, source: WindowSource) -> NormalEquations:
+        total = None
+        for batch in source():
+            for stretch in batch.stretches():
+                part = series_normal_equations(
+                    stretch, batch.lookback, batch.horizon, self.individual
+                )
+                total = part if total is None else total + part
+        if total is None:
+            raise ValueError("no windows to learn from")
+        return total
+
     def validate_params(self) -> None:
         if self.solver not in ("closed_form", "gradient"):
             raise ValueError(f"unknown solver '{self.solver}'; use 'closed_form' or 'gradient'")
@@ -92,12 +117,16 @@ class NLinear(Forecaster):
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
     ) -> None:
-        train = normal_equations(inputs, targets, self.individual)
+        val = None
+        if val_inputs is not None and val_targets is not None:
+            val = normal_equations(val_inputs, val_targets, self.individual)
+        self._solve(normal_equations(inputs, targets, self.individual), val)
+
+    def _solve(self, train: NormalEquations, val: NormalEquations | None) -> None:
         alpha = self.alphas[0]
-        if val_inputs is not None and val_targets is not None and len(self.alphas) > 1:
+        if val is not None and len(self.alphas) > 1:
             # Validation error from the validation set's own normal equations: O(L²H) per
             # penalty instead of a prediction pass over every validation window.
-            val = normal_equations(val_inputs, val_targets, self.individual)
             scores = {a: val.mse(*solve_ridge(train, a)) for a in self.alphas}
             alpha = min(scores, key=lambda a: scores[a])
             logger.info("NLinear ridge penalty %s chosen on validation (MSE %s)", alpha, scores)

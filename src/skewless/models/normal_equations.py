@@ -4,7 +4,8 @@ NLinear regresses the centred future ``y - last`` on the centred lookback ``x - 
 bias), one row per (window, channel). Everything least squares needs is in the normal equations
 [X 1]ᵀ[X 1], [X 1]ᵀY and ΣY². Two ways to get them:
 
-- **From stride-1 windows of a series** (training, backtests): every entry is a sum of lagged
+- **From stride-1 windows of a series** (training, backtests, one stretch of one entity at a
+  time; the equations of all stretches add up): every entry is a sum of lagged
   products of the series, which a recursion over lags yields in O((L+H)² + T(L+H)) per channel
   instead of O(T·L·(L+H)) for the matrix products.
 - **From arbitrary windows**: float32 matrix products (BLAS), solved in float64.
@@ -26,6 +27,15 @@ class NormalEquations:
     squares: np.ndarray  # (groups,)
     count: int  # responses, summed over groups: rows x horizon
 
+    def __add__(self, other: NormalEquations) -> NormalEquations:
+        """The equations of both sets of rows together: least squares is additive."""
+        return NormalEquations(
+            self.gram + other.gram,
+            self.cross + other.cross,
+            self.squares + other.squares,
+            self.count + other.count,
+        )
+
     def mse(self, weight: np.ndarray, bias: np.ndarray) -> float:
         """Mean squared error of (weight, bias) on the rows these equations came from."""
         solution = np.concatenate([weight, bias[:, None, :]], axis=1)  # (groups, L + 1, H)
@@ -40,6 +50,13 @@ def normal_equations(inputs: np.ndarray, targets: np.ndarray, individual: bool) 
     if series is not None:
         return _from_series(series, inputs.shape[1], targets.shape[1], individual)
     return _from_windows(inputs, targets, individual)
+
+
+def series_normal_equations(
+    series: np.ndarray, lookback: int, horizon: int, individual: bool
+) -> NormalEquations:
+    """Normal equations of every stride-1 window of ``series`` (rows, channels), in float64."""
+    return _from_series(np.asarray(series, dtype=np.float64), lookback, horizon, individual)
 
 
 def solve_ridge(equations: NormalEquations, alpha: float) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,8 @@ import numpy as np
 import xgboost as xgb
 
 from skewless.core.progress import report
-from skewless.models.base import Forecaster
+from skewless.models.base import Forecaster, WindowSource
+from skewless.preprocessing.running_stats import RowSample
 
 
 class _RoundProgress(xgb.callback.TrainingCallback):
@@ -51,6 +52,7 @@ class XGBoostForecaster(Forecaster):
         colsample_bytree: float = 0.8,
         early_stopping_rounds: int = 30,
         horizon_components: int | None = None,
+        max_windows: int = 200_000,
         seed: int = 0,
         n_jobs: int | None = None,
     ) -> None:
@@ -64,6 +66,7 @@ class XGBoostForecaster(Forecaster):
         self.colsample_bytree = colsample_bytree
         self.early_stopping_rounds = early_stopping_rounds
         self.horizon_components = horizon_components
+        self.max_windows = max_windows
         self.seed = seed
         self.n_jobs = n_jobs
 
@@ -74,6 +77,7 @@ class XGBoostForecaster(Forecaster):
             "n_estimators",
             "max_depth",
             "early_stopping_rounds",
+            "max_windows",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -93,6 +97,39 @@ class XGBoostForecaster(Forecaster):
         val_targets: np.ndarray | None,
     ) -> None:
         self.targets_ = targets.shape[2]
+        validation = None
+        if val_inputs is not None and val_targets is not None:
+            validation = self._features(val_inputs), self._labels(val_inputs, val_targets)
+        self._train(self._features(inputs), self._labels(inputs, targets), validation)
+
+    def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
+        """Features are the last few rows of each window, so they are built batch by batch
+        from those rows alone; at most ``max_windows`` of them are kept (a uniform sample,
+        which is every window up to that many)."""
+        features, labels = self._sampled(train)
+        self._train(features, labels, None if val is None else self._sampled(val))
+
+    def _sampled(self, source: WindowSource) -> tuple[np.ndarray, np.ndarray]:
+        sample: RowSample | None = None
+        width = 0
+        for batch in source():
+            self.targets_ = batch.targets
+            inputs, targets = batch.tails(max(self.lags, self.covariate_lags))
+            features = self._features(inputs)
+            width = features.shape[1]
+            rows = np.hstack([features, self._labels(inputs, targets)])
+            sample = sample or RowSample(rows.shape[1], self.max_windows, self.seed)
+            sample.add(rows)
+        if sample is None or not len(sample.rows):
+            raise ValueError("no windows to learn from")
+        return sample.rows[:, :width].astype(np.float32), sample.rows[:, width:]
+
+    def _train(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
         params = {
             "objective": "reg:squarederror",
             "tree_method": "hist",
@@ -104,15 +141,14 @@ class XGBoostForecaster(Forecaster):
             "seed": self.seed,
             "nthread": self.n_jobs or 0,
         }
-        labels = self._labels(inputs, targets)
         self.basis_ = (
             _LabelBasis.fit(labels, self.horizon_components) if self.horizon_components else None
         )
-        train = xgb.DMatrix(self._features(inputs), label=self._encode(labels))
+        train = xgb.DMatrix(features, label=self._encode(labels))
         evals, stopping = [], None
-        if val_inputs is not None and val_targets is not None:
-            val_labels = self._encode(self._labels(val_inputs, val_targets))
-            evals = [(xgb.DMatrix(self._features(val_inputs), label=val_labels), "validation")]
+        if validation is not None:
+            val_features, val_labels = validation
+            evals = [(xgb.DMatrix(val_features, label=self._encode(val_labels)), "validation")]
             stopping = self.early_stopping_rounds
         self.booster_ = xgb.train(
             params,

@@ -22,7 +22,7 @@ from skewless.monitoring.drift import drift_table
 from skewless.monitoring.observations import VERSION, Observations, observe
 from skewless.registry.registry import PROMOTABLE, ModelRegistry, VersionInfo
 from skewless.serving.request_log import monitoring_engine, request_log_url
-from skewless.training.pipeline import load_history
+from skewless.training.pipeline import open_history
 from skewless.training.release import train_and_register
 from skewless.training.tracking import tracking_uri
 
@@ -98,7 +98,7 @@ def monitor(
 def _retrain(config: SkewlessConfig, home: Path) -> Retraining:
     """Train on all history now in the offline store and register the version (``latest``);
     stage it when ``monitoring.retrain.promote_staging`` and it beats production's backtest."""
-    release = train_and_register(config, load_history(config, home), home)
+    release = train_and_register(config, open_history(config, home), home)
     registry = ModelRegistry(tracking_uri(config, home))
     metric = config.tuning.metric
     score = release.report.overall.overall.get(metric)

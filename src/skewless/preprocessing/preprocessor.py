@@ -16,6 +16,7 @@ ending in ``_``, ``transform`` never mutates. It pickles, which is how the bundl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from skewless.core.config import SkewlessConfig
-from skewless.core.errors import DataValidationError
+from skewless.core.errors import DataValidationError, NotFittedError
 from skewless.features.engineering import engineer, engineered_columns
 from skewless.features.validation import EVENT_TS
-from skewless.models.base import NotFittedError
+from skewless.preprocessing.running_stats import Moments, RowSample
 
 _UNSEEN = 0
 
@@ -50,8 +51,44 @@ class ScaleStats:
             scale = np.nanmax(values, axis=0) - center
         else:  # "none"
             center, scale = np.zeros(values.shape[1]), np.ones(values.shape[1])
+        return cls.of(center, scale)
+
+    @classmethod
+    def of(cls, center: np.ndarray, scale: np.ndarray) -> ScaleStats:
+        """Usable statistics: a missing center is 0, a zero or missing scale is 1."""
         scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
         return cls(np.nan_to_num(center), scale)
+
+
+class _ScaleAccumulator:
+    """Scaling statistics of imputed rows, batch by batch: global, and per entity."""
+
+    def __init__(self, method: str, columns: int, entity_key: str) -> None:
+        self.method, self.entity_key = method, entity_key
+        self.moments = Moments(columns)
+        self.sample = RowSample(columns) if method == "robust" else None
+        self.entities: dict[Any, ScaleStats] = {}
+
+    def add(self, rows: pd.DataFrame, filled: np.ndarray, per_entity: bool) -> None:
+        self.moments.add(filled)
+        if self.sample is not None:
+            self.sample.add(filled)
+        if per_entity:
+            for entity, index in rows.groupby(self.entity_key, sort=False).indices.items():
+                self.entities[entity] = ScaleStats.fit(filled[index], self.method)
+
+    def result(self) -> tuple[ScaleStats, dict[Any, ScaleStats]]:
+        moments = self.moments
+        if self.sample is not None:
+            overall = ScaleStats.fit(self.sample.rows, self.method)
+        elif self.method == "standard":
+            overall = ScaleStats.of(moments.means(), moments.stds())
+        elif self.method == "minmax":
+            low = moments.minima()
+            overall = ScaleStats.of(low, moments.maxima() - low)
+        else:
+            overall = ScaleStats.fit(np.empty((0, len(moments.count))), self.method)
+        return overall, self.entities
 
 
 class Preprocessor:
@@ -83,25 +120,39 @@ class Preprocessor:
         return [self.entity_key, EVENT_TS, *self.numeric_columns, *self.categorical_columns]
 
     def fit(self, rows: pd.DataFrame) -> Preprocessor:
-        self._check_columns(rows)
+        return self.fit_batches(lambda: [rows])
+
+    def fit_batches(self, batches: Callable[[], Iterable[pd.DataFrame]]) -> Preprocessor:
+        """Fit on rows handed out in batches of whole entities, equal to fitting on all at once.
+
+        One walk over the batches, and a second only when values are missing: scaling
+        statistics are taken after imputation, whose fill values need every batch first.
+        """
         settings = self.config.preprocessing
-        values = rows[self.numeric_columns].to_numpy(np.float64)
+        columns = len(self.numeric_columns)
+        median = settings.imputation.method == "median"
+        fills: Moments | RowSample = RowSample(columns) if median else Moments(columns)
+        scales = _ScaleAccumulator(settings.scaling.method, columns, self.entity_key)
+        categories: dict[str, set[str]] = {column: set() for column in self.categorical_columns}
+        missing = False
+        for rows in batches():
+            self._check_columns(rows)
+            values = rows[self.numeric_columns].to_numpy(np.float64)
+            fills.add(values)
+            for column, seen in categories.items():
+                seen.update(rows[column].dropna().astype(str).unique())
+            missing = missing or bool(np.isnan(values).any())
+            if not missing:  # imputation changes nothing yet: scale statistics in the same walk
+                scales.add(rows, values, settings.scaling.per_entity)
         self.fill_values_ = (
-            np.nanmedian(values, axis=0)
-            if settings.imputation.method == "median"
-            else np.nanmean(values, axis=0)
+            np.nanmedian(fills.rows, axis=0) if isinstance(fills, RowSample) else fills.means()
         )
-        filled = self._impute(rows)
-        method = settings.scaling.method
-        self.global_stats_ = ScaleStats.fit(filled, method)
-        self.entity_stats_: dict[Any, ScaleStats] = {}
-        if settings.scaling.per_entity:
-            for entity, index in rows.groupby(self.entity_key, sort=False).indices.items():
-                self.entity_stats_[entity] = ScaleStats.fit(filled[index], method)
-        self.categories_ = {
-            column: sorted(rows[column].dropna().astype(str).unique())
-            for column in self.categorical_columns
-        }
+        if missing:
+            scales = _ScaleAccumulator(settings.scaling.method, columns, self.entity_key)
+            for rows in batches():
+                scales.add(rows, self._impute(rows), settings.scaling.per_entity)
+        self.global_stats_, self.entity_stats_ = scales.result()
+        self.categories_ = {column: sorted(seen) for column, seen in categories.items()}
         return self
 
     def transform(self, rows: pd.DataFrame) -> pd.DataFrame:

@@ -7,6 +7,7 @@ missing period), and a window must lie inside one segment.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,3 +79,44 @@ def windows_at(values: np.ndarray, starts: np.ndarray, lookback: int, horizon: i
     else:
         chosen = np.empty((0, length, values.shape[1]), dtype=values.dtype)
     return Windows(inputs=chosen[:, :lookback], targets=chosen[:, lookback:], starts=starts)
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """The windows of one batch of rows, not yet copied out: the rows and where windows start.
+
+    A model that can learn from sums over the series (NLinear's normal equations) reads the
+    stretches of consecutive windows straight from ``values``; any other model copies the
+    windows of one batch at a time with :meth:`windows`.
+    """
+
+    values: np.ndarray  # (rows, channels the model sees)
+    starts: np.ndarray  # row index of each window's first input row, ascending
+    lookback: int
+    horizon: int
+    targets: int  # the first ``targets`` channels are forecast
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets): (windows, lookback, channels), (windows, horizon, targets)."""
+        cut = windows_at(self.values, self.starts, self.lookback, self.horizon)
+        return cut.inputs, cut.targets[:, :, : self.targets]
+
+    def tails(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the last ``length`` input rows of each window, its targets): for models that look
+        only at the end of the lookback, a copy that is ``length / lookback`` of the windows."""
+        length = min(length, self.lookback)
+        cut = windows_at(self.values, self.starts + self.lookback - length, length, self.horizon)
+        return cut.inputs, cut.targets[:, :, : self.targets]
+
+    def stretches(self) -> Iterator[np.ndarray]:
+        """Row blocks whose stride-1 windows are exactly this batch's windows, one per run of
+        consecutive starts."""
+        if not len(self.starts):
+            return
+        breaks = np.flatnonzero(np.diff(self.starts) != 1) + 1
+        length = self.lookback + self.horizon
+        for run in np.split(self.starts, breaks):
+            yield self.values[run[0] : run[-1] + length]

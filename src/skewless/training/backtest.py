@@ -17,9 +17,9 @@ import pandas as pd
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import ConfigError
 from skewless.core.frequency import parse_frequency
-from skewless.features.validation import EVENT_TS
-from skewless.training.metrics import Evaluation, evaluate, naive_scale
-from skewless.training.pipeline import fit, predict, window_set
+from skewless.training.history import History, as_history
+from skewless.training.metrics import ErrorSums, Evaluation
+from skewless.training.pipeline import fit, naive_scales, scored_batches
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,17 @@ class Fold:
 
 
 @dataclass(frozen=True)
+class Residuals:
+    """Absolute errors of every scored window (float32, what the intervals are calibrated on),
+    with each window's fold."""
+
+    errors: np.ndarray  # (windows, horizon, targets), NaN where the actual is missing
+    folds: np.ndarray  # (windows,) fold number
+
+
+@dataclass(frozen=True)
 class Forecasts:
-    """Every scored window of a backtest: when its forecast starts, whose, actual and forecast."""
+    """Scored windows of the first ``PLOTTED_ENTITIES`` entities, for the forecast plot."""
 
     first_target: pd.DatetimeIndex
     entities: np.ndarray
@@ -47,15 +56,20 @@ class Forecasts:
 class BacktestReport:
     folds: list[Fold]
     overall: Evaluation  # every test window of every fold, pooled
+    residuals: Residuals
     forecasts: Forecasts
 
 
+# A plot of a thousand entities helps no one; the first few show how the model behaves.
+PLOTTED_ENTITIES = 4
+
+
 def fold_bounds(
-    config: SkewlessConfig, rows: pd.DataFrame
+    config: SkewlessConfig, data: History | pd.DataFrame
 ) -> list[tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]]:
     """(train end, first test step, last test step) per fold, checked before any fitting."""
     settings, step = config.backtest, parse_frequency(config.data.frequency)
-    first, last = rows[EVENT_TS].min(), rows[EVENT_TS].max()
+    first, last = as_history(config, data).bounds()
     bounds = []
     for fold in range(settings.folds):
         test_end = last - (settings.folds - 1 - fold) * settings.test_periods * step
@@ -77,44 +91,78 @@ def fold_bounds(
 
 def backtest(
     config: SkewlessConfig,
-    rows: pd.DataFrame,
+    data: History | pd.DataFrame,
     on_fold: Callable[[Fold], None] | None = None,
 ) -> BacktestReport:
-    """Run every fold; ``on_fold`` sees each as it finishes (and may raise to stop early)."""
+    """Run every fold; ``on_fold`` sees each as it finishes (and may raise to stop early).
+
+    Each fold fits on its past and scores its test period an entity batch at a time; metrics
+    are sums over every batch and fold, so they equal scoring everything at once.
+    """
+    history = as_history(config, data)
     settings, step = config.backtest, parse_frequency(config.data.frequency)
-    times, key = rows[EVENT_TS], config.data.entity_key
-    folds, pooled, starts = [], [], []
-    for number, (train_end, test_start, test_end) in enumerate(fold_bounds(config, rows), start=1):
-        in_train = times <= train_end
+    folds, pooled = [], ErrorSums()
+    residuals: list[tuple[np.ndarray, int]] = []
+    shown = set(history.entities()[:PLOTTED_ENTITIES])
+    plotted: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]] = []
+    for number, (train_end, test_start, test_end) in enumerate(
+        fold_bounds(config, history), start=1
+    ):
+        train = history.between(end=train_end)
         if settings.window == "sliding":
             assert settings.train_periods is not None
-            in_train &= times > train_end - settings.train_periods * step
-        train_rows = rows[in_train]
-        result = fit(config, train_rows)
-        windows = window_set(
-            config, result.preprocessor, rows[times <= test_end], test_start, test_end
-        )
-        predicted = predict(result.preprocessor, result.model, windows)
-        scale = naive_scale(train_rows[key].to_numpy(), train_rows[config.data.targets].to_numpy())
+            train = train.between(start=train_end - (settings.train_periods - 1) * step)
+        result = fit(config, train)
+        scale = naive_scales(config, train)
+        test = history.between(test_start - config.training.lookback * step, test_end)
+        errors, windows_scored = ErrorSums(), 0
+        for windows, predicted in scored_batches(
+            config, result.preprocessor, result.model, test, test_start, test_end
+        ):
+            errors.add(windows.actual, predicted, windows.entities, scale)
+            pooled.add(windows.actual, predicted, windows.entities, scale)
+            residuals.append((np.abs(windows.actual - predicted).astype(np.float32), number))
+            windows_scored += len(windows)
+            mine = np.isin(windows.entities, list(shown))
+            if mine.any():
+                plotted.append(
+                    (
+                        windows.first_target[mine],
+                        windows.entities[mine],
+                        windows.actual[mine],
+                        predicted[mine],
+                    )
+                )
         fold = Fold(
             number,
             train_end,
             test_start,
             test_end,
-            len(windows),
-            evaluate(windows.actual, predicted, windows.entities, scale),
+            windows_scored,
+            errors.result(),
             result.model.get_params(),
         )
-        denominators = np.array([scale.get(e, np.nan) for e in windows.entities])
-        pooled.append((windows.actual, predicted, windows.entities, denominators))
-        starts.append(windows.first_target)
         if on_fold is not None:
             on_fold(fold)
         folds.append(fold)
-    actual, predicted, entities, denominators = (
-        np.concatenate(parts) for parts in zip(*pooled, strict=True)
+    return BacktestReport(
+        folds,
+        pooled.result(),
+        Residuals(
+            np.concatenate([e for e, _ in residuals]),
+            np.concatenate([np.full(len(e), n) for e, n in residuals]),
+        ),
+        _forecasts(plotted),
     )
-    forecasts = Forecasts(
-        pd.DatetimeIndex(starts[0].append(starts[1:])), entities, actual, predicted
+
+
+def _forecasts(
+    parts: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]],
+) -> Forecasts:
+    times, entities, actual, predicted = zip(*parts, strict=True)
+    return Forecasts(
+        pd.DatetimeIndex(times[0].append(list(times[1:]))),
+        np.concatenate(entities),
+        np.concatenate(actual),
+        np.concatenate(predicted),
     )
-    return BacktestReport(folds, evaluate(actual, predicted, entities, denominators), forecasts)

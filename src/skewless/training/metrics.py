@@ -39,34 +39,62 @@ def evaluate(
 ) -> Evaluation:
     """``actual`` and ``predicted`` are (windows, horizon, targets); ``entities`` per window.
 
-    ``scale`` is the MASE denominator per entity, or already per window (pooled folds).
+    ``scale`` is the MASE denominator per entity, or already per window.
     """
-    error = predicted.astype(np.float64) - actual
-    per_window = (
-        np.array([scale.get(e, np.nan) for e in entities]) if isinstance(scale, dict) else scale
-    )
-    denominators = per_window[:, None, None]
-    pieces = {
-        "squared": error**2,
-        "absolute": np.abs(error),
-        "symmetric": _symmetric(actual, predicted),
-        "scaled": np.abs(error) / denominators,
-    }
-    overall = _summarise({k: v.reshape(-1) for k, v in pieces.items()})
-    per_horizon = pd.DataFrame(
-        [
-            _summarise({k: v[:, h].reshape(-1) for k, v in pieces.items()})
-            for h in range(error.shape[1])
-        ],
-        index=pd.RangeIndex(1, error.shape[1] + 1, name="step"),
-    )
-    per_entity = pd.DataFrame(
-        {
-            entity: _summarise({k: v[entities == entity].reshape(-1) for k, v in pieces.items()})
-            for entity in pd.unique(entities)
-        }
-    ).T.rename_axis("entity")
-    return Evaluation(overall, per_horizon, per_entity)
+    errors = ErrorSums()
+    errors.add(actual, predicted, entities, scale)
+    return errors.result()
+
+
+class ErrorSums:
+    """Sums and counts of every error measure, added batch by batch: the metrics of all
+    batches together are exact (sums, never means of means) and need no batch kept."""
+
+    def __init__(self) -> None:
+        self.per_step: np.ndarray | None = None  # (horizon, sums and counts)
+        self.per_entity: dict[Any, np.ndarray] = {}
+
+    def add(
+        self,
+        actual: np.ndarray,
+        predicted: np.ndarray,
+        entities: np.ndarray,
+        scale: dict[Any, float] | np.ndarray,
+    ) -> None:
+        """One batch of windows; ``scale`` as in :func:`evaluate`."""
+        if isinstance(scale, dict):
+            scale = np.array([scale.get(e, np.nan) for e in entities], dtype=np.float64)
+        error = predicted.astype(np.float64) - actual
+        pieces = (
+            error**2,
+            np.abs(error),
+            _symmetric(actual, predicted),
+            np.abs(error) / scale[:, None, None],
+        )
+        # Per window and step: each piece's sum over targets, then how many were finite.
+        sums = np.stack([np.nansum(p, axis=2) for p in pieces], axis=-1)
+        counts = np.stack([np.sum(~np.isnan(p), axis=2) for p in pieces], axis=-1)
+        table = np.concatenate([sums, counts], axis=-1)  # (windows, horizon, 2 x pieces)
+        by_step = table.sum(axis=0)
+        self.per_step = by_step if self.per_step is None else self.per_step + by_step
+        codes, distinct = pd.factorize(entities)
+        by_entity = np.zeros((len(distinct), table.shape[-1]))
+        np.add.at(by_entity, codes, table.sum(axis=1))
+        for entity, row in zip(distinct, by_entity, strict=True):
+            known = self.per_entity.get(entity)
+            self.per_entity[entity] = row if known is None else known + row
+
+    def result(self) -> Evaluation:
+        if self.per_step is None:
+            raise ValueError("no window was scored")
+        per_horizon = pd.DataFrame(
+            [_summarise(row) for row in self.per_step],
+            index=pd.RangeIndex(1, len(self.per_step) + 1, name="step"),
+        )
+        per_entity = pd.DataFrame(
+            {entity: _summarise(row) for entity, row in self.per_entity.items()}
+        ).T.rename_axis("entity")
+        return Evaluation(_summarise(self.per_step.sum(axis=0)), per_horizon, per_entity)
 
 
 def _symmetric(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -76,14 +104,16 @@ def _symmetric(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return np.where(denominator == 0, 0.0, ratio)  # 0/0 is a perfect forecast; NaN stays NaN
 
 
-def _summarise(pieces: dict[str, np.ndarray]) -> dict[str, float]:
-    mse = float(np.nanmean(pieces["squared"]))
+def _summarise(sums_and_counts: np.ndarray) -> dict[str, float]:
+    """Means of the four error pieces (squared, absolute, symmetric, scaled) from their sums
+    and counts; a piece with no finite value has no mean."""
+    sums, counts = np.split(sums_and_counts, 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        squared, absolute, symmetric, scaled = np.where(counts > 0, sums / counts, np.nan)
     return {
-        "mse": mse,
-        "mae": float(np.nanmean(pieces["absolute"])),
-        "rmse": float(np.sqrt(mse)),
-        "smape": float(100 * np.nanmean(pieces["symmetric"])),
-        "mase": float(np.nanmean(pieces["scaled"]))
-        if np.isfinite(pieces["scaled"]).any()
-        else float("nan"),
+        "mse": float(squared),
+        "mae": float(absolute),
+        "rmse": float(np.sqrt(squared)),
+        "smape": float(100 * symmetric),
+        "mase": float(scaled),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,45 +15,67 @@ from skewless.bundle.bundle import FeatureSpec, ForecastBundle
 from skewless.bundle.intervals import ConformalIntervals
 from skewless.bundle.reference import reference_statistics
 from skewless.core.config import SkewlessConfig
+from skewless.preprocessing.running_stats import RowSample
 from skewless.training.backtest import BacktestReport
+from skewless.training.history import History, as_history
 from skewless.training.pipeline import FitResult
 
 
 def package(
-    config: SkewlessConfig, rows: pd.DataFrame, fitted: FitResult, report: BacktestReport
+    config: SkewlessConfig,
+    data: History | pd.DataFrame,
+    fitted: FitResult,
+    report: BacktestReport,
 ) -> tuple[ForecastBundle, dict[float, float]]:
     """The bundle, and the empirical coverage of each interval level on the last fold when
     calibrated on the earlier ones (the bundle itself is calibrated on every fold)."""
+    history = as_history(config, data)
     levels = tuple(config.registry.interval_levels)
-    forecasts = report.forecasts
-    intervals = ConformalIntervals.calibrate(forecasts.actual, forecasts.predicted, levels)
+    intervals = ConformalIntervals.calibrate(report.residuals.errors, levels)
+    summary = summarise(config, history)
     bundle = ForecastBundle(
         spec=FeatureSpec.from_config(config),
         preprocessor=fitted.preprocessor,
         model=fitted.model,
         intervals=intervals,
-        reference=reference_statistics(_reference_rows(config, rows), config.data.variables),
+        reference=reference_statistics(summary.reference, config.data.variables),
         metadata={
             "config": config.model_dump(mode="json"),
-            "data_fingerprint": fingerprint(rows),
+            "data_fingerprint": summary.fingerprint,
             "skewless_version": skewless.__version__,
             "git_commit": _git_commit(),
-            "trained_until": str(rows["event_timestamp"].max()),
+            "trained_until": str(history.bounds()[1]),
         },
     )
     return bundle, held_out_coverage(report, levels)
+
+
+@dataclass(frozen=True)
+class HistorySummary:
+    """What packaging needs of the whole history, gathered in one walk over its batches."""
+
+    fingerprint: str  # of every row, as :func:`fingerprint` of them all at once
+    reference: pd.DataFrame  # each entity's recent rows (a uniform sample beyond SAMPLE_ROWS)
+
+
+def summarise(config: SkewlessConfig, history: History) -> HistorySummary:
+    variables = config.data.variables
+    digest = hashlib.sha256()
+    sample = RowSample(len(variables))
+    for rows in history.batches():
+        digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+        sample.add(_reference_rows(config, rows)[variables].to_numpy(np.float64))
+    return HistorySummary(digest.hexdigest(), pd.DataFrame(sample.rows, columns=variables))
 
 
 def held_out_coverage(report: BacktestReport, levels: tuple[float, ...]) -> dict[float, float]:
     """Calibrate on every fold but the last, measure coverage on the last (empty: one fold)."""
     if len(report.folds) < 2:
         return {}
-    forecasts = report.forecasts
-    last = np.asarray(forecasts.first_target >= report.folds[-1].test_start)
-    calibrated = ConformalIntervals.calibrate(
-        forecasts.actual[~last], forecasts.predicted[~last], levels
-    )
-    return calibrated.coverage(forecasts.actual[last], forecasts.predicted[last])
+    residuals = report.residuals
+    last = residuals.folds == report.folds[-1].number
+    calibrated = ConformalIntervals.calibrate(residuals.errors[~last], levels)
+    return calibrated.coverage(residuals.errors[last])
 
 
 def fingerprint(rows: pd.DataFrame) -> str:

@@ -1,29 +1,45 @@
 """Training on point-in-time data: rows → preprocessor → windows → forecaster → evaluation.
 
-Every consumer (train, backtest, later the bundle) goes through :func:`window_set`, so the
-windows a model is scored on are cut exactly like the ones it is trained on.
+Rows come from a :class:`History`, one batch of whole entities at a time; every consumer (fit,
+validation, backtests) cuts its windows with :func:`window_starts` through
+:func:`window_batch` or :func:`window_set`, so the windows a model is scored on are cut exactly
+like the ones it is trained on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from skewless.bundle.bundle import forecast, model_inputs
-from skewless.core.config import SkewlessConfig, SourceConfig
+from skewless.bundle.bundle import forecast
+from skewless.core.config import SkewlessConfig, SourceConfig, skewless_home
 from skewless.core.errors import ConfigError
 from skewless.core.frequency import parse_frequency
 from skewless.features.facade import FeatureStoreFacade
 from skewless.features.sources import read_source
-from skewless.features.validation import EVENT_TS, Findings, check_duplicates, parse_rows
+from skewless.features.validation import (
+    CREATED_TS,
+    EVENT_TS,
+    Findings,
+    check_duplicates,
+    parse_rows,
+)
 from skewless.models.base import Forecaster
 from skewless.models.factory import create_model
 from skewless.preprocessing.preprocessor import Preprocessor
-from skewless.preprocessing.windows import segment_ids, window_starts, windows_at
-from skewless.training.metrics import Evaluation, evaluate, naive_scale
+from skewless.preprocessing.windows import (
+    WindowBatch,
+    segment_ids,
+    window_starts,
+    windows_at,
+)
+from skewless.training.history import FrameHistory, History, StoreHistory, as_history
+from skewless.training.metrics import ErrorSums, Evaluation, naive_scale
 
 
 @dataclass(frozen=True)
@@ -47,10 +63,20 @@ class FitResult:
     validation: Evaluation
 
 
+def open_history(
+    config: SkewlessConfig, home: Path | None = None, csv: Path | None = None
+) -> History:
+    """Training rows, read an entity batch at a time from the offline store (or a CSV's rows)."""
+    if csv is None:
+        return StoreHistory.of(config, home or skewless_home())
+    return FrameHistory.of(config, load_history(config, home, csv))
+
+
 def load_history(
     config: SkewlessConfig, home: Path | None = None, csv: Path | None = None
 ) -> pd.DataFrame:
-    """Training rows in ingestion format: from the offline store, or a plain CSV for benchmarks."""
+    """All training rows in one frame, in ingestion format: from the offline store, or a plain
+    CSV for benchmarks. For small data and tests; training itself reads :func:`open_history`."""
     if csv is None:
         rows = FeatureStoreFacade(config, mode="offline", home=home).load_features(None, None)
     else:
@@ -65,20 +91,23 @@ def load_history(
     )
 
 
-def check_request(config: SkewlessConfig, rows: pd.DataFrame | None = None) -> None:
+def check_request(config: SkewlessConfig, data: History | pd.DataFrame | None = None) -> None:
     """Refuse what cannot work before any work starts: the model, its parameters, the data."""
     create_model(config.training.model, config.training.horizon, config.training.params)
-    if rows is None:
+    if data is None:
         return
+    history = as_history(config, data)
     named = [*config.data.variables, *config.preprocessing.categoricals.columns]
-    missing = [c for c in named if c not in rows.columns]
+    columns = history.columns
+    missing = [c for c in named if c not in columns]
     if missing:
         raise ConfigError(
             f"data.targets / data.covariates / preprocessing.categoricals.columns name "
             f"column(s) {missing} that the data does not have; it has "
-            f"{[c for c in rows.columns if c not in ('row', EVENT_TS)]}"
+            f"{[c for c in columns if c not in ('row', EVENT_TS, CREATED_TS)]}"
         )
-    longest = int(rows.groupby(config.data.entity_key).size().max()) if len(rows) else 0
+    counts = history.row_counts()
+    longest = int(counts.max()) if len(counts) else 0
     needed = config.training.lookback + config.training.horizon
     if longest < needed:
         raise ConfigError(
@@ -95,57 +124,92 @@ def window_set(
     first_target: pd.Timestamp | None = None,
     last_target: pd.Timestamp | None = None,
 ) -> WindowSet:
-    """All windows of ``rows`` whose forecast steps lie within [first_target, last_target]."""
+    """All windows of ``rows`` whose forecast steps lie within [first_target, last_target],
+    copied out (one batch of rows at a time: this is what scoring reads)."""
     training = config.training
-    key, step = config.data.entity_key, parse_frequency(config.data.frequency)
-    targets = len(config.data.targets)
-    times = pd.DatetimeIndex(rows[EVENT_TS])
-    segments = segment_ids(rows[key].to_numpy(), times, step)
-    starts = window_starts(segments, training.lookback + training.horizon)
-    # Choose windows by their forecast span first, so only the kept ones are ever copied.
-    first = times[starts + training.lookback]
-    keep = np.ones(len(starts), dtype=bool)
-    if first_target is not None:
-        keep &= first >= first_target
-    if last_target is not None:
-        keep &= times[starts + training.lookback + training.horizon - 1] <= last_target
-    starts = starts[keep]
+    starts, first = _starts(config, rows, first_target, last_target)
     values = preprocessor.transform(rows).to_numpy(np.float32)
     scaled = windows_at(values, starts, training.lookback, training.horizon)
     raw = rows[config.data.targets].to_numpy(np.float64)
     actual = windows_at(raw, starts, training.lookback, training.horizon)
     return WindowSet(
         inputs=scaled.inputs,
-        targets=scaled.targets[:, :, :targets],
+        targets=scaled.targets[:, :, : len(config.data.targets)],
         actual=actual.targets,
-        entities=rows[key].to_numpy()[starts],
-        first_target=first[keep],
+        entities=rows[config.data.entity_key].to_numpy()[starts],
+        first_target=first,
     )
 
 
-def fit(config: SkewlessConfig, rows: pd.DataFrame) -> FitResult:
-    """Fit on ``rows``: the last ``validation_fraction`` of the period validates (and selects)."""
-    model = create_model(config.training.model, config.training.horizon, config.training.params)
-    times = pd.DatetimeIndex(rows[EVENT_TS])
-    split = times.min() + (times.max() - times.min()) * (1 - config.training.validation_fraction)
-    train_rows = rows[times <= split]
-    preprocessor = Preprocessor(config).fit(train_rows)
-    train = window_set(config, preprocessor, train_rows)
-    step = parse_frequency(config.data.frequency)
-    val = window_set(config, preprocessor, rows, first_target=split + step)
-    _require(train, "training", config, len(rows))
-    _require(val, "validation", config, len(rows))
+def window_batch(
+    config: SkewlessConfig,
+    preprocessor: Preprocessor,
+    model: Forecaster,
+    rows: pd.DataFrame,
+    first_target: pd.Timestamp | None = None,
+    last_target: pd.Timestamp | None = None,
+) -> WindowBatch:
+    """The windows of ``rows`` that ``model`` learns from, uncopied: its channels and starts."""
     targets = len(config.data.targets)
-    model.fit(
-        model_inputs(model, train.inputs, targets),
-        train.targets,
-        model_inputs(model, val.inputs, targets),
-        val.targets,
+    starts, _ = _starts(config, rows, first_target, last_target)
+    values = preprocessor.transform(rows).to_numpy(np.float32)
+    return WindowBatch(
+        values=values if model.uses_covariates else values[:, :targets],
+        starts=starts,
+        lookback=config.training.lookback,
+        horizon=config.training.horizon,
+        targets=targets,
     )
-    scale = naive_scale(
-        train_rows[config.data.entity_key].to_numpy(), train_rows[config.data.targets].to_numpy()
+
+
+def count_windows(
+    config: SkewlessConfig,
+    history: History,
+    first_target: pd.Timestamp | None = None,
+    last_target: pd.Timestamp | None = None,
+) -> int:
+    """How many windows :func:`window_batch` would cut, from keys and timestamps alone."""
+    columns = [config.data.entity_key, EVENT_TS]
+    return sum(
+        len(_starts(config, rows, first_target, last_target)[0])
+        for rows in history.batches(columns)
     )
-    return FitResult(preprocessor, model, score(preprocessor, model, val, scale))
+
+
+def fit(config: SkewlessConfig, data: History | pd.DataFrame) -> FitResult:
+    """Fit on ``data``: the last ``validation_fraction`` of the period validates (and selects).
+
+    Every step walks the history an entity batch at a time; only models that cannot learn from
+    batches (see ``Forecaster.fit_batches``) gather all windows.
+    """
+    history = as_history(config, data)
+    model = create_model(config.training.model, config.training.horizon, config.training.params)
+    step = parse_frequency(config.data.frequency)
+    first, last = history.bounds()
+    split = first + (last - first) * (1 - config.training.validation_fraction)
+    train_rows = history.between(end=split)
+    validation = _validation_rows(config, history, split + step)
+    _require(count_windows(config, train_rows), "training", config)
+    _require(count_windows(config, validation, split + step), "validation", config)
+    preprocessor = Preprocessor(config).fit_batches(train_rows.batches)
+    model.fit_batches(
+        lambda: (window_batch(config, preprocessor, model, b) for b in train_rows.batches()),
+        lambda: (
+            window_batch(config, preprocessor, model, b, split + step) for b in validation.batches()
+        ),
+    )
+    scale = naive_scales(config, train_rows)
+    evaluation = score(config, preprocessor, model, validation, scale, split + step)
+    return FitResult(preprocessor, model, evaluation)
+
+
+def naive_scales(config: SkewlessConfig, history: History) -> dict[Any, float]:
+    """MASE denominators per entity of ``history`` (see :func:`naive_scale`)."""
+    key, targets = config.data.entity_key, config.data.targets
+    scales: dict[Any, float] = {}
+    for rows in history.batches([key, EVENT_TS, *targets]):
+        scales.update(naive_scale(rows[key].to_numpy(), rows[targets].to_numpy()))
+    return scales
 
 
 def predict(preprocessor: Preprocessor, model: Forecaster, windows: WindowSet) -> np.ndarray:
@@ -153,17 +217,74 @@ def predict(preprocessor: Preprocessor, model: Forecaster, windows: WindowSet) -
     return forecast(preprocessor, model, windows.inputs, windows.entities)
 
 
+def scored_batches(
+    config: SkewlessConfig,
+    preprocessor: Preprocessor,
+    model: Forecaster,
+    history: History,
+    first_target: pd.Timestamp | None = None,
+    last_target: pd.Timestamp | None = None,
+) -> Iterator[tuple[WindowSet, np.ndarray]]:
+    """Per entity batch: its windows in [first_target, last_target] and their forecasts."""
+    for rows in history.batches():
+        windows = window_set(config, preprocessor, rows, first_target, last_target)
+        if len(windows):
+            yield windows, predict(preprocessor, model, windows)
+
+
 def score(
-    preprocessor: Preprocessor, model: Forecaster, windows: WindowSet, scale: dict
+    config: SkewlessConfig,
+    preprocessor: Preprocessor,
+    model: Forecaster,
+    history: History,
+    scale: dict[Any, float],
+    first_target: pd.Timestamp | None = None,
+    last_target: pd.Timestamp | None = None,
 ) -> Evaluation:
-    return evaluate(windows.actual, predict(preprocessor, model, windows), windows.entities, scale)
+    """Metrics of every window of ``history`` in range, summed batch by batch."""
+    errors = ErrorSums()
+    for windows, predicted in scored_batches(
+        config, preprocessor, model, history, first_target, last_target
+    ):
+        errors.add(windows.actual, predicted, windows.entities, scale)
+    return errors.result()
 
 
-def _require(windows: WindowSet, part: str, config: SkewlessConfig, rows: int) -> None:
-    if len(windows) == 0:
+def _validation_rows(
+    config: SkewlessConfig, history: History, first_target: pd.Timestamp
+) -> History:
+    """The rows windows forecasting from ``first_target`` on need: their lookback and after."""
+    step = parse_frequency(config.data.frequency)
+    return history.between(start=first_target - config.training.lookback * step)
+
+
+def _starts(
+    config: SkewlessConfig,
+    rows: pd.DataFrame,
+    first_target: pd.Timestamp | None,
+    last_target: pd.Timestamp | None,
+) -> tuple[np.ndarray, pd.DatetimeIndex]:
+    """Start rows of the windows whose forecast steps lie in range, and their first target."""
+    training = config.training
+    times = pd.DatetimeIndex(rows[EVENT_TS])
+    segments = segment_ids(
+        rows[config.data.entity_key].to_numpy(), times, parse_frequency(config.data.frequency)
+    )
+    starts = window_starts(segments, training.lookback + training.horizon)
+    first = times[starts + training.lookback]
+    keep = np.ones(len(starts), dtype=bool)
+    if first_target is not None:
+        keep &= first >= first_target
+    if last_target is not None:
+        keep &= times[starts + training.lookback + training.horizon - 1] <= last_target
+    return starts[keep], first[keep]
+
+
+def _require(windows: int, part: str, config: SkewlessConfig) -> None:
+    if windows == 0:
         training = config.training
         raise ConfigError(
             f"no complete {part} window: lookback {training.lookback} + horizon "
-            f"{training.horizon} do not fit the {part} part of {rows} rows; shorten "
+            f"{training.horizon} do not fit the {part} part of the data; shorten "
             "training.lookback or training.horizon, or change training.validation_fraction"
         )

@@ -15,6 +15,7 @@ from skewless.features.validation import EVENT_TS
 from skewless.registry.pyfunc import log_bundle
 from skewless.registry.registry import ModelRegistry
 from skewless.training.backtest import BacktestReport, Fold, backtest, fold_bounds
+from skewless.training.history import History, as_history
 from skewless.training.packaging import package
 from skewless.training.pipeline import FitResult, fit
 from skewless.training.tracking import log_backtest, log_evaluation, tracked_run, tracking_uri
@@ -31,22 +32,23 @@ class Release:
 
 def train_and_register(
     config: SkewlessConfig,
-    rows: pd.DataFrame,
+    data: History | pd.DataFrame,
     home: Path,
     on_fold: Callable[[Fold], None] | None = None,
 ) -> Release:
     """Backtest (for metrics and interval widths), fit on all rows, log and register the bundle
     as a new version (which MLflow's alias ``latest`` then resolves to)."""
-    fold_bounds(config, rows)  # impossible fold layouts fail before any fitting
-    report = backtest(config, rows, on_fold)
-    fitted = fit(config, rows)
-    bundle, coverage = package(config, rows, fitted, report)
+    history = as_history(config, data)
+    fold_bounds(config, history)  # impossible fold layouts fail before any fitting
+    report = backtest(config, history, on_fold)
+    fitted = fit(config, history)
+    bundle, coverage = package(config, history, fitted, report)
     with tracked_run(config, home, "train") as run_id:
         log_evaluation(fitted.validation, "val_")
         log_backtest(report, config)
         mlflow.log_metrics({f"coverage_{level * 100:g}": c for level, c in coverage.items()})
         mlflow.set_tags({"data_fingerprint": bundle.metadata["data_fingerprint"]})
-        info = log_bundle(bundle, input_example(config, rows), config.model_name)
+        info = log_bundle(bundle, input_example(config, history), config.model_name)
     if info.registered_model_version is None:  # only when no name was given to register under
         raise RuntimeError("MLflow did not register the logged model")
     version = int(info.registered_model_version)
@@ -55,8 +57,9 @@ def train_and_register(
     return Release(fitted, report, coverage, run_id, version)
 
 
-def input_example(config: SkewlessConfig, rows: pd.DataFrame) -> pd.DataFrame:
+def input_example(config: SkewlessConfig, data: History | pd.DataFrame) -> pd.DataFrame:
     """The last ``lookback`` rows of the first entity, in the format ``predict`` takes."""
+    rows = next(as_history(config, data).batches())
     key = config.data.entity_key
     first = rows[rows[key] == rows[key].iloc[0]]
     columns = [key, EVENT_TS, *config.data.variables]

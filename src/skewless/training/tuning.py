@@ -23,6 +23,7 @@ import pandas as pd
 from skewless.core.config import SearchDimension, SkewlessConfig, validate_config
 from skewless.core.errors import ConfigError
 from skewless.training.backtest import Fold, backtest, fold_bounds
+from skewless.training.history import History, as_history
 from skewless.training.pipeline import FitResult, check_request, fit
 from skewless.training.tracking import log_evaluation, tracked_run
 
@@ -56,16 +57,17 @@ def trial_config(config: SkewlessConfig, values: dict[str, Any]) -> SkewlessConf
 
 def tune(
     config: SkewlessConfig,
-    rows: pd.DataFrame,
+    data: History | pd.DataFrame,
     home: Path,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
 ) -> TuningReport:
+    history = as_history(config, data)
     settings = config.tuning
     if not settings.space:
         raise ConfigError("tuning.space is empty: declare at least one dimension to search")
     for dotted in settings.space:  # a bad key or range fails here, before any trial runs
-        check_request(trial_config(config, {dotted: _example(settings.space[dotted])}), rows)
-    fold_bounds(config, rows)
+        check_request(trial_config(config, {dotted: _example(settings.space[dotted])}), history)
+    fold_bounds(config, history)
     study = optuna.create_study(
         study_name=settings.study_name or f"{config.name}-{config.training.model}",
         storage=storage_url(config, home),
@@ -79,8 +81,8 @@ def tune(
         values = {k: _suggest(trial, k, d) for k, d in settings.space.items()}
         candidate = trial_config(config, values)
         try:
-            check_request(candidate, rows)
-            fold_bounds(candidate, rows)
+            check_request(candidate, history)
+            fold_bounds(candidate, history)
         except ConfigError as exc:  # e.g. a lookback too long for the first fold
             raise optuna.TrialPruned(str(exc)) from exc
 
@@ -92,7 +94,7 @@ def tune(
 
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
             mlflow.log_params({f"tuned.{k}": v for k, v in values.items()})
-            result = backtest(candidate, rows, on_fold=report)
+            result = backtest(candidate, history, on_fold=report)
             value = result.overall.overall[settings.metric]
             mlflow.log_metric(settings.metric, value)
         return value
@@ -104,7 +106,7 @@ def tune(
         if not completed:
             raise ConfigError("no tuning trial completed; widen tuning.space or add tuning.trials")
         best = trial_config(config, study.best_params)
-        refit = fit(best, rows)
+        refit = fit(best, history)
         mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
         mlflow.log_metric(f"best_{settings.metric}", study.best_value)
         log_evaluation(refit.validation, "refit_val_")

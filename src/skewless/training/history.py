@@ -1,0 +1,164 @@
+"""Training rows handed out an entity batch at a time, so memory follows the batch, not the fleet.
+
+Every training step (preprocessor fit, model fit, backtest scoring) walks a :class:`History`
+batch by batch. A batch holds whole entities (their rows sorted by time), so anything computed
+per entity (imputation, per-entity scaling, windows) is the same as on all rows at once.
+``between`` narrows a history to a time range without reading anything.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skewless.core.config import SkewlessConfig
+from skewless.features.offline import OfflineTable
+from skewless.features.validation import EVENT_TS
+
+
+@dataclass(frozen=True, eq=False)
+class History(ABC):
+    """Rows of every entity within [start, end] (None: unbounded), read ``batch_entities`` at a
+    time."""
+
+    entity_key: str
+    batch_entities: int
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+
+    @property
+    @abstractmethod
+    def columns(self) -> list[str]:
+        """Every column a batch has."""
+
+    @abstractmethod
+    def entities(self) -> list[Any]:
+        """Every entity with rows in the range, sorted."""
+
+    @abstractmethod
+    def row_counts(self) -> pd.Series:
+        """Rows per entity in the range."""
+
+    @abstractmethod
+    def _rows(self, entities: Sequence[Any], columns: Sequence[str] | None) -> pd.DataFrame:
+        """Rows of ``entities`` in the range, sorted by entity and time."""
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The rows, ``batch_entities`` whole entities at a time (only ``columns`` if given)."""
+        entities = self.entities()
+        for first in range(0, len(entities), self.batch_entities):
+            rows = self._rows(entities[first : first + self.batch_entities], columns)
+            if len(rows):
+                yield rows
+
+    def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """The earliest and latest event timestamp in the range."""
+        first, last = self._time_bounds()
+        if self.start is not None:
+            first = max(first, self.start)
+        if self.end is not None:
+            last = min(last, self.end)
+        return first, last
+
+    def between(
+        self, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None
+    ) -> History:
+        """The same history narrowed to [start, end] (within its own range)."""
+        if start is None or (self.start is not None and self.start > start):
+            start = self.start
+        if end is None or (self.end is not None and self.end < end):
+            end = self.end
+        return replace(self, start=start, end=end)
+
+    @abstractmethod
+    def _time_bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]: ...
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class FrameHistory(History):
+    """Rows already in memory (a CSV, a test's frame), sorted by entity and time."""
+
+    frame: pd.DataFrame
+
+    @classmethod
+    def of(cls, config: SkewlessConfig, rows: pd.DataFrame) -> FrameHistory:
+        key = config.data.entity_key
+        ordered = rows.sort_values([key, EVENT_TS], kind="stable").reset_index(drop=True)
+        return cls(key, config.training.batch_entities, frame=ordered)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.frame.columns)
+
+    def entities(self) -> list[Any]:
+        return pd.unique(self._in_range()[self.entity_key]).tolist()
+
+    def row_counts(self) -> pd.Series:
+        return self._in_range().groupby(self.entity_key, sort=True).size()
+
+    def _rows(self, entities: Sequence[Any], columns: Sequence[str] | None) -> pd.DataFrame:
+        rows = self._in_range()
+        rows = rows[rows[self.entity_key].isin(entities)]
+        return rows if columns is None else rows[list(columns)]
+
+    def _time_bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        times = self.frame[EVENT_TS]
+        return times.min(), times.max()
+
+    def _in_range(self) -> pd.DataFrame:
+        if self.start is None and self.end is None:
+            return self.frame
+        times = self.frame[EVENT_TS]
+        keep = np.ones(len(times), dtype=bool)
+        if self.start is not None:
+            keep &= (times >= self.start).to_numpy()
+        if self.end is not None:
+            keep &= (times <= self.end).to_numpy()
+        return self.frame[keep]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class StoreHistory(History):
+    """Rows read from the offline store, one query per entity batch."""
+
+    table: OfflineTable
+
+    @classmethod
+    def of(cls, config: SkewlessConfig, home: Path) -> StoreHistory:
+        from skewless.features.repo import FeastRepo
+
+        table = FeastRepo(config, home).offline
+        return cls(config.data.entity_key, config.training.batch_entities, table=table)
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.table.entity_key, EVENT_TS, *self.table.value_columns]
+
+    def entities(self) -> list[Any]:
+        return self.row_counts().index.tolist()
+
+    def row_counts(self) -> pd.Series:
+        return self.table.row_counts(_py(self.start), _py(self.end))
+
+    def _rows(self, entities: Sequence[Any], columns: Sequence[str] | None) -> pd.DataFrame:
+        return self.table.history(entities, _py(self.start), _py(self.end), columns)
+
+    def _time_bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        first, last, _ = self.table.bounds()
+        return pd.Timestamp(first), pd.Timestamp(last)
+
+
+def as_history(config: SkewlessConfig, data: History | pd.DataFrame) -> History:
+    """``data`` as a History: frames (CSV input, tests) are wrapped as they are."""
+    return data if isinstance(data, History) else FrameHistory.of(config, data)
+
+
+def _py(stamp: pd.Timestamp | None) -> datetime | None:
+    return None if stamp is None else stamp.to_pydatetime()
