@@ -6,7 +6,7 @@ CONFIG ?= configs/etth.yaml
 export SKEWLESS_HOME ?= $(CURDIR)/skewless_home
 DEMO_PORT ?= 8000
 
-.PHONY: demo test lint bench-online bench-ltsf bench-serving clean
+.PHONY: demo test lint bench-online bench-ltsf bench-serving bench-scale clean
 
 # torch first and pinned exactly: a CPU build lies on local disk, anything else downloads GBs.
 $(BIN)/python:
@@ -49,6 +49,9 @@ bench-online: $(VENV)/.installed-dev
 
 bench-serving: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/serving.py
+
+bench-scale: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/scale.py
 
 bench-ltsf: $(VENV)/.installed
 	$(BIN)/skewless benchmark ltsf --data data/ETTh1.csv --lookback 336 \

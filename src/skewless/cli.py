@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
     from skewless.features.ingest import IngestReport
     from skewless.features.repo import FeastRepo
+    from skewless.serving.service import LoadedModel
+    from skewless.training.history import History
 
 app = typer.Typer(
     name="skewless",
@@ -210,11 +212,11 @@ def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
     with user_errors():
         from skewless.training.release import train_and_register
 
-        repo, rows = _history(config, set_, csv)
+        repo, history = _history(config, set_, csv)
         with _progress() as progress:
             task = progress.add_task("backtest folds", total=repo.config.backtest.folds)
             release = train_and_register(
-                repo.config, rows, repo.home, on_fold=lambda _: progress.advance(task)
+                repo.config, history, repo.home, on_fold=lambda _: progress.advance(task)
             )
         _print_metrics(
             "backtest (all folds) and validation",
@@ -241,31 +243,81 @@ def forecast(
     entity: Annotated[
         list[str] | None, typer.Option(help="entity id (repeat for several); default: all")
     ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="every entity in the store (the default without --entity)")
+    ] = False,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="write every forecast here in batches: a Parquet file, or "
+            "postgresql+psycopg://user@host/database/table",
+            show_default=False,
+        ),
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Forecast from the online store's latest windows with the model version behind ALIAS."""
+    """Forecast from the online store's latest windows with the model version behind ALIAS:
+    printed, or with --out written for the whole fleet a batch at a time."""
     with user_errors():
-        import pandas as pd
-
-        from skewless.features.facade import FeatureStoreFacade
-        from skewless.registry.pyfunc import naive_utc
         from skewless.registry.registry import ModelRegistry
+        from skewless.serving.service import load_model
         from skewless.training.tracking import tracking_uri
 
+        if all_ and entity:
+            raise typer.BadParameter("give --all or --entity, not both", param_hint="--all")
         repo = _repo(config, set_)
-        key = repo.config.data.entity_key
         entities = _entity_ids(entity, repo.config) if entity else repo.offline.entities()
-        facade = FeatureStoreFacade(repo.config, "online", home=repo.home)
-        windows = facade.load_features(None, entities).windows
+        if out is None and len(entities) > repo.config.serving.max_entities:
+            raise ConfigError(
+                f"{len(entities)} entities are too many to print (serving.max_entities is "
+                f"{repo.config.serving.max_entities}); write them with --out FILE"
+            )
         registry = ModelRegistry(tracking_uri(repo.config, repo.home))
-        model = registry.load(repo.config.model_name, alias)
-        rows = pd.concat([w.to_frame(key) for w in windows.values()], ignore_index=True)
-        table = _frame_table(model.predict(naive_utc(rows)))
-        table.title = (
-            f"{repo.config.model_name}@{alias} "
-            f"(version {registry.version_of(repo.config.model_name, alias)}), times in UTC"
+        name = repo.config.model_name
+        model = load_model(registry, name, alias, registry.version_of(name, alias))
+        if out is None:
+            _print_forecasts(repo, model, entities)
+        else:
+            _write_forecasts(repo, model, entities, out)
+
+
+def _print_forecasts(repo: FeastRepo, model: LoadedModel, entities: list) -> None:
+    import pandas as pd
+
+    from skewless.features.facade import FeatureStoreFacade
+    from skewless.registry.pyfunc import naive_utc
+
+    key = repo.config.data.entity_key
+    facade = FeatureStoreFacade(repo.config, "online", home=repo.home)
+    windows = facade.load_features(None, entities).windows
+    rows = pd.concat([w.to_frame(key) for w in windows.values()], ignore_index=True)
+    table = _frame_table(naive_utc(model.bundle.predict(rows)))
+    table.title = f"{model.name}@{model.alias} (version {model.version}), times in UTC"
+    console.print(table)
+
+
+def _write_forecasts(repo: FeastRepo, model: LoadedModel, entities: list, out: str) -> None:
+    from skewless.serving.batch import forecast_fleet, open_sink, output_schema
+
+    sink = open_sink(out, output_schema(repo.config, model))  # refused before any work
+    with _progress() as progress:
+        task = progress.add_task("entities", total=len(entities))
+        summary = forecast_fleet(
+            repo.config,
+            repo.home,
+            model,
+            entities,
+            sink,
+            on_batch=lambda done: progress.advance(task, done),
         )
-        console.print(table)
+    console.print(
+        f"{summary.forecast} of {summary.entities} entities forecast by {model.name} "
+        f"version {model.version} (@{model.alias}), written to {out}"
+    )
+    for entity, error in list(summary.failed.items())[:10]:
+        console.print(f"[yellow]entity {entity}[/]: {error}")
+    if len(summary.failed) > 10:
+        console.print(f"... and {len(summary.failed) - 10} more; see the error column")
 
 
 class Engine(StrEnum):
@@ -426,11 +478,11 @@ def backtest(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None
         from skewless.training.backtest import fold_bounds
         from skewless.training.tracking import log_backtest, tracked_run
 
-        repo, rows = _history(config, set_, csv)
-        fold_bounds(repo.config, rows)  # refuse impossible fold layouts before any work
+        repo, history = _history(config, set_, csv)
+        fold_bounds(repo.config, history)  # refuse impossible fold layouts before any work
         with tracked_run(repo.config, repo.home, "backtest") as run_id, _progress() as progress:
             task = progress.add_task("folds", total=repo.config.backtest.folds)
-            report = run_backtest(repo.config, rows, on_fold=lambda _: progress.advance(task))
+            report = run_backtest(repo.config, history, on_fold=lambda _: progress.advance(task))
             log_backtest(report, repo.config)
         _print_metrics(
             "backtest folds",
@@ -468,11 +520,11 @@ def tune(
             optuna.logging.set_verbosity(optuna.logging.WARNING)
 
         overrides = [*(set_ or []), *([f"tuning.trials={trials}"] if trials else [])]
-        repo, rows = _history(config, overrides, csv)
+        repo, history = _history(config, overrides, csv)
         with _progress() as progress:
             task = progress.add_task("trials", total=repo.config.tuning.trials)
             report = run_tune(
-                repo.config, rows, repo.home, on_trial=lambda _: progress.advance(task)
+                repo.config, history, repo.home, on_trial=lambda _: progress.advance(task)
             )
         table = Table(
             title=f"study '{report.study.study_name}' in {storage_url(repo.config, repo.home)}"
@@ -493,16 +545,17 @@ def tune(
 
 def _history(
     config: Path, overrides: list[str] | None, csv: Path | None
-) -> tuple[FeastRepo, pd.DataFrame]:
-    """The repo and its training rows, with the request checked before and after loading."""
-    from skewless.training.pipeline import check_request, load_history
+) -> tuple[FeastRepo, History]:
+    """The repo and its training rows (read in entity batches), with the request checked before
+    and after opening them."""
+    from skewless.training.pipeline import check_request, open_history
 
     repo = _repo(config, overrides)
-    check_request(repo.config)  # model and parameters, before the (slow) load
-    with console.status("loading history"):
-        rows = load_history(repo.config, repo.home, csv)
-    check_request(repo.config, rows)
-    return repo, rows
+    check_request(repo.config)  # model and parameters, before the (slow) open
+    with console.status("opening history"):
+        history = open_history(repo.config, repo.home, csv)
+        check_request(repo.config, history)
+    return repo, history
 
 
 def _print_metrics(title: str, rows: dict) -> None:

@@ -10,6 +10,7 @@ separate processes) without re-implementing either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,26 @@ class Forecasts:
             frame[f"lower_{level}"] = lower.ravel()
             frame[f"upper_{level}"] = upper.ravel()
         return frame
+
+
+def forecast_isolated(
+    predict: Callable[[pd.DataFrame], Forecasts], rows: pd.DataFrame, entity_key: str
+) -> tuple[list[Forecasts], dict[Any, DataValidationError]]:
+    """``predict`` on all entities' rows in one call; if that is refused, on each entity alone
+    to name who failed. Returns the forecasts made and each refused entity's error."""
+    try:
+        return [predict(rows)], {}
+    except DataValidationError as exc:
+        groups = rows.groupby(entity_key, sort=False)
+        if groups.ngroups == 1:
+            return [], {rows[entity_key].iloc[0]: exc}
+    made: list[Forecasts] = []
+    failed: dict[Any, DataValidationError] = {}
+    for _, part in groups:
+        forecasts, errors = forecast_isolated(predict, part, entity_key)
+        made += forecasts
+        failed |= errors
+    return made, failed
 
 
 @dataclass(frozen=True)

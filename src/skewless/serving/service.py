@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skewless.bundle.bundle import FORECAST, ForecastBundle, Forecasts
+from skewless.bundle.bundle import FORECAST, ForecastBundle, Forecasts, forecast_isolated
 from skewless.bundle.reference import DECILES
 from skewless.core.config import SkewlessConfig
-from skewless.core.errors import DataValidationError, RequestError, SkewlessError
+from skewless.core.errors import RequestError, SkewlessError
 from skewless.core.frequency import parse_frequency
 from skewless.features.facade import parse_time_point
 from skewless.features.online import WindowReader, window_reader
@@ -187,17 +187,13 @@ class ServiceCore(ABC):
 
     def _forecast_each(self, model: LoadedModel, rows: pd.DataFrame) -> dict[Any, Item]:
         """All entities in one bundle call; if that is refused, each alone to name who failed."""
-        try:
-            return _items(self._predict(model, rows), model)
-        except DataValidationError as exc:
-            entities = rows.groupby(_key(model), sort=False)
-            if entities.ngroups == 1:
-                entity = rows[_key(model)].iloc[0]
-                return {entity: {"entity": entity, "error": exc}}
-            items: dict[Any, Item] = {}
-            for _, part in entities:
-                items.update(self._forecast_each(model, part))
-            return items
+        made, failed = forecast_isolated(
+            lambda part: self._predict(model, part), rows, _key(model)
+        )
+        items: dict[Any, Item] = {e: {"entity": e, "error": exc} for e, exc in failed.items()}
+        for forecasts in made:
+            items.update(_items(forecasts, model))
+        return items
 
 
 class ForecastService(ServiceCore):
