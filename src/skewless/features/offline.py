@@ -111,6 +111,20 @@ class OfflineTable(ABC):
             parameters,
         )
 
+    def time_range(
+        self, start: datetime | None, end: datetime | None
+    ) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """The earliest and latest event timestamp in [start, end]."""
+        conditions, parameters = self._time_filter(start, end, [], [])
+        frame = self._query(
+            f"SELECT min({EVENT_TS}) AS {EVENT_TS}, max({EVENT_TS}) AS latest FROM {{rows}} "
+            f"{_where(conditions)}",
+            parameters,
+        )
+        if frame.empty or pd.isna(frame[EVENT_TS].iloc[0]):
+            raise FeatureStoreError("the offline store has no rows in the requested time range")
+        return frame[EVENT_TS].iloc[0], frame["latest"].iloc[0]
+
     def row_counts(self, start: datetime | None, end: datetime | None) -> pd.Series:
         """Rows per entity in [start, end], indexed by entity."""
         conditions, parameters = self._time_filter(start, end, [], [])

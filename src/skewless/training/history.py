@@ -58,14 +58,9 @@ class History(ABC):
             if len(rows):
                 yield rows
 
+    @abstractmethod
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
-        """The earliest and latest event timestamp in the range."""
-        first, last = self._time_bounds()
-        if self.start is not None:
-            first = max(first, self.start)
-        if self.end is not None:
-            last = min(last, self.end)
-        return first, last
+        """The earliest and latest event timestamp of the rows in the range."""
 
     def between(
         self, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None
@@ -76,9 +71,6 @@ class History(ABC):
         if end is None or (self.end is not None and self.end < end):
             end = self.end
         return replace(self, start=start, end=end)
-
-    @abstractmethod
-    def _time_bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]: ...
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -108,8 +100,8 @@ class FrameHistory(History):
         rows = rows[rows[self.entity_key].isin(entities)]
         return rows if columns is None else rows[list(columns)]
 
-    def _time_bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
-        times = self.frame[EVENT_TS]
+    def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        times = self._in_range()[EVENT_TS]
         return times.min(), times.max()
 
     def _in_range(self) -> pd.DataFrame:
@@ -150,9 +142,8 @@ class StoreHistory(History):
     def _rows(self, entities: Sequence[Any], columns: Sequence[str] | None) -> pd.DataFrame:
         return self.table.history(entities, _py(self.start), _py(self.end), columns)
 
-    def _time_bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
-        first, last, _ = self.table.bounds()
-        return pd.Timestamp(first), pd.Timestamp(last)
+    def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        return self.table.time_range(_py(self.start), _py(self.end))
 
 
 def as_history(config: SkewlessConfig, data: History | pd.DataFrame) -> History:
