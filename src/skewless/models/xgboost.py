@@ -22,6 +22,9 @@ from skewless.core.progress import report
 from skewless.models.base import Forecaster, WindowSource
 from skewless.preprocessing.running_stats import RowSample
 
+# How many window-tail values (float32) are copied out at once: about 100 MB.
+_TAIL_VALUES = 25_000_000
+
 
 class _RoundProgress(xgb.callback.TrainingCallback):
     """Reports boosting rounds to whoever listens (the CLI's progress bars)."""
@@ -112,14 +115,17 @@ class XGBoostForecaster(Forecaster):
     def _sampled(self, source: WindowSource) -> tuple[np.ndarray, np.ndarray]:
         sample: RowSample | None = None
         width = 0
+        span = max(self.lags, self.covariate_lags)
         for batch in source():
             self.targets_ = batch.targets
-            inputs, targets = batch.tails(max(self.lags, self.covariate_lags))
-            features = self._features(inputs)
-            width = features.shape[1]
-            rows = np.hstack([features, self._labels(inputs, targets)])
-            sample = sample or RowSample(rows.shape[1], self.max_windows, self.seed)
-            sample.add(rows)
+            size = max(1, _TAIL_VALUES // (span * batch.values.shape[1]))
+            for chunk in batch.chunks(size):
+                inputs, targets = chunk.tails(span)
+                features = self._features(inputs)
+                width = features.shape[1]
+                rows = np.hstack([features, self._labels(inputs, targets)])
+                sample = sample or RowSample(rows.shape[1], self.max_windows, self.seed)
+                sample.add(rows)
         if sample is None or not len(sample.rows):
             raise ValueError("no windows to learn from")
         return sample.rows[:, :width].astype(np.float32), sample.rows[:, width:]

@@ -8,7 +8,7 @@ missing period), and a window must lie inside one segment.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -103,6 +103,11 @@ class WindowBatch:
         """(inputs, targets): (windows, lookback, channels), (windows, horizon, targets)."""
         cut = windows_at(self.values, self.starts, self.lookback, self.horizon)
         return cut.inputs, cut.targets[:, :, : self.targets]
+
+    def chunks(self, size: int) -> Iterator[WindowBatch]:
+        """This batch's windows, ``size`` at a time (a batch of long series holds millions)."""
+        for at in range(0, len(self.starts), size):
+            yield replace(self, starts=self.starts[at : at + size])
 
     def tails(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(the last ``length`` input rows of each window, its targets): for models that look

@@ -41,6 +41,9 @@ from skewless.preprocessing.windows import (
 from skewless.training.history import FrameHistory, History, StoreHistory, as_history
 from skewless.training.metrics import ErrorSums, Evaluation, naive_scale
 
+# How many window values (float32) scoring copies out at once: about 100 MB.
+SCORED_VALUES = 25_000_000
+
 
 @dataclass(frozen=True)
 class WindowSet:
@@ -125,20 +128,38 @@ def window_set(
     last_target: pd.Timestamp | None = None,
 ) -> WindowSet:
     """All windows of ``rows`` whose forecast steps lie within [first_target, last_target],
-    copied out (one batch of rows at a time: this is what scoring reads)."""
+    copied out at once."""
+    return next(window_sets(config, preprocessor, rows, first_target, last_target))
+
+
+def window_sets(
+    config: SkewlessConfig,
+    preprocessor: Preprocessor,
+    rows: pd.DataFrame,
+    first_target: pd.Timestamp | None = None,
+    last_target: pd.Timestamp | None = None,
+    size: int | None = None,
+) -> Iterator[WindowSet]:
+    """The windows of :func:`window_set`, copied out ``size`` at a time (all when None): a
+    batch of a hundred long series holds millions of windows, but scoring needs a few at once.
+    Always yields at least one (possibly empty) set."""
     training = config.training
     starts, first = _starts(config, rows, first_target, last_target)
     values = preprocessor.transform(rows).to_numpy(np.float32)
-    scaled = windows_at(values, starts, training.lookback, training.horizon)
     raw = rows[config.data.targets].to_numpy(np.float64)
-    actual = windows_at(raw, starts, training.lookback, training.horizon)
-    return WindowSet(
-        inputs=scaled.inputs,
-        targets=scaled.targets[:, :, : len(config.data.targets)],
-        actual=actual.targets,
-        entities=rows[config.data.entity_key].to_numpy()[starts],
-        first_target=first,
-    )
+    keys = rows[config.data.entity_key].to_numpy()
+    size = size or max(len(starts), 1)
+    for at in range(0, max(len(starts), 1), size):
+        chosen = starts[at : at + size]
+        scaled = windows_at(values, chosen, training.lookback, training.horizon)
+        actual = windows_at(raw, chosen, training.lookback, training.horizon)
+        yield WindowSet(
+            inputs=scaled.inputs,
+            targets=scaled.targets[:, :, : len(config.data.targets)],
+            actual=actual.targets,
+            entities=keys[chosen],
+            first_target=first[at : at + size],
+        )
 
 
 def window_batch(
@@ -225,11 +246,14 @@ def scored_batches(
     first_target: pd.Timestamp | None = None,
     last_target: pd.Timestamp | None = None,
 ) -> Iterator[tuple[WindowSet, np.ndarray]]:
-    """Per entity batch: its windows in [first_target, last_target] and their forecasts."""
+    """Windows in [first_target, last_target] and their forecasts, a bounded number at a time
+    (``SCORED_VALUES`` window values) from one entity batch at a time."""
+    length = config.training.lookback + config.training.horizon
+    size = max(1, SCORED_VALUES // (length * len(preprocessor.output_columns)))
     for rows in history.batches():
-        windows = window_set(config, preprocessor, rows, first_target, last_target)
-        if len(windows):
-            yield windows, predict(preprocessor, model, windows)
+        for windows in window_sets(config, preprocessor, rows, first_target, last_target, size):
+            if len(windows):
+                yield windows, predict(preprocessor, model, windows)
 
 
 def score(
