@@ -120,7 +120,7 @@ def test_preprocessor_fitted_in_batches_equals_one_fit(
     config = etth_config(*SMALL, *overrides)
     whole = Preprocessor(config).fit(rows)
     history = batched(config, rows, 2)
-    parts = Preprocessor(config).fit_batches(history.batches)
+    parts = Preprocessor(config).fit_batches(history)
     np.testing.assert_allclose(parts.fill_values_, whole.fill_values_, rtol=1e-12)
     np.testing.assert_allclose(parts.global_stats_.center, whole.global_stats_.center, rtol=1e-12)
     np.testing.assert_allclose(parts.global_stats_.scale, whole.global_stats_.scale, rtol=1e-12)

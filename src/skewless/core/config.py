@@ -416,6 +416,21 @@ class MonitoringConfig(_Strict):
         return value
 
 
+class ComputeConfig(_Strict):
+    """Where batch work (training, backtests, batch forecasts) runs: here, or on Ray."""
+
+    engine: Literal["local", "ray"] = "local"
+    address: str | None = Field(
+        default=None,
+        description="null starts a local Ray; 'auto' or 'host:port' / 'ray://host:port' joins one",
+    )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="most tasks at once (a local Ray gets this many CPUs); null: every CPU",
+    )
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -432,6 +447,7 @@ class SkewlessConfig(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @field_validator("name")
     @classmethod

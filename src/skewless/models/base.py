@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
 from typing import Self
 
 import numpy as np
 
+from skewless.compute.batches import Batches
 from skewless.core.errors import NotFittedError
 from skewless.preprocessing.windows import WindowBatch
 
-# Window batches that can be walked more than once (epochs, validation after training).
-WindowSource = Callable[[], Iterable[WindowBatch]]
+# Window batches, each made (and a function of it run) where the compute engine puts it.
+WindowSource = Batches[WindowBatch]
 
 
 class Forecaster(ABC):
@@ -58,10 +58,11 @@ class Forecaster(ABC):
         return self
 
     def fit_batches(self, train: WindowSource, val: WindowSource | None = None) -> Self:
-        """Learn from windows handed out a batch at a time (each source can be walked again).
+        """Learn from windows handed out a batch at a time (a source can be walked again).
 
-        A model that learns from sums (NLinear in closed form) never holds more than one batch;
-        the others gather every window first (``_fit_batches``'s default).
+        A model that learns from sums of its batches (NLinear in closed form) or from a bounded
+        sample (XGBoost) never holds more than that; the others gather every window first
+        (``_fit_batches``'s default).
         """
         self.validate_params()
         self._fit_batches(train, val)
@@ -122,7 +123,7 @@ class Forecaster(ABC):
 
 def gather(source: WindowSource) -> tuple[np.ndarray, np.ndarray]:
     """Every window of ``source`` in two arrays (inputs, targets)."""
-    parts = [batch.windows() for batch in source()]
+    parts = list(source.map(WindowBatch.windows))
     if not parts:
         raise ValueError("no windows to learn from")
     inputs, targets = zip(*parts, strict=True)

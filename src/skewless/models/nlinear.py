@@ -10,6 +10,7 @@ Adam as the paper did, for comparison.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -23,6 +24,7 @@ from skewless.models.normal_equations import (
     solve_ridge,
 )
 from skewless.models.torch_training import TrainingLoop
+from skewless.preprocessing.windows import WindowBatch
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +80,8 @@ class NLinear(Forecaster):
 
     def _equations(self, source: WindowSource) -> NormalEquations:
         total = None
-        for batch in source():
-            for stretch in batch.stretches():
-                part = series_normal_equations(
-                    stretch, batch.lookback, batch.horizon, self.individual
-                )
+        for part in source.map(partial(batch_equations, individual=self.individual)):
+            if part is not None:
                 total = part if total is None else total + part
         if total is None:
             raise ValueError("no windows to learn from")
@@ -183,3 +182,13 @@ class _NLinearNetwork(torch.nn.Module):
         weight = self.weight.expand(channels, -1, -1)
         bias = self.bias.expand(channels, -1)
         return torch.einsum("nlv,vlh->nhv", batch - last, weight) + bias.T[None] + last
+
+
+def batch_equations(batch: WindowBatch, individual: bool) -> NormalEquations | None:
+    """The normal equations of one batch's windows (None if it has none), from its stretches
+    of consecutive windows: no window is copied."""
+    total = None
+    for stretch in batch.stretches():
+        part = series_normal_equations(stretch, batch.lookback, batch.horizon, individual)
+        total = part if total is None else total + part
+    return total

@@ -13,6 +13,7 @@ those few coefficients and the forecast is rebuilt from them.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ import xgboost as xgb
 from skewless.core.progress import report
 from skewless.models.base import Forecaster, WindowSource
 from skewless.preprocessing.running_stats import RowSample
+from skewless.preprocessing.windows import WindowBatch
 
 # How many window-tail values (float32) are copied out at once: about 100 MB.
 _TAIL_VALUES = 25_000_000
@@ -114,21 +116,33 @@ class XGBoostForecaster(Forecaster):
 
     def _sampled(self, source: WindowSource) -> tuple[np.ndarray, np.ndarray]:
         sample: RowSample | None = None
-        width = 0
-        span = max(self.lags, self.covariate_lags)
-        for batch in source():
-            self.targets_ = batch.targets
-            size = max(1, _TAIL_VALUES // (span * batch.values.shape[1]))
-            for chunk in batch.chunks(size):
-                inputs, targets = chunk.tails(span)
-                features = self._features(inputs)
-                width = features.shape[1]
-                rows = np.hstack([features, self._labels(inputs, targets)])
-                sample = sample or RowSample(rows.shape[1], self.max_windows, self.seed)
-                sample.add(rows)
+        for targets, part in source.map(self._batch_sample):
+            self.targets_ = targets
+            if sample is None:
+                sample = part
+            elif part is not None:
+                sample.merge(part)
         if sample is None or not len(sample.rows):
             raise ValueError("no windows to learn from")
+        width = sample.rows.shape[1] - self.horizon * self.targets_
         return sample.rows[:, :width].astype(np.float32), sample.rows[:, width:]
+
+    def _batch_sample(self, batch: WindowBatch) -> tuple[int, RowSample | None]:
+        """Features and labels of a batch's windows, at most ``max_windows`` of them, built a
+        bounded number of window tails at a time. The sample's seed comes from the batch's
+        content, so it is the same wherever the batch runs."""
+        self.targets_ = batch.targets
+        span = max(self.lags, self.covariate_lags)
+        size = max(1, _TAIL_VALUES // (span * batch.values.shape[1]))
+        sample = None
+        for chunk in batch.chunks(size):
+            inputs, targets = chunk.tails(span)
+            rows = np.hstack([self._features(inputs), self._labels(inputs, targets)])
+            if sample is None:
+                seed = [self.seed, zlib.crc32(batch.values[:1].tobytes())]
+                sample = RowSample(rows.shape[1], self.max_windows, seed)
+            sample.add(rows)
+        return batch.targets, sample
 
     def _train(
         self,

@@ -16,18 +16,18 @@ ending in ``_``, ``transform`` never mutates. It pickles, which is how the bundl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from skewless.compute.batches import Batches, InMemory
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError, NotFittedError
 from skewless.features.engineering import engineer, engineered_columns
 from skewless.features.validation import EVENT_TS
-from skewless.preprocessing.running_stats import Moments, RowSample
+from skewless.preprocessing.running_stats import Moments, RowSample, batch_seed
 
 _UNSEEN = 0
 
@@ -60,6 +60,23 @@ class ScaleStats:
         return cls(np.nan_to_num(center), scale)
 
 
+@dataclass
+class _BatchSummary:
+    fills: Moments | RowSample  # for the fill values: mean, or median from a sample
+    scales: _ScaleAccumulator | None  # None: the batch has missing values
+    categories: dict[str, set[str]]
+
+    def merge(self, other: _BatchSummary) -> _BatchSummary:
+        self.fills.merge(other.fills)  # type: ignore[arg-type]  # both of one kind
+        if self.scales is None or other.scales is None:
+            self.scales = None
+        else:
+            self.scales.merge(other.scales)
+        for column, seen in other.categories.items():
+            self.categories[column] |= seen
+        return self
+
+
 class _ScaleAccumulator:
     """Scaling statistics of imputed rows, batch by batch: global, and per entity."""
 
@@ -72,10 +89,18 @@ class _ScaleAccumulator:
     def add(self, rows: pd.DataFrame, filled: np.ndarray, per_entity: bool) -> None:
         self.moments.add(filled)
         if self.sample is not None:
+            self.sample = RowSample(filled.shape[1], seed=batch_seed(rows[self.entity_key]))
             self.sample.add(filled)
         if per_entity:
             for entity, index in rows.groupby(self.entity_key, sort=False).indices.items():
                 self.entities[entity] = ScaleStats.fit(filled[index], self.method)
+
+    def merge(self, other: _ScaleAccumulator) -> _ScaleAccumulator:
+        self.moments.merge(other.moments)
+        if self.sample is not None and other.sample is not None:
+            self.sample.merge(other.sample)
+        self.entities |= other.entities
+        return self
 
     def result(self) -> tuple[ScaleStats, dict[Any, ScaleStats]]:
         moments = self.moments
@@ -120,40 +145,59 @@ class Preprocessor:
         return [self.entity_key, EVENT_TS, *self.numeric_columns, *self.categorical_columns]
 
     def fit(self, rows: pd.DataFrame) -> Preprocessor:
-        return self.fit_batches(lambda: [rows])
+        return self.fit_batches(InMemory(rows))
 
-    def fit_batches(self, batches: Callable[[], Iterable[pd.DataFrame]]) -> Preprocessor:
-        """Fit on rows handed out in batches of whole entities, equal to fitting on all at once.
+    def fit_batches(self, batches: Batches[pd.DataFrame]) -> Preprocessor:
+        """Fit on rows in batches of whole entities, equal to fitting on all at once: each
+        batch is summarised where it is read, the summaries merge here.
 
         One walk over the batches, and a second only when values are missing: scaling
         statistics are taken after imputation, whose fill values need every batch first.
         """
-        settings = self.config.preprocessing
-        columns = len(self.numeric_columns)
-        median = settings.imputation.method == "median"
-        fills: Moments | RowSample = RowSample(columns) if median else Moments(columns)
-        scales = _ScaleAccumulator(settings.scaling.method, columns, self.entity_key)
-        categories: dict[str, set[str]] = {column: set() for column in self.categorical_columns}
-        missing = False
-        for rows in batches():
-            self._check_columns(rows)
-            values = rows[self.numeric_columns].to_numpy(np.float64)
-            fills.add(values)
-            for column, seen in categories.items():
-                seen.update(rows[column].dropna().astype(str).unique())
-            missing = missing or bool(np.isnan(values).any())
-            if not missing:  # imputation changes nothing yet: scale statistics in the same walk
-                scales.add(rows, values, settings.scaling.per_entity)
+        summary = None
+        for part in batches.map(self._summarise):
+            summary = part if summary is None else summary.merge(part)
+        if summary is None:
+            raise DataValidationError("cannot fit the preprocessor", ["no training rows"])
+        fills = summary.fills
         self.fill_values_ = (
             np.nanmedian(fills.rows, axis=0) if isinstance(fills, RowSample) else fills.means()
         )
-        if missing:
-            scales = _ScaleAccumulator(settings.scaling.method, columns, self.entity_key)
-            for rows in batches():
-                scales.add(rows, self._impute(rows), settings.scaling.per_entity)
+        scales = summary.scales
+        if scales is None:  # values were missing somewhere: scale the imputed rows
+            for part_scales in batches.map(lambda rows: self._scales(rows, self._impute(rows))):
+                scales = part_scales if scales is None else scales.merge(part_scales)
+        assert scales is not None
         self.global_stats_, self.entity_stats_ = scales.result()
-        self.categories_ = {column: sorted(seen) for column, seen in categories.items()}
+        self.categories_ = {column: sorted(seen) for column, seen in summary.categories.items()}
         return self
+
+    def _summarise(self, rows: pd.DataFrame) -> _BatchSummary:
+        """What fitting needs of one batch: fill statistics, categories, and scaling
+        statistics of the raw values when none is missing (imputation then changes nothing)."""
+        self._check_columns(rows)
+        values = rows[self.numeric_columns].to_numpy(np.float64)
+        fills: Moments | RowSample
+        if self.config.preprocessing.imputation.method == "median":
+            fills = RowSample(values.shape[1], seed=batch_seed(rows[self.entity_key]))
+            fills.add(values)
+        else:
+            fills = Moments.of(values)
+        missing = bool(np.isnan(values).any())
+        return _BatchSummary(
+            fills=fills,
+            scales=None if missing else self._scales(rows, values),
+            categories={
+                column: set(rows[column].dropna().astype(str).unique())
+                for column in self.categorical_columns
+            },
+        )
+
+    def _scales(self, rows: pd.DataFrame, filled: np.ndarray) -> _ScaleAccumulator:
+        scaling = self.config.preprocessing.scaling
+        scales = _ScaleAccumulator(scaling.method, filled.shape[1], self.entity_key)
+        scales.add(rows, filled, scaling.per_entity)
+        return scales
 
     def transform(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Model-ready float32 columns (``output_columns``), index aligned with ``rows``."""

@@ -8,6 +8,9 @@ exact answer, for any history up to that size.
 
 from __future__ import annotations
 
+import zlib
+from typing import Any
+
 import numpy as np
 
 SAMPLE_ROWS = 1_000_000
@@ -24,23 +27,36 @@ class Moments:
         self.high = np.full(columns, -np.inf)
 
     def add(self, values: np.ndarray) -> None:
+        self.merge(Moments.of(values))
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Moments:
+        moments = cls(values.shape[1])
         finite = ~np.isnan(values)
-        count = finite.sum(axis=0).astype(np.float64)
-        seen = count > 0
+        moments.count = finite.sum(axis=0).astype(np.float64)
+        seen = moments.count > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(seen, np.nansum(values, axis=0) / count, 0.0)
-        squares = np.nansum((values - mean) ** 2, axis=0)
-        total = self.count + count
-        delta = mean - self.mean
+            moments.mean = np.where(seen, np.nansum(values, axis=0) / moments.count, 0.0)
+        moments.squares = np.nansum((values - moments.mean) ** 2, axis=0)
+        if seen.any():
+            moments.low = np.min(np.where(finite, values, np.inf), axis=0)
+            moments.high = np.max(np.where(finite, values, -np.inf), axis=0)
+        return moments
+
+    def merge(self, other: Moments) -> None:
+        """Add ``other``'s rows (Chan et al.'s pairwise update)."""
+        total = self.count + other.count
+        delta = other.mean - self.mean
         with np.errstate(invalid="ignore", divide="ignore"):
-            self.mean = np.where(total > 0, self.mean + delta * count / total, 0.0)
+            self.mean = np.where(total > 0, self.mean + delta * other.count / total, 0.0)
             self.squares = np.where(
-                total > 0, self.squares + squares + delta**2 * self.count * count / total, 0.0
+                total > 0,
+                self.squares + other.squares + delta**2 * self.count * other.count / total,
+                0.0,
             )
         self.count = total
-        if seen.any():
-            self.low = np.fmin(self.low, np.nanmin(np.where(finite, values, np.inf), axis=0))
-            self.high = np.fmax(self.high, np.nanmax(np.where(finite, values, -np.inf), axis=0))
+        self.low = np.fmin(self.low, other.low)
+        self.high = np.fmax(self.high, other.high)
 
     def means(self) -> np.ndarray:
         return np.where(self.count > 0, self.mean, np.nan)
@@ -59,16 +75,30 @@ class Moments:
 class RowSample:
     """A uniform sample of at most ``size`` rows, mergeable batch by batch (bottom-k keys)."""
 
-    def __init__(self, columns: int, size: int = SAMPLE_ROWS, seed: int = 0) -> None:
+    def __init__(self, columns: int, size: int = SAMPLE_ROWS, seed: int | list[int] = 0) -> None:
         self.size = size
         self.keys = np.empty(0)
         self.rows = np.empty((0, columns))
         self._random = np.random.default_rng(seed)
 
     def add(self, values: np.ndarray) -> None:
-        keys = np.concatenate([self.keys, self._random.random(len(values))])
-        rows = np.concatenate([self.rows, values])
+        self._keep(self._random.random(len(values)), values)
+
+    def merge(self, other: RowSample) -> None:
+        """Add ``other``'s sample (rows after this one's, while both are whole)."""
+        self._keep(other.keys, other.rows)
+
+    def _keep(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        keys = np.concatenate([self.keys, keys])
+        rows = np.concatenate([self.rows, rows])
         if len(keys) > self.size:
             kept = np.argpartition(keys, self.size - 1)[: self.size]
             keys, rows = keys[kept], rows[kept]
         self.keys, self.rows = keys, rows
+
+
+def batch_seed(entities: Any) -> list[int]:
+    """A batch's sample seed from its first entity, so a sample does not depend on where the
+    batch ran (Ray or here) or in which order batches finished."""
+    first = str(entities.iloc[0]) if len(entities) else ""
+    return [zlib.crc32(first.encode())]

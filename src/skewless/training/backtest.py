@@ -19,7 +19,7 @@ from skewless.core.errors import ConfigError
 from skewless.core.frequency import parse_frequency
 from skewless.training.history import History, as_history
 from skewless.training.metrics import ErrorSums, Evaluation
-from skewless.training.pipeline import fit, naive_scales, scored_batches
+from skewless.training.pipeline import fit, naive_scales, score_batches
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def backtest(
     settings, step = config.backtest, parse_frequency(config.data.frequency)
     folds, pooled = [], ErrorSums()
     residuals: list[tuple[np.ndarray, int]] = []
-    shown = set(history.entities()[:PLOTTED_ENTITIES])
+    shown = history.entities()[:PLOTTED_ENTITIES]
     plotted: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]] = []
     for number, (train_end, test_start, test_end) in enumerate(
         fold_bounds(config, history), start=1
@@ -113,32 +113,31 @@ def backtest(
             assert settings.train_periods is not None
             train = train.between(start=train_end - (settings.train_periods - 1) * step)
         result = fit(config, train)
-        scale = naive_scales(config, train)
         test = history.between(test_start - config.training.lookback * step, test_end)
-        errors, windows_scored = ErrorSums(), 0
-        for windows, predicted in scored_batches(
-            config, result.preprocessor, result.model, test, test_start, test_end
+        errors, windows = ErrorSums(), 0
+        for part in score_batches(
+            config,
+            result.preprocessor,
+            result.model,
+            test,
+            naive_scales(config, train),
+            test_start,
+            test_end,
+            residuals=True,
+            shown=shown,
         ):
-            errors.add(windows.actual, predicted, windows.entities, scale)
-            pooled.add(windows.actual, predicted, windows.entities, scale)
-            residuals.append((np.abs(windows.actual - predicted).astype(np.float32), number))
-            windows_scored += len(windows)
-            mine = np.isin(windows.entities, list(shown))
-            if mine.any():
-                plotted.append(
-                    (
-                        windows.first_target[mine],
-                        windows.entities[mine],
-                        windows.actual[mine],
-                        predicted[mine],
-                    )
-                )
+            errors.merge(part.errors)
+            windows += part.windows
+            if part.residuals is not None:
+                residuals.append((part.residuals, number))
+            plotted += part.shown
+        pooled.merge(errors)
         fold = Fold(
             number,
             train_end,
             test_start,
             test_end,
-            windows_scored,
+            windows,
             errors.result(),
             result.model.get_params(),
         )

@@ -1,26 +1,31 @@
 """Training rows handed out an entity batch at a time, so memory follows the batch, not the fleet.
 
-Every training step (preprocessor fit, model fit, backtest scoring) walks a :class:`History`
-batch by batch. A batch holds whole entities (their rows sorted by time), so anything computed
-per entity (imputation, per-entity scaling, windows) is the same as on all rows at once.
-``between`` narrows a history to a time range without reading anything.
+Every training step (preprocessor fit, model fit, backtest scoring) maps a function over a
+:class:`History`'s batches (``map``) and reduces the results. A batch holds whole entities (their
+rows sorted by time), so anything computed per entity (imputation, per-entity scaling, windows)
+is the same as on all rows at once. The history's compute engine decides where each batch is
+read and worked on: here, or in a Ray task. ``between`` narrows a history to a time range
+without reading anything.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from skewless.compute.engine import Compute, LocalCompute, compute_engine
 from skewless.core.config import SkewlessConfig
 from skewless.features.offline import OfflineTable
 from skewless.features.validation import EVENT_TS
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,6 +37,7 @@ class History(ABC):
     batch_entities: int
     start: pd.Timestamp | None = None
     end: pd.Timestamp | None = None
+    compute: Compute = field(default_factory=LocalCompute)
 
     @property
     @abstractmethod
@@ -50,13 +56,22 @@ class History(ABC):
     def _rows(self, entities: Sequence[Any], columns: Sequence[str] | None) -> pd.DataFrame:
         """Rows of ``entities`` in the range, sorted by entity and time."""
 
-    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
-        """The rows, ``batch_entities`` whole entities at a time (only ``columns`` if given)."""
+    def map(
+        self, function: Callable[[pd.DataFrame], R], columns: Sequence[str] | None = None
+    ) -> Iterator[R]:
+        """``function`` of the rows of every batch of ``batch_entities`` whole entities (only
+        ``columns`` if given), run where the compute engine puts it; results in batch order."""
+        reader = replace(self, compute=LocalCompute())  # what a task needs to read its batch
         entities = self.entities()
-        for first in range(0, len(entities), self.batch_entities):
-            rows = self._rows(entities[first : first + self.batch_entities], columns)
-            if len(rows):
-                yield rows
+        groups = [
+            entities[first : first + self.batch_entities]
+            for first in range(0, len(entities), self.batch_entities)
+        ]
+        return self.compute.map(lambda group: function(reader._rows(group, columns)), groups)
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The rows of every batch, read in this process."""
+        return replace(self, compute=LocalCompute()).map(_same, columns)
 
     @abstractmethod
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -83,7 +98,12 @@ class FrameHistory(History):
     def of(cls, config: SkewlessConfig, rows: pd.DataFrame) -> FrameHistory:
         key = config.data.entity_key
         ordered = rows.sort_values([key, EVENT_TS], kind="stable").reset_index(drop=True)
-        return cls(key, config.training.batch_entities, frame=ordered)
+        return cls(
+            key,
+            config.training.batch_entities,
+            compute=compute_engine(config.compute),
+            frame=ordered,
+        )
 
     @property
     def columns(self) -> list[str]:
@@ -127,7 +147,12 @@ class StoreHistory(History):
         from skewless.features.repo import FeastRepo
 
         table = FeastRepo(config, home).offline
-        return cls(config.data.entity_key, config.training.batch_entities, table=table)
+        return cls(
+            config.data.entity_key,
+            config.training.batch_entities,
+            compute=compute_engine(config.compute),
+            table=table,
+        )
 
     @property
     def columns(self) -> list[str]:
@@ -149,6 +174,10 @@ class StoreHistory(History):
 def as_history(config: SkewlessConfig, data: History | pd.DataFrame) -> History:
     """``data`` as a History: frames (CSV input, tests) are wrapped as they are."""
     return data if isinstance(data, History) else FrameHistory.of(config, data)
+
+
+def _same(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows
 
 
 def _py(stamp: pd.Timestamp | None) -> datetime | None:

@@ -76,11 +76,20 @@ class ErrorSums:
         counts = np.stack([np.sum(~np.isnan(p), axis=2) for p in pieces], axis=-1)
         table = np.concatenate([sums, counts], axis=-1)  # (windows, horizon, 2 x pieces)
         by_step = table.sum(axis=0)
-        self.per_step = by_step if self.per_step is None else self.per_step + by_step
         codes, distinct = pd.factorize(entities)
         by_entity = np.zeros((len(distinct), table.shape[-1]))
         np.add.at(by_entity, codes, table.sum(axis=1))
-        for entity, row in zip(distinct, by_entity, strict=True):
+        added = ErrorSums()
+        added.per_step = by_step
+        added.per_entity = dict(zip(distinct, by_entity, strict=True))
+        self.merge(added)
+
+    def merge(self, other: ErrorSums) -> None:
+        """Add the windows ``other`` has summed."""
+        if other.per_step is None:
+            return
+        self.per_step = other.per_step if self.per_step is None else self.per_step + other.per_step
+        for entity, row in other.per_entity.items():
             known = self.per_entity.get(entity)
             self.per_entity[entity] = row if known is None else known + row
 

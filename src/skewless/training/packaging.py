@@ -15,7 +15,7 @@ from skewless.bundle.bundle import FeatureSpec, ForecastBundle
 from skewless.bundle.intervals import ConformalIntervals
 from skewless.bundle.reference import reference_statistics
 from skewless.core.config import SkewlessConfig
-from skewless.preprocessing.running_stats import RowSample
+from skewless.preprocessing.running_stats import RowSample, batch_seed
 from skewless.training.backtest import BacktestReport
 from skewless.training.history import History, as_history
 from skewless.training.pipeline import FitResult
@@ -60,12 +60,17 @@ class HistorySummary:
 
 def summarise(config: SkewlessConfig, history: History) -> HistorySummary:
     variables = config.data.variables
-    digest = hashlib.sha256()
-    sample = RowSample(len(variables))
-    for rows in history.batches():
-        digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+
+    def summarise_rows(rows: pd.DataFrame) -> tuple[bytes, RowSample]:
+        sample = RowSample(len(variables), seed=batch_seed(rows[config.data.entity_key]))
         sample.add(_reference_rows(config, rows)[variables].to_numpy(np.float64))
-    return HistorySummary(digest.hexdigest(), pd.DataFrame(sample.rows, columns=variables))
+        return pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes(), sample
+
+    digest, reference = hashlib.sha256(), RowSample(len(variables))
+    for hashed, sample in history.map(summarise_rows):
+        digest.update(hashed)  # in batch order: the digest of every row in order
+        reference.merge(sample)
+    return HistorySummary(digest.hexdigest(), pd.DataFrame(reference.rows, columns=variables))
 
 
 def held_out_coverage(report: BacktestReport, levels: tuple[float, ...]) -> dict[float, float]:

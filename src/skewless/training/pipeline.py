@@ -8,7 +8,7 @@ like the ones it is trained on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from skewless.bundle.bundle import forecast
+from skewless.compute.batches import Mapped
 from skewless.core.config import SkewlessConfig, SourceConfig, skewless_home
 from skewless.core.errors import ConfigError
 from skewless.core.frequency import parse_frequency
@@ -192,16 +193,15 @@ def count_windows(
     """How many windows :func:`window_batch` would cut, from keys and timestamps alone."""
     columns = [config.data.entity_key, EVENT_TS]
     return sum(
-        len(_starts(config, rows, first_target, last_target)[0])
-        for rows in history.batches(columns)
+        history.map(lambda rows: len(_starts(config, rows, first_target, last_target)[0]), columns)
     )
 
 
 def fit(config: SkewlessConfig, data: History | pd.DataFrame) -> FitResult:
     """Fit on ``data``: the last ``validation_fraction`` of the period validates (and selects).
 
-    Every step walks the history an entity batch at a time; only models that cannot learn from
-    batches (see ``Forecaster.fit_batches``) gather all windows.
+    Every step maps over the history's entity batches (here or on Ray) and reduces; only
+    models that cannot learn from batches (see ``Forecaster.fit_batches``) gather all windows.
     """
     history = as_history(config, data)
     model = create_model(config.training.model, config.training.horizon, config.training.params)
@@ -212,11 +212,11 @@ def fit(config: SkewlessConfig, data: History | pd.DataFrame) -> FitResult:
     validation = _validation_rows(config, history, split + step)
     _require(count_windows(config, train_rows), "training", config)
     _require(count_windows(config, validation, split + step), "validation", config)
-    preprocessor = Preprocessor(config).fit_batches(train_rows.batches)
+    preprocessor = Preprocessor(config).fit_batches(train_rows)
     model.fit_batches(
-        lambda: (window_batch(config, preprocessor, model, b) for b in train_rows.batches()),
-        lambda: (
-            window_batch(config, preprocessor, model, b, split + step) for b in validation.batches()
+        Mapped(train_rows, lambda rows: window_batch(config, preprocessor, model, rows)),
+        Mapped(
+            validation, lambda rows: window_batch(config, preprocessor, model, rows, split + step)
         ),
     )
     scale = naive_scales(config, train_rows)
@@ -228,8 +228,11 @@ def naive_scales(config: SkewlessConfig, history: History) -> dict[Any, float]:
     """MASE denominators per entity of ``history`` (see :func:`naive_scale`)."""
     key, targets = config.data.entity_key, config.data.targets
     scales: dict[Any, float] = {}
-    for rows in history.batches([key, EVENT_TS, *targets]):
-        scales.update(naive_scale(rows[key].to_numpy(), rows[targets].to_numpy()))
+    for part in history.map(
+        lambda rows: naive_scale(rows[key].to_numpy(), rows[targets].to_numpy()),
+        [key, EVENT_TS, *targets],
+    ):
+        scales |= part
     return scales
 
 
@@ -238,22 +241,59 @@ def predict(preprocessor: Preprocessor, model: Forecaster, windows: WindowSet) -
     return forecast(preprocessor, model, windows.inputs, windows.entities)
 
 
-def scored_batches(
+@dataclass
+class BatchScore:
+    """What scoring one entity batch leaves: error sums, and on request the absolute errors
+    and the windows of a few entities to plot."""
+
+    errors: ErrorSums
+    windows: int
+    residuals: np.ndarray | None  # (windows, horizon, targets) float32
+    shown: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def score_batches(
     config: SkewlessConfig,
     preprocessor: Preprocessor,
     model: Forecaster,
     history: History,
+    scale: dict[Any, float],
     first_target: pd.Timestamp | None = None,
     last_target: pd.Timestamp | None = None,
-) -> Iterator[tuple[WindowSet, np.ndarray]]:
-    """Windows in [first_target, last_target] and their forecasts, a bounded number at a time
-    (``SCORED_VALUES`` window values) from one entity batch at a time."""
+    residuals: bool = False,
+    shown: Sequence[Any] = (),
+) -> Iterator[BatchScore]:
+    """Per entity batch, the score of its windows in [first_target, last_target] (run where
+    the batch is read; windows are copied ``SCORED_VALUES`` values at a time)."""
     length = config.training.lookback + config.training.horizon
     size = max(1, SCORED_VALUES // (length * len(preprocessor.output_columns)))
-    for rows in history.batches():
+
+    def score_rows(rows: pd.DataFrame) -> BatchScore:
+        result = BatchScore(ErrorSums(), 0, None, [])
+        kept = []
         for windows in window_sets(config, preprocessor, rows, first_target, last_target, size):
-            if len(windows):
-                yield windows, predict(preprocessor, model, windows)
+            if not len(windows):
+                continue
+            predicted = predict(preprocessor, model, windows)
+            result.errors.add(windows.actual, predicted, windows.entities, scale)
+            result.windows += len(windows)
+            if residuals:
+                kept.append(np.abs(windows.actual - predicted).astype(np.float32))
+            mine = np.isin(windows.entities, list(shown))
+            if mine.any():
+                result.shown.append(
+                    (
+                        windows.first_target[mine],
+                        windows.entities[mine],
+                        windows.actual[mine],
+                        predicted[mine],
+                    )
+                )
+        if kept:
+            result.residuals = np.concatenate(kept)
+        return result
+
+    return history.map(score_rows)
 
 
 def score(
@@ -265,12 +305,12 @@ def score(
     first_target: pd.Timestamp | None = None,
     last_target: pd.Timestamp | None = None,
 ) -> Evaluation:
-    """Metrics of every window of ``history`` in range, summed batch by batch."""
+    """Metrics of every window of ``history`` in range, summed over the batches."""
     errors = ErrorSums()
-    for windows, predicted in scored_batches(
-        config, preprocessor, model, history, first_target, last_target
+    for part in score_batches(
+        config, preprocessor, model, history, scale, first_target, last_target
     ):
-        errors.add(windows.actual, predicted, windows.entities, scale)
+        errors.merge(part.errors)
     return errors.result()
 
 

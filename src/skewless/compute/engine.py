@@ -1,0 +1,115 @@
+"""Compute engines: map a function over items here, or as Ray tasks, results in item order.
+
+``compute.engine: ray`` starts a local Ray (``address`` null) or joins a cluster (``auto`` or
+``host:port`` / ``ray://host:port``). Tasks read their batches themselves, so every node must
+reach the offline store and MLflow artifacts through their URIs (a shared path or PostgreSQL)
+and run the same skewless. A task whose worker dies is retried by Ray; work is deterministic,
+so a retried task returns the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from skewless.core.config import ComputeConfig
+from skewless.core.errors import ConfigError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# How long a cluster address may take to answer before it is reported as down.
+CONNECT_TIMEOUT_S = 10.0
+
+
+class Compute(ABC):
+    @abstractmethod
+    def map(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """``function(item)`` for every item, in item order."""
+
+
+class LocalCompute(Compute):
+    """Everything in this process, one item after another."""
+
+    def map(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        return (function(item) for item in items)
+
+
+class RayCompute(Compute):
+    """Each item a Ray task; at most ``in_flight`` run at once, so results wait in memory only
+    for the slowest of a few tasks."""
+
+    def __init__(self, in_flight: int) -> None:
+        self.in_flight = in_flight
+
+    def map(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        import ray
+
+        task = ray.remote(max_retries=3, retry_exceptions=False)(function)
+        pending: deque[Any] = deque()
+        for item in items:
+            pending.append(task.remote(item))
+            if len(pending) >= self.in_flight:
+                yield ray.get(pending.popleft())
+        while pending:
+            yield ray.get(pending.popleft())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RayCompute, (self.in_flight,))
+
+
+def compute_engine(config: ComputeConfig) -> Compute:
+    """The configured engine; Ray is started or joined here, once per process."""
+    if config.engine == "local":
+        return LocalCompute()
+    ray = _import_ray()
+    if config.address not in (None, "auto", "local"):
+        _require_answer(config.address)
+    if not ray.is_initialized():
+        # Ray 2.60 turns token auth on by default; a cluster started here needs none.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        try:
+            ray.init(
+                address=config.address or "local",
+                num_cpus=config.workers if config.address is None else None,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"cannot join the Ray cluster at compute.address: {exc}") from None
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return RayCompute(max(1, min(cpus, config.workers or cpus)))
+
+
+def _require_answer(address: str) -> None:
+    """Refuse an address nobody listens on at once, instead of Ray's long reconnect loop."""
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if parsed.hostname is None or parsed.port is None:
+        raise ConfigError(
+            f"compute.address {address!r} is not 'auto', 'host:port' or 'ray://host:port'"
+        )
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"the Ray cluster at compute.address {address!r} does not answer ({exc}); start it "
+            "with `ray start --head`, or set compute.engine: local"
+        ) from None
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "compute.engine: ray needs Ray: pip install 'skewless[ray]' (ray[serve]==2.60.0)"
+        ) from None
+    return ray

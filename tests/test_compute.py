@@ -1,0 +1,125 @@
+"""The same jobs on a real two-node Ray cluster (head and worker node on this machine)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_tasks
+
+from skewless.compute.engine import RayCompute, compute_engine
+from skewless.core.config import ComputeConfig
+from skewless.core.errors import ConfigError
+from skewless.features.repo import FeastRepo
+from skewless.training.backtest import backtest
+from skewless.training.history import FrameHistory, StoreHistory
+from skewless.training.pipeline import fit, load_history
+from tests.conftest import etth_config, free_port
+from tests.test_scale import SMALL, fleet
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A head node and a worker node, one CPU each; the test process drives them."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()},
+    )
+    nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    try:
+        yield nodes.address
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(cluster: str) -> RayCompute:
+    made = compute_engine(ComputeConfig(engine="ray", address=cluster))
+    assert isinstance(made, RayCompute) and made.in_flight == 2  # both nodes' CPUs
+    return made
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    path = tmp_path_factory.mktemp("fleet") / "fleet.csv"
+    fleet(7, 900).to_csv(path, index=False)
+    return load_history(etth_config(*SMALL), csv=path)
+
+
+def test_training_and_backtests_on_two_nodes_equal_the_local_run(
+    engine: RayCompute, etth_sqlite: FeastRepo
+) -> None:
+    config = etth_config(*SMALL, "training.batch_entities=1")
+    config = config.model_copy(update={"feature_store": etth_sqlite.config.feature_store})
+    local = StoreHistory.of(config, etth_sqlite.home)
+    remote = replace(local, compute=engine)
+    here, there = fit(config, local), fit(config, remote)
+    np.testing.assert_allclose(there.model.weight_, here.model.weight_, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(there.model.bias_, here.model.bias_, rtol=1e-9, atol=0)
+    for name, value in here.validation.overall.items():
+        assert there.validation.overall[name] == pytest.approx(value, rel=1e-9)
+    folds = etth_config(*SMALL, "training.batch_entities=1", "backtest.folds=2")
+    folds = folds.model_copy(update={"feature_store": etth_sqlite.config.feature_store})
+    mine, theirs = backtest(folds, local), backtest(folds, remote)
+    for name, value in mine.overall.overall.items():
+        assert theirs.overall.overall[name] == pytest.approx(value, rel=1e-9)
+    assert [f.windows for f in theirs.folds] == [f.windows for f in mine.folds]
+    nodes = {task.node_id for task in list_tasks(limit=10_000) if task.node_id}
+    assert len(nodes) == 2, "tasks ran on both the head and the worker node"
+
+
+def test_a_worker_killed_mid_training_is_retried_to_the_same_result(
+    engine: RayCompute, rows: pd.DataFrame
+) -> None:
+    config = etth_config(*SMALL, "training.batch_entities=1", "training.model=xgboost")
+    local = FrameHistory.of(config, rows)
+    expected = fit(config, local).validation.overall
+    outcome: dict[str, object] = {}
+    training = threading.Thread(
+        target=lambda: outcome.update(fitted=fit(config, replace(local, compute=engine)))
+    )
+    training.start()
+    killed = _kill_a_busy_worker(deadline=time.monotonic() + 60)
+    training.join(timeout=300)
+    assert killed, "no Ray worker was seen running a task"
+    fitted = outcome["fitted"]
+    for name, value in expected.items():
+        assert fitted.validation.overall[name] == pytest.approx(value, rel=1e-9)  # type: ignore[attr-defined]
+
+
+def test_an_address_that_does_not_answer_is_a_clear_error_at_once() -> None:
+    began = time.monotonic()
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.1:1.*does not answer"):
+        compute_engine(ComputeConfig(engine="ray", address="127.0.0.1:1"))
+    assert time.monotonic() - began < 30
+    with pytest.raises(ConfigError, match="not 'auto', 'host:port'"):
+        compute_engine(ComputeConfig(engine="ray", address="nowhere"))
+
+
+def test_a_batch_size_of_zero_is_refused() -> None:
+    with pytest.raises(ConfigError, match="batch_entities"):
+        etth_config("training.batch_entities=0")
+
+
+def _kill_a_busy_worker(deadline: float) -> bool:
+    """SIGKILL the first Ray worker process seen running one of our tasks."""
+    while time.monotonic() < deadline:
+        for process in psutil.process_iter(["cmdline"]):
+            title = " ".join(process.info["cmdline"] or [])
+            if title.startswith("ray::") and "lambda" in title:
+                process.kill()
+                return True
+        time.sleep(0.02)
+    return False
