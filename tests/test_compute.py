@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from skewless.compute.engine import RayCompute, compute_engine
 from skewless.core.config import ComputeConfig
 from skewless.core.errors import ConfigError
 from skewless.features.repo import FeastRepo
+from skewless.registry.registry import ModelRegistry
+from skewless.serving.batch import forecast_fleet, open_sink, output_schema
+from skewless.serving.service import load_model
 from skewless.training.backtest import backtest
 from skewless.training.history import FrameHistory, StoreHistory
 from skewless.training.pipeline import fit, load_history
@@ -118,8 +122,31 @@ def _kill_a_busy_worker(deadline: float) -> bool:
     while time.monotonic() < deadline:
         for process in psutil.process_iter(["cmdline"]):
             title = " ".join(process.info["cmdline"] or [])
-            if title.startswith("ray::") and "lambda" in title:
+            if title.startswith("ray::") and "call" in title:  # our tasks, not Ray's own
                 process.kill()
                 return True
         time.sleep(0.02)
     return False
+
+
+def test_forecast_all_on_the_cluster_writes_what_the_local_run_writes(
+    engine: RayCompute, cluster: str, etth_release: tuple, etth_sqlite: FeastRepo, tmp_path: Path
+) -> None:
+    config, released, _ = etth_release
+    model = load_model(
+        ModelRegistry(config.tracking.uri), config.model_name, "production", released.version
+    )
+    tables = {}
+    for engine_name in ("local", "ray"):
+        settings = config.model_copy(
+            update={
+                "compute": ComputeConfig(engine=engine_name, address=cluster),
+                "serving": config.serving.model_copy(update={"max_entities": 1}),
+            }
+        )
+        path = tmp_path / f"{engine_name}.parquet"
+        sink = open_sink(str(path), output_schema(settings, model))
+        summary = forecast_fleet(settings, etth_sqlite.home, model, [1, 2, 99], sink)
+        assert summary.forecast == 2 and list(summary.failed) == [99]
+        tables[engine_name] = pd.read_parquet(path).drop(columns="time_point")
+    pd.testing.assert_frame_equal(tables["ray"], tables["local"])

@@ -51,7 +51,12 @@ class RayCompute(Compute):
     def map(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         import ray
 
-        task = ray.remote(max_retries=3, retry_exceptions=False)(function)
+        # A plain function (Ray refuses partials and callables): exported once with what it
+        # captures, then each task ships only its item.
+        def call(item: T) -> R:
+            return function(item)
+
+        task = ray.remote(max_retries=3, retry_exceptions=False)(call)
         pending: deque[Any] = deque()
         for item in items:
             pending.append(task.remote(item))

@@ -3,7 +3,9 @@
 The same path as a served request (online windows → the bundle's two stages), written as rows
 to a Parquet file or a PostgreSQL table: one row per entity, forecast step and target with the
 bounds, the model version and the time point; an entity that cannot be forecast (unknown, stale,
-too short) is one row with its error, never a crash. Memory holds one batch.
+too short) is one row with its error, never a crash. Memory holds one batch per worker; with
+``compute.engine: ray`` the batches are Ray tasks (plain tasks rather than Ray Data: the rows
+must come back to one writer anyway, and a worker keeps its store connection between batches).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skewless.bundle.bundle import FORECAST, TARGET, forecast_isolated
+from skewless.compute.engine import compute_engine
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import ConfigError, SkewlessError
 from skewless.features.validation import EVENT_TS
@@ -158,40 +162,46 @@ def forecast_fleet(
     sink: ForecastSink,
     on_batch: Callable[[int], None] | None = None,
 ) -> FleetSummary:
-    """Forecast ``entities`` ``serving.max_entities`` at a time into ``sink``; ``on_batch``
-    hears how many entities each batch held. The sink is committed only if every batch was
-    written, and aborted otherwise."""
-    fetcher = OnlineWindowFetcher(config, home)
-    time_point = datetime.now(UTC)
+    """Forecast ``entities`` ``serving.max_entities`` at a time into ``sink``, each batch where
+    ``compute`` puts it (here, or a Ray task whose worker keeps its store connection); the
+    batches' rows come back here to be written. ``on_batch`` hears how many entities each batch
+    held. The sink is committed only if every batch was written, and aborted otherwise."""
     size = config.serving.max_entities
+    unique = list(dict.fromkeys(entities))
+    batches = [unique[first : first + size] for first in range(0, len(unique), size)]
+    work = partial(_forecast_batch, config, home, model, datetime.now(UTC), sink.schema)
     failed: dict[Any, str] = {}
     try:
-        for first in range(0, len(entities), size):
-            chosen = list(dict.fromkeys(entities[first : first + size]))
-            table, errors = _batch(config, model, fetcher, chosen, time_point, sink.schema)
+        for table, errors, count in compute_engine(config.compute).map(work, batches):
             sink.write(table)
             failed |= errors
             if on_batch is not None:
-                on_batch(len(chosen))
+                on_batch(count)
     except BaseException:
         sink.abort()
         raise
     sink.commit()
-    distinct = len(set(entities))
-    return FleetSummary(distinct, distinct - len(failed), failed)
+    return FleetSummary(len(unique), len(unique) - len(failed), failed)
 
 
-def _batch(
+# Per process (a Ray worker serves many batches): the online store reader, opened once.
+_FETCHERS: dict[tuple[str, Path], OnlineWindowFetcher] = {}
+
+
+def _forecast_batch(
     config: SkewlessConfig,
+    home: Path,
     model: LoadedModel,
-    fetcher: OnlineWindowFetcher,
-    entities: list[Any],
     time_point: datetime,
     schema: pa.Schema,
-) -> tuple[pa.Table, dict[Any, str]]:
+    entities: list[Any],
+) -> tuple[pa.Table, dict[Any, str], int]:
     """One batch's rows: forecasts, then one row per entity that could not be forecast."""
     bundle, key = model.bundle, config.data.entity_key
-    rows, problems = fetcher.fetch(entities, None, bundle.spec.lookback)
+    opened = (config.project, home)
+    if opened not in _FETCHERS:
+        _FETCHERS[opened] = OnlineWindowFetcher(config, home)
+    rows, problems = _FETCHERS[opened].fetch(entities, None, bundle.spec.lookback)
     failures: dict[Any, SkewlessError] = dict(problems)
     frames = []
     if rows is not None:
@@ -210,4 +220,4 @@ def _batch(
         if column not in frame:
             frame[column] = None
     table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    return table, errors
+    return table, errors, len(entities)
