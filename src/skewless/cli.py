@@ -105,8 +105,13 @@ def ingest(
 
         repo = _repo(config, set_)
         sources = None if source is None else [source_from_path(source, entity)]
-        with console.status("ingesting"):
-            reports = run_ingest(repo, sources)
+        with _progress() as progress:
+            task = progress.add_task("entities ingested", total=None)
+            reports = run_ingest(
+                repo,
+                sources,
+                lambda done, total: progress.update(task, completed=done, total=total),
+            )
         _print_ingest(reports)
 
 
@@ -706,9 +711,23 @@ def _print_ingest(reports: list[IngestReport]) -> None:
             str(report.rows_read),
             str(report.rows_written),
             str(report.rows_already_stored),
-            ", ".join(str(e) for e in report.entities),
+            _few(report.entities),
         )
     console.print(table)
     for report in reports:
-        for warning in report.warnings:
+        for warning in report.warnings[:SHOWN_WARNINGS]:
             console.print(f"[yellow]warning[/] {report.origin}: {warning}", highlight=False)
+        if len(report.warnings) > SHOWN_WARNINGS:
+            console.print(
+                f"[yellow]warning[/] {report.origin}: ... and "
+                f"{len(report.warnings) - SHOWN_WARNINGS} more (the log has them all)"
+            )
+
+
+# A fleet's worth of entities or warnings helps no one on a terminal.
+SHOWN_WARNINGS = 20
+
+
+def _few(entities: list) -> str:
+    shown = ", ".join(str(e) for e in entities[:8])
+    return shown if len(entities) <= 8 else f"{shown}, ... ({len(entities)} entities)"

@@ -177,6 +177,9 @@ class FeatureStoreConfig(_Strict):
         description="how many periods a window may end before a requested time point",
     )
     materialize_batch_entities: int = Field(default=1000, ge=1)
+    ingest_batch_entities: int = Field(
+        default=100, ge=1, description="entities read, validated and written at a time"
+    )
 
     @field_validator("project")
     @classmethod

@@ -1,13 +1,17 @@
 """Ingestion: read raw sources, validate them, append what is new to the offline store.
 
-All sources of one call are validated before any is written, so a bad file never leaves half an
-ingest behind. Re-ingesting rows that are already stored adds nothing.
+Sources are read ``feature_store.ingest_batch_entities`` entities at a time (every source's rows
+of those entities together, so rows of one entity in two sources are still compared), validated
+and written batch by batch into one pending part that appears only when every batch passed: a
+bad row anywhere leaves nothing behind, and memory holds one batch. Re-ingesting rows that are
+already stored adds nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +19,10 @@ from typing import Any
 import pandas as pd
 
 from skewless.core.config import SourceConfig
-from skewless.core.errors import ConfigError
+from skewless.core.errors import ConfigError, SourceError
 from skewless.features.engineering import engineer
 from skewless.features.repo import FeastRepo
-from skewless.features.sources import describe_source, read_source
+from skewless.features.sources import SourceReader
 from skewless.features.validation import (
     ENTITY_ROW,
     EVENT_TS,
@@ -42,6 +46,14 @@ class IngestReport:
     entities: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def add(self, batch: IngestReport) -> None:
+        """Count in what one more batch of the same source contributed."""
+        self.rows_read += batch.rows_read
+        self.rows_written += batch.rows_written
+        self.rows_already_stored += batch.rows_already_stored
+        self.entities += batch.entities
+        self.warnings += batch.warnings
+
 
 @dataclass
 class _Batch:
@@ -49,38 +61,82 @@ class _Batch:
     rows: pd.DataFrame
 
 
-def ingest(repo: FeastRepo, sources: Sequence[SourceConfig] | None = None) -> list[IngestReport]:
-    """Ingest ``sources`` (the config's when None) and register the Feast objects."""
+def ingest(
+    repo: FeastRepo,
+    sources: Sequence[SourceConfig] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[IngestReport]:
+    """Ingest ``sources`` (the config's when None) and register the Feast objects;
+    ``progress`` hears (entities done, entities in total)."""
     chosen = list(sources) if sources is not None else repo.config.data.sources
     if not chosen:
         raise ConfigError("no sources to ingest: list them under data.sources or pass --source")
-    frames = [(describe_source(s), read_source(s, repo.config.data)) for s in chosen]
-    reports = ingest_frames(repo, frames)
+    with ExitStack() as stack:
+        readers = [stack.enter_context(SourceReader(s, repo.config.data)) for s in chosen]
+        found = {reader.origin: reader.entities() for reader in readers}
+        empty = [origin for origin, entities in found.items() if not entities]
+        if empty:
+            raise SourceError(f"{', '.join(empty)}: the source has no rows")
+        entities = _in_order({e for entities in found.values() for e in entities})
+        size = repo.config.feature_store.ingest_batch_entities
+        reports = {reader.origin: IngestReport(reader.origin, 0) for reader in readers}
+        with repo.offline.write_lock(), repo.offline.appender() as part:
+            for first in range(0, len(entities), size):
+                chosen_entities = entities[first : first + size]
+                frames = [(reader.origin, reader.rows(chosen_entities)) for reader in readers]
+                for report in _ingest_batch(repo, [f for f in frames if len(f[1])], part.write):
+                    reports[report.origin].add(report)
+                if progress is not None:
+                    progress(min(first + size, len(entities)), len(entities))
+    if part.where:
+        logger.info(
+            "wrote %d rows to %s", sum(r.rows_written for r in reports.values()), part.where
+        )
     repo.apply()
-    return reports
+    return list(reports.values())
 
 
 def ingest_frames(
     repo: FeastRepo, frames: Sequence[tuple[str, pd.DataFrame]]
 ) -> list[IngestReport]:
-    """Validate every (origin, raw rows) pair, then append the new rows of all of them."""
-    with repo.offline.write_lock():
-        batches = [_validate(repo, origin, raw) for origin, raw in frames]
-        new_rows = pd.concat([b.rows for b in batches], ignore_index=True)
-        _refuse_overlaps(repo, new_rows, [b.report.origin for b in batches])
-        if not new_rows.empty:
-            stored = new_rows.drop(columns=ENTITY_ROW)
-            stored[repo.config.data.entity_key] = _storage_entities(stored, repo)
-            stored = pd.concat(
-                [
-                    stored.reset_index(drop=True),
-                    engineer(stored[EVENT_TS], repo.config).reset_index(drop=True),
-                ],
-                axis=1,
-            )
-            part = repo.offline.append(stored)
-            logger.info("wrote %d rows to %s", len(stored), part)
+    """Validate every (origin, raw rows) pair held in memory, then append the new rows of all
+    of them (pushed rows)."""
+    with repo.offline.write_lock(), repo.offline.appender() as part:
+        reports = _ingest_batch(repo, frames, part.write)
+    return reports
+
+
+def _ingest_batch(
+    repo: FeastRepo,
+    frames: Sequence[tuple[str, pd.DataFrame]],
+    write: Callable[[pd.DataFrame], None],
+) -> list[IngestReport]:
+    """Validate (origin, raw rows) pairs of the same entities, then write the new rows."""
+    batches = [_validate(repo, origin, raw) for origin, raw in frames]
+    new_rows = pd.concat([b.rows for b in batches], ignore_index=True)
+    _refuse_overlaps(repo, new_rows, [b.report.origin for b in batches])
+    if not new_rows.empty:
+        stored = new_rows.drop(columns=ENTITY_ROW)
+        stored[repo.config.data.entity_key] = _storage_entities(stored, repo)
+        stored = pd.concat(
+            [
+                stored.reset_index(drop=True),
+                engineer(stored[EVENT_TS], repo.config).reset_index(drop=True),
+            ],
+            axis=1,
+        )
+        write(stored)
     return [b.report for b in batches]
+
+
+def _in_order(entities: set[Any]) -> list[Any]:
+    """Entities sorted (numbers as numbers); a missing entity (None) last."""
+    known = [e for e in entities if e is not None and not pd.isna(e)]
+    try:
+        ordered = sorted(known)
+    except TypeError:  # mixed types: validation will refuse them; any order will do
+        ordered = sorted(known, key=str)
+    return ordered + [None] * (len(known) < len(entities))
 
 
 def _validate(repo: FeastRepo, origin: str, raw: pd.DataFrame) -> _Batch:

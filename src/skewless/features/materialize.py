@@ -1,9 +1,12 @@
-"""Offline → online: Feast materializes the latest rows, skewless writes the windows.
+"""Offline → online: the latest rows and the windows, written a batch of entities at a time.
 
-The window view cannot come from Feast's materialization (it keeps one row per entity), so
-skewless builds each entity's last W rows with DuckDB and writes them with Feast's own online
-write, a batch of entities at a time to keep memory bounded. Incremental runs rebuild only the
-windows of entities that received rows since the last run (by ingestion time, so late rows count).
+Per batch of ``feature_store.materialize_batch_entities`` entities, skewless reads each entity's
+last W rows (one offline query) and writes, with Feast's own online write, both views: the
+window (all W rows, packed) and the latest row (the window's last). Feast's ``materialize``
+is not used: its local engine reads every row of the range at once (3.3 GB for 1,000 year-long
+hourly series, against 0.85 GB for this path), and a killed run leaves its view marked as
+materializing. Incremental runs rewrite only entities that received rows since the last run (by
+ingestion time, so late rows count).
 """
 
 from __future__ import annotations
@@ -56,21 +59,21 @@ def materialize(
         entities, start = repo.offline.changed_since(watermark)
     else:
         incremental, entities, start = False, repo.offline.entities(), first
-    if start is not None:
-        repo.store.materialize(start_date=start, end_date=end, feature_views=[SERIES_VIEW])
     write_windows(repo, entities, progress)
     _write_watermark(repo, ingested_until)
     return MaterializeReport(incremental, len(entities), start, end)
 
 
 def write_windows(repo: FeastRepo, entities: list[Any], progress: Progress | None = None) -> None:
-    """Rebuild and write the online windows of ``entities``, a bounded batch at a time."""
+    """Rebuild and write the online windows and latest rows of ``entities``, a bounded batch
+    at a time."""
     config = repo.config
-    size = config.feature_store.materialize_batch_entities
+    key, size = config.data.entity_key, config.feature_store.materialize_batch_entities
     for begin in range(0, len(entities), size):
         batch = entities[begin : begin + size]
         tails = repo.offline.tail(config.feature_store.window_size, batch)
-        windows = pack_windows(tails, config.data.entity_key, config.data.variables)
+        repo.store.write_to_online_store(SERIES_VIEW, tails.groupby(key, sort=False).tail(1))
+        windows = pack_windows(tails, key, config.data.variables)
         windows[CREATED_TS] = pd.Timestamp.now(tz="UTC")
         repo.store.write_to_online_store(WINDOW_VIEW, windows)
         if progress is not None:

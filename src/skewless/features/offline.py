@@ -63,8 +63,16 @@ class OfflineTable(ABC):
         """A context manager that serialises writers, so two ingests never add the same rows."""
 
     @abstractmethod
+    def appender(self) -> Any:
+        """A context manager yielding ``write(rows)``: every batch written inside it becomes
+        visible at once when it exits, stamped with one ingestion time, or none of them if it
+        raises. Returns where the rows went as the context value's ``where``."""
+
     def append(self, rows: pd.DataFrame) -> str:
         """Store ``rows`` atomically, stamped with the ingestion time; returns where they went."""
+        with self.appender() as batches:
+            batches.write(rows)
+        return batches.where
 
     @abstractmethod
     def feast_source(self, name: str) -> DataSource:
@@ -106,8 +114,7 @@ class OfflineTable(ABC):
         conditions, parameters = self._time_filter(start, end, *self._entity_filter(entities))
         chosen = "*" if columns is None else ", ".join(f'"{c}"' for c in columns)
         return self._query(
-            f"SELECT {chosen} FROM {{rows}} {_where(conditions)} "
-            f"ORDER BY {self._key}, {EVENT_TS}",
+            f"SELECT {chosen} FROM {{rows}} {_where(conditions)} ORDER BY {self._key}, {EVENT_TS}",
             parameters,
         )
 
@@ -241,16 +248,21 @@ class ParquetOfflineTable(OfflineTable):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def append(self, rows: pd.DataFrame) -> str:
+    @contextmanager
+    def appender(self) -> Iterator[ParquetAppend]:
         self.folder.mkdir(parents=True, exist_ok=True)
         now = datetime.now(UTC)
-        stamped = rows.assign(**{CREATED_TS: pd.Timestamp(now)})
-        table = pa.Table.from_pandas(stamped, preserve_index=False)
         name = f"part-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        temporary = self.folder / f".{name}.tmp"
-        pq.write_table(table, temporary, coerce_timestamps="us", allow_truncated_timestamps=True)
-        os.replace(temporary, self.folder / name)
-        return str(self.folder / name)
+        append = ParquetAppend(self.folder / f".{name}.tmp", pd.Timestamp(now))
+        try:
+            yield append
+        except BaseException:
+            append.close()
+            append.path.unlink(missing_ok=True)
+            raise
+        if append.close():
+            os.replace(append.path, self.folder / name)  # the part appears whole, or not at all
+            append.where = str(self.folder / name)
 
     def feast_source(self, name: str) -> DataSource:
         return FileSource(
@@ -303,20 +315,14 @@ class PostgresOfflineTable(OfflineTable):
             finally:
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [self._qualified])
 
-    def append(self, rows: pd.DataFrame) -> str:
-        columns = [self.entity_key, EVENT_TS, *self.value_columns, CREATED_TS]
-        stamped = rows.assign(**{CREATED_TS: pd.Timestamp.now(tz="UTC")})[columns]
-        records = stamped.astype(object).where(stamped.notna(), None).itertuples(index=False)
+    @contextmanager
+    def appender(self) -> Iterator[PostgresAppend]:
         with self._connect() as conn, conn.transaction():
             conn.execute(self._create_statement())
-            with conn.cursor().copy(
-                sql.SQL("COPY {} ({}) FROM STDIN").format(
-                    self._ident, sql.SQL(", ").join(map(sql.Identifier, columns))
-                )
-            ) as copy:
-                for record in records:
-                    copy.write_row(record)
-        return self._qualified
+            columns = [self.entity_key, EVENT_TS, *self.value_columns, CREATED_TS]
+            yield PostgresAppend(
+                conn, self._ident, columns, pd.Timestamp.now(tz="UTC"), self._qualified
+            )
 
     def feast_source(self, name: str) -> DataSource:
         return PostgreSQLSource(
@@ -381,6 +387,62 @@ class PostgresOfflineTable(OfflineTable):
             ) from exc
         conn.execute("SET TIME ZONE 'UTC'")
         return conn
+
+
+class ParquetAppend:
+    """Batches into one hidden Parquet file (one row group each), renamed into place at the end."""
+
+    def __init__(self, path: Path, created: pd.Timestamp) -> None:
+        self.path, self.created, self.where = path, created, ""
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, rows: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(
+            rows.assign(**{CREATED_TS: self.created}), preserve_index=False
+        )
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self.path, table.schema, coerce_timestamps="us", allow_truncated_timestamps=True
+            )
+        self._writer.write_table(table.cast(self._writer.schema))
+
+    def close(self) -> bool:
+        """Finish the file; False if nothing was written."""
+        if self._writer is None:
+            return False
+        self._writer.close()
+        self._writer = None
+        return True
+
+
+class PostgresAppend:
+    """Batches copied into the table inside one transaction."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        table: sql.Identifier,
+        columns: list[str],
+        created: pd.Timestamp,
+        where: str,
+    ) -> None:
+        self.conn, self.table, self.columns, self.created, self.where = (
+            conn,
+            table,
+            columns,
+            created,
+            where,
+        )
+
+    def write(self, rows: pd.DataFrame) -> None:
+        stamped = rows.assign(**{CREATED_TS: self.created})[self.columns]
+        records = stamped.astype(object).where(stamped.notna(), None).itertuples(index=False)
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            self.table, sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        )
+        with self.conn.cursor().copy(statement) as copy:
+            for record in records:
+                copy.write_row(record)
 
 
 def offline_table(config: SkewlessConfig, home: Path) -> OfflineTable:

@@ -19,6 +19,7 @@ from skewless.core.errors import DataValidationError
 from skewless.core.frequency import parse_frequency
 
 ENTITY_ROW = "row"  # source row number, kept beside the parsed columns for messages
+SOURCE_ROW = "__source_row"  # a raw column with each row's number in its source, if read in parts
 EVENT_TS = "event_timestamp"
 CREATED_TS = "created_timestamp"
 VALUE_DTYPE = np.float32
@@ -60,20 +61,30 @@ def parse_rows(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) ->
     if raw.empty:
         findings.errors.append("the source has no rows")
         return pd.DataFrame()
-    parsed = pd.DataFrame({ENTITY_ROW: np.arange(1, len(raw) + 1)})
-    parsed[data.entity_key] = _parse_entities(raw[data.entity_key], config, findings)
-    parsed[EVENT_TS] = _parse_timestamps(raw[data.timestamp_column], config, findings)
+    # Row numbers in the source: given by a reader that hands out part of it, else positions.
+    rows = (
+        raw[SOURCE_ROW].to_numpy(np.int64)
+        if SOURCE_ROW in raw.columns
+        else np.arange(1, len(raw) + 1)
+    )
+    parsed = pd.DataFrame({ENTITY_ROW: rows})
+    parsed[data.entity_key] = _parse_entities(raw[data.entity_key], rows, config, findings)
+    parsed[EVENT_TS] = _parse_timestamps(raw[data.timestamp_column], rows, config, findings)
     for column in data.variables:
-        parsed[column] = _parse_numbers(raw[column], column, config, findings)
+        parsed[column] = _parse_numbers(raw[column], rows, column, config, findings)
     return parsed
 
 
-def _parse_entities(values: pd.Series, config: SkewlessConfig, findings: Findings) -> pd.Series:
+def _parse_entities(
+    values: pd.Series, row_numbers: np.ndarray, config: SkewlessConfig, findings: Findings
+) -> pd.Series:
     key = config.data.entity_key
     values = values.reset_index(drop=True)
     null = values.isna()
     if null.any():
-        findings.errors.append(f"'{key}' is empty at {rows_text(np.flatnonzero(null) + 1)}")
+        findings.errors.append(
+            f"'{key}' is empty at {rows_text(row_numbers[np.flatnonzero(null)])}"
+        )
     if config.data.entity_type == "string":
         return values.astype("string")
     numbers = pd.to_numeric(values, errors="coerce")
@@ -81,12 +92,14 @@ def _parse_entities(values: pd.Series, config: SkewlessConfig, findings: Finding
     if bad.any():
         findings.errors.append(
             f"'{key}' must hold integers (data.entity_type is int64) but has "
-            f"{values[bad].iloc[0]!r} at {rows_text(np.flatnonzero(bad) + 1)}"
+            f"{values[bad].iloc[0]!r} at {rows_text(row_numbers[np.flatnonzero(bad)])}"
         )
     return numbers.astype("Int64")
 
 
-def _parse_timestamps(values: pd.Series, config: SkewlessConfig, findings: Findings) -> pd.Series:
+def _parse_timestamps(
+    values: pd.Series, row_numbers: np.ndarray, config: SkewlessConfig, findings: Findings
+) -> pd.Series:
     column, zone = config.data.timestamp_column, config.data.timezone
     values = values.reset_index(drop=True)
     try:
@@ -98,7 +111,7 @@ def _parse_timestamps(values: pd.Series, config: SkewlessConfig, findings: Findi
         first = values[unparseable].iloc[0]
         findings.errors.append(
             f"'{column}' is empty or not a timestamp at "
-            f"{rows_text(np.flatnonzero(unparseable) + 1)} "
+            f"{rows_text(row_numbers[np.flatnonzero(unparseable)])} "
             f"(first: {first!r}); use ISO 8601 such as 2024-01-31T13:00:00+00:00"
         )
     if parsed.dt.tz is not None:
@@ -114,14 +127,18 @@ def _parse_timestamps(values: pd.Series, config: SkewlessConfig, findings: Findi
     if impossible.any():
         findings.errors.append(
             f"'{column}' has times that are ambiguous or do not exist in {zone} "
-            f"(daylight-saving changes) at {rows_text(np.flatnonzero(impossible) + 1)}; "
+            f"(daylight-saving changes) at {rows_text(row_numbers[np.flatnonzero(impossible)])}; "
             "store such data with UTC offsets"
         )
     return localized.dt.tz_convert("UTC")
 
 
 def _parse_numbers(
-    values: pd.Series, column: str, config: SkewlessConfig, findings: Findings
+    values: pd.Series,
+    row_numbers: np.ndarray,
+    column: str,
+    config: SkewlessConfig,
+    findings: Findings,
 ) -> pd.Series:
     values = values.reset_index(drop=True)
     numbers = pd.to_numeric(values, errors="coerce")
@@ -129,17 +146,17 @@ def _parse_numbers(
     if not_numeric.any():
         findings.errors.append(
             f"'{column}' must be numeric but has {values[not_numeric].iloc[0]!r} at "
-            f"{rows_text(np.flatnonzero(not_numeric) + 1)}"
+            f"{rows_text(row_numbers[np.flatnonzero(not_numeric)])}"
         )
     infinite = np.isinf(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
     if infinite.any():
         findings.errors.append(
-            f"'{column}' is infinite at {rows_text(np.flatnonzero(infinite) + 1)}"
+            f"'{column}' is infinite at {rows_text(row_numbers[np.flatnonzero(infinite)])}"
         )
     empty = values.isna()
     if empty.any():
         message = (
-            f"'{column}' is missing at {rows_text(np.flatnonzero(empty) + 1)} "
+            f"'{column}' is missing at {rows_text(row_numbers[np.flatnonzero(empty)])} "
             f"({int(empty.sum())} values)"
         )
         if config.validation.on_missing == "error":
