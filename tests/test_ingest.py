@@ -225,3 +225,45 @@ def test_postgres_errors_are_explained(make_repo: MakeRepo) -> None:
     source = SourceConfig(postgres=PostgresQuery(dsn=POSTGRES_DSN, table="no_such_table"))
     with pytest.raises(SourceError, match="cannot read from PostgreSQL"):
         ingest(make_repo(), [source])
+
+
+def test_a_fleet_is_ingested_in_entity_batches_all_or_nothing(
+    make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    """Seven entities, two at a time: one bad value in the last batch leaves nothing written,
+    and the message names its row in the file; a clean file lands whole, in one part."""
+    repo = make_repo("feature_store.ingest_batch_entities=2")
+    fleet = pd.concat([raw_rows(e, "2020-01-01", 30, seed=e) for e in range(1, 8)])
+    fleet = fleet.sample(frac=1, random_state=0).reset_index(drop=True)  # entities interleaved
+    bad = fleet.copy()
+    bad["OT"] = bad["OT"].astype(object)
+    wrong_row = int(np.flatnonzero(bad["station_id"] == 7)[3])
+    bad.loc[wrong_row, "OT"] = "n/a"
+    path = tmp_path / "fleet.csv"
+    bad.to_csv(path, index=False)
+    seen: list[tuple[int, int]] = []
+    with pytest.raises(DataValidationError, match=f"'OT' must be numeric.* row {wrong_row + 1}\\b"):
+        ingest(repo, [source_from_path(path, None)], progress=lambda *p: seen.append(p))
+    assert stored_rows(repo).empty and seen == [(2, 7), (4, 7), (6, 7)]
+    assert not list(repo.offline.folder.glob(".part-*"))  # the pending part is gone too
+
+    fleet.to_parquet(tmp_path / "fleet.parquet")
+    (report,) = ingest(repo, [source_from_path(tmp_path / "fleet.parquet", None)])
+    assert (report.rows_read, report.rows_written) == (210, 210)
+    assert sorted(report.entities) == list(range(1, 8))
+    rows = stored_rows(repo)
+    assert len(rows) == 210 and len(list(repo.offline.folder.glob("part-*.parquet"))) == 1
+
+
+def test_rows_of_one_entity_in_two_sources_are_compared_across_batches(
+    make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    repo = make_repo("feature_store.ingest_batch_entities=1")
+    raw_rows(1, "2020-01-01", 10).to_csv(tmp_path / "a.csv", index=False)
+    pd.concat([raw_rows(2, "2020-01-01", 10), raw_rows(1, "2020-01-01 05:00", 2, seed=9)]).to_csv(
+        tmp_path / "b.csv", index=False
+    )
+    sources = [source_from_path(tmp_path / name, None) for name in ("a.csv", "b.csv")]
+    with pytest.raises(DataValidationError, match="together"):
+        ingest(repo, sources)
+    assert stored_rows(repo).empty
