@@ -13,6 +13,7 @@ from skewless.core.config import PostgresQuery, SourceConfig
 from skewless.core.errors import DataValidationError, SourceError
 from skewless.features.engineering import engineered_columns
 from skewless.features.ingest import ingest, ingest_frames, source_from_path
+from skewless.features.materialize import materialize, push
 from tests.conftest import POSTGRES_DSN, VARIABLES, MakeRepo, raw_rows
 
 
@@ -267,3 +268,23 @@ def test_rows_of_one_entity_in_two_sources_are_compared_across_batches(
     with pytest.raises(DataValidationError, match="together"):
         ingest(repo, sources)
     assert stored_rows(repo).empty
+
+
+def test_pushed_parts_are_compacted_on_demand_and_after_too_many(
+    make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    repo = make_repo("feature_store.compact_after_parts=3")
+    ingest_frames(repo, [("first", raw_rows(1, "2020-01-01", 24))])
+    ingest_frames(repo, [("second", raw_rows(2, "2020-01-01", 24, seed=2))])
+    before = stored_rows(repo)
+    with repo.offline.write_lock():
+        assert repo.offline.compact() == 2
+    assert repo.offline.parts() == 1
+    pd.testing.assert_frame_equal(stored_rows(repo), before)
+    with repo.offline.write_lock():
+        assert repo.offline.compact() == 0  # one part: nothing to do
+
+    materialize(repo)
+    for day in range(2, 6):  # each push adds a part; the third makes four, over three: merged
+        push(repo, raw_rows(1, f"2020-01-0{day}", 24, seed=day))
+    assert repo.offline.parts() == 2 and len(stored_rows(repo)) == 48 + 4 * 24

@@ -169,6 +169,19 @@ def push(
 
 
 @app.command()
+def compact(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Merge the offline store's Parquet parts (one per ingest or push) into one."""
+    with user_errors():
+        repo = _repo(config, set_)
+        with console.status("compacting"), repo.offline.write_lock():
+            merged = repo.offline.compact()
+        if merged:
+            console.print(f"merged {merged} parts into one, sorted by entity and time")
+        else:
+            console.print("nothing to compact")
+
+
+@app.command()
 def windows(
     config: ConfigArg,
     entity: Annotated[

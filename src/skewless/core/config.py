@@ -180,6 +180,9 @@ class FeatureStoreConfig(_Strict):
     ingest_batch_entities: int = Field(
         default=100, ge=1, description="entities read, validated and written at a time"
     )
+    compact_after_parts: int = Field(
+        default=200, ge=1, description="a push merges the offline parts once there are more"
+    )
 
     @field_validator("project")
     @classmethod

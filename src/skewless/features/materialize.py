@@ -86,6 +86,10 @@ def push(repo: FeastRepo, rows: pd.DataFrame, origin: str = "pushed rows") -> In
     (report,) = ingest_frames(repo, [(origin, rows)])
     if report.rows_written:
         materialize(repo, incremental=True)
+        if repo.offline.parts() > repo.config.feature_store.compact_after_parts:
+            with repo.offline.write_lock():
+                merged = repo.offline.compact()
+            logger.info("compacted %d offline parts into one", merged)
     return report
 
 

@@ -46,6 +46,8 @@ from skewless.features.engineering import engineered_columns
 from skewless.features.validation import CREATED_TS, EVENT_TS, VALUE_DTYPE
 
 SERIES_TABLE = "series"
+# DuckDB's own memory while compacting; beyond it, it spills to disk.
+COMPACTION_MEMORY = "1GB"
 
 
 class OfflineTable(ABC):
@@ -67,6 +69,15 @@ class OfflineTable(ABC):
         """A context manager yielding ``write(rows)``: every batch written inside it becomes
         visible at once when it exits, stamped with one ingestion time, or none of them if it
         raises. Returns where the rows went as the context value's ``where``."""
+
+    def compact(self) -> int:
+        """Merge the stored parts into one, sorted by entity and time; returns how many parts
+        there were (0: nothing to do). Callers hold ``write_lock``."""
+        return 0
+
+    def parts(self) -> int:
+        """How many stored pieces a read has to open."""
+        return 1
 
     def append(self, rows: pd.DataFrame) -> str:
         """Store ``rows`` atomically, stamped with the ingestion time; returns where they went."""
@@ -263,6 +274,32 @@ class ParquetOfflineTable(OfflineTable):
         if append.close():
             os.replace(append.path, self.folder / name)  # the part appears whole, or not at all
             append.where = str(self.folder / name)
+
+    def parts(self) -> int:
+        return len(list(self.folder.glob("part-*.parquet")))
+
+    def compact(self) -> int:
+        """Rewrite every part as one, by DuckDB (which spills rather than holding them), renamed
+        into place before the old parts go. A reader that lists the parts in the instant between
+        the two sees some rows twice: compact when no training reads (``skewless compact``, or
+        automatically after a push once ``feature_store.compact_after_parts`` pile up)."""
+        old = sorted(self.folder.glob("part-*.parquet"))
+        if len(old) < 2:
+            return 0
+        name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        temporary = self.folder / f".{name}.tmp"
+        with duckdb.connect() as connection:
+            connection.execute(f"SET memory_limit = '{COMPACTION_MEMORY}'")
+            connection.execute(f"SET temp_directory = '{self.folder / '.compaction'}'")
+            connection.execute(
+                f"COPY (SELECT * FROM read_parquet(?, union_by_name=true) "
+                f"ORDER BY {self._key}, {EVENT_TS}) TO '{temporary}' (FORMAT parquet)",
+                [[str(part) for part in old]],
+            )
+        os.replace(temporary, self.folder / name)
+        for part in old:
+            part.unlink()
+        return len(old)
 
     def feast_source(self, name: str) -> DataSource:
         return FileSource(
