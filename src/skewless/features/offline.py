@@ -206,9 +206,18 @@ class OfflineTable(ABC):
         return [self.entity_key, EVENT_TS, *self.value_columns, CREATED_TS]
 
     def _entity_filter(self, entities: Sequence[Any] | None) -> tuple[list[str], list[Any]]:
+        """The entities, and their range as well: a range reaches Parquet's row-group statistics
+        (batches of neighbouring entities then skip most of the file), a list does not."""
         if entities is None:
             return [], []
-        return [f"{self._key} = ANY(?)"], [list(entities)]
+        chosen = list(entities)
+        if not chosen:
+            return [f"{self._key} = ANY(?)"], [chosen]
+        return [f"{self._key} = ANY(?)", f"{self._key} BETWEEN ? AND ?"], [
+            chosen,
+            min(chosen),
+            max(chosen),
+        ]
 
     @staticmethod
     def _time_filter(

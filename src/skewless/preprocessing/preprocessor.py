@@ -170,6 +170,7 @@ class Preprocessor:
         assert scales is not None
         self.global_stats_, self.entity_stats_ = scales.result()
         self.categories_ = {column: sorted(seen) for column, seen in summary.categories.items()}
+        self.__dict__.pop("_table", None)  # the lookup of an earlier fit, if any
         return self
 
     def _summarise(self, rows: pd.DataFrame) -> _BatchSummary:
@@ -235,13 +236,26 @@ class Preprocessor:
 
     def _stats_per_row(self, entities: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Center and scale for every row: its entity's, or the global ones (the last row)."""
-        known = list(self.entity_stats_)
-        table = [*self.entity_stats_.values(), self.global_stats_]
-        centers = np.stack([s.center for s in table])
-        scales = np.stack([s.scale for s in table])
+        known, centers, scales = self._lookup()
         codes, distinct = pd.factorize(entities)  # look up each entity once, not each row
-        index = pd.Index(known).get_indexer(distinct)[codes] if known else np.full(len(codes), -1)
+        index = known.get_indexer(distinct)[codes] if len(known) else np.full(len(codes), -1)
         return centers[index], scales[index]  # -1 picks the global statistics
+
+    def _lookup(self) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+        """Entities and their statistics as arrays, built once per process (a fleet has
+        thousands of entities, and every transform and request looks them up)."""
+        if "_table" not in self.__dict__:
+            table = [*self.entity_stats_.values(), self.global_stats_]
+            self._table: tuple[pd.Index, np.ndarray, np.ndarray] = (
+                pd.Index(list(self.entity_stats_)),
+                np.stack([s.center for s in table]),
+                np.stack([s.scale for s in table]),
+            )
+        return self._table
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the lookup table: it is rebuilt from the statistics on first use."""
+        return {k: v for k, v in self.__dict__.items() if k != "_table"}
 
     def _encode(self, values: pd.Series, column: str) -> np.ndarray:
         known = self.categories_[column]

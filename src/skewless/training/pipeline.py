@@ -140,13 +140,15 @@ def window_sets(
     first_target: pd.Timestamp | None = None,
     last_target: pd.Timestamp | None = None,
     size: int | None = None,
+    channels: int | None = None,
 ) -> Iterator[WindowSet]:
     """The windows of :func:`window_set`, copied out ``size`` at a time (all when None): a
     batch of a hundred long series holds millions of windows, but scoring needs a few at once.
-    Always yields at least one (possibly empty) set."""
+    Only the first ``channels`` input channels are copied when given (a model that sees only
+    the targets needs no more). Always yields at least one (possibly empty) set."""
     training = config.training
     starts, first = _starts(config, rows, first_target, last_target)
-    values = preprocessor.transform(rows).to_numpy(np.float32)
+    values = preprocessor.transform(rows).to_numpy(np.float32)[:, :channels]
     raw = rows[config.data.targets].to_numpy(np.float64)
     keys = rows[config.data.entity_key].to_numpy()
     size = size or max(len(starts), 1)
@@ -266,12 +268,15 @@ def score_batches(
     """Per entity batch, the score of its windows in [first_target, last_target] (run where
     the batch is read; windows are copied ``SCORED_VALUES`` values at a time)."""
     length = config.training.lookback + config.training.horizon
-    size = max(1, SCORED_VALUES // (length * len(preprocessor.output_columns)))
+    channels = len(preprocessor.output_columns if model.uses_covariates else config.data.targets)
+    size = max(1, SCORED_VALUES // (length * channels))
 
     def score_rows(rows: pd.DataFrame) -> BatchScore:
         result = BatchScore(ErrorSums(), 0, None, [])
         kept = []
-        for windows in window_sets(config, preprocessor, rows, first_target, last_target, size):
+        for windows in window_sets(
+            config, preprocessor, rows, first_target, last_target, size, channels
+        ):
             if not len(windows):
                 continue
             predicted = predict(preprocessor, model, windows)
