@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import psutil
 import pytest
@@ -27,6 +28,7 @@ from skewless.serving.service import load_model
 from skewless.training.backtest import backtest
 from skewless.training.history import FrameHistory, StoreHistory
 from skewless.training.pipeline import fit, load_history
+from skewless.training.tuning import trial_config, tune
 from tests.conftest import etth_config, free_port
 from tests.test_scale import SMALL, fleet
 
@@ -150,3 +152,23 @@ def test_forecast_all_on_the_cluster_writes_what_the_local_run_writes(
         assert summary.forecast == 2 and list(summary.failed) == [99]
         tables[engine_name] = pd.read_parquet(path).drop(columns="time_point")
     pd.testing.assert_frame_equal(tables["ray"], tables["local"])
+
+
+def test_tuning_trials_run_as_tasks_on_the_cluster(
+    engine: RayCompute, rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    space = (
+        "tuning.space={lookback: {type: int, low: 24, high: 96, step: 24}, "
+        "params.individual: {type: categorical, choices: [true, false]}}"
+    )
+    config = etth_config(*SMALL, "backtest.folds=2", "tuning.trials=4", space)
+    history = replace(FrameHistory.of(config, rows), compute=engine)
+    seen: list[int] = []
+    report = tune(config, history, tmp_path, on_trial=lambda frozen: seen.append(frozen.number))
+    assert sorted(seen) == [0, 1, 2, 3]
+    done = [t for t in report.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4 and all(len(t.intermediate_values) == 2 for t in done)
+    best = trial_config(config, report.study.best_params)  # the same score when run here
+    local = backtest(best, FrameHistory.of(best, rows)).overall.overall["mse"]
+    assert report.best_value == pytest.approx(local, rel=1e-9)
+    assert report.refit.model.get_params()["individual"] == best.training.params["individual"]

@@ -6,13 +6,14 @@ model by the same path as any hand-written config, and reports every fold's erro
 median pruner can stop hopeless trials early. The study lives in an Optuna storage (SQLite under
 ``SKEWLESS_HOME`` by default, PostgreSQL so that workers on several machines share one study).
 The best configuration is then refitted on all rows. The study is one MLflow run, each trial
-a nested run with its values and score.
+a nested run with its values and score. With ``compute.engine: ray`` trials run as Ray tasks,
+``compute.workers`` at a time (see ``_optimize_on_ray``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import mlflow
 import optuna
 import pandas as pd
 
+from skewless.compute.engine import LocalCompute, RayCompute
 from skewless.core.config import SearchDimension, SkewlessConfig, validate_config
 from skewless.core.errors import ConfigError
 from skewless.training.backtest import Fold, backtest, fold_bounds
@@ -101,7 +103,10 @@ def tune(
 
     callbacks = [] if on_trial is None else [lambda _study, frozen: on_trial(frozen)]
     with tracked_run(config, home, f"tune {study.study_name}"):
-        study.optimize(objective, n_trials=settings.trials, callbacks=callbacks)
+        if isinstance(history.compute, RayCompute):
+            _optimize_on_ray(study, config, history, history.compute.in_flight, on_trial)
+        else:
+            study.optimize(objective, n_trials=settings.trials, callbacks=callbacks)
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not completed:
             raise ConfigError("no tuning trial completed; widen tuning.space or add tuning.trials")
@@ -111,6 +116,74 @@ def tune(
         mlflow.log_metric(f"best_{settings.metric}", study.best_value)
         log_evaluation(refit.validation, "refit_val_")
     return TuningReport(study, best, study.best_value, refit)
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """What one trial's backtest, run in a Ray task, sends back."""
+
+    folds: list[float]
+    value: float
+    model_params: dict[str, object]
+
+
+def _optimize_on_ray(
+    study: optuna.Study,
+    config: SkewlessConfig,
+    history: History,
+    at_once: int,
+    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None,
+) -> None:
+    """Trials as Ray tasks, ``at_once`` at a time, by Optuna's ask-and-tell: only this process
+    talks to the study's storage (SQLite stays safe; no storage has to be reachable from the
+    workers), and each task backtests one configuration with its batches read locally. Folds
+    are reported when a trial ends, so the pruner does not stop trials midway here."""
+    settings = config.tuning
+    local = replace(history, compute=LocalCompute())
+    compute = history.compute
+
+    def run(candidate: SkewlessConfig) -> _Trial:
+        report = backtest(candidate, local)
+        folds = [fold.evaluation.overall[settings.metric] for fold in report.folds]
+        model_params = _jsonable(report.folds[-1].model_params)
+        return _Trial(folds, report.overall.overall[settings.metric], model_params)
+
+    remaining = settings.trials
+    while remaining > 0:
+        asked = [study.ask() for _ in range(min(at_once, remaining))]
+        remaining -= len(asked)
+        runnable: list[tuple[optuna.Trial, dict[str, Any], SkewlessConfig]] = []
+        for trial in asked:
+            values = {k: _suggest(trial, k, d) for k, d in settings.space.items()}
+            try:
+                candidate = trial_config(config, values)
+                check_request(candidate, history)
+                fold_bounds(candidate, history)
+            except ConfigError:  # e.g. a lookback too long for the first fold
+                _told(study, trial, on_trial, state=optuna.trial.TrialState.PRUNED)
+                continue
+            runnable.append((trial, values, candidate))
+        for (trial, values, _), result in zip(
+            runnable, compute.map(run, [c for _, _, c in runnable]), strict=True
+        ):
+            trial.set_user_attr("model_params", result.model_params)
+            for step, fold_value in enumerate(result.folds, start=1):
+                trial.report(fold_value, step=step)
+            with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
+                mlflow.log_params({f"tuned.{k}": v for k, v in values.items()})
+                mlflow.log_metric(settings.metric, result.value)
+            _told(study, trial, on_trial, values=result.value)
+
+
+def _told(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None,
+    **outcome: Any,
+) -> None:
+    frozen = study.tell(trial, **outcome)
+    if on_trial is not None:
+        on_trial(frozen)
 
 
 def _suggest(trial: optuna.Trial, name: str, dimension: SearchDimension) -> Any:
