@@ -243,3 +243,36 @@ def test_xgboost_learns_from_window_tails_batch_by_batch(rows: pd.DataFrame) -> 
         *SMALL, "training.model=xgboost", "training.params={n_estimators: 5, max_windows: 500}"
     )
     assert fit(sampled, batched(sampled, rows, 2)).validation.overall["mse"] > 0
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("tft", "{epochs: 1, hidden_size: 8, attention_heads: 1, windows_per_epoch: 256}"),
+        ("nlinear", "{solver: gradient, epochs: 2}"),
+    ],
+)
+def test_gradient_models_draw_windows_from_rows_as_from_a_tensor_of_windows(
+    rows: pd.DataFrame, model: str, params: str
+) -> None:
+    """Mini-batches cut from the rows when drawn are the mini-batches of the copied windows:
+    the same weights, with memory O(rows) instead of O(windows x lookback)."""
+    config = etth_config(*SMALL, f"training.model={model}", f"training.params={params}")
+    from_rows = fit(config, batched(config, rows, 3))
+    first, last = rows["event_timestamp"].min(), rows["event_timestamp"].max()
+    split = first + (last - first) * (1 - config.training.validation_fraction)
+    pre = from_rows.preprocessor
+    train = window_set(config, pre, rows[rows["event_timestamp"] <= split])
+    val = window_set(config, pre, rows, first_target=split + pd.Timedelta(hours=1))
+    channels = None if from_rows.model.uses_covariates else 1
+    gathered = create_model(
+        model,
+        12,
+        from_rows.model.get_params() | {"horizon": 12}
+        and {k: v for k, v in from_rows.model.get_params().items() if k != "horizon"},
+    )
+    gathered.fit(
+        train.inputs[:, :, :channels], train.targets, val.inputs[:, :, :channels], val.targets
+    )
+    probe = val.inputs[:64, :, :channels]
+    np.testing.assert_allclose(from_rows.model.predict(probe), gathered.predict(probe), rtol=1e-5)

@@ -23,7 +23,7 @@ from skewless.models.normal_equations import (
     series_normal_equations,
     solve_ridge,
 )
-from skewless.models.torch_training import TrainingLoop
+from skewless.models.torch_training import RowWindows, TensorWindows, TrainingLoop, WindowData
 from skewless.preprocessing.windows import WindowBatch
 
 logger = logging.getLogger(__name__)
@@ -72,11 +72,14 @@ class NLinear(Forecaster):
 
     def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
         """Closed form: the normal equations of each batch add up, so no window is copied and
-        memory stays O((L + H)² + one batch). The gradient solver needs every window."""
-        if self.solver != "closed_form":
-            super()._fit_batches(train, val)
+        memory stays O((L + H)² + one batch). The gradient solver keeps the rows and cuts each
+        mini-batch's windows when it draws them: O(rows)."""
+        if self.solver == "closed_form":
+            self._solve(self._equations(train), None if val is None else self._equations(val))
             return
-        self._solve(self._equations(train), None if val is None else self._equations(val))
+        rows = RowWindows.gather(train)
+        validation = None if val is None else RowWindows.gather(val)
+        self._descend(rows, validation, rows.lookback, rows.channels)
 
     def _equations(self, source: WindowSource) -> NormalEquations:
         total = None
@@ -141,9 +144,16 @@ class NLinear(Forecaster):
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
     ) -> None:
+        validation = None
+        if val_inputs is not None and val_targets is not None:
+            validation = TensorWindows.of(val_inputs, val_targets)
+        self._descend(TensorWindows.of(inputs, targets), validation, *inputs.shape[1:])
+
+    def _descend(
+        self, train: WindowData, validation: WindowData | None, lookback: int, channels: int
+    ) -> None:
         torch.manual_seed(self.seed)
-        groups = inputs.shape[2] if self.individual else 1
-        network = _NLinearNetwork(groups, inputs.shape[1], self.horizon)
+        network = _NLinearNetwork(channels if self.individual else 1, lookback, self.horizon)
         loop = TrainingLoop(
             label="NLinear",
             epochs=self.epochs,
@@ -153,14 +163,7 @@ class NLinear(Forecaster):
             seed=self.seed,
             lr_decay=0.5,  # the paper's schedule ("type1"): halve the rate after every epoch
         )
-
-        def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
-
-        validation = (
-            None if val_inputs is None or val_targets is None else tensors(val_inputs, val_targets)
-        )
-        loop.run(network, torch.nn.functional.mse_loss, tensors(inputs, targets), validation)
+        loop.run(network, torch.nn.functional.mse_loss, train, validation)
         self.weight_ = network.weight.detach().numpy().astype(np.float64)
         self.bias_ = network.bias.detach().numpy().astype(np.float64)
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from skewless.models.base import Forecaster
+from skewless.models.base import Forecaster, WindowSource
 from skewless.models.tft_layers import TemporalFusionNetwork
-from skewless.models.torch_training import TrainingLoop
+from skewless.models.torch_training import RowWindows, TensorWindows, TrainingLoop, WindowData
 
 _EPSILON = 1e-5
 
@@ -93,13 +93,34 @@ class TemporalFusionTransformer(Forecaster):
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
     ) -> None:
+        validation = None
+        if val_inputs is not None and val_targets is not None:
+            validation = TensorWindows.of(val_inputs, val_targets)
+        train = TensorWindows.of(inputs, targets)
+        self._train(train, validation, inputs.shape[1], inputs.shape[2], targets.shape[2])
+
+    def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
+        """Mini-batches are drawn from the rows by window index (a Dataset over rows), never
+        from a tensor of every window: memory is O(rows)."""
+        rows = RowWindows.gather(train)
+        validation = None if val is None else RowWindows.gather(val)
+        self._train(rows, validation, rows.lookback, rows.channels, rows.targets)
+
+    def _train(
+        self,
+        train: WindowData,
+        validation: WindowData | None,
+        lookback: int,
+        channels: int,
+        targets: int,
+    ) -> None:
         torch.manual_seed(self.seed)
-        self.targets_ = targets.shape[2]
-        encoder = min(self.encoder_length or inputs.shape[1], inputs.shape[1])
+        self.targets_ = targets
+        encoder = min(self.encoder_length or lookback, lookback)
         self.network_ = _WindowTFT(
             TemporalFusionNetwork(
                 statics=2 * self.targets_,
-                past_variables=inputs.shape[2] + 1,
+                past_variables=channels + 1,
                 future_variables=1,
                 outputs=self.targets_,
                 quantiles=len(self.quantiles),
@@ -122,10 +143,7 @@ class TemporalFusionTransformer(Forecaster):
             windows_per_epoch=self.windows_per_epoch,
             evaluation_batch_size=self._chunk_size(),
         )
-        validation = (
-            None if val_inputs is None or val_targets is None else _tensors(val_inputs, val_targets)
-        )
-        loop.run(self.network_, self._loss, _tensors(inputs, targets), validation)
+        loop.run(self.network_, self._loss, train, validation)
 
     def _predict(self, inputs: np.ndarray) -> np.ndarray:
         median = self.quantiles.index(0.5)
@@ -186,9 +204,3 @@ class _WindowTFT(nn.Module):
         quantiles = self.network(static, past, future)
         return quantiles * scale.unsqueeze(-1) + location.unsqueeze(-1)
 
-
-def _tensors(inputs: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    return (
-        torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),
-        torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)),
-    )

@@ -1,6 +1,11 @@
 """One mini-batch training loop for the gradient-trained models: Adam, optional learning-rate
 decay and gradient clipping, early stopping on validation loss, progress per epoch, and the best
-epoch's weights restored at the end."""
+epoch's weights restored at the end.
+
+The loop draws mini-batches by window index from ``WindowData``: windows already in tensors
+(``TensorWindows``), or ``RowWindows``, which keeps only the rows and cuts each mini-batch's
+windows when it is drawn, so memory is O(rows), never O(windows x lookback).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,105 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from skewless.core.progress import report
+from skewless.models.base import WindowSource
+from skewless.preprocessing.windows import WindowBatch, windows_at
 
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class WindowData(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: torch.Tensor | slice) -> Batch:
+        """(inputs, targets) of the chosen windows."""
+        ...
+
+
+@dataclass(frozen=True)
+class TensorWindows:
+    """Windows already cut, as two tensors."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def of(cls, inputs: np.ndarray, targets: np.ndarray) -> TensorWindows:
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> Batch:
+        return self.inputs[index], self.targets[index]
+
+
+@dataclass(frozen=True)
+class RowWindows:
+    """Every window of a source as rows and start indices; a mini-batch's windows are cut
+    when it is drawn."""
+
+    values: np.ndarray  # (rows, channels) float32
+    starts: np.ndarray
+    lookback: int
+    horizon: int
+    targets: int
+
+    @classmethod
+    def gather(cls, source: WindowSource) -> RowWindows:
+        """The rows of every batch of ``source`` end to end, starts shifted to match."""
+        batches: list[WindowBatch] = [b for b in source.map(_trimmed) if len(b)]
+        if not batches:
+            raise ValueError("no windows to learn from")
+        offsets = np.cumsum([0] + [len(b.values) for b in batches[:-1]])
+        first = batches[0]
+        return cls(
+            np.concatenate([b.values for b in batches]),
+            np.concatenate([b.starts + offset for b, offset in zip(batches, offsets, strict=True)]),
+            first.lookback,
+            first.horizon,
+            first.targets,
+        )
+
+    @property
+    def channels(self) -> int:
+        return int(self.values.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> Batch:
+        chosen = self.starts[index.numpy() if isinstance(index, torch.Tensor) else index]
+        cut = windows_at(self.values, chosen, self.lookback, self.horizon)
+        return (
+            torch.from_numpy(np.ascontiguousarray(cut.inputs)),
+            torch.from_numpy(np.ascontiguousarray(cut.targets[:, :, : self.targets])),
+        )
+
+
+def _trimmed(batch: WindowBatch) -> WindowBatch:
+    """Only the rows the batch's windows touch, in float32, to send back from where it ran."""
+    if not len(batch):
+        return batch
+    first, last = batch.starts[0], batch.starts[-1] + batch.lookback + batch.horizon
+    return WindowBatch(
+        np.ascontiguousarray(batch.values[first:last], dtype=np.float32),
+        batch.starts - first,
+        batch.lookback,
+        batch.horizon,
+        batch.targets,
+    )
 
 
 @dataclass(frozen=True)
@@ -39,8 +134,8 @@ class TrainingLoop:
         self,
         module: torch.nn.Module,
         loss: LossFunction,
-        train: Batch,
-        validation: Batch | None,
+        train: WindowData,
+        validation: WindowData | None,
     ) -> None:
         """Train ``module`` in place; with validation, keep the weights of its best epoch."""
         torch.manual_seed(self.seed)
@@ -51,16 +146,15 @@ class TrainingLoop:
             if self.lr_decay
             else None
         )
-        x, y = train
         best_state, best_loss, waited = None, float("inf"), 0
         for epoch in range(self.epochs):
             started = time.perf_counter()
             module.train()
-            order = torch.randperm(len(x), generator=generator)[: self.windows_per_epoch]
+            order = torch.randperm(len(train), generator=generator)[: self.windows_per_epoch]
             for begin in range(0, len(order), self.batch_size):
-                index = order[begin : begin + self.batch_size]
+                x, y = train[order[begin : begin + self.batch_size]]
                 optimizer.zero_grad()
-                loss(module(x[index]), y[index]).backward()
+                loss(module(x), y).backward()
                 if self.gradient_clip:
                     torch.nn.utils.clip_grad_norm_(module.parameters(), self.gradient_clip)
                 optimizer.step()
@@ -87,13 +181,12 @@ class TrainingLoop:
             module.load_state_dict(best_state)
         module.eval()
 
-    def evaluate(self, module: torch.nn.Module, loss: LossFunction, data: Batch) -> float:
+    def evaluate(self, module: torch.nn.Module, loss: LossFunction, data: WindowData) -> float:
         """Mean loss over ``data``, batched so that memory stays bounded."""
         module.eval()
-        x, y = data
         total = 0.0
         with torch.no_grad():
-            for begin in range(0, len(x), self.evaluation_batch_size):
-                part = slice(begin, begin + self.evaluation_batch_size)
-                total += float(loss(module(x[part]), y[part])) * len(x[part])
-        return total / len(x)
+            for begin in range(0, len(data), self.evaluation_batch_size):
+                x, y = data[slice(begin, begin + self.evaluation_batch_size)]
+                total += float(loss(module(x), y)) * len(x)
+        return total / len(data)
