@@ -265,12 +265,8 @@ def test_gradient_models_draw_windows_from_rows_as_from_a_tensor_of_windows(
     train = window_set(config, pre, rows[rows["event_timestamp"] <= split])
     val = window_set(config, pre, rows, first_target=split + pd.Timedelta(hours=1))
     channels = None if from_rows.model.uses_covariates else 1
-    gathered = create_model(
-        model,
-        12,
-        from_rows.model.get_params() | {"horizon": 12}
-        and {k: v for k, v in from_rows.model.get_params().items() if k != "horizon"},
-    )
+    same = {k: v for k, v in from_rows.model.get_params().items() if k != "horizon"}
+    gathered = create_model(model, 12, same)
     gathered.fit(
         train.inputs[:, :, :channels], train.targets, val.inputs[:, :, :channels], val.targets
     )
