@@ -3,12 +3,15 @@
 Each fleet (synthetic series derived from the real stations, 7 variables, hourly) gets its own
 home and goes through the commands a user runs: ingest, materialize, train (NLinear, 3 folds),
 and ``forecast --all --out``. Every step is a fresh ``skewless`` process; its peak resident
-memory is the whole process tree's, sampled every 50 ms.
+memory is the whole process tree's (Ray's processes included), sampled every 50 ms. The steps
+that run on the compute engine (train, forecast) run again on a local Ray with two workers
+(``--ray``), in the same run, on the same home.
 
 Goals, judged in this run (PASS/FAIL printed per goal):
 - must: 1,000 series x 8,760 rows: every step under 3 GB;
 - must: 10x the series costs at most 12x the time per step, 100 -> 1,000;
-- goal: 10,000 series: every step under 6 GB (with --series ... 10000).
+- goal: 10,000 series: every step under 6 GB (with --series ... 10000);
+- goal: training on Ray with two workers at least 1.6x faster than local, 1,000 series.
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def measured(command: list[str], home: Path) -> dict[str, float]:
     return {"seconds": round(seconds, 2), "peak_gb": round(peak / GB, 3)}
 
 
-def run_fleet(series: int, hours: int) -> dict[str, object]:
+RAY = ["--set", "compute.engine=ray", "--set", "compute.workers=2"]
+
+
+def run_fleet(series: int, hours: int, ray_sizes: list[int]) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix=f"fleet{series}-") as folder:
         base = Path(folder)
         source = base / "fleet.parquet"
@@ -93,6 +99,12 @@ def run_fleet(series: int, hours: int) -> dict[str, object]:
         for name, command in steps.items():
             record[name] = measured(command, home)
             print(f"{series:>6} series  {name:<13} {record[name]}", flush=True)
+        if series in ray_sizes:
+            for name in ("train", "forecast_all"):
+                record[f"{name}_ray"] = measured([*steps[name], *RAY], home)
+                print(
+                    f"{series:>6} series  {name + '_ray':<13} {record[name + '_ray']}", flush=True
+                )
         return record
 
 
@@ -110,6 +122,15 @@ def goals(records: list[dict]) -> list[dict[str, object]]:
                     "pass": worst < limit,
                 }
             )
+    if 1000 in by_size and "train_ray" in by_size[1000]:
+        speedup = by_size[1000]["train"]["seconds"] / by_size[1000]["train_ray"]["seconds"]
+        verdicts.append(
+            {
+                "goal": "goal: 1000 series, training on Ray (2 workers) 1.6x faster than local",
+                "measured": round(speedup, 2),
+                "pass": speedup >= 1.6,
+            }
+        )
     if 100 in by_size and 1000 in by_size:
         ratios = {s: by_size[1000][s]["seconds"] / by_size[100][s]["seconds"] for s in steps}
         verdicts.append(
@@ -126,9 +147,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--hours", type=int, default=8760)
+    parser.add_argument(
+        "--ray", type=int, nargs="*", default=[100, 1000], help="fleet sizes also run on Ray"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    records = [run_fleet(series, args.hours) for series in args.series]
+    records = [run_fleet(series, args.hours, args.ray) for series in args.series]
     verdicts = goals(records)
     for verdict in verdicts:
         print(f"{'PASS' if verdict['pass'] else 'FAIL'}  {verdict['goal']}: {verdict['measured']}")
