@@ -172,3 +172,12 @@ def test_tuning_trials_run_as_tasks_on_the_cluster(
     local = backtest(best, FrameHistory.of(best, rows)).overall.overall["mse"]
     assert report.best_value == pytest.approx(local, rel=1e-9)
     assert report.refit.model.get_params()["individual"] == best.training.params["individual"]
+
+
+def test_results_come_back_in_order_whatever_finishes_first(engine: RayCompute) -> None:
+    def slow_first(item: int) -> int:
+        time.sleep(0.3 if item % 3 == 0 else 0.01)
+        return item * item
+
+    assert list(engine.map(slow_first, range(9))) == [i * i for i in range(9)]
+    assert list(engine.map(slow_first, [])) == []

@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -42,8 +41,9 @@ class LocalCompute(Compute):
 
 
 class RayCompute(Compute):
-    """Each item a Ray task; at most ``in_flight`` run at once, so results wait in memory only
-    for the slowest of a few tasks."""
+    """Each item a Ray task, at most ``in_flight`` running at once. A new task starts as soon
+    as any finishes; results are handed out in item order, and at most ``2 x in_flight`` of
+    them wait in memory for a slower one."""
 
     def __init__(self, in_flight: int) -> None:
         self.in_flight = in_flight
@@ -57,13 +57,31 @@ class RayCompute(Compute):
             return function(item)
 
         task = ray.remote(max_retries=3, retry_exceptions=False)(call)
-        pending: deque[Any] = deque()
-        for item in items:
-            pending.append(task.remote(item))
-            if len(pending) >= self.in_flight:
-                yield ray.get(pending.popleft())
-        while pending:
-            yield ray.get(pending.popleft())
+        queue = enumerate(items)
+        running: dict[Any, int] = {}  # task -> item number
+        finished: dict[int, R] = {}
+        following = 0  # the item number handed out next
+        exhausted = False
+        while True:
+            while (
+                not exhausted
+                and len(running) < self.in_flight
+                and len(running) + len(finished) < 2 * self.in_flight
+            ):
+                entry = next(queue, None)
+                if entry is None:
+                    exhausted = True
+                else:
+                    running[task.remote(entry[1])] = entry[0]
+            if following in finished:
+                yield finished.pop(following)
+                following += 1
+            elif running:
+                done, _ = ray.wait(list(running), num_returns=1)
+                for reference in done:
+                    finished[running.pop(reference)] = ray.get(reference)
+            else:
+                return
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RayCompute, (self.in_flight,))

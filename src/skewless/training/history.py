@@ -71,7 +71,7 @@ class History(ABC):
 
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
         """The rows of every batch, read in this process."""
-        return replace(self, compute=LocalCompute()).map(_same, columns)
+        return replace(self, compute=LocalCompute()).map(lambda rows: rows, columns)
 
     @abstractmethod
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -174,10 +174,6 @@ class StoreHistory(History):
 def as_history(config: SkewlessConfig, data: History | pd.DataFrame) -> History:
     """``data`` as a History: frames (CSV input, tests) are wrapped as they are."""
     return data if isinstance(data, History) else FrameHistory.of(config, data)
-
-
-def _same(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows
 
 
 def _py(stamp: pd.Timestamp | None) -> datetime | None:
