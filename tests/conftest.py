@@ -54,6 +54,32 @@ def raw_rows(entity: int | None, start: str, hours: int, seed: int = 0) -> pd.Da
     return frame
 
 
+def fleet(entities: int, hours: int, seed: int = 0) -> pd.DataFrame:
+    """Raw rows of a fleet of random walks at different levels, with a gap and missing values."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for entity in range(1, entities + 1):
+        frame = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=hours, freq="h")})
+        for column in VARIABLES:
+            walk = np.cumsum(rng.normal(0, 1, hours)) + rng.uniform(-50, 50)
+            frame[column] = walk * rng.uniform(0.5, 5)
+        frame.loc[rng.integers(0, hours, 3), "HUFL"] = np.nan
+        if entity % 3 == 0:
+            frame = frame.drop(index=range(200, 230))  # a gap no window may cross
+        parts.append(frame.assign(station_id=entity))
+    rows = pd.concat(parts)
+    rows["date"] = rows["date"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    return rows
+
+
+@pytest.fixture(scope="session")
+def fleet_rows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """Seven random walks of 900 hours in ingestion format, with gaps and missing values."""
+    path = tmp_path_factory.mktemp("fleet") / "fleet.csv"
+    fleet(7, 900).to_csv(path, index=False)
+    return load_history(etth_config(), csv=path)
+
+
 @pytest.fixture
 def make_repo(tmp_path: Path) -> Iterator[MakeRepo]:
     """Repos over a fresh home; online stores are torn down afterwards (Redis keys included)."""

@@ -52,6 +52,13 @@ def test_ingest_materialize_push_and_read_windows(home: Path, tmp_path: Path) ->
     assert "2020-01-04 01:00" in shown and "48 points, ending 2020-01-04T01:00:00+00:00" in shown
     assert (home / "feast" / "cli" / "feature_store.yaml").is_file()
 
+    parts = home / "offline" / "cli" / "series"
+    assert len(list(parts.glob("part-*.parquet"))) == 3  # two ingests and a push
+    assert "merged 3 parts into one" in run("compact", config, *small)
+    assert len(list(parts.glob("part-*.parquet"))) == 1
+    assert "nothing to compact" in run("compact", config, *small)
+    assert "2020-01-04 01:00" in run("windows", config, "--entity", "1", "--tail", "2", *small)
+
 
 def test_user_errors_exit_1_without_traceback(home: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"

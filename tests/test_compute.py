@@ -27,10 +27,10 @@ from skewless.serving.batch import forecast_fleet, open_sink, output_schema
 from skewless.serving.service import load_model
 from skewless.training.backtest import backtest
 from skewless.training.history import FrameHistory, StoreHistory
-from skewless.training.pipeline import fit, load_history
+from skewless.training.pipeline import fit
 from skewless.training.tuning import trial_config, tune
 from tests.conftest import etth_config, free_port
-from tests.test_scale import SMALL, fleet
+from tests.test_scale import SMALL
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,9 @@ def engine(cluster: str) -> RayCompute:
     return made
 
 
-@pytest.fixture(scope="module")
-def rows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
-    path = tmp_path_factory.mktemp("fleet") / "fleet.csv"
-    fleet(7, 900).to_csv(path, index=False)
-    return load_history(etth_config(*SMALL), csv=path)
+@pytest.fixture
+def rows(fleet_rows: pd.DataFrame) -> pd.DataFrame:
+    return fleet_rows
 
 
 def test_training_and_backtests_on_two_nodes_equal_the_local_run(

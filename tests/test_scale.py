@@ -24,34 +24,14 @@ from skewless.serving.service import load_model
 from skewless.training.backtest import backtest
 from skewless.training.history import FrameHistory, StoreHistory
 from skewless.training.pipeline import fit, load_history, window_set
-from tests.conftest import ETTH_CONFIG, VARIABLES, etth_config
+from tests.conftest import ETTH_CONFIG, etth_config
 
 SMALL = ["training.lookback=48", "training.horizon=12", "backtest.test_periods=48"]
 
 
-def fleet(entities: int, hours: int, seed: int = 0) -> pd.DataFrame:
-    """Raw rows of a fleet of random walks at different levels, with a gap and missing values."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for entity in range(1, entities + 1):
-        frame = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=hours, freq="h")})
-        for column in VARIABLES:
-            walk = np.cumsum(rng.normal(0, 1, hours)) + rng.uniform(-50, 50)
-            frame[column] = walk * rng.uniform(0.5, 5)
-        frame.loc[rng.integers(0, hours, 3), "HUFL"] = np.nan
-        if entity % 3 == 0:
-            frame = frame.drop(index=range(200, 230))  # a gap no window may cross
-        parts.append(frame.assign(station_id=entity))
-    rows = pd.concat(parts)
-    rows["date"] = rows["date"].dt.strftime("%Y-%m-%d %H:%M:%S")
-    return rows
-
-
-@pytest.fixture(scope="module")
-def rows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
-    path = tmp_path_factory.mktemp("fleet") / "fleet.csv"
-    fleet(7, 900).to_csv(path, index=False)
-    return load_history(etth_config(*SMALL), csv=path)
+@pytest.fixture
+def rows(fleet_rows: pd.DataFrame) -> pd.DataFrame:
+    return fleet_rows
 
 
 def batched(config: SkewlessConfig, rows: pd.DataFrame, size: int) -> FrameHistory:

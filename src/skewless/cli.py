@@ -11,7 +11,7 @@ import os
 import shutil
 import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -105,13 +105,8 @@ def ingest(
 
         repo = _repo(config, set_)
         sources = None if source is None else [source_from_path(source, entity)]
-        with _progress() as progress:
-            task = progress.add_task("entities ingested", total=None)
-            reports = run_ingest(
-                repo,
-                sources,
-                lambda done, total: progress.update(task, completed=done, total=total),
-            )
+        with _counter("entities ingested") as count:
+            reports = run_ingest(repo, sources, count)
         _print_ingest(reports)
 
 
@@ -135,13 +130,8 @@ def materialize(
         from skewless.features.materialize import materialize as run_materialize
 
         repo = _repo(config, set_)
-        with _progress() as progress:
-            task = progress.add_task("windows", total=None)
-            report = run_materialize(
-                repo,
-                incremental,
-                lambda done, total: progress.update(task, completed=done, total=total),
-            )
+        with _counter("windows") as count:
+            report = run_materialize(repo, incremental, count)
         kind = "incremental" if report.incremental else "full"
         console.print(
             f"{kind} materialization up to {report.end.isoformat()}: "
@@ -712,6 +702,14 @@ def _progress() -> Iterator[Progress]:
 
     with bars, listening(show):
         yield bars
+
+
+@contextmanager
+def _counter(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar fed with (done, total) by the library."""
+    with _progress() as progress:
+        task = progress.add_task(label, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
 def _print_ingest(reports: list[IngestReport]) -> None:

@@ -8,7 +8,7 @@ like the ones it is trained on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,8 +222,8 @@ def fit(config: SkewlessConfig, data: History | pd.DataFrame) -> FitResult:
         ),
     )
     scale = naive_scales(config, train_rows)
-    evaluation = score(config, preprocessor, model, validation, scale, split + step)
-    return FitResult(preprocessor, model, evaluation)
+    scores = score_batches(config, preprocessor, model, validation, scale, split + step)
+    return FitResult(preprocessor, model, evaluation(scores))
 
 
 def naive_scales(config: SkewlessConfig, history: History) -> dict[Any, float]:
@@ -301,20 +301,10 @@ def score_batches(
     return history.map(score_rows)
 
 
-def score(
-    config: SkewlessConfig,
-    preprocessor: Preprocessor,
-    model: Forecaster,
-    history: History,
-    scale: dict[Any, float],
-    first_target: pd.Timestamp | None = None,
-    last_target: pd.Timestamp | None = None,
-) -> Evaluation:
-    """Metrics of every window of ``history`` in range, summed over the batches."""
+def evaluation(parts: Iterable[BatchScore]) -> Evaluation:
+    """The metrics of every batch's windows together (sums, never means of means)."""
     errors = ErrorSums()
-    for part in score_batches(
-        config, preprocessor, model, history, scale, first_target, last_target
-    ):
+    for part in parts:
         errors.merge(part.errors)
     return errors.result()
 
