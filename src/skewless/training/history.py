@@ -141,22 +141,26 @@ class StoreHistory(History):
     """Rows read from the offline store, one query per entity batch."""
 
     table: OfflineTable
+    read: tuple[str, ...]  # the columns training uses: calendar features are computed again
 
     @classmethod
     def of(cls, config: SkewlessConfig, home: Path) -> StoreHistory:
         from skewless.features.repo import FeastRepo
 
         table = FeastRepo(config, home).offline
+        stored = [table.entity_key, EVENT_TS, *table.value_columns]
+        used = [*config.data.variables, *config.preprocessing.categoricals.columns]
         return cls(
             config.data.entity_key,
             config.training.batch_entities,
             compute=compute_engine(config.compute),
             table=table,
+            read=(table.entity_key, EVENT_TS, *[c for c in used if c in stored]),
         )
 
     @property
     def columns(self) -> list[str]:
-        return [self.table.entity_key, EVENT_TS, *self.table.value_columns]
+        return list(self.read)
 
     def entities(self) -> list[Any]:
         return self.row_counts().index.tolist()
@@ -165,7 +169,7 @@ class StoreHistory(History):
         return self.table.row_counts(_py(self.start), _py(self.end))
 
     def _rows(self, entities: Sequence[Any], columns: Sequence[str] | None) -> pd.DataFrame:
-        return self.table.history(entities, _py(self.start), _py(self.end), columns)
+        return self.table.history(entities, _py(self.start), _py(self.end), columns or self.read)
 
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         return self.table.time_range(_py(self.start), _py(self.end))
