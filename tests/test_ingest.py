@@ -288,3 +288,13 @@ def test_pushed_parts_are_compacted_on_demand_and_after_too_many(
     for day in range(2, 6):  # each push adds a part; the third makes four, over three: merged
         push(repo, raw_rows(1, f"2020-01-0{day}", 24, seed=day))
     assert repo.offline.parts() == 2 and len(stored_rows(repo)) == 48 + 4 * 24
+
+
+def test_a_file_without_the_timestamp_column_names_what_is_missing(
+    make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    path = tmp_path / "no_time.csv"
+    raw_rows(1, "2020-01-01", 3).drop(columns="date").to_csv(path, index=False)
+    with pytest.raises(DataValidationError, match=r"missing column\(s\) \['date'\]") as refused:
+        ingest(make_repo(), [source_from_path(path, None)])
+    assert "__source_row" not in str(refused.value)

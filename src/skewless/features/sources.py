@@ -118,16 +118,10 @@ class SourceReader:
         database = duckdb.connect(str(Path(self._folder.name) / "source.duckdb"))
         database.execute(f"SET memory_limit = '{STAGING_MEMORY}'")
         database.execute("SET preserve_insertion_order = true")
-        if path.suffix.lower() == ".csv":
-            # Timestamps stay text here so that validation can report unparseable ones by row.
-            reader = (
-                "read_csv(?, header = true, types = {"
-                + f"'{self.data.timestamp_column}'"
-                + ": 'VARCHAR'})"
-            )
-        else:
-            reader = "read_parquet(?)"
+        reader = "read_parquet(?)"
         try:
+            if path.suffix.lower() == ".csv":
+                reader = self._csv_reader(database, path)
             database.execute(
                 f'CREATE TABLE source AS SELECT *, row_number() OVER () AS "{SOURCE_ROW}" '
                 f"FROM {reader}",
@@ -137,6 +131,18 @@ class SourceReader:
             database.close()
             raise SourceError(f"cannot read '{path}': {exc}") from None
         return database
+
+    def _csv_reader(self, database: duckdb.DuckDBPyConnection, path: Path) -> str:
+        """DuckDB's CSV reader, with the timestamp column kept as text (when the file has it)
+        so that validation can report unparseable timestamps by row."""
+        header = database.execute(
+            "DESCRIBE SELECT * FROM read_csv(?, header = true)", [str(path)]
+        ).fetchall()
+        column = self.data.timestamp_column
+        if column not in [row[0] for row in header]:
+            return "read_csv(?, header = true)"  # validation names the missing column
+        quoted = column.replace("'", "''")
+        return "read_csv(?, header = true, types = {'" + quoted + "': 'VARCHAR'})"
 
     def _columns(self) -> list[str]:
         assert self._db is not None

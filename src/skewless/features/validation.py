@@ -54,7 +54,8 @@ def parse_rows(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) ->
     missing = [c for c in required if c not in raw.columns]
     if missing:
         findings.errors.append(
-            f"missing column(s) {missing}; the source has {list(raw.columns)}. "
+            f"missing column(s) {missing}; the source has "
+            f"{[c for c in raw.columns if c != SOURCE_ROW]}. "
             "Fix the source or the column names under 'data' in the config"
         )
         return pd.DataFrame()
