@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,9 +45,13 @@ class History(ABC):
     def columns(self) -> list[str]:
         """Every column a batch has."""
 
-    @abstractmethod
     def entities(self) -> list[Any]:
-        """Every entity with rows in the range, sorted."""
+        """Every entity with rows in the range, sorted (asked of the store once per range)."""
+        return self._entity_list
+
+    @cached_property
+    def _entity_list(self) -> list[Any]:
+        return self.row_counts().index.tolist()
 
     @abstractmethod
     def row_counts(self) -> pd.Series:
@@ -109,9 +114,6 @@ class FrameHistory(History):
     def columns(self) -> list[str]:
         return list(self.frame.columns)
 
-    def entities(self) -> list[Any]:
-        return pd.unique(self._in_range()[self.entity_key]).tolist()
-
     def row_counts(self) -> pd.Series:
         return self._in_range().groupby(self.entity_key, sort=True).size()
 
@@ -161,9 +163,6 @@ class StoreHistory(History):
     @property
     def columns(self) -> list[str]:
         return list(self.read)
-
-    def entities(self) -> list[Any]:
-        return self.row_counts().index.tolist()
 
     def row_counts(self) -> pd.Series:
         return self.table.row_counts(_py(self.start), _py(self.end))
