@@ -189,14 +189,17 @@ def window_batch(
 def count_windows(
     config: SkewlessConfig,
     history: History,
-    first_target: pd.Timestamp | None = None,
-    last_target: pd.Timestamp | None = None,
-) -> int:
-    """How many windows :func:`window_batch` would cut, from keys and timestamps alone."""
+    *spans: tuple[pd.Timestamp | None, pd.Timestamp | None],
+) -> list[int]:
+    """How many windows with forecast steps in each (first target, last target) span
+    :func:`window_batch` would cut, counted in one read of keys and timestamps."""
     columns = [config.data.entity_key, EVENT_TS]
-    return sum(
-        history.map(lambda rows: len(_starts(config, rows, first_target, last_target)[0]), columns)
-    )
+    counts = [0] * len(spans)
+    for part in history.map(
+        lambda rows: [len(_starts(config, rows, first, last)[0]) for first, last in spans], columns
+    ):
+        counts = [total + count for total, count in zip(counts, part, strict=True)]
+    return counts
 
 
 def fit(config: SkewlessConfig, data: History | pd.DataFrame) -> FitResult:
@@ -212,8 +215,9 @@ def fit(config: SkewlessConfig, data: History | pd.DataFrame) -> FitResult:
     split = first + (last - first) * (1 - config.training.validation_fraction)
     train_rows = history.between(end=split)
     validation = _validation_rows(config, history, split + step)
-    _require(count_windows(config, train_rows), "training", config)
-    _require(count_windows(config, validation, split + step), "validation", config)
+    trainable, checkable = count_windows(config, history, (None, split), (split + step, None))
+    _require(trainable, "training", config)
+    _require(checkable, "validation", config)
     preprocessor = Preprocessor(config).fit_batches(train_rows)
     model.fit_batches(
         Mapped(train_rows, lambda rows: window_batch(config, preprocessor, model, rows)),
