@@ -15,7 +15,7 @@ from skewless.core.config import load_config
 from skewless.core.errors import ConfigError
 from skewless.features.repo import FeastRepo
 from skewless.training.backtest import backtest, fold_bounds
-from skewless.training.metrics import evaluate, naive_scale
+from skewless.training.metrics import ErrorSums, naive_scale
 from skewless.training.pipeline import check_request, fit, load_history, window_set
 from tests.conftest import ETTH_CONFIG, etth_config, raw_rows
 
@@ -30,7 +30,9 @@ def history(etth_sqlite: FeastRepo) -> pd.DataFrame:
 def test_metrics_by_hand() -> None:
     actual = np.array([[[1.0], [2.0]], [[4.0], [np.nan]]])
     predicted = np.array([[[2.0], [2.0]], [[2.0], [9.0]]])
-    result = evaluate(actual, predicted, np.array([1, 2]), {1: 1.0, 2: 2.0})
+    sums = ErrorSums()
+    sums.add(actual, predicted, np.array([1, 2]), {1: 1.0, 2: 2.0})
+    result = sums.result()
     errors = np.array([1.0, 0.0, -2.0])  # the missing actual is ignored
     assert result.overall["mse"] == pytest.approx(np.mean(errors**2))
     assert result.overall["mae"] == pytest.approx(1.0)

@@ -31,21 +31,6 @@ def naive_scale(entities: np.ndarray, targets: np.ndarray) -> dict[Any, float]:
     return {e: float(v) if np.isfinite(v) and v > 0 else np.nan for e, v in scale.items()}
 
 
-def evaluate(
-    actual: np.ndarray,
-    predicted: np.ndarray,
-    entities: np.ndarray,
-    scale: dict[Any, float] | np.ndarray,
-) -> Evaluation:
-    """``actual`` and ``predicted`` are (windows, horizon, targets); ``entities`` per window.
-
-    ``scale`` is the MASE denominator per entity, or already per window.
-    """
-    errors = ErrorSums()
-    errors.add(actual, predicted, entities, scale)
-    return errors.result()
-
-
 class ErrorSums:
     """Sums and counts of every error measure, added batch by batch: the metrics of all
     batches together are exact (sums, never means of means) and need no batch kept."""
@@ -61,7 +46,9 @@ class ErrorSums:
         entities: np.ndarray,
         scale: dict[Any, float] | np.ndarray,
     ) -> None:
-        """One batch of windows; ``scale`` as in :func:`evaluate`."""
+        """One batch of windows: ``actual`` and ``predicted`` are (windows, horizon, targets),
+        ``entities`` per window; ``scale`` is the MASE denominator per entity, or already per
+        window."""
         if isinstance(scale, dict):
             scale = np.array([scale.get(e, np.nan) for e in entities], dtype=np.float64)
         error = predicted.astype(np.float64) - actual
