@@ -20,7 +20,7 @@ from ray.util.state import list_tasks
 
 from skewless.compute.engine import RayCompute, compute_engine
 from skewless.core.config import ComputeConfig
-from skewless.core.errors import ConfigError
+from skewless.core.errors import ComputeError, ConfigError
 from skewless.features.repo import FeastRepo
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.batch import forecast_fleet, open_sink, output_schema
@@ -179,3 +179,17 @@ def test_results_come_back_in_order_whatever_finishes_first(engine: RayCompute) 
 
     assert list(engine.map(slow_first, range(9))) == [i * i for i in range(9)]
     assert list(engine.map(slow_first, [])) == []
+
+
+def test_a_task_whose_worker_dies_on_every_retry_is_a_compute_error(engine: RayCompute) -> None:
+    def crash(item: int) -> int:
+        os._exit(1)
+
+    with pytest.raises(ComputeError, match="Ray cluster failed a task"):
+        list(engine.map(crash, [1]))
+    with pytest.raises(ConfigError, match="not a sum"):  # the work's own errors stay themselves
+        list(engine.map(_refuse, [1]))
+
+
+def _refuse(item: int) -> int:
+    raise ConfigError("not a sum")

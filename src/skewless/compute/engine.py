@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from skewless.core.config import ComputeConfig
-from skewless.core.errors import ConfigError
+from skewless.core.errors import ComputeError, ConfigError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -79,12 +79,27 @@ class RayCompute(Compute):
             elif running:
                 done, _ = ray.wait(list(running), num_returns=1)
                 for reference in done:
-                    finished[running.pop(reference)] = ray.get(reference)
+                    finished[running.pop(reference)] = _result(ray, reference)
             else:
                 return
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RayCompute, (self.in_flight,))
+
+
+def _result(ray: Any, reference: Any) -> Any:
+    """A task's result. An exception the work raised comes back as itself (Ray's error
+    subclasses its type, so a SkewlessError stays one); Ray's own failures become a
+    ComputeError that says what happened."""
+    try:
+        return ray.get(reference)
+    except ray.exceptions.RayTaskError:
+        raise
+    except ray.exceptions.RayError as exc:
+        raise ComputeError(
+            f"the Ray cluster failed a task ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "check the cluster (ray status), or set compute.engine: local"
+        ) from exc
 
 
 def compute_engine(config: ComputeConfig) -> Compute:

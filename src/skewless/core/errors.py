@@ -86,3 +86,8 @@ class RequestError(SkewlessError):
 
 class NotFittedError(SkewlessError):
     """``predict`` or ``transform`` was called before ``fit``."""
+
+
+class ComputeError(SkewlessError):
+    """The compute engine failed (a Ray cluster lost, a task whose worker died on every retry),
+    as opposed to the work itself raising."""

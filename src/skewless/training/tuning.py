@@ -80,11 +80,8 @@ def tune(
     )
 
     def objective(trial: optuna.Trial) -> float:
-        values = {k: _suggest(trial, k, d) for k, d in settings.space.items()}
-        candidate = trial_config(config, values)
         try:
-            check_request(candidate, history)
-            fold_bounds(candidate, history)
+            values, candidate = _candidate(trial, config, history)
         except ConfigError as exc:  # e.g. a lookback too long for the first fold
             raise optuna.TrialPruned(str(exc)) from exc
 
@@ -154,11 +151,8 @@ def _optimize_on_ray(
         remaining -= len(asked)
         runnable: list[tuple[optuna.Trial, dict[str, Any], SkewlessConfig]] = []
         for trial in asked:
-            values = {k: _suggest(trial, k, d) for k, d in settings.space.items()}
             try:
-                candidate = trial_config(config, values)
-                check_request(candidate, history)
-                fold_bounds(candidate, history)
+                values, candidate = _candidate(trial, config, history)
             except ConfigError:  # e.g. a lookback too long for the first fold
                 _told(study, trial, on_trial, state=optuna.trial.TrialState.PRUNED)
                 continue
@@ -173,6 +167,18 @@ def _optimize_on_ray(
                 mlflow.log_params({f"tuned.{k}": v for k, v in values.items()})
                 mlflow.log_metric(settings.metric, result.value)
             _told(study, trial, on_trial, values=result.value)
+
+
+def _candidate(
+    trial: optuna.Trial, config: SkewlessConfig, history: History
+) -> tuple[dict[str, Any], SkewlessConfig]:
+    """The trial's values and the config they make, checked against the data (ConfigError:
+    the configuration cannot run, and the trial is pruned)."""
+    values = {k: _suggest(trial, k, d) for k, d in config.tuning.space.items()}
+    candidate = trial_config(config, values)
+    check_request(candidate, history)
+    fold_bounds(candidate, history)
+    return values, candidate
 
 
 def _told(
