@@ -115,13 +115,13 @@ def test_history_from_the_offline_store_reads_entity_batches(etth_sqlite: FeastR
     assert history.entities() == [1, 2]
     assert history.row_counts().to_dict() == everything.groupby("station_id").size().to_dict()
     end = pd.Timestamp("2016-07-02", tz="UTC")
-    batches = list(history.between(end=end).batches())
+    batches = list(history.between(end=end).map(lambda rows: rows))
     assert [b["station_id"].unique().tolist() for b in batches] == [[1], [2]]
     expected = everything[everything["event_timestamp"] <= end].reset_index(drop=True)
     assert history.columns == ["station_id", "event_timestamp", *VARIABLES]  # no calendar
     pd.testing.assert_frame_equal(pd.concat(batches, ignore_index=True), expected[history.columns])
     assert history.between(end=end).bounds()[1] == end
-    narrow = next(history.batches(["station_id", "event_timestamp"]))
+    narrow = next(history.map(lambda rows: rows, ["station_id", "event_timestamp"]))
     assert list(narrow.columns) == ["station_id", "event_timestamp"]
 
 

@@ -58,7 +58,7 @@ class History(ABC):
         """Rows per entity in the range."""
 
     @abstractmethod
-    def _rows(self, entities: Sequence[Any], columns: Sequence[str] | None) -> pd.DataFrame:
+    def rows(self, entities: Sequence[Any], columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Rows of ``entities`` in the range, sorted by entity and time."""
 
     def map(
@@ -72,11 +72,7 @@ class History(ABC):
             entities[first : first + self.batch_entities]
             for first in range(0, len(entities), self.batch_entities)
         ]
-        return self.compute.map(lambda group: function(reader._rows(group, columns)), groups)
-
-    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
-        """The rows of every batch, read in this process."""
-        return replace(self, compute=LocalCompute()).map(lambda rows: rows, columns)
+        return self.compute.map(lambda group: function(reader.rows(group, columns)), groups)
 
     @abstractmethod
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -115,18 +111,20 @@ class FrameHistory(History):
         return list(self.frame.columns)
 
     def row_counts(self) -> pd.Series:
-        return self._in_range().groupby(self.entity_key, sort=True).size()
+        return self._selected.groupby(self.entity_key, sort=True).size()
 
-    def _rows(self, entities: Sequence[Any], columns: Sequence[str] | None) -> pd.DataFrame:
-        rows = self._in_range()
-        rows = rows[rows[self.entity_key].isin(entities)]
+    def rows(self, entities: Sequence[Any], columns: Sequence[str] | None = None) -> pd.DataFrame:
+        positions = [self._positions[e] for e in entities if e in self._positions]
+        rows = self._selected.iloc[np.concatenate(positions)] if positions else self._selected[:0]
         return rows if columns is None else rows[list(columns)]
 
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
-        times = self._in_range()[EVENT_TS]
+        times = self._selected[EVENT_TS]
         return times.min(), times.max()
 
-    def _in_range(self) -> pd.DataFrame:
+    @cached_property
+    def _selected(self) -> pd.DataFrame:
+        """The rows in range, found once per history (not once per batch)."""
         if self.start is None and self.end is None:
             return self.frame
         times = self.frame[EVENT_TS]
@@ -136,6 +134,12 @@ class FrameHistory(History):
         if self.end is not None:
             keep &= (times <= self.end).to_numpy()
         return self.frame[keep]
+
+    @cached_property
+    def _positions(self) -> dict[Any, np.ndarray]:
+        """Each entity's row positions in ``_selected``: a batch is read in its own size."""
+        groups = self._selected.groupby(self.entity_key, sort=False).indices
+        return {entity: np.asarray(rows) for entity, rows in groups.items()}
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -167,7 +171,7 @@ class StoreHistory(History):
     def row_counts(self) -> pd.Series:
         return self.table.row_counts(_py(self.start), _py(self.end))
 
-    def _rows(self, entities: Sequence[Any], columns: Sequence[str] | None) -> pd.DataFrame:
+    def rows(self, entities: Sequence[Any], columns: Sequence[str] | None = None) -> pd.DataFrame:
         return self.table.history(entities, _py(self.start), _py(self.end), columns or self.read)
 
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:

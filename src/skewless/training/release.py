@@ -59,8 +59,7 @@ def train_and_register(
 
 def input_example(config: SkewlessConfig, data: History | pd.DataFrame) -> pd.DataFrame:
     """The last ``lookback`` rows of the first entity, in the format ``predict`` takes."""
-    rows = next(as_history(config, data).batches())
-    key = config.data.entity_key
-    first = rows[rows[key] == rows[key].iloc[0]]
-    columns = [key, EVENT_TS, *config.data.variables]
+    history = as_history(config, data)
+    first = history.rows(history.entities()[:1])  # one entity read, not a batch
+    columns = [config.data.entity_key, EVENT_TS, *config.data.variables]
     return first[columns].tail(config.training.lookback).reset_index(drop=True)
