@@ -46,16 +46,19 @@ class History(ABC):
         """Every column a batch has."""
 
     def entities(self) -> list[Any]:
-        """Every entity with rows in the range, sorted (asked of the store once per range)."""
-        return self._entity_list
-
-    @cached_property
-    def _entity_list(self) -> list[Any]:
+        """Every entity with rows in the range, sorted."""
         return self.row_counts().index.tolist()
 
-    @abstractmethod
     def row_counts(self) -> pd.Series:
-        """Rows per entity in the range."""
+        """Rows per entity in the range (asked of the store once per range)."""
+        return self._counts
+
+    @cached_property
+    def _counts(self) -> pd.Series:
+        return self._count_rows()
+
+    @abstractmethod
+    def _count_rows(self) -> pd.Series: ...
 
     @abstractmethod
     def rows(self, entities: Sequence[Any], columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -110,7 +113,7 @@ class FrameHistory(History):
     def columns(self) -> list[str]:
         return list(self.frame.columns)
 
-    def row_counts(self) -> pd.Series:
+    def _count_rows(self) -> pd.Series:
         return self._selected.groupby(self.entity_key, sort=True).size()
 
     def rows(self, entities: Sequence[Any], columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -168,7 +171,7 @@ class StoreHistory(History):
     def columns(self) -> list[str]:
         return list(self.read)
 
-    def row_counts(self) -> pd.Series:
+    def _count_rows(self) -> pd.Series:
         return self.table.row_counts(_py(self.start), _py(self.end))
 
     def rows(self, entities: Sequence[Any], columns: Sequence[str] | None = None) -> pd.DataFrame:
