@@ -23,7 +23,7 @@ from skewless.registry.registry import ModelRegistry
 from skewless.serving.service import load_model
 from skewless.training.backtest import backtest
 from skewless.training.history import FrameHistory, StoreHistory
-from skewless.training.pipeline import fit, load_history, window_set
+from skewless.training.pipeline import fit, load_history, window_sets
 from tests.conftest import ETTH_CONFIG, VARIABLES, etth_config
 
 SMALL = ["training.lookback=48", "training.horizon=12", "backtest.test_periods=48"]
@@ -57,7 +57,7 @@ def test_nlinear_in_batches_is_the_least_squares_fit_of_all_windows(
     result = fit(config, rows)
     first, last = rows["event_timestamp"].min(), rows["event_timestamp"].max()
     split = first + (last - first) * (1 - config.training.validation_fraction)
-    train = window_set(config, result.preprocessor, rows[rows["event_timestamp"] <= split])
+    train = next(window_sets(config, result.preprocessor, rows[rows["event_timestamp"] <= split]))
     inputs = train.inputs[:, :, 0].astype(np.float64)  # one target channel: one group
     last = inputs[:, -1:]
     design = np.hstack([inputs - last, np.ones((len(inputs), 1))])
@@ -208,7 +208,9 @@ def test_xgboost_learns_from_window_tails_batch_by_batch(rows: pd.DataFrame) -> 
     model = batched_fit.model
     first, last = rows["event_timestamp"].min(), rows["event_timestamp"].max()
     split = first + (last - first) * (1 - config.training.validation_fraction)
-    train = window_set(config, batched_fit.preprocessor, rows[rows["event_timestamp"] <= split])
+    train = next(
+        window_sets(config, batched_fit.preprocessor, rows[rows["event_timestamp"] <= split])
+    )
     gathered = create_model("xgboost", 12, {"n_estimators": 20}).fit(train.inputs, train.targets)
     assert model.rounds_ <= 20
     np.testing.assert_allclose(
@@ -243,8 +245,8 @@ def test_gradient_models_draw_windows_from_rows_as_from_a_tensor_of_windows(
     first, last = rows["event_timestamp"].min(), rows["event_timestamp"].max()
     split = first + (last - first) * (1 - config.training.validation_fraction)
     pre = from_rows.preprocessor
-    train = window_set(config, pre, rows[rows["event_timestamp"] <= split])
-    val = window_set(config, pre, rows, first_target=split + pd.Timedelta(hours=1))
+    train = next(window_sets(config, pre, rows[rows["event_timestamp"] <= split]))
+    val = next(window_sets(config, pre, rows, first_target=split + pd.Timedelta(hours=1)))
     channels = None if from_rows.model.uses_covariates else 1
     same = {k: v for k, v in from_rows.model.get_params().items() if k != "horizon"}
     gathered = create_model(model, 12, same)

@@ -16,7 +16,7 @@ from skewless.core.errors import ConfigError
 from skewless.features.repo import FeastRepo
 from skewless.training.backtest import backtest, fold_bounds
 from skewless.training.metrics import ErrorSums, naive_scale
-from skewless.training.pipeline import check_request, fit, load_history, window_set
+from skewless.training.pipeline import check_request, fit, load_history, window_sets
 from tests.conftest import ETTH_CONFIG, etth_config, raw_rows
 
 SMALL = ["training.lookback=48", "training.horizon=12", "backtest.test_periods=48"]
@@ -52,8 +52,10 @@ def test_metrics_by_hand() -> None:
 def test_windows_score_against_the_raw_rows(history: pd.DataFrame) -> None:
     config = etth_config(*SMALL)
     result = fit(config, history)
-    windows = window_set(
-        config, result.preprocessor, history, first_target=pd.Timestamp("2018-01-01", tz="UTC")
+    windows = next(
+        window_sets(
+            config, result.preprocessor, history, first_target=pd.Timestamp("2018-01-01", tz="UTC")
+        )
     )
     assert (windows.first_target >= pd.Timestamp("2018-01-01", tz="UTC")).all()
     first = windows.first_target[0]

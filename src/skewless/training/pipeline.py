@@ -2,7 +2,7 @@
 
 Rows come from a :class:`History`, one batch of whole entities at a time; every consumer (fit,
 validation, backtests) cuts its windows with :func:`window_starts` through
-:func:`window_batch` or :func:`window_set`, so the windows a model is scored on are cut exactly
+:func:`window_batch` or :func:`window_sets`, so the windows a model is scored on are cut exactly
 like the ones it is trained on.
 """
 
@@ -121,18 +121,6 @@ def check_request(config: SkewlessConfig, data: History | pd.DataFrame | None = 
         )
 
 
-def window_set(
-    config: SkewlessConfig,
-    preprocessor: Preprocessor,
-    rows: pd.DataFrame,
-    first_target: pd.Timestamp | None = None,
-    last_target: pd.Timestamp | None = None,
-) -> WindowSet:
-    """All windows of ``rows`` whose forecast steps lie within [first_target, last_target],
-    copied out at once."""
-    return next(window_sets(config, preprocessor, rows, first_target, last_target))
-
-
 def window_sets(
     config: SkewlessConfig,
     preprocessor: Preprocessor,
@@ -142,7 +130,8 @@ def window_sets(
     size: int | None = None,
     channels: int | None = None,
 ) -> Iterator[WindowSet]:
-    """The windows of :func:`window_set`, copied out ``size`` at a time (all when None): a
+    """The windows of ``rows`` whose forecast steps lie within [first_target, last_target],
+    copied out ``size`` at a time (all at once when None): a
     batch of a hundred long series holds millions of windows, but scoring needs a few at once.
     Only the first ``channels`` input channels are copied when given (a model that sees only
     the targets needs no more). Always yields at least one (possibly empty) set."""
