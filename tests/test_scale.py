@@ -255,3 +255,25 @@ def test_gradient_models_draw_windows_from_rows_as_from_a_tensor_of_windows(
     )
     probe = val.inputs[:64, :, :channels]
     np.testing.assert_allclose(from_rows.model.predict(probe), gathered.predict(probe), rtol=1e-5)
+
+
+@pytest.mark.postgres
+def test_a_postgresql_table_that_refuses_the_rows_is_an_output_error_with_nothing_written(
+    etth_release: tuple, cli_options: list[str]
+) -> None:
+    table = f"forecasts_{uuid.uuid4().hex[:8]}"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test/{table}"
+    engine = sqlalchemy.create_engine(url.rsplit("/", 1)[0])
+    with engine.begin() as connection:  # a table of the name whose columns clash with ours
+        connection.execute(sqlalchemy.text(f'CREATE TABLE "{table}" (required int NOT NULL)'))
+    try:
+        refused = CliRunner().invoke(
+            app, ["forecast", str(ETTH_CONFIG), "--out", url, *cli_options]
+        )
+        assert refused.exit_code == 1 and "writing table" in refused.output
+        assert "Traceback" not in refused.output
+        assert pd.read_sql_table(table, engine).empty  # rolled back: nothing half-written
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{table}"'))
+        engine.dispose()

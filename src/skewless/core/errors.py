@@ -91,3 +91,8 @@ class NotFittedError(SkewlessError):
 class ComputeError(SkewlessError):
     """The compute engine failed (a Ray cluster lost, a task whose worker died on every retry),
     as opposed to the work itself raising."""
+
+
+class OutputError(SkewlessError):
+    """Results could not be written where they were asked to go (a full disk, a database gone);
+    nothing half-written is left."""

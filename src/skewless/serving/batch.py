@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from skewless.bundle.bundle import FORECAST, TARGET, forecast_isolated
 from skewless.compute.engine import compute_engine
 from skewless.core.config import SkewlessConfig
-from skewless.core.errors import ConfigError, SkewlessError
+from skewless.core.errors import ConfigError, OutputError, SkewlessError
 from skewless.features.validation import EVENT_TS
 from skewless.serving.service import LoadedModel, OnlineWindowFetcher
 
@@ -102,11 +103,17 @@ class ParquetSink(ForecastSink):
             raise ConfigError(f"cannot write --out {path}: {exc.strerror or exc}") from None
 
     def write(self, table: pa.Table) -> None:
-        self._writer.write_table(table)
+        try:
+            self._writer.write_table(table)
+        except OSError as exc:  # a full disk, a folder gone
+            raise OutputError(f"writing {self.path} failed: {exc}") from exc
 
     def commit(self) -> None:
-        self._writer.close()
-        os.replace(self._temporary, self.path)
+        try:
+            self._writer.close()
+            os.replace(self._temporary, self.path)
+        except OSError as exc:
+            raise OutputError(f"writing {self.path} failed: {exc}") from exc
 
     def abort(self) -> None:
         self._writer.close()
@@ -136,10 +143,20 @@ class PostgresSink(ForecastSink):
             raise ConfigError(f"cannot write --out {database}/{self.table}: {exc}") from None
 
     def write(self, table: pa.Table) -> None:
-        table.to_pandas().to_sql(self.table, self._connection, if_exists="append", index=False)
+        import sqlalchemy
+
+        try:
+            table.to_pandas().to_sql(self.table, self._connection, if_exists="append", index=False)
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # the database gone, a clashing table
+            raise OutputError(f"writing table {self.table} failed: {exc}") from exc
 
     def commit(self) -> None:
-        self._transaction.commit()
+        import sqlalchemy
+
+        try:
+            self._transaction.commit()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise OutputError(f"committing table {self.table} failed: {exc}") from exc
         self._connection.close()
 
     def abort(self) -> None:
@@ -178,7 +195,8 @@ def forecast_fleet(
             if on_batch is not None:
                 on_batch(count)
     except BaseException:
-        sink.abort()
+        with suppress(Exception):  # the first failure is the one to report
+            sink.abort()
         raise
     sink.commit()
     return FleetSummary(len(unique), len(unique) - len(failed), failed)
