@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_tasks
 
-from skewless.compute.engine import RayCompute, compute_engine
+from skewless.compute.engine import LocalCompute, RayCompute, compute_engine
 from skewless.core.config import ComputeConfig
 from skewless.core.errors import ComputeError, ConfigError
 from skewless.features.repo import FeastRepo
@@ -179,6 +180,21 @@ def test_results_come_back_in_order_whatever_finishes_first(engine: RayCompute) 
 
     assert list(engine.map(slow_first, range(9))) == [i * i for i in range(9)]
     assert list(engine.map(slow_first, [])) == []
+
+
+def test_whole_steps_run_side_by_side_on_ray_and_one_after_another_locally() -> None:
+    meeting = threading.Barrier(2, timeout=10)  # broken unless both steps run at once
+    started: list[int] = []
+
+    def step(number: int) -> int:
+        started.append(number)
+        meeting.wait()
+        return number
+
+    assert list(RayCompute(2).concurrently([partial(step, 1), partial(step, 2)])) == [1, 2]
+    started.clear()
+    lazy = LocalCompute().concurrently([lambda: started.append(1) or 1, lambda: 2 / 0])
+    assert next(lazy) == 1 and started == [1]  # the second step has not run
 
 
 def test_a_task_whose_worker_dies_on_every_retry_is_a_compute_error(engine: RayCompute) -> None:

@@ -13,7 +13,8 @@ import logging
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -32,12 +33,21 @@ class Compute(ABC):
     def map(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """``function(item)`` for every item, in item order."""
 
+    @abstractmethod
+    def concurrently(self, jobs: Sequence[Callable[[], R]]) -> Iterator[R]:
+        """The result of every job, in job order; jobs are whole steps run by this process
+        that ``map`` their own work (fits of several folds), thread-safe."""
+
 
 class LocalCompute(Compute):
     """Everything in this process, one item after another."""
 
     def map(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         return (function(item) for item in items)
+
+    def concurrently(self, jobs: Sequence[Callable[[], R]]) -> Iterator[R]:
+        """One job after another, each started only when its result is asked for."""
+        return (job() for job in jobs)
 
 
 class RayCompute(Compute):
@@ -82,6 +92,17 @@ class RayCompute(Compute):
                     finished[running.pop(reference)] = _result(ray, reference)
             else:
                 return
+
+    def concurrently(self, jobs: Sequence[Callable[[], R]]) -> Iterator[R]:
+        """Up to ``in_flight`` jobs at once in threads of this process: their tasks share the
+        cluster, and one job's work here (reducing, solving) fills the others' waits."""
+        with ThreadPoolExecutor(max_workers=self.in_flight) as pool:
+            futures = [pool.submit(job) for job in jobs]
+            try:
+                yield from (future.result() for future in futures)
+            finally:
+                for future in futures:
+                    future.cancel()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RayCompute, (self.in_flight,))

@@ -30,9 +30,13 @@ class Forecaster(ABC):
     ``uses_covariates``: False means the model sees only the target channels (and forecasts each
     channel it sees); True means it sees every channel (targets first, then covariates and
     calendar features) and forecasts the first ``targets.shape[2]`` of them.
+
+    ``fits_side_by_side``: True when several instances may fit at once in threads of one
+    process with the same results (no process-wide random state, as torch's seed is).
     """
 
     uses_covariates = False
+    fits_side_by_side = False
 
     def __init__(self, horizon: int) -> None:
         if horizon < 1:

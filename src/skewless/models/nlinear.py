@@ -58,6 +58,10 @@ class NLinear(Forecaster):
         self.patience = patience
         self.seed = seed
 
+    @property
+    def fits_side_by_side(self) -> bool:  # type: ignore[override]
+        return self.solver == "closed_form"  # the gradient solver seeds torch process-wide
+
     def _fit(
         self,
         inputs: np.ndarray,

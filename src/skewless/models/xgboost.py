@@ -44,6 +44,7 @@ class XGBoostForecaster(Forecaster):
     """Multi-horizon XGBoost over windows of every channel."""
 
     uses_covariates = True
+    fits_side_by_side = True  # seeded per booster and per batch sample
 
     def __init__(
         self,

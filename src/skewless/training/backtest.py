@@ -8,8 +8,10 @@ every window whose whole horizon lies inside the test period is forecast and sco
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,7 @@ from skewless.core.errors import ConfigError
 from skewless.core.frequency import parse_frequency
 from skewless.training.history import History, as_history
 from skewless.training.metrics import ErrorSums, Evaluation
-from skewless.training.pipeline import fit, naive_scales, score_batches
+from skewless.training.pipeline import fit, fit_runner, naive_scales, score_batches
 
 
 @dataclass(frozen=True)
@@ -94,56 +96,30 @@ def backtest(
     data: History | pd.DataFrame,
     on_fold: Callable[[Fold], None] | None = None,
 ) -> BacktestReport:
-    """Run every fold; ``on_fold`` sees each as it finishes (and may raise to stop early).
+    """Run every fold; ``on_fold`` sees each in order as it finishes (and may raise to stop).
 
     Each fold fits on its past and scores its test period an entity batch at a time; metrics
-    are sums over every batch and fold, so they equal scoring everything at once.
+    are sums over every batch and fold, so they equal scoring everything at once. On Ray the
+    folds run side by side when the model allows it (see ``fit_runner``).
     """
     history = as_history(config, data)
-    settings, step = config.backtest, parse_frequency(config.data.frequency)
+    shown = history.entities()[:PLOTTED_ENTITIES]
+    runs = fit_runner(config, history).concurrently(
+        [
+            partial(_run_fold, config, history, number, bounds, shown)
+            for number, bounds in enumerate(fold_bounds(config, history), start=1)
+        ]
+    )
     folds, pooled = [], ErrorSums()
     residuals: list[tuple[np.ndarray, int]] = []
-    shown = history.entities()[:PLOTTED_ENTITIES]
     plotted: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]] = []
-    for number, (train_end, test_start, test_end) in enumerate(
-        fold_bounds(config, history), start=1
-    ):
-        train = history.between(end=train_end)
-        if settings.window == "sliding":
-            assert settings.train_periods is not None
-            train = train.between(start=train_end - (settings.train_periods - 1) * step)
-        result = fit(config, train)
-        test = history.between(test_start - config.training.lookback * step, test_end)
-        errors, windows = ErrorSums(), 0
-        for part in score_batches(
-            config,
-            result.preprocessor,
-            result.model,
-            test,
-            naive_scales(config, train),
-            test_start,
-            test_end,
-            residuals=True,
-            shown=shown,
-        ):
-            errors.merge(part.errors)
-            windows += part.windows
-            if part.residuals is not None:
-                residuals.append((part.residuals, number))
-            plotted += part.shown
-        pooled.merge(errors)
-        fold = Fold(
-            number,
-            train_end,
-            test_start,
-            test_end,
-            windows,
-            errors.result(),
-            result.model.get_params(),
-        )
+    for run in runs:
+        pooled.merge(run.errors)
+        residuals += [(part, run.fold.number) for part in run.residuals]
+        plotted += run.shown
         if on_fold is not None:
-            on_fold(fold)
-        folds.append(fold)
+            on_fold(run.fold)
+        folds.append(run.fold)
     return BacktestReport(
         folds,
         pooled.result(),
@@ -153,6 +129,61 @@ def backtest(
         ),
         _forecasts(plotted),
     )
+
+
+@dataclass(frozen=True)
+class _FoldRun:
+    fold: Fold
+    errors: ErrorSums
+    residuals: list[np.ndarray]
+    shown: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _run_fold(
+    config: SkewlessConfig,
+    history: History,
+    number: int,
+    bounds: tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp],
+    shown: Sequence[Any],
+) -> _FoldRun:
+    """Fit one fold on its past and score its test period."""
+    settings, step = config.backtest, parse_frequency(config.data.frequency)
+    train_end, test_start, test_end = bounds
+    train = history.between(end=train_end)
+    if settings.window == "sliding":
+        assert settings.train_periods is not None
+        train = train.between(start=train_end - (settings.train_periods - 1) * step)
+    result = fit(config, train)
+    test = history.between(test_start - config.training.lookback * step, test_end)
+    errors, windows = ErrorSums(), 0
+    residuals: list[np.ndarray] = []
+    plotted: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]] = []
+    for part in score_batches(
+        config,
+        result.preprocessor,
+        result.model,
+        test,
+        naive_scales(config, train),
+        test_start,
+        test_end,
+        residuals=True,
+        shown=shown,
+    ):
+        errors.merge(part.errors)
+        windows += part.windows
+        if part.residuals is not None:
+            residuals.append(part.residuals)
+        plotted += part.shown
+    fold = Fold(
+        number,
+        train_end,
+        test_start,
+        test_end,
+        windows,
+        errors.result(),
+        result.model.get_params(),
+    )
+    return _FoldRun(fold, errors, residuals, plotted)
 
 
 def _forecasts(

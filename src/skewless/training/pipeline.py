@@ -18,6 +18,7 @@ import pandas as pd
 
 from skewless.bundle.bundle import forecast
 from skewless.compute.batches import Mapped
+from skewless.compute.engine import Compute, LocalCompute
 from skewless.core.config import SkewlessConfig, SourceConfig, skewless_home
 from skewless.core.errors import ConfigError
 from skewless.core.frequency import parse_frequency
@@ -217,6 +218,14 @@ def fit(config: SkewlessConfig, data: History | pd.DataFrame) -> FitResult:
     scale = naive_scales(config, train_rows)
     scores = score_batches(config, preprocessor, model, validation, scale, split + step)
     return FitResult(preprocessor, model, evaluation(scores))
+
+
+def fit_runner(config: SkewlessConfig, history: History) -> Compute:
+    """Where several fits of one config run: side by side on the history's engine when the
+    model's fits may share a process (each fit's waits are filled by the others' work), else
+    one after another."""
+    model = create_model(config.training.model, config.training.horizon, config.training.params)
+    return history.compute if model.fits_side_by_side else LocalCompute()
 
 
 def naive_scales(config: SkewlessConfig, history: History) -> dict[Any, float]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -17,7 +19,7 @@ from skewless.registry.registry import ModelRegistry
 from skewless.training.backtest import BacktestReport, Fold, backtest, fold_bounds
 from skewless.training.history import History, as_history
 from skewless.training.packaging import package
-from skewless.training.pipeline import FitResult, fit
+from skewless.training.pipeline import FitResult, fit, fit_runner
 from skewless.training.tracking import log_backtest, log_evaluation, tracked_run, tracking_uri
 
 
@@ -40,8 +42,12 @@ def train_and_register(
     as a new version (which MLflow's alias ``latest`` then resolves to)."""
     history = as_history(config, data)
     fold_bounds(config, history)  # impossible fold layouts fail before any fitting
-    report = backtest(config, history, on_fold)
-    fitted = fit(config, history)
+    # The final fit needs nothing of the backtest: on Ray they run side by side.
+    steps: list[Callable[[], Any]] = [
+        partial(backtest, config, history, on_fold),
+        partial(fit, config, history),
+    ]
+    report, fitted = fit_runner(config, history).concurrently(steps)
     bundle, coverage = package(config, history, fitted, report)
     with tracked_run(config, home, "train") as run_id:
         log_evaluation(fitted.validation, "val_")
