@@ -39,10 +39,13 @@ from skewless.monitoring.drift import ks, psi
 from skewless.monitoring.monitor import assess
 from skewless.monitoring.observations import VERSION
 from skewless.registry.registry import ModelRegistry
+from skewless.serving import log_writer
+from skewless.serving.log_writer import RequestLog
 from skewless.serving.request_log import (
-    RequestLog,
+    GAPS,
     monitoring_engine,
     read_served,
+    read_since,
     request_log_url,
     served_records,
 )
@@ -247,28 +250,92 @@ def test_the_request_log_writer_survives_ctrl_c_and_imports_this_skewless(
     assert list(read_served(monitoring_engine(url))["request_id"]) == ["before", "after"]
 
 
-def test_a_dead_request_log_writer_drops_and_counts(tmp_path: Path) -> None:
+def test_a_killed_writer_is_restarted_and_what_waited_for_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(log_writer, "_FIRST_RESTART_S", 0.5)
+    url = f"sqlite:///{tmp_path / 'monitoring.db'}"
     counted: dict[str, int] = {}
     log = RequestLog(
-        f"sqlite:///{tmp_path / 'monitoring.db'}",
-        max_pending=1,
-        on_outcome=lambda o, n: counted.__setitem__(o, counted.get(o, 0) + n),
+        url, max_pending=3, on_outcome=lambda o, n: counted.__setitem__(o, counted.get(o, 0) + n)
     )
-    writer = _writer()
-    writer.kill()
-    writer.join()
     model = {"name": "m", "version": 1, "alias": "a"}
     records = served_records("r", "/b", model, [{"entity": 1, "error": KeyError(1)}], None, 0)
-    for _ in range(3):
+    first = _writer()
+    first.kill()
+    first.join()
+    assert log.status()["degraded"] and log.status()["writer"] == "restarting"
+    for _ in range(5):  # three wait for the new writer (the bound), two are dropped
         log.append(records)
+    deadline = time.monotonic() + 60
+    while counted.get("written", 0) < 3:
+        assert time.monotonic() < deadline, f"no new writer wrote the backlog: {counted}"
+        time.sleep(0.05)
+    status = log.status()
+    assert status["writer"] == "running" and status["restarts"] == 1
+    assert status["dropped"] == 2 and status["degraded"]  # lost records lately
+    log.close()
+    assert counted == {"written": 3, "dropped": 2}
+    gaps = read_since(monitoring_engine(url), GAPS, GAPS.c.until, None)
+    assert gaps["records"].sum() == 2 and set(gaps["reason"]) == {"writer down"}
+
+
+def test_a_writer_that_keeps_dying_is_restarted_ever_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(log_writer, "_FIRST_RESTART_S", 0.2)
+    log = RequestLog(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    deaths = []
+    for _ in range(3):
+        writer = _writer_waiting(deadline=time.monotonic() + 60)
+        writer.kill()
+        writer.join()
+        deaths.append(time.monotonic())
+    _writer_waiting(deadline=time.monotonic() + 60)
+    assert log.restarts == 3
+    assert deaths[2] - deaths[1] > deaths[1] - deaths[0]  # 0.2 s, then 0.4 s
     began = time.monotonic()
     log.close(timeout=5)
-    assert counted == {"dropped": 3} and time.monotonic() - began < 5
+    assert time.monotonic() - began < 5
+
+
+def _writer_waiting(deadline: float) -> multiprocessing.Process:
+    while True:
+        children = [
+            c for c in multiprocessing.active_children() if c.name == "skewless-request-log"
+        ]
+        if children and children[0].is_alive():
+            return children[0]
+        assert time.monotonic() < deadline, "no writer was started"
+        time.sleep(0.02)
+
+
+def test_failed_inserts_are_recorded_as_a_gap_once_the_database_is_back(tmp_path: Path) -> None:
+    database = tmp_path / "monitoring.db"
+    url = f"sqlite:///{database}"
+    counted: dict[str, int] = {}
+    log = RequestLog(url, on_outcome=lambda o, n: counted.__setitem__(o, counted.get(o, 0) + n))
+    model = {"name": "m", "version": 1, "alias": "a"}
+    blocker = sqlite3.connect(database)
+    blocker.execute("DROP TABLE served_forecasts")  # every insert fails
+    blocker.commit()
+    log.append(served_records("lost", "/b", model, [{"entity": 1}], None, 0))
+    deadline = time.monotonic() + 30
+    while not counted.get("failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    monitoring_engine(url).dispose()  # the table again
+    log.append(served_records("kept", "/b", model, [{"entity": 1}], None, 0))
+    log.close()
+    assert counted == {"failed": 1, "written": 1}
+    gaps = read_since(monitoring_engine(url), GAPS, GAPS.c.until, None)
+    assert list(gaps["records"]) == [1] and list(gaps["reason"]) == ["database unavailable"]
 
 
 _KILLED_SERVER = """
 import multiprocessing, sys
-from skewless.serving.request_log import RequestLog, served_records
+from skewless.serving.log_writer import RequestLog
+from skewless.serving.request_log import served_records
 log = RequestLog(sys.argv[1], max_pending=100)
 print(multiprocessing.active_children()[0].pid, flush=True)
 items = [{"entity": i, "forecast": {"OT": [float(i)] * 2000}} for i in range(100)]

@@ -150,7 +150,7 @@ def test_raw_rows_give_the_same_forecast_as_the_online_window(
         ("/predict/feast", {"entity": 1, "time_point": "now"}, 409, "stale online windows"),
         (
             "/predict/feast",
-            {"entity": 1, "time_point": "2999-01-01T00:00:00Z"},
+            {"entity": 1, "time_point": "2200-01-01T00:00:00Z"},
             422,
             "in the future",
         ),
@@ -164,11 +164,52 @@ def test_raw_rows_give_the_same_forecast_as_the_online_window(
             "/predict/feast",
             {"entity": 1, "time_point": "yesterday-ish"},
             422,
-            "not 'now' or an ISO timestamp",
+            "not 'now' or an ISO 8601 timestamp",
+        ),
+        ("/predict/feast", {"entity": 1, "time_point": "today"}, 422, "not 'now' or an ISO 8601"),
+        (
+            "/predict/feast",
+            {"entity": 1, "time_point": "0001-01-01T00:00:00Z"},
+            422,
+            "outside the supported range",
+        ),
+        (
+            "/predict/feast",
+            {"entity": 1, "time_point": "1677-09-21T00:12:43Z"},
+            422,
+            "outside the supported range",
+        ),
+        ("/predict/feast", {"entity": 1, "time_point": "9" * 99}, 422, "at most 40 characters"),
+        ("/predict/feast/batch", {"entities": [True]}, 422, "valid integer"),
+        ("/predict/feast/batch", {"entities": [1.0]}, 422, "valid integer"),
+        ("/predict/feast/batch", {"entities": [2**70]}, 422, "must be 64-bit integers"),
+        (
+            "/predict",
+            b'{"rows": [{"station_id": 1, "event_timestamp": "2018-06-26", "OT": Infinity}]}',
+            422,
+            "rows[0].OT: inf is not a finite number within float32",
+        ),
+        (
+            "/predict",
+            b'{"rows": [{"station_id": 1, "event_timestamp": "2018-06-26", "OT": 1e400}]}',
+            422,
+            "rows[0].OT: inf is not a finite number within float32",
+        ),
+        (
+            "/predict",
+            {"rows": [{"station_id": 1, EVENT_TS: LAST, "OT": 1e39}]},
+            422,
+            "rows[0].OT: 1e+39 is not a finite number within float32",
+        ),
+        (
+            "/predict",
+            {"rows": [{"station_id": 2**70, EVENT_TS: LAST, "OT": 1.0}]},
+            422,
+            "does not fit a 64-bit integer",
         ),
         ("/predict/feast", {"entity": "one", "time_point": LAST}, 422, "must be 64-bit integers"),
         ("/predict/feast", {"entity": 2**64, "time_point": LAST}, 422, "must be 64-bit integers"),
-        ("/predict/feast", {"entity": 1, "time_point": ""}, 422, "not 'now' or an ISO timestamp"),
+        ("/predict/feast", {"entity": 1, "time_point": ""}, 422, "not 'now' or an ISO 8601"),
         ("/predict/feast", {"entity": 1, "entity_key": "site"}, 422, "not this model's entity key"),
         ("/predict/feast/batch", {"entities": []}, 422, "at least 1 item"),
         ("/predict/feast/batch", {"entities": [1, 2, 1, 2, 1, 2]}, 422, "at most 5 per request"),
@@ -177,11 +218,19 @@ def test_raw_rows_give_the_same_forecast_as_the_online_window(
     ],
 )
 def test_bad_requests_are_4xx_with_a_reason(
-    server: str, path: str, body: dict, status: int, message: str
+    server: str, path: str, body: dict | bytes, status: int, message: str
 ) -> None:
-    answer = httpx.post(f"{server}{path}", json=body)
+    answer = httpx.post(f"{server}{path}", **request_body(body))
     assert answer.status_code == status, answer.text
     assert message in answer.text
+
+
+def request_body(body: dict | bytes) -> dict:
+    """httpx's arguments for a body: bytes as they are (JSON that httpx would refuse to
+    write, such as Infinity), anything else as JSON."""
+    if isinstance(body, bytes):
+        return {"content": body, "headers": {"content-type": "application/json"}}
+    return {"json": body}
 
 
 def test_malformed_json_is_422(server: str) -> None:
@@ -193,6 +242,51 @@ def test_malformed_json_is_422(server: str) -> None:
     assert answer.status_code == 422
 
 
+def test_a_body_over_the_limit_is_413_before_it_is_read_and_errors_never_echo_it(
+    server: str,
+) -> None:
+    limit = (1 << 20) + 5 * 1024  # the default for serving.max_entities=5
+    huge = b'{"entities": [' + b"1, " * (limit // 3) + b"1]}"
+    began = time.monotonic()
+    declared = httpx.post(
+        f"{server}/predict/feast/batch",
+        content=huge,
+        headers={"content-type": "application/json"},
+    )
+    assert declared.status_code == 413 and "serving.max_body_bytes" in declared.text
+    streamed = httpx.post(  # chunked: no length declared, counted as it arrives
+        f"{server}/predict/feast/batch",
+        content=iter([huge[i : i + 65536] for i in range(0, len(huge), 65536)]),
+        headers={"content-type": "application/json"},
+    )
+    assert streamed.status_code == 413
+    assert time.monotonic() - began < 10
+    long_text = httpx.post(
+        f"{server}/predict/feast", json={"entity": 1, "time_point": "9" * 500_000}
+    )
+    assert long_text.status_code == 422 and len(long_text.content) < 2000
+    rows = [{"station_id": 1, EVENT_TS: "x" * 1000, "OT": 1.0}] * 100
+    echoed = httpx.post(f"{server}/predict", json={"rows": rows, "extra": "y" * 100_000})
+    assert echoed.status_code == 422 and len(echoed.content) < 2000
+
+
+def test_mixed_iso_formats_in_raw_rows_are_read_alike(server: str, etth_release: tuple) -> None:
+    _, _, rows = etth_release
+    columns = ["station_id", EVENT_TS, "OT", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL"]
+    history = rows.loc[rows["station_id"] == 1, columns].tail(336)
+    stamps = history[EVENT_TS].dt.strftime("%Y-%m-%dT%H:%M:%SZ").tolist()
+    stamps[::2] = history[EVENT_TS].iloc[::2].dt.strftime("%Y-%m-%d %H:%M:%S+00:00").tolist()
+    records = history.assign(**{EVENT_TS: stamps}).to_dict("records")
+    mixed = httpx.post(f"{server}/predict", json={"rows": records})
+    assert mixed.status_code == 200, mixed.text
+    same = httpx.post(f"{server}/predict/feast", json={"entity": 1, "time_point": LAST})
+    assert mixed.json()["predictions"][0]["forecast"] == same.json()["predictions"][0]["forecast"]
+    records[5][EVENT_TS] = "the 5th of June"
+    refused = httpx.post(f"{server}/predict", json={"rows": records})
+    assert refused.status_code == 422
+    assert "not ISO 8601 timestamps (row 5: 'the 5th of June')" in refused.text
+
+
 def test_operations_endpoints(server: str, etth_release: tuple) -> None:
     _, released, _ = etth_release
     assert httpx.get(f"{server}/health").json() == {"status": "alive"}
@@ -201,9 +295,13 @@ def test_operations_endpoints(server: str, etth_release: tuple) -> None:
     model = httpx.get(f"{server}/model").json()
     assert model["version"] == released.version and model["metrics"]["mse"] > 0
     assert httpx.get(f"{server}/openapi.json").json()["paths"]["/predict/feast/batch"]
-    assert httpx.post(f"{server}/admin/reload").status_code == 403
+    assert httpx.post(f"{server}/admin/reload").status_code == 401
     wrong = httpx.post(f"{server}/admin/reload", headers={"Authorization": "Bearer nope"})
-    assert wrong.status_code == 403
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    accented = httpx.post(
+        f"{server}/admin/reload", headers={"Authorization": "Bearer jeton-é".encode()}
+    )
+    assert accented.status_code == 401
     right = httpx.post(f"{server}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert right.status_code == 200 and right.json()["model"]["version"] == model["version"]
 

@@ -221,6 +221,7 @@ def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
         from skewless.training.release import train_and_register
 
         repo, history = _history(config, set_, csv)
+        _warn_if_unservable(repo.config)
         with _progress() as progress:
             task = progress.add_task("backtest folds", total=repo.config.backtest.folds)
             release = train_and_register(
@@ -241,6 +242,20 @@ def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
         console.print(
             f"registered [bold]{repo.config.model_name}[/] version {release.version} "
             f"(alias latest), MLflow run {release.run_id}"
+        )
+
+
+def _warn_if_unservable(config: SkewlessConfig) -> None:
+    """A model the online store cannot feed trains, but will not be served or promoted."""
+    from skewless.bundle.bundle import FeatureSpec
+    from skewless.core.feed import Feed, feeding_problems
+
+    for problem in feeding_problems(FeatureSpec.from_config(config).feed, Feed.of_store(config)):
+        errors.print(
+            f"[bold yellow]warning:[/] the online store cannot feed this model: {problem}; "
+            "servers and promotions will refuse it",
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -346,6 +361,9 @@ def serve(
     set_: SetOpt = None,
 ) -> None:
     """Serve forecasts over HTTP from the model version behind ALIAS, following the alias."""
+    # A server's own events (a store outage and its end, a swap, a refused version) are what
+    # its operator reads; libraries stay at errors only.
+    logging.getLogger("skewless").setLevel(min(logging.getLogger().level, logging.INFO))
     with user_errors():
         repo = _repo(config, set_)
         settings = repo.config.serving
@@ -409,11 +427,14 @@ def _serve_ray(
         ) from None
 
     from skewless.serving.ray_app import APP_NAME, build_application
+    from skewless.serving.ray_processes import started_here, stop_leftovers
 
+    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING)
+    # After ray.init, which installs a C++ handler that ends the process on SIGTERM at once
+    # (leaving the cluster's agents running): stop through the clean shutdown below instead.
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING)
     try:
         with console.status("starting Ray Serve: ingress, features, preprocessing, model"):
             ray_serve.start(http_options={"host": host, "port": port})
@@ -423,8 +444,10 @@ def _serve_ray(
         console.print(f"serving on http://{host}:{port} (Ray Serve, app '{APP_NAME}')")
         stop.wait()
     finally:
+        cluster = started_here() if address is None else []  # a cluster we joined stays up
         ray_serve.shutdown()
         ray.shutdown()
+        stop_leftovers(cluster)
 
 
 @app.command("verify-skew")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -77,13 +78,26 @@ def promote(
     alias: AliasOpt,
     force: Annotated[bool, typer.Option(help="promote even if its metric is worse")] = False,
     metric: Annotated[str, typer.Option(help="backtest metric to compare")] = "mse",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="experiment config of the feature store that will serve it (default: the store "
+            "the version was trained beside)",
+            show_default=False,
+        ),
+    ] = None,
     tracking_uri: UriOpt = None,
 ) -> None:
-    """Point ALIAS at VERSION, unless it backtested worse than the current holder."""
+    """Point ALIAS at VERSION, unless it backtested worse than the current holder, or the
+    online store cannot feed it (that, --force does not override)."""
     with user_errors():
+        from skewless.core.config import load_config
+        from skewless.core.feed import Feed
+
+        store = None if config is None else Feed.of_store(load_config(config, []))
         registry = _registry(tracking_uri)
         number = registry.version_of(name, version)
-        before = registry.promote(name, number, alias, metric, force)
+        before = registry.promote(name, number, alias, metric, force, store)
         moved = "already there" if before == number else f"was {before or 'unset'}"
         console.print(f"{name}@{alias} -> version {number} ({moved})")
 

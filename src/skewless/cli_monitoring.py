@@ -68,6 +68,15 @@ def _print(result: MonitorResult) -> None:
         f"{observed.served['request_id'].nunique()} requests, {len(observed.outcomes)} forecast "
         f"steps with actuals since {observed.since:%Y-%m-%d %H:%M} UTC"
     )
+    gaps = observed.gaps
+    if len(gaps):
+        errors.print(
+            f"[bold yellow]request log gaps:[/] {int(gaps['records'].sum())} records not logged "
+            f"in {len(gaps)} gap(s) between {gaps['since'].min():%Y-%m-%d %H:%M} and "
+            f"{gaps['until'].max():%Y-%m-%d %H:%M} UTC ({', '.join(sorted(set(gaps['reason'])))}); "
+            "drift and accuracy miss those requests",
+            soft_wrap=True,
+        )
     console.print(_table(f"drift (against version {assessment.version})", assessment.drift))
     console.print(_table("accuracy per version", assessment.accuracy))
     for alert in assessment.alerts:

@@ -21,6 +21,7 @@ from skewless.bundle.intervals import ConformalIntervals
 from skewless.bundle.reference import VariableReference
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
+from skewless.core.feed import Feed
 from skewless.core.frequency import parse_frequency
 from skewless.features.validation import EVENT_TS, SERIES_VIEW
 from skewless.models.base import Forecaster
@@ -76,6 +77,13 @@ class FeatureSpec:
     @property
     def input_columns(self) -> list[str]:
         return [self.entity_key, EVENT_TS, *self.variables]
+
+    @property
+    def feed(self) -> Feed:
+        """What the bundle needs of the online store."""
+        return Feed(
+            self.entity_key, self.entity_type, self.frequency, tuple(self.variables), self.lookback
+        )
 
 
 @dataclass(frozen=True)
@@ -265,11 +273,22 @@ def _timestamps(values: pd.Series, problems: list[str]) -> pd.Series:
     if isinstance(values.dtype, pd.DatetimeTZDtype) and str(values.dtype.tz) == "UTC":
         return values
     try:
-        # cache=False: pandas' cache heuristic walks every value in Python first.
-        return pd.to_datetime(values, utc=True, cache=False)
-    except (ValueError, TypeError) as exc:
-        problems.append(f"'{EVENT_TS}' holds values that are not timestamps ({exc})")
+        # cache=False: pandas' cache heuristic walks every value in Python first. ISO 8601 in
+        # any mix of shapes and offsets; naive values are UTC (as MLflow hands them over).
+        parsed = pd.to_datetime(
+            values, utc=True, cache=False, format="ISO8601", errors="coerce"
+        )
+    except (ValueError, TypeError):  # not text nor times at all (numbers, lists)
+        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        problems.append(
+            f"'{EVENT_TS}' holds values that are not ISO 8601 timestamps (row {first}: "
+            f"{str(values.iloc[first])[:40]!r})"
+        )
         return values
+    return parsed
 
 
 def _numbers(values: pd.Series, column: str, problems: list[str]) -> np.ndarray:

@@ -126,6 +126,11 @@ class SqliteOnlineStore(_Strict):
 class RedisOnlineStore(_Strict):
     type: Literal["redis"] = "redis"
     url: str = "redis://127.0.0.1:6379/0"
+    timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="longest a server waits for Redis to connect or answer before a 503",
+    )
 
     @field_validator("url")
     @classmethod
@@ -167,7 +172,9 @@ _STORE_KEYS = ("online_store", "offline_store")
 class FeatureStoreConfig(_Strict):
     """Where features live: Feast project, stores and the online window view."""
 
-    project: str | None = Field(default=None, description="Feast project; defaults to 'name'")
+    project: str | None = Field(
+        default=None, max_length=63, description="Feast project; defaults to 'name'"
+    )
     online_store: OnlineStoreConfig = Field(default_factory=SqliteOnlineStore)
     offline_store: OfflineStoreConfig = Field(default_factory=FileOfflineStore)
     window_size: int = Field(default=512, ge=1, le=100_000)
@@ -298,11 +305,27 @@ class TuningConfig(_Strict):
     seed: int = 0
 
 
+_TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
 class TrackingConfig(_Strict):
     """Where runs are logged: an MLflow tracking URI (default: SQLite under SKEWLESS_HOME)."""
 
     uri: str | None = None
     experiment: str | None = Field(default=None, description="defaults to 'name'")
+
+    @field_validator("uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        """A database or a tracking server: the model registry needs one of them."""
+        scheme = urlparse(value).scheme.split("+")[0] if value else None
+        if value is not None and scheme not in _TRACKING_SCHEMES:
+            raise ValueError(
+                f"{value[:80]!r} is not an MLflow tracking URI with a model registry: use "
+                "sqlite:///path/mlflow.db, postgresql://user@host/db, or http(s)://host:port "
+                "of a tracking server"
+            )
+        return value
 
 
 class RegistryConfig(_Strict):
@@ -351,9 +374,19 @@ class ServingConfig(_Strict):
     alias: str = "production"
     poll_seconds: float = Field(default=10.0, gt=0, description="how often the alias is checked")
     max_entities: int = Field(default=1000, ge=1, description="most entities in one request")
+    max_body_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="largest request body; default 1 MiB + 1 KiB per max_entities",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     ray: RayServingConfig = Field(default_factory=RayServingConfig)
+
+    @property
+    def body_limit(self) -> int:
+        """Bytes a request body may have: refused with 413 before it is parsed."""
+        return self.max_body_bytes or (1 << 20) + 1024 * self.max_entities
 
 
 class RequestLogConfig(_Strict):
@@ -458,6 +491,8 @@ class SkewlessConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _identifier(cls, value: str) -> str:
+        if len(value) > 63:
+            raise ValueError("must be at most 63 characters (it names the Feast project)")
         if not value.replace("_", "").isalnum():
             raise ValueError(f"'{value}' must contain only letters, digits and underscores")
         return value
@@ -525,7 +560,7 @@ def _describe(exc: ValidationError) -> str:
             message = "unknown key; check its spelling against docs/config.md"
         elif error["type"] == "missing":
             message = "required key is missing"
-        got = "" if error["type"] == "missing" else f" (got {error['input']!r})"
+        got = "" if error["type"] == "missing" else f" (got {_excerpt(error['input'])})"
         lines.append(f"  - {key}: {message}{got}")
     return "\n".join(lines)
 
@@ -551,3 +586,9 @@ def _resolve_source_paths(raw: dict[str, Any], base: Path) -> None:
     for source in sources if isinstance(sources, list) else []:
         if isinstance(source, dict) and isinstance(source.get("path"), str):
             source["path"] = str((base / source["path"]).resolve())
+
+
+def _excerpt(value: object, limit: int = 80) -> str:
+    """A value as an error shows it: never more than ``limit`` characters of it."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} characters)"

@@ -40,6 +40,10 @@ class FeatureStoreError(SkewlessError):
     """The feature store is not in a state that allows the request."""
 
 
+class StoreUnavailableError(FeatureStoreError):
+    """A store did not answer (down, unreachable, too slow): the request may be retried."""
+
+
 class UnknownEntityError(FeatureStoreError):
     """Entities were requested that the store has never seen."""
 
@@ -77,6 +81,11 @@ class BundleError(SkewlessError):
 
 class RegistryError(SkewlessError):
     """A registered model, version or alias does not exist, or a move was refused."""
+
+
+class UnservableVersionError(RegistryError):
+    """A model version that the online store cannot feed (too short a window, other variables,
+    frequency or entity key): never served, never promoted."""
 
 
 class RequestError(SkewlessError):

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from skewless.core.config import SkewlessConfig, skewless_home
-from skewless.core.errors import FeatureStoreError
+from skewless.core.time_points import TimePoint, parse_time_point
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import DataType, Mode, OnlineWindows, StrategyFactory
-
-TimePoint = datetime | str | None
 
 
 class FeatureStoreFacade:
@@ -42,23 +37,3 @@ class FeatureStoreFacade:
         if isinstance(result, OnlineWindows):
             result.raise_problems(self.repo.config.data.entity_key)
         return result
-
-
-def parse_time_point(value: TimePoint, zone: str | None) -> datetime | None:
-    """UTC datetime of a time point; naive values are read in the data's time zone."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().lower() == "now":
-        return datetime.now(UTC)
-    problem = FeatureStoreError(
-        f"time point {value!r} is not 'now' or an ISO timestamp such as 2018-06-01T12:00:00Z"
-    )
-    try:
-        stamp = pd.Timestamp(value)
-    except ValueError as exc:
-        raise problem from exc
-    if pd.isna(stamp):  # pandas reads "" and "NaT" as "not a time" without complaint
-        raise problem
-    if stamp.tzinfo is None:
-        stamp = stamp.tz_localize(zone or "UTC")
-    return stamp.tz_convert("UTC").to_pydatetime()

@@ -105,7 +105,11 @@ class RedisHashReader:
     def __init__(self, repo: FeastRepo) -> None:
         online = repo.config.feature_store.online_store
         assert isinstance(online, RedisOnlineStore)
-        self.client = redis.Redis.from_url(online.url)
+        self.client = redis.Redis.from_url(
+            online.url,
+            socket_timeout=online.timeout_seconds,
+            socket_connect_timeout=online.timeout_seconds,
+        )
         self.field = _mmh3(f"{WINDOW_VIEW}:{WINDOW_FEATURE}")
         project = repo.config.project.encode()
         serialized = serialized_keys(repo)

@@ -20,7 +20,7 @@ from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, Push
 from feast.types import Bytes, Float32, UnixTimestamp
 from feast.value_type import ValueType
 
-from skewless.core.config import RedisOnlineStore, SkewlessConfig, skewless_home
+from skewless.core.config import RedisOnlineStore, SkewlessConfig, SqliteOnlineStore, skewless_home
 from skewless.features.engineering import engineered_columns
 from skewless.features.offline import OfflineTable, offline_table
 from skewless.features.validation import SERIES_VIEW
@@ -131,6 +131,13 @@ class FeastRepo:
         self.write()
         return FeatureStore(repo_path=str(self.folder))
 
+    @property
+    def sqlite_path(self) -> Path:
+        """Where the SQLite online store lives (when that is the configured store)."""
+        online = self.config.feature_store.online_store
+        assert isinstance(online, SqliteOnlineStore)
+        return Path(online.path or self.folder / "online_store.db").resolve()
+
     def apply(self) -> None:
         """Register the generated objects in the Feast registry and create online tables."""
         self.store.apply(feast_definitions(self.config, self.home))
@@ -144,8 +151,7 @@ class FeastRepo:
                 "connection_string": redis_connection_string(online.url),
             }
         else:
-            path = online.path or self.folder / "online_store.db"
-            online_yaml = {"type": "sqlite", "path": str(Path(path).resolve())}
+            online_yaml = {"type": "sqlite", "path": str(self.sqlite_path)}
         return {
             "project": self.config.project,
             "provider": "local",

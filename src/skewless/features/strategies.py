@@ -132,7 +132,12 @@ class OnlineRetrievalStrategy(RetrievalStrategy):
         if time_point is not None:
             step, point = parse_frequency(config.data.frequency), pd.Timestamp(time_point)
             tolerance = step * config.feature_store.max_staleness_periods
-            self._bounds = point, point.floor(step) - tolerance
+            try:
+                self._bounds = point, point.floor(step) - tolerance
+            except (OverflowError, ValueError):  # at the very edge of the datetime range
+                raise FeatureStoreError(
+                    f"time point {point.isoformat()} is too early to serve from the online store"
+                ) from None
 
     def retrieve(self, entities: Sequence[Any] | None = None) -> OnlineWindows:
         if not entities:

@@ -9,6 +9,7 @@ first data row of the source.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,15 +99,28 @@ def _parse_entities(
     return numbers.astype("Int64")
 
 
+# A time of day followed by a UTC offset or Z: the timestamp carries its own time zone.
+_ZONED = r"\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$"
+
+
 def _parse_timestamps(
     values: pd.Series, row_numbers: np.ndarray, config: SkewlessConfig, findings: Findings
 ) -> pd.Series:
     column, zone = config.data.timestamp_column, config.data.timezone
     values = values.reset_index(drop=True)
-    try:
-        parsed = pd.to_datetime(values, errors="coerce", format="mixed")
-    except (ValueError, TypeError):  # mixed UTC offsets: only a UTC parse can hold them
-        parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    parsed = _to_datetime(values)
+    if not isinstance(parsed.dtype, pd.DatetimeTZDtype | np.dtypes.DateTime64DType):
+        # Offsets differ between rows: fine if every row has one, read as UTC.
+        zoned = values.astype("string").str.contains(_ZONED, regex=True, na=False)
+        naive = np.flatnonzero(~zoned & values.notna())
+        if len(naive):
+            findings.errors.append(
+                f"'{column}' mixes timestamps with and without a time zone (without one at "
+                f"{rows_text(row_numbers[naive])}, first: {values.iloc[naive[0]]!r}); give "
+                "every timestamp a UTC offset, or none and set data.timezone"
+            )
+            return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+        parsed = _to_datetime(values, utc=True)
     unparseable = parsed.isna()
     if unparseable.any():
         first = values[unparseable].iloc[0]
@@ -132,6 +146,17 @@ def _parse_timestamps(
             "store such data with UTC offsets"
         )
     return localized.dt.tz_convert("UTC")
+
+
+def _to_datetime(values: pd.Series, utc: bool = False) -> pd.Series:
+    """Timestamps of any ISO 8601 shape; object dtype when their time zones differ (pandas
+    warns of a future error there, and older versions raise: both mean the same)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return pd.to_datetime(values, errors="coerce", utc=utc, format="mixed")
+        except (ValueError, TypeError):
+            return values.astype(object)
 
 
 def _parse_numbers(

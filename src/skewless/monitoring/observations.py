@@ -19,7 +19,13 @@ from skewless.core.config import SkewlessConfig
 from skewless.core.frequency import parse_frequency
 from skewless.features.offline import offline_table
 from skewless.features.validation import EVENT_TS
-from skewless.serving.request_log import monitoring_engine, read_served, request_log_url
+from skewless.serving.request_log import (
+    GAPS,
+    monitoring_engine,
+    read_served,
+    read_since,
+    request_log_url,
+)
 
 ENTITY, STEP, TARGET, VERSION = "entity", "step", "target", "model_version"
 
@@ -32,6 +38,7 @@ class Observations:
     inputs: pd.DataFrame  # offline rows inside the lookback windows of the served forecasts
     outcomes: pd.DataFrame  # per forecast step and target: forecast, bounds, actual
     levels: list[str]  # interval levels in the log, e.g. ["80", "95"]
+    gaps: pd.DataFrame  # records the request log lost in the period: since, until, records, why
 
     @property
     def forecasts(self) -> pd.DataFrame:
@@ -45,8 +52,10 @@ def observe(
     served bundle's, which says how far back each forecast's inputs reach."""
     until = until or datetime.now(UTC)
     since = until - pd.Timedelta(config.monitoring.period).to_pytimedelta()
-    served = read_served(monitoring_engine(request_log_url(config, home)), since)
+    engine = monitoring_engine(request_log_url(config, home))
+    served = read_served(engine, since)
     served = served[served["served_at"] <= until.astimezone(UTC).replace(tzinfo=None)]
+    gaps = read_since(engine, GAPS, GAPS.c.until, since)
     served = served.assign(entity=_typed_entities(served[ENTITY], config))
     forecasts = served[served["error"].isna()]  # Observations.forecasts, before it exists
     step = parse_frequency(config.data.frequency)
@@ -54,7 +63,7 @@ def observe(
     inputs = _inputs(table, forecasts, step, lookback, config.data.entity_key)
     steps, levels = _steps(forecasts, step)
     outcomes = _with_actuals(steps, table, config)
-    return Observations(since, until, served, inputs, outcomes, levels)
+    return Observations(since, until, served, inputs, outcomes, levels, gaps)
 
 
 def _typed_entities(entities: pd.Series, config: SkewlessConfig) -> pd.Series:

@@ -12,12 +12,15 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from skewless.core.errors import RegistryError
+from skewless.core.errors import RegistryError, UnservableVersionError
+from skewless.core.feed import Feed, feeding_problems
 
 LATEST = "latest"
 PROMOTABLE = ("staging", "production")
 _METRIC_TAG = "metric."
 _HISTORY_TAG = "skewless.history."
+_NEEDS_TAG = "skewless.feed.needed"  # what the version needs of the online store
+_TRAINED_STORE_TAG = "skewless.feed.trained_store"  # the store it was trained beside
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,12 @@ class ModelRegistry:
         """Tag a version with its backtest metrics, which promotions compare."""
         for metric, value in metrics.items():
             self.client.set_model_version_tag(name, str(version), f"{_METRIC_TAG}{metric}", value)
+
+    def record_feed(self, name: str, version: int, needed: Feed, store: Feed) -> None:
+        """Tag a version with what it needs of the online store and the store it was trained
+        beside, so that a promotion can check it without loading the model."""
+        self.client.set_model_version_tag(name, str(version), _NEEDS_TAG, needed.to_json())
+        self.client.set_model_version_tag(name, str(version), _TRAINED_STORE_TAG, store.to_json())
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Every version, newest first."""
@@ -90,16 +99,25 @@ class ModelRegistry:
         return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
 
     def promote(
-        self, name: str, version: int, alias: str, metric: str, force: bool = False
+        self,
+        name: str,
+        version: int,
+        alias: str,
+        metric: str,
+        force: bool = False,
+        store: Feed | None = None,
     ) -> int | None:
         """Point ``alias`` at ``version``; returns the version it held before (None: none).
 
-        Refused, unless ``force``, when the candidate's backtest ``metric`` is worse (higher)
-        than the current holder's.
+        Refused when the online store (``store``, default: the one the version was trained
+        beside) cannot feed the version, ``force`` or not; and, unless ``force``, when the
+        candidate's backtest ``metric`` is worse (higher) than the current holder's.
         """
         if alias not in PROMOTABLE:
             raise RegistryError(f"promote to one of {list(PROMOTABLE)}, not '{alias}'")
-        candidate = self._info(self.client.get_model_version(name, str(self._check(name, version))))
+        found = self.client.get_model_version(name, str(self._check(name, version)))
+        _require_feedable(found.tags, version, store)
+        candidate = self._info(found)
         current = dict(self._model(name).aliases).get(alias)
         if current is not None and int(current) == version:
             return version
@@ -166,4 +184,21 @@ class ModelRegistry:
             },
             run_id=version.run_id,
             created=version.creation_timestamp,
+        )
+
+
+def _require_feedable(tags: dict[str, str], version: int, store: Feed | None) -> None:
+    """Refuse a version its online store cannot feed (versions registered before these tags
+    existed are not checked)."""
+    if _NEEDS_TAG not in tags:
+        return
+    if store is None:
+        if _TRAINED_STORE_TAG not in tags:
+            return
+        store = Feed.from_json(tags[_TRAINED_STORE_TAG])
+    problems = feeding_problems(Feed.from_json(tags[_NEEDS_TAG]), store)
+    if problems:
+        raise UnservableVersionError(
+            f"version {version} cannot be served from the online store: {'; '.join(problems)} "
+            "(--force does not override this: every request would fail)"
         )

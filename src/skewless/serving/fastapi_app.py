@@ -6,6 +6,7 @@ import gc
 import hmac
 import logging
 import os
+import reprlib
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,8 +25,11 @@ from skewless.core.errors import (
     RequestError,
     SkewlessError,
     StaleFeaturesError,
+    StoreUnavailableError,
     UnknownEntityError,
+    UnservableVersionError,
 )
+from skewless.serving.body_limit import BodyLimit
 from skewless.serving.metrics import ServingMetrics
 from skewless.serving.schemas import (
     BatchRequest,
@@ -41,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 ADMIN_TOKEN_ENV = "SKEWLESS_ADMIN_TOKEN"
 _STATUS: tuple[tuple[type[SkewlessError], int], ...] = (
+    (StoreUnavailableError, 503),
     (UnknownEntityError, 404),
     (StaleFeaturesError, 409),
     (RegistryError, 503),
@@ -90,14 +96,25 @@ def create_app(service: ServiceCore) -> FastAPI:
         metrics.errors.labels(type(exc).__name__, "request").inc()
         return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels(type(exc).__name__, "request").inc()
+        return JSONResponse({"detail": [_excerpt(error) for error in exc.errors()]}, 422)
+
+    app.add_middleware(BodyLimit, limit=service.config.serving.body_limit)
+
     @app.middleware("http")
     async def measure(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # a bug: still counted, then Starlette's plain 500
+            metrics.errors.labels(type(exc).__name__, "request").inc()
+            metrics.requests.labels(_endpoint(request), "500", "none").inc()
+            raise
+        endpoint = _endpoint(request)
         version = str(getattr(request.state, "model_version", "none"))
         metrics.requests.labels(endpoint, str(response.status_code), version).inc()
         metrics.latency.labels(endpoint, version).observe(time.perf_counter() - started)
@@ -106,6 +123,26 @@ def create_app(service: ServiceCore) -> FastAPI:
     app.include_router(_predictions_router())
     app.include_router(_operations_router())
     return app
+
+
+def _endpoint(request: Request) -> str:
+    return getattr(request.scope.get("route"), "path", "unmatched")
+
+
+# What of a refused input an error shows: enough to find it, never the whole of a huge body
+# (reprlib stops walking at its limits, so a huge input costs no more than a small one).
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxstring = _EXCERPT.maxother = 80
+
+
+def _excerpt(error: Any) -> dict[str, Any]:
+    """A validation error with its input cut to an excerpt."""
+    return {
+        "type": error["type"],
+        "loc": list(error["loc"]),
+        "msg": _EXCERPT.repr(error["msg"]).strip("'\""),
+        "input": _EXCERPT.repr(error.get("input")),
+    }
 
 
 def _service(request: Request) -> ServiceCore:
@@ -159,18 +196,24 @@ def _operations_router() -> APIRouter:
 
     @router.get("/ready", responses={503: {"model": ErrorResponse}})
     def ready(service: Service) -> JSONResponse:
-        """A model is loaded and the online store answers; a failed reload is reported too."""
+        """A model is loaded and the online store answers (else 503). "degraded" (still 200,
+        for a load balancer to ignore or act on): the request log lost records lately or its
+        writer is restarting. A failed or refused reload is reported too."""
+        log = service.request_log.status() if service.request_log is not None else None
         body: dict[str, Any] = {
             "model": service.current.describe(),
             "reload_error": service.last_reload_error,
+            "request_log": log,
         }
         try:
             service.feature_store_ready()
         except Exception as exc:  # any failure of the store means not ready
-            return JSONResponse(
-                {**body, "status": "feature store unreachable", "detail": str(exc)}, 503
+            reachable = isinstance(exc, SkewlessError) and not isinstance(
+                exc, StoreUnavailableError
             )
-        return JSONResponse({**body, "status": "ready"})
+            status = "feature store not ready" if reachable else "feature store unreachable"
+            return JSONResponse({**body, "status": status, "detail": str(exc)}, 503)
+        return JSONResponse({**body, "status": "degraded" if log and log["degraded"] else "ready"})
 
     @router.get("/model")
     def model(service: Service) -> dict[str, Any]:
@@ -180,6 +223,7 @@ def _operations_router() -> APIRouter:
             **current.describe(),
             "metrics": current.metrics,
             "trained_until": current.bundle.metadata.get("trained_until"),
+            "reload_error": service.last_reload_error,
         }
 
     @router.get("/metrics")
@@ -187,7 +231,14 @@ def _operations_router() -> APIRouter:
         """Prometheus text format."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @router.post("/admin/reload", responses={403: {"model": ErrorResponse}})
+    @router.post(
+        "/admin/reload",
+        responses={
+            401: {"model": ErrorResponse},
+            403: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
+    )
     def reload(
         service: Service, metrics: Metrics, authorization: Annotated[str | None, Header()] = None
     ) -> JSONResponse:
@@ -198,9 +249,19 @@ def _operations_router() -> APIRouter:
             return JSONResponse(
                 {"detail": f"reload over HTTP is disabled; set {ADMIN_TOKEN_ENV}"}, 403
             )
-        if not hmac.compare_digest(authorization or "", f"Bearer {token}"):
-            return JSONResponse({"detail": "wrong or missing bearer token"}, 403)
-        swapped = _reload(service, metrics)
+        given = (authorization or "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            return JSONResponse(
+                {"detail": "wrong or missing bearer token"},
+                401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            swapped = _reload(service, metrics)
+        except Exception as exc:  # the registry down, a version that cannot load: old one kept
+            return JSONResponse(
+                {"detail": f"reload failed, still serving the old version: {exc}"[:500]}, 503
+            )
         return JSONResponse({"swapped": swapped, "model": service.current.describe()})
 
     return router
@@ -209,6 +270,9 @@ def _operations_router() -> APIRouter:
 def _reload(service: ServiceCore, metrics: ServingMetrics) -> bool:
     try:
         swapped = service.refresh()
+    except UnservableVersionError:
+        metrics.reloads.labels("refused").inc()
+        raise
     except Exception:
         metrics.reloads.labels("failed").inc()
         raise

@@ -64,7 +64,8 @@ class ServingMetrics:
         )
         self.reloads = Counter(
             "skewless_model_reloads",
-            "Alias reloads by outcome",
+            "Alias reloads by outcome: swapped, unchanged, failed, refused (the online store "
+            "cannot feed the version)",
             ["outcome"],
             registry=self.registry,
         )

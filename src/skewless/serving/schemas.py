@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-Entity = int | str
+from skewless.core.time_points import MAX_TIME_POINT_CHARS
+
+# Strict: true and 1.0 are not entity 1. Ids beyond 64 bits are refused by the service.
+Entity = StrictInt | StrictStr
+TimePoint = Annotated[
+    str,
+    Field(
+        default="now",
+        max_length=MAX_TIME_POINT_CHARS,
+        description="'now' or an ISO 8601 timestamp",
+    ),
+]
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 class _Request(BaseModel):
@@ -15,13 +30,13 @@ class _Request(BaseModel):
 
 class EntityRequest(_Request):
     entity: Entity
-    time_point: str = Field(default="now", description="'now' or an ISO 8601 timestamp")
+    time_point: TimePoint = "now"
     entity_key: str | None = Field(default=None, description="defaults to the config's")
 
 
 class BatchRequest(_Request):
     entities: list[Entity] = Field(min_length=1)
-    time_point: str = Field(default="now", description="'now' or an ISO 8601 timestamp")
+    time_point: TimePoint = "now"
     entity_key: str | None = Field(default=None, description="defaults to the config's")
 
 
@@ -30,6 +45,27 @@ class RowsRequest(_Request):
         min_length=1,
         description="raw rows as ingestion stores them: entity key, event_timestamp, variables",
     )
+
+    @field_validator("rows")
+    @classmethod
+    def _representable(cls, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Numbers the model can hold: finite float32 values and 64-bit integers (JSON allows
+        Infinity and 1e400, and Python ints have no bound)."""
+        for number, row in enumerate(rows):
+            for column, value in row.items():
+                if isinstance(value, bool):
+                    continue
+                if isinstance(value, float) and (
+                    not math.isfinite(value) or abs(value) > _FLOAT32_MAX
+                ):
+                    raise ValueError(
+                        f"rows[{number}].{column}: {value} is not a finite number within float32"
+                    )
+                if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+                    raise ValueError(
+                        f"rows[{number}].{column}: {value} does not fit a 64-bit integer"
+                    )
+        return rows
 
 
 class ModelInfo(BaseModel):

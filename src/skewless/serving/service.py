@@ -31,17 +31,26 @@ import pandas as pd
 from skewless.bundle.bundle import FORECAST, ForecastBundle, Forecasts, forecast_isolated
 from skewless.bundle.reference import DECILES
 from skewless.core.config import SkewlessConfig
-from skewless.core.errors import RequestError, SkewlessError
+from skewless.core.errors import (
+    FeatureStoreError,
+    RequestError,
+    SkewlessError,
+    UnservableVersionError,
+)
+from skewless.core.feed import Feed, feeding_problems
 from skewless.core.frequency import parse_frequency
-from skewless.features.facade import parse_time_point
+from skewless.core.time_points import parse_time_point
 from skewless.features.online import WindowReader, window_reader
+from skewless.features.online_marker import online_marker
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
 from skewless.features.window_view import windows_frame
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
+from skewless.serving.log_writer import open_request_log
 from skewless.serving.metrics import ServingMetrics
-from skewless.serving.request_log import open_request_log, served_records
+from skewless.serving.outage import Outage, describe_online_store
+from skewless.serving.request_log import served_records
 from skewless.training.tracking import tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -122,15 +131,31 @@ class ServiceCore(ABC):
                     return False
                 loaded = self._load(version)
             except Exception as exc:  # whatever failed, the old version keeps serving
-                self.last_reload_error = f"{type(exc).__name__}: {exc}"
-                logger.error("reload of %s@%s failed: %s", self.config.model_name, self.alias, exc)
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self.last_reload_error:  # once, not at every poll
+                    logger.error(
+                        "reload of %s@%s failed, still serving version %d: %s",
+                        self.config.model_name,
+                        self.alias,
+                        self.current.version,
+                        exc,
+                    )
+                self.last_reload_error = error
                 raise
             self.current, self.last_reload_error = loaded, None
             logger.info("now serving %s version %d", loaded.name, loaded.version)
             return True
 
     def _load(self, version: int) -> LoadedModel:
-        return load_model(self.registry, self.config.model_name, self.alias, version)
+        """The version, loaded, if this server's online store can feed it."""
+        loaded = load_model(self.registry, self.config.model_name, self.alias, version)
+        problems = feeding_problems(loaded.bundle.spec.feed, Feed.of_store(self.config))
+        if problems:
+            raise UnservableVersionError(
+                f"version {version} of {loaded.name} cannot be served from this online store: "
+                + "; ".join(problems)
+            )
+        return loaded
 
     # -- forecasts -----------------------------------------------------------------------------
 
@@ -187,9 +212,7 @@ class ServiceCore(ABC):
 
     def _forecast_each(self, model: LoadedModel, rows: pd.DataFrame) -> dict[Any, Item]:
         """All entities in one bundle call; if that is refused, each alone to name who failed."""
-        made, failed = forecast_isolated(
-            lambda part: self._predict(model, part), rows, _key(model)
-        )
+        made, failed = forecast_isolated(lambda part: self._predict(model, part), rows, _key(model))
         items: dict[Any, Item] = {e: {"entity": e, "error": exc} for e, exc in failed.items()}
         for forecasts in made:
             items.update(_items(forecasts, model))
@@ -216,23 +239,40 @@ class ForecastService(ServiceCore):
 
 
 class OnlineWindowFetcher:
-    """Online windows of many entities with one call, as raw rows; keeps its reader warm."""
+    """Online windows of many entities with one call, as raw rows; keeps its reader warm.
+
+    A store that does not answer is a StoreUnavailableError (a 503 naming the store), logged
+    once when the outage starts and once when it ends, never once per request.
+    """
 
     def __init__(self, config: SkewlessConfig, home: Path) -> None:
         self.repo = FeastRepo(config, home)
         self._reader: WindowReader = window_reader(self.repo)
+        self._outage = Outage(describe_online_store(config))
+        self._marker = online_marker(self.repo)
         self.ready()  # the first online call is slow: pay it before traffic
 
     def ready(self) -> bool:
-        """One online read of an id no entity has: proves the online store answers."""
+        """One online read of an id no entity has (proves the store answers), and its
+        materialization marker (proves it still holds the windows)."""
         string_ids = self.repo.config.data.entity_type == "string"
-        self._reader.read(["__readiness_probe__" if string_ids else -1])
+        with self._outage.guard():
+            self._reader.read(["__readiness_probe__" if string_ids else -1])
+            marked = self._marker.read()
+        if marked is None:
+            raise FeatureStoreError(
+                f"the online store ({self._outage.store}) holds no materialized windows (its "
+                "marker is gone: restarted without its data?); run skewless materialize"
+            )
         return True
 
     def fetch(
         self, entities: list[Any], point: datetime | None, lookback: int
     ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
-        windows = OnlineRetrievalStrategy(self.repo, point, reader=self._reader).retrieve(entities)
+        with self._outage.guard():
+            windows = OnlineRetrievalStrategy(self.repo, point, reader=self._reader).retrieve(
+                entities
+            )
         found = list(windows.windows.values())
         key = self.repo.config.data.entity_key
         return (windows_frame(found, key, lookback) if found else None), windows.problems

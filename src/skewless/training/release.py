@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from skewless.core.config import SkewlessConfig
+from skewless.core.feed import Feed
 from skewless.features.validation import EVENT_TS
 from skewless.registry.pyfunc import log_bundle
 from skewless.registry.registry import ModelRegistry
@@ -59,7 +60,9 @@ def train_and_register(
         raise RuntimeError("MLflow did not register the logged model")
     version = int(info.registered_model_version)
     metrics = {k: v for k, v in report.overall.overall.items() if np.isfinite(v)}
-    ModelRegistry(tracking_uri(config, home)).record_metrics(config.model_name, version, metrics)
+    registry = ModelRegistry(tracking_uri(config, home))
+    registry.record_metrics(config.model_name, version, metrics)
+    registry.record_feed(config.model_name, version, bundle.spec.feed, Feed.of_store(config))
     return Release(fitted, report, coverage, run_id, version)
 
 

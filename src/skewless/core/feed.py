@@ -1,0 +1,68 @@
+"""Whether an online store can feed a model version: its windows are long enough and hold the
+variables, frequency and entity key the version was trained on.
+
+Checked when a server loads a version (it keeps the old one otherwise), when a version is
+promoted (``--force`` does not override it: such a version would fail every request) and, as
+a warning, when a model is trained.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from skewless.core.config import SkewlessConfig
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What an online store holds per entity, or what a model version needs of one."""
+
+    entity_key: str
+    entity_type: str
+    frequency: str
+    variables: tuple[str, ...]
+    points: int  # the store's window size, or the version's lookback
+
+    @classmethod
+    def of_store(cls, config: SkewlessConfig) -> Feed:
+        data = config.data
+        return cls(
+            data.entity_key,
+            data.entity_type,
+            data.frequency,
+            tuple(data.variables),
+            config.feature_store.window_size,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Feed:
+        fields = json.loads(text)
+        return cls(**{**fields, "variables": tuple(fields["variables"])})
+
+
+def feeding_problems(needed: Feed, store: Feed) -> list[str]:
+    """Why ``store`` cannot feed a version that needs ``needed`` (empty: it can)."""
+    problems = []
+    if needed.points > store.points:
+        problems.append(
+            f"its lookback of {needed.points} points exceeds the online window of {store.points} "
+            f"(feature_store.window_size); raise the window to at least {needed.points} and "
+            "materialize again"
+        )
+    missing = [v for v in needed.variables if v not in store.variables]
+    if missing:
+        problems.append(f"it reads variable(s) {missing} that the store does not hold")
+    if needed.frequency != store.frequency:
+        problems.append(
+            f"it was trained at frequency {needed.frequency!r}, the store holds {store.frequency!r}"
+        )
+    if (needed.entity_key, needed.entity_type) != (store.entity_key, store.entity_type):
+        problems.append(
+            f"its entity key is {needed.entity_key} ({needed.entity_type}), the store's is "
+            f"{store.entity_key} ({store.entity_type})"
+        )
+    return problems

@@ -1,0 +1,322 @@
+"""Faults injected into live servers under a steady client: what the client sees before, during
+and after each one, and that the server's own metrics tell the same story."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from skewless.core.config import SkewlessConfig
+from skewless.core.errors import UnservableVersionError
+from skewless.features.materialize import materialize
+from skewless.features.repo import FeastRepo
+from skewless.registry.registry import ModelRegistry
+from skewless.serving.request_log import (
+    GAPS,
+    monitoring_engine,
+    read_served,
+    read_since,
+    request_log_url,
+)
+from skewless.training.pipeline import load_history
+from skewless.training.release import train_and_register
+from tests.chaos.conftest import (
+    LAST,
+    RedisProcess,
+    SteadyClient,
+    metric,
+    scrape,
+    wait_for,
+)
+from tests.test_serving import TOKEN, request_body, server_log, start_server, stop_server
+
+pytestmark = pytest.mark.chaos
+
+
+def _server(
+    repo: FeastRepo, config: SkewlessConfig, engine: str = "fastapi", *overrides: str
+) -> tuple[subprocess.Popen, str]:
+    online = config.feature_store.online_store
+    return start_server(
+        repo,
+        config,
+        "feature_store.online_store.type=redis",
+        f"feature_store.online_store.url={online.url}",  # type: ignore[union-attr]
+        f"registry.model_name={config.model_name}",
+        "serving.poll_seconds=3600",
+        *overrides,
+        engine=engine,
+    )
+
+
+@pytest.fixture(params=["fastapi", "ray"])
+def live(
+    request: pytest.FixtureRequest, chaos_repo: tuple[FeastRepo, SkewlessConfig]
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    repo, config = chaos_repo
+    process, url = _server(repo, config, request.param)
+    yield process, url
+    stop_server(process)
+
+
+def test_an_online_store_that_hangs_or_goes_away_is_a_503_naming_it_then_recovers(
+    live: tuple[subprocess.Popen, str],
+    own_redis: RedisProcess,
+    chaos_repo: tuple[FeastRepo, SkewlessConfig],
+) -> None:
+    process, url = live
+    with SteadyClient(url) as client:
+        with client.phase("before", 5):
+            pass
+        with client.phase("hung", 7):
+            own_redis.pause()  # connections open, nothing answers: the timeout must bound it
+        own_redis.resume()
+        with client.phase("resumed", 5):
+            pass
+        with client.phase("down", 6):
+            own_redis.stop(keep_data=True)  # refused connections
+        with client.phase("back", 5):
+            own_redis.start()
+    seen = {phase: client.statuses(phase) for phase in client.phases}
+    assert set(seen["before"]) == set(seen["resumed"]) == set(seen["back"]) == {200}, seen
+    assert set(seen["hung"]) == {503} and set(seen["down"]) == {503}, seen
+    unavailable = [a for a in client.answers if a.status == 503]
+    assert all("Redis at 127.0.0.1:" in a.body and "does not answer" in a.body for a in unavailable)
+    hung = client.during("hung")
+    assert max(b.sent - a.sent for a, b in pairwise(hung)) < 3  # each bounded by 1 s
+    assert client.total()[0] == 0, "every request had an HTTP answer on its kept-alive connection"
+
+    samples = scrape(url)
+    total = client.total()
+    assert metric(samples, "skewless_errors_total", type="StoreUnavailableError") == total[503]
+    batch = "/predict/feast/batch"
+    for status, count in total.items():
+        assert (
+            metric(samples, "skewless_requests_total", endpoint=batch, status=str(status)) == count
+        )
+    assert httpx.get(f"{url}/ready").json()["status"] == "ready"
+    if "ray" not in process.args:  # Ray replicas log to Ray's files, not the server's
+        stop_server(process)
+        log = _words(server_log(chaos_repo[0], int(url.rsplit(":", 1)[1])).read_text())
+        assert log.count("stopped answering") == 2 and log.count("answers again") == 2
+        assert "Traceback" not in log
+
+
+def test_a_store_restarted_empty_is_not_ready_until_incremental_materialize_rewrites_it(
+    own_redis: RedisProcess, chaos_repo: tuple[FeastRepo, SkewlessConfig]
+) -> None:
+    repo, config = chaos_repo
+    process, url = _server(repo, config)
+    try:
+        with SteadyClient(url) as client:
+            with client.phase("before", 5):
+                pass
+            with client.phase("empty", 5):
+                own_redis.stop(keep_data=False)
+                own_redis.start()  # up again, without a key
+            ready = httpx.get(f"{url}/ready")
+            assert ready.status_code == 503 and "holds no materialized windows" in ready.text
+            with client.phase("rewritten", 5):
+                report = materialize(FeastRepo(config, repo.home), incremental=True)
+                assert not report.incremental and report.entities_updated == 2
+        assert set(client.statuses("before")) == {200}
+        empty = client.during("empty")  # a batch answers 200, each entity with its error
+        assert empty and all(
+            a.status == 200 and a.body.count("unknown station_id") == 2 for a in empty
+        )
+        assert set(client.statuses("rewritten")) == {200}
+        assert httpx.get(f"{url}/ready").json()["status"] == "ready"
+    finally:
+        stop_server(process)
+
+
+def test_a_version_the_store_cannot_feed_is_never_swapped_in_nor_promoted(
+    chaos_repo: tuple[FeastRepo, SkewlessConfig],
+) -> None:
+    repo, config = chaos_repo
+    process, url = _server(repo, config)
+    registry = ModelRegistry(config.tracking.uri)  # type: ignore[arg-type]
+    serving = registry.version_of(config.model_name, "production")
+    long = config.model_copy(
+        update={"training": config.training.model_copy(update={"lookback": 600})}
+    )
+    try:
+        with SteadyClient(url) as client:
+            unfed = train_and_register(long, load_history(long, repo.home), repo.home).version
+            for force in (False, True):
+                with pytest.raises(UnservableVersionError, match="lookback of 600 points"):
+                    registry.promote(config.model_name, unfed, "production", "mse", force)
+            # Moved by hand (another tool, an older skewless): the server must still refuse.
+            MlflowClient(config.tracking.uri).set_registered_model_alias(
+                config.model_name, "production", str(unfed)
+            )
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            for _ in range(2):
+                refused = httpx.post(f"{url}/admin/reload", headers=headers, timeout=120)
+                assert refused.status_code == 503 and "lookback of 600" in refused.text
+            time.sleep(2)
+        assert set(client.total()) == {200}
+        assert {a.body.count(f'"version":{serving}') for a in client.answers} == {1}
+        ready = httpx.get(f"{url}/ready").json()
+        model = httpx.get(f"{url}/model").json()
+        assert ready["status"] == "ready" and "exceeds the online window" in ready["reload_error"]
+        assert model["version"] == serving and "lookback of 600" in model["reload_error"]
+        assert metric(scrape(url), "skewless_model_reloads_total", outcome="refused") == 2
+    finally:
+        MlflowClient(config.tracking.uri).set_registered_model_alias(
+            config.model_name, "production", str(serving)
+        )
+        stop_server(process)
+    log = _words(server_log(repo, int(url.rsplit(":", 1)[1])).read_text())
+    assert log.count("still serving version") == 1  # once, not at every attempt
+
+
+def _words(log: str) -> str:
+    """A log's words, one space apart: the console wraps long lines where it likes."""
+    return " ".join(log.split())
+
+
+def _writer_of(server: subprocess.Popen) -> psutil.Process | None:
+    """The server's request-log writer (its one child started by multiprocessing's spawn),
+    or None while there is none."""
+    children = psutil.Process(server.pid).children(recursive=True)
+    writers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    assert len(writers) <= 1
+    return writers[0] if writers else None
+
+
+def test_a_killed_request_log_writer_is_restarted_and_every_answer_is_logged_or_counted(
+    chaos_repo: tuple[FeastRepo, SkewlessConfig],
+) -> None:
+    repo, config = chaos_repo
+    process, url = _server(repo, config)
+    engine = monitoring_engine(request_log_url(config, repo.home))
+    logged_before = len(read_served(engine))
+    try:
+        with SteadyClient(url) as client:
+            with client.phase("before", 5):
+                pass
+            with client.phase("restarted", 5):
+                first = _writer_of(process)
+                assert first is not None
+                first.kill()
+                degraded = httpx.get(f"{url}/ready")
+                assert degraded.status_code == 200
+                wait_for(lambda: _writer_of(process) not in (None, first), "a new writer")
+        assert set(client.total()) == {200}
+        ready = httpx.get(f"{url}/ready").json()
+        samples = scrape(url)
+    finally:
+        stop_server(process)  # the writer writes what is queued, then the server exits
+    assert ready["request_log"]["restarts"] == 1
+    dropped = metric(samples, "skewless_request_log_records_total", outcome="dropped")
+    assert ready["request_log"]["dropped"] == dropped
+    assert ready["status"] == ("degraded" if dropped else "ready")
+    answered = 2 * len(client.answers)  # two entities a request
+    logged = len(read_served(engine)) - logged_before
+    assert logged + dropped == answered
+    gaps = read_since(engine, GAPS, GAPS.c.until, None)
+    assert gaps["records"].sum() == dropped
+
+
+BAD_REQUESTS = [
+    ("/predict/feast", {"entity": 1, "time_point": "0001-01-01T00:00:00Z"}, 422),
+    ("/predict/feast", {"entity": 1, "time_point": "today"}, 422),
+    ("/predict/feast", {"entity": 1, "time_point": "9" * 3_000_000}, 413),
+    ("/predict/feast", {"entity": 1, "time_point": "9" * 100_000}, 422),
+    ("/predict/feast/batch", {"entities": [True], "time_point": LAST}, 422),
+    ("/predict/feast/batch", {"entities": [2**70], "time_point": LAST}, 422),
+    ("/predict", b'{"rows": [{"station_id": 1, "event_timestamp": "2018", "OT": 1e400}]}', 422),
+]
+
+
+def test_hostile_input_beside_steady_traffic_is_4xx_and_costs_the_others_nothing(
+    live: tuple[subprocess.Popen, str],
+) -> None:
+    _, url = live
+    refused: Counter[int] = Counter()
+    with SteadyClient(url) as client, httpx.Client(timeout=30) as hostile:
+        time.sleep(3)
+        began = time.monotonic()
+        for _ in range(3):
+            for path, body, status in BAD_REQUESTS:
+                answer = hostile.post(f"{url}{path}", **request_body(body))
+                assert answer.status_code == status, (path, answer.text[:300])
+                assert len(answer.content) < 2000  # never an echo of the input
+                refused[status] += 1
+            accented = hostile.post(
+                f"{url}/admin/reload", headers={"Authorization": "Bearer é".encode()}
+            )
+            assert accented.status_code == 401
+            refused[401] += 1
+        assert time.monotonic() - began < 60
+        time.sleep(3)
+    assert set(client.total()) == {200}
+    waits = [b.sent - a.sent for a, b in pairwise(client.answers)]
+    assert max(waits) < 5, "no request of the steady client waited behind the hostile ones"
+    samples = scrape(url)
+    batch = "/predict/feast/batch"
+    assert metric(samples, "skewless_requests_total", endpoint=batch, status="200") == len(
+        client.answers
+    )
+    for status, count in refused.items():
+        assert metric(samples, "skewless_requests_total", status=str(status)) == count
+
+
+def test_serve_stopped_by_sigterm_leaves_no_process_behind(
+    chaos_repo: tuple[FeastRepo, SkewlessConfig],
+) -> None:
+    repo, config = chaos_repo
+    process, _ = _server(repo, config, "ray")
+    family = {p.pid for p in psutil.Process(process.pid).children(recursive=True)}
+    assert family, "Ray started processes of its own"
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+    deadline = time.monotonic() + 60
+    while alive := [pid for pid in family if psutil.pid_exists(pid) and _running(pid)]:
+        assert time.monotonic() < deadline, f"outlived serve: {_names(alive)}"
+        time.sleep(0.5)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _names(pids: list[int]) -> list[str]:
+    names = []
+    for pid in pids:
+        try:
+            names.append(" ".join(psutil.Process(pid).cmdline())[:120])
+        except psutil.NoSuchProcess:
+            continue
+    return names
+
+
+def test_malformed_settings_are_one_line_errors(tmp_path: Path) -> None:
+    skewless = str(Path(sys.executable).parent / "skewless")
+    env = {**os.environ, "SKEWLESS_HOME": str(tmp_path)}
+    cases = [
+        ("materialize", "--set", f"feature_store.project={'p' * 120_000}"),
+        ("train", "--set", "tracking.uri=not-a-database"),
+    ]
+    for case in cases:
+        command = [skewless, case[0], "configs/etth.yaml", *case[1:]]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode in (1, 2), done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and "error" in done.stderr.lower()
+        assert len(done.stderr) < 2000, done.stderr[:500]
