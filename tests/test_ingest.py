@@ -112,6 +112,22 @@ def test_bad_rows_are_refused_with_reasons_and_nothing_is_written(
     assert repo.offline.is_empty()
 
 
+def test_iso_shapes_mix_but_timestamps_with_and_without_a_zone_do_not(
+    make_repo: MakeRepo,
+) -> None:
+    repo = make_repo()
+    rows = raw_rows(1, "2020-01-01", 6)
+    stamps = pd.to_datetime(rows["date"]).dt.tz_localize("UTC")
+    rows["date"] = stamps.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    rows.loc[::2, "date"] = stamps[::2].dt.strftime("%Y-%m-%d %H:%M:%S+00:00")
+    ingest_frames(repo, [("mixed shapes", rows)])
+    assert list(stored_rows(repo)["event_timestamp"]) == list(stamps)
+    later = raw_rows(1, "2020-01-01 06:00", 3)  # naive: read in data.timezone ...
+    later.loc[1, "date"] = "2020-01-01T07:00:00+00:00"  # ... but one row has an offset
+    with pytest.raises(DataValidationError, match=r"mixes timestamps with and without a time zone"):
+        ingest_frames(repo, [("mixed zones", later)])
+
+
 def test_naive_timestamps_need_a_time_zone(make_repo: MakeRepo) -> None:
     repo = make_repo("data.timezone=null")
     with pytest.raises(DataValidationError, match="has no time zone; .* set data.timezone"):
