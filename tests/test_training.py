@@ -166,4 +166,14 @@ def test_cli_train_and_backtest_from_a_csv(tmp_path: Path, monkeypatch: pytest.M
     assert {"forecast_vs_actual.png", "backtest_folds.json", "config.json"} <= artifacts
     refused = CliRunner().invoke(app, ["train", *common, "--set", "training.model=arima"])
     assert refused.exit_code == 1 and "unknown model 'arima'" in refused.output
+
+    narrow = CliRunner().invoke(app, ["train", *common, "--set", "feature_store.window_size=12"])
+    assert narrow.exit_code == 0, narrow.output
+    said = " ".join(narrow.output.split())  # the console wraps long lines
+    assert "warning: the online store cannot feed this model: its lookback of 24 points" in said
+    promote = ["models", "promote", "etth_forecaster", "latest", "--alias", "production"]
+    forced = CliRunner().invoke(app, [*promote, "--force"])
+    assert forced.exit_code == 1 and "exceeds the online window of 12" in forced.output
+    wider = CliRunner().invoke(app, [*promote, "--config", str(ETTH_CONFIG)])  # window 512
+    assert wider.exit_code == 0, wider.output
     assert load_config(ETTH_CONFIG, environ={}).training.model == "nlinear"

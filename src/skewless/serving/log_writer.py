@@ -87,6 +87,7 @@ class _Writer:
         self.written: Synchronized[int] = context.RawValue("q", 0)
         self.failed: Synchronized[int] = context.RawValue("q", 0)
         self.sent = 0
+        self._sent_lock = threading.Lock()
         self.reported = {"written": 0, "failed": 0}
         self.abandoned = False
         self.started = time.monotonic()
@@ -110,7 +111,8 @@ class _Writer:
         except queue.Full:
             return False
         if isinstance(item, list):
-            self.sent += len(item)
+            with self._sent_lock:  # requests append from many threads
+                self.sent += len(item)
         return True
 
     def new_outcomes(self) -> dict[str, int]:
