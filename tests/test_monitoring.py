@@ -30,6 +30,7 @@ import pytest
 
 from skewless.bundle.reference import reference_statistics
 from skewless.core.config import AlertRules, SkewlessConfig
+from skewless.core.stores import request_log_url
 from skewless.features.ingest import ingest_frames
 from skewless.features.materialize import materialize, push
 from skewless.features.repo import FeastRepo
@@ -46,7 +47,6 @@ from skewless.serving.request_log import (
     monitoring_engine,
     read_served,
     read_since,
-    request_log_url,
     served_records,
 )
 from skewless.training.pipeline import load_history

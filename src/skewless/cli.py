@@ -282,9 +282,9 @@ def forecast(
     """Forecast from the online store's latest windows with the model version behind ALIAS:
     printed, or with --out written for the whole fleet a batch at a time."""
     with user_errors():
+        from skewless.core.stores import tracking_uri
         from skewless.registry.registry import ModelRegistry
         from skewless.serving.service import load_model
-        from skewless.training.tracking import tracking_uri
 
         if all_ and entity:
             raise typer.BadParameter("give --all or --entity, not both", param_hint="--all")
@@ -544,7 +544,7 @@ def tune(
     with user_errors():
         import optuna
 
-        from skewless.training.tuning import storage_url
+        from skewless.core.stores import tuning_storage
         from skewless.training.tuning import tune as run_tune
 
         if not logging.getLogger().isEnabledFor(logging.INFO):  # the table below says it all
@@ -558,7 +558,7 @@ def tune(
                 repo.config, history, repo.home, on_trial=lambda _: progress.advance(task)
             )
         table = Table(
-            title=f"study '{report.study.study_name}' in {storage_url(repo.config, repo.home)}"
+            title=f"study '{report.study.study_name}' in {tuning_storage(repo.config, repo.home)}"
         )
         for column in ("trial", "state", repo.config.tuning.metric.upper(), "values"):
             table.add_column(column)

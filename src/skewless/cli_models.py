@@ -30,11 +30,13 @@ AliasOpt = Annotated[str, typer.Option(help="staging or production")]
 
 
 def _registry(uri: str | None) -> ModelRegistry:
+    from skewless.core.stores import embedded_sqlite
     from skewless.registry.registry import ModelRegistry
-    from skewless.training.tracking import default_tracking_uri
 
     return ModelRegistry(
-        uri or os.environ.get("SKEWLESS__TRACKING__URI") or default_tracking_uri(skewless_home())
+        uri
+        or os.environ.get("SKEWLESS__TRACKING__URI")
+        or embedded_sqlite(skewless_home(), "mlflow.db")
     )
 
 

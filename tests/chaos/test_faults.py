@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import UnservableVersionError
+from skewless.core.stores import request_log_url
 from skewless.features.materialize import materialize
 from skewless.features.repo import FeastRepo
 from skewless.registry.registry import ModelRegistry
@@ -27,7 +28,6 @@ from skewless.serving.request_log import (
     monitoring_engine,
     read_served,
     read_since,
-    request_log_url,
 )
 from skewless.training.pipeline import load_history
 from skewless.training.release import train_and_register

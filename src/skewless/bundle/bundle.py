@@ -275,9 +275,7 @@ def _timestamps(values: pd.Series, problems: list[str]) -> pd.Series:
     try:
         # cache=False: pandas' cache heuristic walks every value in Python first. ISO 8601 in
         # any mix of shapes and offsets; naive values are UTC (as MLflow hands them over).
-        parsed = pd.to_datetime(
-            values, utc=True, cache=False, format="ISO8601", errors="coerce"
-        )
+        parsed = pd.to_datetime(values, utc=True, cache=False, format="ISO8601", errors="coerce")
     except (ValueError, TypeError):  # not text nor times at all (numbers, lists)
         parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
     bad = parsed.isna() & values.notna()

@@ -203,4 +203,3 @@ class _WindowTFT(nn.Module):
         static = torch.cat([location, torch.log(scale)], dim=-1).squeeze(1)
         quantiles = self.network(static, past, future)
         return quantiles * scale.unsqueeze(-1) + location.unsqueeze(-1)
-

@@ -16,15 +16,15 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import RegistryError
+from skewless.core.stores import request_log_url, tracking_uri
 from skewless.monitoring.accuracy import accuracy_by, daily_error, versus_backtest
 from skewless.monitoring.alerts import Alert, AlertLog, evaluate, post_webhook
 from skewless.monitoring.drift import drift_table
 from skewless.monitoring.observations import VERSION, Observations, observe
 from skewless.registry.registry import PROMOTABLE, ModelRegistry, VersionInfo
-from skewless.serving.request_log import monitoring_engine, request_log_url
+from skewless.serving.request_log import monitoring_engine
 from skewless.training.pipeline import open_history
 from skewless.training.release import train_and_register
-from skewless.training.tracking import tracking_uri
 
 logger = logging.getLogger(__name__)
 

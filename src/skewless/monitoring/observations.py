@@ -17,6 +17,7 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.frequency import parse_frequency
+from skewless.core.stores import request_log_url
 from skewless.features.offline import offline_table
 from skewless.features.validation import EVENT_TS
 from skewless.serving.request_log import (
@@ -24,7 +25,6 @@ from skewless.serving.request_log import (
     monitoring_engine,
     read_served,
     read_since,
-    request_log_url,
 )
 
 ENTITY, STEP, TARGET, VERSION = "entity", "step", "target", "model_version"

@@ -39,11 +39,11 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
 from skewless.core.config import SkewlessConfig
+from skewless.core.stores import request_log_url
 from skewless.serving.request_log import (
     GAPS,
     SERVED,
     monitoring_engine,
-    request_log_url,
     writer_engine,
 )
 

@@ -24,11 +24,11 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 from skewless.bundle.bundle import ForecastBundle, Forecasts, PreparedWindows
 from skewless.core.config import DeploymentScaling, SkewlessConfig
 from skewless.core.errors import SkewlessError
+from skewless.core.stores import tracking_uri
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.fastapi_app import create_app
 from skewless.serving.service import LoadedModel, OnlineWindowFetcher, ServiceCore
-from skewless.training.tracking import tracking_uri
 
 APP_NAME = "skewless"
 _VERSIONS_KEPT = 3

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,8 +28,6 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-
-from skewless.core.config import SkewlessConfig
 
 METADATA = MetaData()
 SERVED = Table(
@@ -73,14 +70,6 @@ GAPS = Table(
     Column("records", Integer, nullable=False),
     Column("reason", String(256), nullable=False),
 )
-
-
-def request_log_url(config: SkewlessConfig, home: Path) -> str:
-    """``monitoring.request_log.url``, else SQLite under the home."""
-    if config.monitoring.request_log.url:
-        return config.monitoring.request_log.url
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'monitoring.db'}"
 
 
 def monitoring_engine(url: str) -> Engine:

@@ -39,6 +39,7 @@ from skewless.core.errors import (
 )
 from skewless.core.feed import Feed, feeding_problems
 from skewless.core.frequency import parse_frequency
+from skewless.core.stores import tracking_uri
 from skewless.core.time_points import parse_time_point
 from skewless.features.online import WindowReader, window_reader
 from skewless.features.online_marker import online_marker
@@ -51,7 +52,6 @@ from skewless.serving.log_writer import open_request_log
 from skewless.serving.metrics import ServingMetrics
 from skewless.serving.outage import Outage, describe_online_store
 from skewless.serving.request_log import served_records
-from skewless.training.tracking import tracking_uri
 
 logger = logging.getLogger(__name__)
 

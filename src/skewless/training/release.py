@@ -14,6 +14,7 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.feed import Feed
+from skewless.core.stores import tracking_uri
 from skewless.features.validation import EVENT_TS
 from skewless.registry.pyfunc import log_bundle
 from skewless.registry.registry import ModelRegistry
@@ -21,7 +22,7 @@ from skewless.training.backtest import BacktestReport, Fold, backtest, fold_boun
 from skewless.training.history import History, as_history
 from skewless.training.packaging import package
 from skewless.training.pipeline import FitResult, fit, fit_runner
-from skewless.training.tracking import log_backtest, log_evaluation, tracked_run, tracking_uri
+from skewless.training.tracking import log_backtest, log_evaluation, tracked_run
 
 
 @dataclass(frozen=True)

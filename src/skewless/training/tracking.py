@@ -20,23 +20,9 @@ import pandas as pd
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
 
 from skewless.core.config import SkewlessConfig
+from skewless.core.stores import tracking_uri
 from skewless.training.backtest import BacktestReport
 from skewless.training.metrics import METRICS, Evaluation
-
-
-def tracking_uri(config: SkewlessConfig, home: Path) -> str:
-    """``tracking.uri`` (settable as SKEWLESS__TRACKING__URI), else SQLite under the home.
-
-    MLFLOW_TRACKING_URI is deliberately not read: mlflow.set_tracking_uri rewrites it, so within
-    one process it would point at whichever store was used last.
-    """
-    return config.tracking.uri or default_tracking_uri(home)
-
-
-def default_tracking_uri(home: Path) -> str:
-    """The embedded store: SQLite under the home."""
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'mlflow.db'}"
 
 
 @contextmanager

@@ -24,6 +24,7 @@ import pandas as pd
 from skewless.compute.engine import LocalCompute, RayCompute
 from skewless.core.config import SearchDimension, SkewlessConfig, validate_config
 from skewless.core.errors import ConfigError
+from skewless.core.stores import tuning_storage
 from skewless.training.backtest import Fold, backtest, fold_bounds
 from skewless.training.history import History, as_history
 from skewless.training.pipeline import FitResult, check_request, fit
@@ -36,13 +37,6 @@ class TuningReport:
     best_config: SkewlessConfig
     best_value: float
     refit: FitResult
-
-
-def storage_url(config: SkewlessConfig, home: Path) -> str:
-    if config.tuning.storage:
-        return config.tuning.storage
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'optuna.db'}"
 
 
 def trial_config(config: SkewlessConfig, values: dict[str, Any]) -> SkewlessConfig:
@@ -72,7 +66,7 @@ def tune(
     fold_bounds(config, history)
     study = optuna.create_study(
         study_name=settings.study_name or f"{config.name}-{config.training.model}",
-        storage=storage_url(config, home),
+        storage=tuning_storage(config, home),
         load_if_exists=True,
         direction="minimize",
         sampler=optuna.samplers.TPESampler(seed=settings.seed),
