@@ -33,12 +33,12 @@ import pandas as pd
 
 from machine import describe_machine
 from skewless.core.config import load_config
+from skewless.core.schema import SERIES_VIEW
 from skewless.features.ingest import ingest_frames
 from skewless.features.materialize import materialize
 from skewless.features.online import RedisHashReader, readers_for, window_reader
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
-from skewless.features.validation import SERIES_VIEW
 from synthetic import VARIABLES, synthetic_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from skewless.bundle.bundle import ForecastBundle
 from skewless.bundle.intervals import ConformalIntervals
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
-from skewless.features.validation import EVENT_TS
+from skewless.core.schema import EVENT_TS
 from skewless.training.backtest import backtest
 from skewless.training.packaging import fingerprint, held_out_coverage, package
 from skewless.training.pipeline import fit, load_history

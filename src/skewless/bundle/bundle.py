@@ -23,7 +23,7 @@ from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
 from skewless.core.feed import Feed
 from skewless.core.frequency import parse_frequency
-from skewless.features.validation import EVENT_TS, SERIES_VIEW
+from skewless.core.schema import EVENT_TS, SERIES_VIEW
 from skewless.models.base import Forecaster
 from skewless.preprocessing.preprocessor import Preprocessor
 from skewless.preprocessing.windows import windows_at

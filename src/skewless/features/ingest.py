@@ -20,12 +20,12 @@ import pandas as pd
 
 from skewless.core.config import SourceConfig
 from skewless.core.errors import ConfigError, SourceError
+from skewless.core.schema import EVENT_TS
 from skewless.features.engineering import engineer
 from skewless.features.repo import FeastRepo
 from skewless.features.sources import SourceReader
 from skewless.features.validation import (
     ENTITY_ROW,
-    EVENT_TS,
     Findings,
     check_against_history,
     check_duplicates,

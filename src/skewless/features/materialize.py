@@ -23,10 +23,10 @@ from typing import Any
 import pandas as pd
 
 from skewless.core.errors import FeatureStoreError
+from skewless.core.schema import CREATED_TS, SERIES_VIEW
 from skewless.features.ingest import IngestReport, ingest_frames
 from skewless.features.online_marker import online_marker
 from skewless.features.repo import WINDOW_VIEW, FeastRepo
-from skewless.features.validation import CREATED_TS, SERIES_VIEW
 from skewless.features.window_view import pack_windows
 
 logger = logging.getLogger(__name__)

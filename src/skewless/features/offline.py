@@ -42,8 +42,9 @@ from psycopg import sql
 
 from skewless.core.config import PostgresOfflineStore, SkewlessConfig
 from skewless.core.errors import FeatureStoreError
+from skewless.core.schema import CREATED_TS, EVENT_TS
 from skewless.features.engineering import engineered_columns
-from skewless.features.validation import CREATED_TS, EVENT_TS, VALUE_DTYPE
+from skewless.features.validation import VALUE_DTYPE
 
 SERIES_TABLE = "series"
 # DuckDB's own memory while compacting; beyond it, it spills to disk.

@@ -21,9 +21,9 @@ from feast.types import Bytes, Float32, UnixTimestamp
 from feast.value_type import ValueType
 
 from skewless.core.config import RedisOnlineStore, SkewlessConfig, SqliteOnlineStore, skewless_home
+from skewless.core.schema import SERIES_VIEW
 from skewless.features.engineering import engineered_columns
 from skewless.features.offline import OfflineTable, offline_table
-from skewless.features.validation import SERIES_VIEW
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from skewless.core.errors import (
     UnknownEntityError,
 )
 from skewless.core.frequency import parse_frequency
+from skewless.core.schema import EVENT_TS, SERIES_VIEW
 from skewless.features.engineering import engineered_columns
 from skewless.features.online import WindowReader, window_reader
 from skewless.features.repo import FeastRepo
-from skewless.features.validation import EVENT_TS, SERIES_VIEW
 from skewless.features.window_view import Window, unpack_window
 
 DataType = Literal["timeseries", "tabular"]

@@ -18,13 +18,11 @@ import pandas as pd
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
 from skewless.core.frequency import parse_frequency
+from skewless.core.schema import EVENT_TS
 
 ENTITY_ROW = "row"  # source row number, kept beside the parsed columns for messages
 SOURCE_ROW = "__source_row"  # a raw column with each row's number in its source, if read in parts
-EVENT_TS = "event_timestamp"
-CREATED_TS = "created_timestamp"
 VALUE_DTYPE = np.float32
-SERIES_VIEW = "series"  # the Feast feature view of the raw variables (here: no Feast import)
 _SHOWN_ROWS = 10
 
 

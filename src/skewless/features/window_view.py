@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from skewless.core.errors import FeatureStoreError
-from skewless.features.validation import EVENT_TS
+from skewless.core.schema import EVENT_TS
 
 MAGIC = b"SKW1"
 _HEADER = struct.Struct("<4sII")

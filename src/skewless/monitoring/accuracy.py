@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from skewless.features.validation import EVENT_TS
+from skewless.core.schema import EVENT_TS
 from skewless.monitoring.observations import ENTITY, VERSION
 
 METRICS = ("mae", "mse")

@@ -17,9 +17,9 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.frequency import parse_frequency
+from skewless.core.schema import EVENT_TS
 from skewless.core.stores import request_log_url
 from skewless.features.offline import offline_table
-from skewless.features.validation import EVENT_TS
 from skewless.serving.request_log import (
     GAPS,
     monitoring_engine,

@@ -16,7 +16,7 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
 
 from skewless.core.config import SkewlessConfig
-from skewless.features.validation import EVENT_TS
+from skewless.core.schema import EVENT_TS
 from skewless.monitoring.alerts import Alert
 from skewless.monitoring.monitor import Assessment
 from skewless.monitoring.observations import ENTITY, TARGET, VERSION

@@ -25,8 +25,8 @@ import pandas as pd
 from skewless.compute.batches import Batches, InMemory
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError, NotFittedError
+from skewless.core.schema import EVENT_TS
 from skewless.features.engineering import engineer, engineered_columns
-from skewless.features.validation import EVENT_TS
 from skewless.preprocessing.running_stats import Moments, RowSample, batch_seed
 
 _UNSEEN = 0

@@ -18,7 +18,7 @@ from mlflow.pyfunc import PythonModel
 import skewless
 from skewless.bundle.bundle import ForecastBundle
 from skewless.core.errors import BundleError
-from skewless.features.validation import EVENT_TS
+from skewless.core.schema import EVENT_TS
 
 ARTIFACT = "bundle"
 _FILE = "bundle.pkl"

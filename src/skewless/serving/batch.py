@@ -28,7 +28,7 @@ from skewless.bundle.bundle import FORECAST, TARGET, forecast_isolated
 from skewless.compute.engine import compute_engine
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import ConfigError, OutputError, SkewlessError
-from skewless.features.validation import EVENT_TS
+from skewless.core.schema import EVENT_TS
 from skewless.serving.service import LoadedModel, OnlineWindowFetcher
 
 MODEL_NAME, MODEL_VERSION, ALIAS, TIME_POINT, ERROR = (

@@ -23,8 +23,8 @@ import pandas as pd
 
 from skewless.compute.engine import Compute, LocalCompute, compute_engine
 from skewless.core.config import SkewlessConfig
+from skewless.core.schema import EVENT_TS
 from skewless.features.offline import OfflineTable
-from skewless.features.validation import EVENT_TS
 
 R = TypeVar("R")
 

@@ -22,15 +22,10 @@ from skewless.compute.engine import Compute, LocalCompute
 from skewless.core.config import SkewlessConfig, SourceConfig, skewless_home
 from skewless.core.errors import ConfigError
 from skewless.core.frequency import parse_frequency
+from skewless.core.schema import CREATED_TS, EVENT_TS
 from skewless.features.facade import FeatureStoreFacade
 from skewless.features.sources import read_source
-from skewless.features.validation import (
-    CREATED_TS,
-    EVENT_TS,
-    Findings,
-    check_duplicates,
-    parse_rows,
-)
+from skewless.features.validation import Findings, check_duplicates, parse_rows
 from skewless.models.base import Forecaster
 from skewless.models.factory import create_model
 from skewless.preprocessing.preprocessor import Preprocessor

@@ -14,8 +14,8 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.feed import Feed
+from skewless.core.schema import EVENT_TS
 from skewless.core.stores import tracking_uri
-from skewless.features.validation import EVENT_TS
 from skewless.registry.pyfunc import log_bundle
 from skewless.registry.registry import ModelRegistry
 from skewless.training.backtest import BacktestReport, Fold, backtest, fold_bounds

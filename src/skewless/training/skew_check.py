@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from skewless.core.config import SkewlessConfig
+from skewless.core.schema import EVENT_TS
 from skewless.core.stores import tracking_uri
 from skewless.features.facade import FeatureStoreFacade
-from skewless.features.validation import EVENT_TS
 from skewless.registry.pyfunc import naive_utc
 from skewless.registry.registry import ModelRegistry
 
