@@ -94,6 +94,15 @@ class OnlineReadReader:
         ]
 
 
+def redis_client(online: RedisOnlineStore) -> redis.Redis:
+    """A client of the online store that gives up after ``timeout_seconds``, never hangs."""
+    return redis.Redis.from_url(
+        online.url,
+        socket_timeout=online.timeout_seconds,
+        socket_connect_timeout=online.timeout_seconds,
+    )
+
+
 class RedisHashReader:
     """Redis only: read the hash fields Feast's Redis store wrote, in one round trip.
 
@@ -105,11 +114,7 @@ class RedisHashReader:
     def __init__(self, repo: FeastRepo) -> None:
         online = repo.config.feature_store.online_store
         assert isinstance(online, RedisOnlineStore)
-        self.client = redis.Redis.from_url(
-            online.url,
-            socket_timeout=online.timeout_seconds,
-            socket_connect_timeout=online.timeout_seconds,
-        )
+        self.client = redis_client(online)
         self.field = _mmh3(f"{WINDOW_VIEW}:{WINDOW_FEATURE}")
         project = repo.config.project.encode()
         serialized = serialized_keys(repo)

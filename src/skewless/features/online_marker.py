@@ -12,9 +12,8 @@ import sqlite3
 from datetime import datetime
 from typing import Protocol, cast
 
-import redis
-
 from skewless.core.config import RedisOnlineStore
+from skewless.features.online import redis_client
 from skewless.features.repo import FeastRepo
 
 
@@ -30,11 +29,7 @@ class RedisMarker:
     def __init__(self, repo: FeastRepo) -> None:
         online = repo.config.feature_store.online_store
         assert isinstance(online, RedisOnlineStore)
-        self._client = redis.Redis.from_url(
-            online.url,
-            socket_timeout=online.timeout_seconds,
-            socket_connect_timeout=online.timeout_seconds,
-        )
+        self._client = redis_client(online)
         self._key = f"skewless:{repo.config.project}:materialized_until"
 
     def write(self, materialized_until: datetime) -> None:
