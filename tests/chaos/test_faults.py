@@ -4,11 +4,13 @@ and after each one, and that the server's own metrics tell the same story."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import httpx
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
+from sqlalchemy import insert
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import UnservableVersionError
@@ -209,6 +212,7 @@ def test_a_killed_request_log_writer_is_restarted_and_every_answer_is_logged_or_
     process, url = _server(repo, config)
     engine = monitoring_engine(request_log_url(config, repo.home))
     logged_before = len(read_served(engine))
+    began = datetime.now(UTC)
     try:
         with SteadyClient(url) as client:
             with client.phase("before", 5):
@@ -232,7 +236,7 @@ def test_a_killed_request_log_writer_is_restarted_and_every_answer_is_logged_or_
     answered = 2 * len(client.answers)  # two entities a request
     logged = len(read_served(engine)) - logged_before
     assert logged + dropped == answered
-    gaps = read_since(engine, GAPS, GAPS.c.until, None)
+    gaps = read_since(engine, GAPS, GAPS.c.until, began)
     assert gaps["records"].sum() == dropped
 
 
@@ -307,3 +311,39 @@ def test_malformed_settings_are_one_line_errors(tmp_path: Path) -> None:
         assert done.returncode in (1, 2), done.stderr[-2000:]
         assert "Traceback" not in done.stderr and "error" in done.stderr.lower()
         assert len(done.stderr) < 2000, done.stderr[:500]
+
+
+def test_monitor_reports_what_the_request_log_lost(
+    chaos_repo: tuple[FeastRepo, SkewlessConfig],
+) -> None:
+    repo, config = chaos_repo
+    engine = monitoring_engine(request_log_url(config, repo.home))
+    lost = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(GAPS),
+            [{"since": lost, "until": lost, "records": 7, "reason": "writer died"}],
+        )
+    monitor = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "skewless"),
+            "monitor",
+            "configs/etth.yaml",
+            "--set",
+            f"feature_store.project={config.project}",
+            "--set",
+            f"tracking.uri={config.tracking.uri}",
+            "--set",
+            f"registry.model_name={config.model_name}",
+        ],
+        env={**os.environ, "SKEWLESS_HOME": str(repo.home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    said = _words(monitor.stdout + monitor.stderr)
+    assert monitor.returncode in (0, 2), said[-2000:]  # 2: alerts fired
+    reported = re.search(r"request log gaps: (\d+) records not logged in (\d+) gap", said)
+    assert reported is not None, said[-2000:]
+    assert int(reported[1]) >= 7 and int(reported[2]) >= 1  # and any an earlier test left
+    assert "writer died" in said
