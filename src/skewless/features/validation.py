@@ -111,7 +111,7 @@ def _parse_timestamps(
         # Offsets differ between rows: fine if every row has one, read as UTC.
         zoned = values.astype("string").str.contains(_ZONED, regex=True, na=False)
         naive = np.flatnonzero(~zoned & values.notna())
-        if len(naive):
+        if zoned.any() and len(naive):
             findings.errors.append(
                 f"'{column}' mixes timestamps with and without a time zone (without one at "
                 f"{rows_text(row_numbers[naive])}, first: {values.iloc[naive[0]]!r}); give "
