@@ -4,6 +4,7 @@ operations, alias hot-swap under load, and schemathesis over the OpenAPI schema.
 from __future__ import annotations
 
 import importlib.util
+import http.client
 import os
 import platform
 import shutil
@@ -429,6 +430,20 @@ def test_alias_moves_swap_the_model_under_load_without_a_failed_request(
 
     assert all(version in possible(began, ended) for began, ended, _, version in results)
     assert {version for *_, version in results} == {first, second}
+
+
+def test_an_idle_connection_outlives_a_default_keep_alive(server: str) -> None:
+    """uvicorn's and Ray's default (5 s) closes idle connections that clients and balancers
+    reuse; a request sent as the server closes one is reset (serving.keep_alive_seconds)."""
+    connection = http.client.HTTPConnection(*server.removeprefix("http://").split(":"))
+    try:
+        connection.request("GET", "/health")
+        assert connection.getresponse().read()
+        time.sleep(6)
+        connection.request("GET", "/health")  # on the same socket: a closed one raises here
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
 
 
 def test_the_server_follows_the_alias_by_polling(

@@ -385,7 +385,13 @@ def serve(
         # uvicorn re-raises SIGTERM after its graceful shutdown; leave through Python's normal
         # exit then, so that exit handlers run (they release the request log's queues).
         signal.signal(signal.SIGTERM, _exit_on_signal)
-        uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            create_app(service),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_keep_alive=settings.keep_alive_seconds,
+        )
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -437,7 +443,13 @@ def _serve_ray(
         signal.signal(signum, lambda *_: stop.set())
     try:
         with console.status("starting Ray Serve: ingress, features, preprocessing, model"):
-            ray_serve.start(http_options={"host": host, "port": port})
+            ray_serve.start(
+                http_options={
+                    "host": host,
+                    "port": port,
+                    "keep_alive_timeout_s": repo.config.serving.keep_alive_seconds,
+                }
+            )
             ray_serve.run(
                 build_application(repo.config, repo.home, alias), name=APP_NAME, route_prefix="/"
             )

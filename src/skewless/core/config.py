@@ -381,6 +381,12 @@ class ServingConfig(_Strict):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    keep_alive_seconds: int = Field(
+        default=75,
+        gt=0,
+        description="how long an idle client connection stays open; above a load balancer's "
+        "idle timeout (60 s on most), so the server never closes one a client is reusing",
+    )
     ray: RayServingConfig = Field(default_factory=RayServingConfig)
 
     @property
