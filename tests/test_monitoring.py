@@ -30,6 +30,7 @@ import pytest
 
 from skewless.bundle.reference import reference_statistics
 from skewless.core.config import AlertRules, SkewlessConfig
+from skewless.core.monitoring_db import GAPS, monitoring_engine
 from skewless.core.stores import request_log_url
 from skewless.features.ingest import ingest_frames
 from skewless.features.materialize import materialize, push
@@ -39,16 +40,10 @@ from skewless.monitoring.alerts import AlertLog, evaluate
 from skewless.monitoring.drift import ks, psi
 from skewless.monitoring.monitor import assess
 from skewless.monitoring.observations import VERSION
+from skewless.monitoring.store import read_served, read_since
 from skewless.registry.registry import ModelRegistry
 from skewless.serving import log_writer
-from skewless.serving.log_writer import RequestLog
-from skewless.serving.request_log import (
-    GAPS,
-    monitoring_engine,
-    read_served,
-    read_since,
-    served_records,
-)
+from skewless.serving.log_writer import RequestLog, served_records
 from skewless.training.pipeline import load_history
 from skewless.training.release import train_and_register
 from tests.conftest import ETTH_CONFIG, POSTGRES_DSN, ROOT, etth_config
@@ -334,8 +329,7 @@ def test_failed_inserts_are_recorded_as_a_gap_once_the_database_is_back(tmp_path
 
 _KILLED_SERVER = """
 import multiprocessing, sys
-from skewless.serving.log_writer import RequestLog
-from skewless.serving.request_log import served_records
+from skewless.serving.log_writer import RequestLog, served_records
 log = RequestLog(sys.argv[1], max_pending=100)
 print(multiprocessing.active_children()[0].pid, flush=True)
 items = [{"entity": i, "forecast": {"OT": [float(i)] * 2000}} for i in range(100)]

@@ -24,12 +24,13 @@ import schemathesis
 from hypothesis import given, settings
 
 from skewless.cli import ray_serve_settings
+from skewless.core.monitoring_db import monitoring_engine
 from skewless.core.schema import EVENT_TS
 from skewless.core.stores import request_log_url
 from skewless.features.repo import FeastRepo
+from skewless.monitoring.store import read_served
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
-from skewless.serving.request_log import monitoring_engine, read_served
 from tests.conftest import ETTH_CONFIG, free_port
 
 TOKEN = "test-admin-token"

@@ -22,16 +22,12 @@ from sqlalchemy import insert
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import UnservableVersionError
+from skewless.core.monitoring_db import GAPS, monitoring_engine
 from skewless.core.stores import request_log_url
 from skewless.features.materialize import materialize
 from skewless.features.repo import FeastRepo
+from skewless.monitoring.store import read_served, read_since
 from skewless.registry.registry import ModelRegistry
-from skewless.serving.request_log import (
-    GAPS,
-    monitoring_engine,
-    read_served,
-    read_since,
-)
 from skewless.training.pipeline import load_history
 from skewless.training.release import train_and_register
 from tests.chaos.conftest import (

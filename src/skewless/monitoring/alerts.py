@@ -19,8 +19,9 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
 from skewless.core.config import AlertRules
+from skewless.core.monitoring_db import ALERTS
 from skewless.monitoring.observations import VERSION
-from skewless.serving.request_log import ALERTS, read_since
+from skewless.monitoring.store import read_since
 
 logger = logging.getLogger(__name__)
 

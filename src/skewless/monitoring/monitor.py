@@ -16,13 +16,13 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import RegistryError
+from skewless.core.monitoring_db import monitoring_engine
 from skewless.core.stores import request_log_url, tracking_uri
 from skewless.monitoring.accuracy import accuracy_by, daily_error, versus_backtest
 from skewless.monitoring.alerts import Alert, AlertLog, evaluate, post_webhook
 from skewless.monitoring.drift import drift_table
 from skewless.monitoring.observations import VERSION, Observations, observe
 from skewless.registry.registry import PROMOTABLE, ModelRegistry, VersionInfo
-from skewless.serving.request_log import monitoring_engine
 from skewless.training.pipeline import open_history
 from skewless.training.release import train_and_register
 

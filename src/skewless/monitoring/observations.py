@@ -17,15 +17,11 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.frequency import parse_frequency
+from skewless.core.monitoring_db import monitoring_engine
 from skewless.core.schema import EVENT_TS
 from skewless.core.stores import request_log_url
 from skewless.features.offline import offline_table
-from skewless.serving.request_log import (
-    GAPS,
-    monitoring_engine,
-    read_served,
-    read_since,
-)
+from skewless.monitoring.store import read_gaps, read_served
 
 ENTITY, STEP, TARGET, VERSION = "entity", "step", "target", "model_version"
 
@@ -55,7 +51,7 @@ def observe(
     engine = monitoring_engine(request_log_url(config, home))
     served = read_served(engine, since)
     served = served[served["served_at"] <= until.astimezone(UTC).replace(tzinfo=None)]
-    gaps = read_since(engine, GAPS, GAPS.c.until, since)
+    gaps = read_gaps(engine, since)
     served = served.assign(entity=_typed_entities(served[ENTITY], config))
     forecasts = served[served["error"].isna()]  # Observations.forecasts, before it exists
     step = parse_frequency(config.data.frequency)

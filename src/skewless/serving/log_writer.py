@@ -1,4 +1,5 @@
-"""The request log's writer: a process that inserts queued records, restarted when it dies.
+"""The request log's writer: a process that inserts queued records, restarted when it dies; and
+the records of an answered request (the tables are in :mod:`skewless.core.monitoring_db`).
 
 Requests only put their records on a queue; the writer process inserts them in batches, so the
 request path pays for building and pickling a few dicts, and the JSON encoding and inserts never
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,13 +40,8 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
 from skewless.core.config import SkewlessConfig
+from skewless.core.monitoring_db import GAPS, SERVED, monitoring_engine, naive_utc, writer_engine
 from skewless.core.stores import request_log_url
-from skewless.serving.request_log import (
-    GAPS,
-    SERVED,
-    monitoring_engine,
-    writer_engine,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +65,48 @@ class Gap:
 
     def row(self) -> dict[str, Any]:
         return {
-            "since": _naive(self.since),
-            "until": _naive(self.until),
+            "since": naive_utc(self.since),
+            "until": naive_utc(self.until),
             "records": self.records,
             "reason": self.reason,
         }
+
+
+def served_records(
+    request_id: str,
+    endpoint: str,
+    model: dict[str, Any],
+    items: Sequence[dict[str, Any]],
+    time_point: datetime | None,
+    latency_s: float,
+) -> Records:
+    """The log rows of one answered request (items as the service returns them)."""
+    common = {
+        "request_id": request_id,
+        "served_at": naive_utc(datetime.now(UTC)),
+        "endpoint": endpoint,
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "alias": model["alias"],
+        "time_point": None if time_point is None else naive_utc(time_point),
+        "latency_ms": 1000 * latency_s,
+    }
+    records = []
+    for item in items:
+        error = item.get("error")
+        stamps = item.get("timestamps")
+        records.append(
+            {
+                **common,
+                "entity": str(item["entity"]),
+                "first_step": naive_utc(datetime.fromisoformat(stamps[0])) if stamps else None,
+                "forecast": item.get("forecast"),
+                "lower": item.get("lower"),
+                "upper": item.get("upper"),
+                "error": None if error is None else f"{type(error).__name__}: {error}",
+            }
+        )
+    return records
 
 
 class _Writer:
@@ -356,10 +389,6 @@ def _insert(engine: Engine, batch: Records, gaps: list[Gap]) -> None:
             connection.execute(insert(SERVED), batch)
         if gaps:
             connection.execute(insert(GAPS), [gap.row() for gap in gaps])
-
-
-def _naive(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def open_request_log(

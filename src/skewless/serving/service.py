@@ -48,10 +48,9 @@ from skewless.features.strategies import OnlineRetrievalStrategy
 from skewless.features.window_view import windows_frame
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
-from skewless.serving.log_writer import open_request_log
+from skewless.serving.log_writer import open_request_log, served_records
 from skewless.serving.metrics import ServingMetrics
 from skewless.serving.outage import Outage, describe_online_store
-from skewless.serving.request_log import served_records
 
 logger = logging.getLogger(__name__)
 

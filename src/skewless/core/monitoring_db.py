@@ -1,17 +1,17 @@
-"""The request log's tables: every forecast a server answers (SQLite or PostgreSQL), the gaps
-where records were lost, and the alerts ``skewless monitor`` raises; and how to read them.
+"""The monitoring database's tables and engines: every forecast a server answers (SQLite or
+PostgreSQL), the gaps where the request log lost records, and the alerts ``skewless monitor``
+raises.
 
-One row per (request, entity): a forecast or the entity's error. Times are naive UTC. The
-writer process that appends to it is in :mod:`skewless.serving.log_writer`.
+They sit here, below serving and monitoring, so that the servers' writer
+(:mod:`skewless.serving.log_writer`) and monitoring's readers (:mod:`skewless.monitoring.store`)
+share one definition without serving importing monitoring. Times are naive UTC.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
 import pydantic_core
 from sqlalchemy import (
     JSON,
@@ -25,7 +25,6 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
-    select,
 )
 from sqlalchemy.engine import Engine
 
@@ -97,65 +96,10 @@ def writer_engine(url: str) -> Engine:
     return engine
 
 
-def served_records(
-    request_id: str,
-    endpoint: str,
-    model: dict[str, Any],
-    items: Sequence[dict[str, Any]],
-    time_point: datetime | None,
-    latency_s: float,
-) -> list[dict[str, Any]]:
-    """The log rows of one answered request (items as the service returns them)."""
-    served_at = datetime.now(UTC).replace(tzinfo=None)
-    point = None if time_point is None else time_point.astimezone(UTC).replace(tzinfo=None)
-    common = {
-        "request_id": request_id,
-        "served_at": served_at,
-        "endpoint": endpoint,
-        "model_name": model["name"],
-        "model_version": model["version"],
-        "alias": model["alias"],
-        "time_point": point,
-        "latency_ms": 1000 * latency_s,
-    }
-    records = []
-    for item in items:
-        error = item.get("error")
-        stamps = item.get("timestamps")
-        records.append(
-            {
-                **common,
-                "entity": str(item["entity"]),
-                "first_step": _naive_utc(datetime.fromisoformat(stamps[0])) if stamps else None,
-                "forecast": item.get("forecast"),
-                "lower": item.get("lower"),
-                "upper": item.get("upper"),
-                "error": None if error is None else f"{type(error).__name__}: {error}",
-            }
-        )
-    return records
-
-
-def read_served(engine: Engine, since: datetime | None = None) -> pd.DataFrame:
-    """Logged rows served at or after ``since`` (naive or aware UTC), oldest first."""
-    return read_since(engine, SERVED, SERVED.c.served_at, since)
-
-
-def read_since(
-    engine: Engine, table: Table, stamp: Column[Any], since: datetime | None
-) -> pd.DataFrame:
-    """Rows of a monitoring table whose ``stamp`` is at or after ``since``, oldest first."""
-    query = select(table).order_by(table.c.id)
-    if since is not None:
-        query = query.where(stamp >= _naive_utc(since))
-    with engine.connect() as connection:
-        rows = connection.execute(query).mappings().all()
-    return pd.DataFrame([dict(row) for row in rows], columns=[c.name for c in table.columns])
+def naive_utc(moment: datetime) -> datetime:
+    """How the tables keep a time: UTC without its zone (a naive time is taken as UTC)."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _json(value: Any) -> str:
     return pydantic_core.to_json(value).decode()
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
