@@ -10,26 +10,26 @@ Four readers return the same blobs, in request order (None for unknown entities)
   store writes, on Feast's own connection, with the encoded entity keys cached.
 
 ``benchmarks/online_read.py`` measures them side by side; :func:`window_reader` picks the
-fastest one that the configured store supports.
+fastest one that the configured store supports. Everything below Feast's public API goes
+through the adapters :mod:`~skewless.features.feast_online`,
+:mod:`~skewless.features.feast_sqlite` and :mod:`~skewless.features.feast_redis`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import redis
-from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores import sqlite as feast_sqlite
-from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from skewless.core.config import RedisOnlineStore, SqliteOnlineStore
+from skewless.core.config import RedisOnlineStore
+from skewless.features.feast_online import EntityKeys, OnlineReadFeature
+from skewless.features.feast_redis import RedisFeatureLayout
+from skewless.features.feast_sqlite import SqliteFeatureTable
 from skewless.features.repo import WINDOW_FEATURE, WINDOW_VIEW, FeastRepo
 
-_KEY_CACHE_SIZE = 1 << 17
+_COMMAND_CACHE_SIZE = 1 << 17
 
 
 class WindowReader(Protocol):
@@ -38,26 +38,9 @@ class WindowReader(Protocol):
         ...
 
 
-def entity_key_proto(entity_key: str, entity_type: str, entity: Any) -> EntityKeyProto:
-    """The proto Feast encodes keys from; ``entity_type`` is the config's int64 or string."""
-    value = (
-        ValueProto(int64_val=int(entity))
-        if entity_type == "int64"
-        else ValueProto(string_val=str(entity))
-    )
-    return EntityKeyProto(join_keys=[entity_key], entity_values=[value])
-
-
-def serialized_keys(repo: FeastRepo) -> Callable[[Any], bytes]:
-    """Feast's serialized key of an entity id, cached: encoding costs more than reading."""
-    version = repo.store.config.entity_key_serialization_version
-    key, kind = repo.config.data.entity_key, repo.config.data.entity_type
-
-    @lru_cache(maxsize=_KEY_CACHE_SIZE)
-    def serialized(entity: Any) -> bytes:
-        return serialize_entity_key(entity_key_proto(key, kind, entity), version)
-
-    return serialized
+def entity_keys(repo: FeastRepo) -> EntityKeys:
+    """How the online store keys the config's entities."""
+    return EntityKeys.of(repo.store, repo.config.data.entity_key, repo.config.data.entity_type)
 
 
 class GetOnlineFeaturesReader:
@@ -75,23 +58,9 @@ class GetOnlineFeaturesReader:
         return [blob or None for blob in response.to_dict()[WINDOW_FEATURE]]
 
 
-class OnlineReadReader:
+def online_read_reader(repo: FeastRepo) -> WindowReader:
     """Feast's online-store layer, which skips the response protos; works for every store."""
-
-    def __init__(self, repo: FeastRepo) -> None:
-        store = repo.store
-        self._config = store.config
-        self._online = store._get_provider().online_store
-        self._view = store.get_feature_view(WINDOW_VIEW)
-        self._key, self._type = repo.config.data.entity_key, repo.config.data.entity_type
-
-    def read(self, entities: Sequence[Any]) -> list[bytes | None]:
-        keys = [entity_key_proto(self._key, self._type, e) for e in entities]
-        rows = self._online.online_read(self._config, self._view, keys, [WINDOW_FEATURE])
-        # Stores differ on absent keys (no row, or an empty value); a real window is never empty.
-        return [
-            (values or {}).get(WINDOW_FEATURE, ValueProto()).bytes_val or None for _, values in rows
-        ]
+    return OnlineReadFeature(repo.store, WINDOW_VIEW, WINDOW_FEATURE, entity_keys(repo))
 
 
 def redis_client(online: RedisOnlineStore) -> redis.Redis:
@@ -115,15 +84,15 @@ class RedisHashReader:
         online = repo.config.feature_store.online_store
         assert isinstance(online, RedisOnlineStore)
         self.client = redis_client(online)
-        self.field = _mmh3(f"{WINDOW_VIEW}:{WINDOW_FEATURE}")
-        project = repo.config.project.encode()
-        serialized = serialized_keys(repo)
+        self._layout = RedisFeatureLayout(repo.store, WINDOW_VIEW, WINDOW_FEATURE)
+        self.field = self._layout.field
+        serialized = entity_keys(repo).serializer()
         pack = self.client.connection_pool.connection_class().pack_command
 
         def redis_key(entity: Any) -> bytes:
-            return serialized(entity) + project
+            return self._layout.key(serialized(entity))
 
-        @lru_cache(maxsize=_KEY_CACHE_SIZE)
+        @lru_cache(maxsize=_COMMAND_CACHE_SIZE)
         def command(entity: Any) -> bytes:
             return b"".join(pack("HGET", redis_key(entity), self.field))
 
@@ -131,7 +100,8 @@ class RedisHashReader:
         self._command = command
 
     def read(self, entities: Sequence[Any]) -> list[bytes | None]:
-        return [None if reply is None else _bytes_value(reply) for reply in self.fetch(entities)]
+        replies = self.fetch(entities)
+        return [None if reply is None else self._layout.value(reply) for reply in replies]
 
     def fetch(self, entities: Sequence[Any]) -> list[bytes | None]:
         """The serialized values, as Redis returns them."""
@@ -160,36 +130,16 @@ class SqliteTableReader:
     ``online_read`` at 100 entities (benchmarks/online_read.py)."""
 
     def __init__(self, repo: FeastRepo) -> None:
-        assert isinstance(repo.config.feature_store.online_store, SqliteOnlineStore)
-        store = repo.store
-        self._config = store.config
-        self._online = cast(feast_sqlite.SqliteOnlineStore, store._get_provider().online_store)
-        versioned = store.config.registry.enable_online_feature_view_versioning
-        view = store.get_feature_view(WINDOW_VIEW)
-        table = feast_sqlite._table_id(repo.config.project, view, versioned)
-        self._select = (
-            f"SELECT entity_key, value FROM {feast_sqlite._quote_id(table)} "
-            "WHERE feature_name = ? AND entity_key IN "
-        )
-        self._key = serialized_keys(repo)
+        self._table = SqliteFeatureTable(repo.store, WINDOW_VIEW, WINDOW_FEATURE)
+        self._key = entity_keys(repo).serializer()
 
     def read(self, entities: Sequence[Any]) -> list[bytes | None]:
-        keys = [self._key(entity) for entity in entities]
-        connection = self._online._get_conn(self._config)
-        placeholders = f"({','.join('?' * len(keys))})"
-        found = dict(connection.execute(self._select + placeholders, [WINDOW_FEATURE, *keys]))
-        return [None if (value := found.get(k)) is None else _bytes_value(value) for k in keys]
-
-
-def _bytes_value(serialized: bytes) -> bytes:
-    value = ValueProto()
-    value.ParseFromString(serialized)
-    return value.bytes_val
+        return self._table.read([self._key(entity) for entity in entities])
 
 
 READERS: dict[str, Callable[[FeastRepo], WindowReader]] = {
     "get_online_features": GetOnlineFeaturesReader,
-    "online_read": OnlineReadReader,
+    "online_read": online_read_reader,
     "redis_hash": RedisHashReader,
     "sqlite_table": SqliteTableReader,
 }
