@@ -24,6 +24,7 @@ import pandas as pd
 
 from skewless.core.errors import FeatureStoreError
 from skewless.core.schema import CREATED_TS, SERIES_VIEW
+from skewless.features.atomic_file import write_atomically
 from skewless.features.ingest import IngestReport, ingest_frames
 from skewless.features.online_marker import online_marker
 from skewless.features.repo import WINDOW_VIEW, FeastRepo
@@ -114,9 +115,7 @@ def _write_watermark(repo: FeastRepo, ingested_until: datetime) -> None:
     path = repo.folder / _STATE_FILE
     marks = json.loads(path.read_text()) if path.exists() else {}
     marks[_store_identity(repo)] = ingested_until.isoformat()
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(marks, indent=2))
-    temporary.replace(path)
+    write_atomically(path, json.dumps(marks, indent=2))
 
 
 def _store_identity(repo: FeastRepo) -> str:

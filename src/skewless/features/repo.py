@@ -22,6 +22,7 @@ from feast.value_type import ValueType
 
 from skewless.core.config import RedisOnlineStore, SkewlessConfig, SqliteOnlineStore, skewless_home
 from skewless.core.schema import SERIES_VIEW
+from skewless.features.atomic_file import write_if_changed
 from skewless.features.engineering import engineered_columns
 from skewless.features.offline import OfflineTable, offline_table
 
@@ -110,20 +111,21 @@ class FeastRepo:
         return offline_table(self.config, self.home)
 
     def write(self) -> None:
-        """(Re)write feature_store.yaml, repo.py and the config snapshot repo.py reads."""
+        """Write feature_store.yaml, repo.py and the config snapshot repo.py reads, each only
+        when it is missing or differs, and atomically: other processes open the same repo."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "feature_store.yaml").write_text(
-            yaml.safe_dump(self._store_yaml(), sort_keys=False)
-        )
-        (self.folder / "skewless.yaml").write_text(
-            yaml.safe_dump(self.config.model_dump(mode="json", exclude_none=True), sort_keys=False)
-        )
         names = [d.name for d in feast_definitions(self.config, self.home)]
-        (self.folder / "repo.py").write_text(
-            _REPO_PY.format(
+        files = {
+            "feature_store.yaml": yaml.safe_dump(self._store_yaml(), sort_keys=False),
+            "skewless.yaml": yaml.safe_dump(
+                self.config.model_dump(mode="json", exclude_none=True), sort_keys=False
+            ),
+            "repo.py": _REPO_PY.format(
                 project=self.config.project, names=", ".join(names), home=str(self.home)
-            )
-        )
+            ),
+        }
+        for name, text in files.items():
+            write_if_changed(self.folder / name, text)
 
     @cached_property
     def store(self) -> FeatureStore:

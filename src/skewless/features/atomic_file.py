@@ -1,0 +1,27 @@
+"""Files that readers in other processes never see half-written: servers, Ray replicas and
+jobs open the same Feast repo and state files while another process may be writing them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path`` and move it into place: readers see the old content or
+    the new, never a mix, and concurrent writers never share a temporary file."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``path`` only when it is missing or holds other content; whether it wrote."""
+    if path.exists() and path.read_text() == text:
+        return False
+    write_atomically(path, text)
+    return True
