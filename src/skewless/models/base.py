@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Self
+from collections.abc import Callable, Iterable
+from typing import Any, Self
 
 import numpy as np
 
@@ -105,6 +106,19 @@ class Forecaster(ABC):
     def validate_params(self) -> None:
         """Raise ValueError for a parameter value that cannot work (called before fitting)."""
 
+    def _require(
+        self, names: Iterable[str], holds: Callable[[Any], bool], must: str, nullable: bool = False
+    ) -> None:
+        """Raise a ValueError naming the first parameter in ``names`` whose value fails
+        ``holds`` ("{name} must be {must}"); None passes where ``nullable``."""
+        for name in names:
+            value = getattr(self, name)
+            if value is None and nullable:
+                continue
+            if value is None or not holds(value):
+                allowed = f"{must} or null" if nullable else must
+                raise ValueError(f"{name} must be {allowed}, got {value}")
+
     def get_params(self) -> dict[str, object]:
         """The constructor's arguments as stored (scikit-learn's convention)."""
         names = inspect.signature(type(self).__init__).parameters
@@ -123,6 +137,14 @@ class Forecaster(ABC):
                 f"targets must be (windows, {self.horizon}, {channels}) for inputs of shape "
                 f"{inputs.shape}, got {targets.shape}"
             )
+
+
+def at_least_one(value: Any) -> bool:
+    return bool(value >= 1)
+
+
+def positive(value: Any) -> bool:
+    return bool(value > 0)
 
 
 def gather(source: WindowSource) -> tuple[np.ndarray, np.ndarray]:

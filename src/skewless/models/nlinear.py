@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from skewless.models.base import Forecaster, WindowSource
+from skewless.models.base import Forecaster, WindowSource, at_least_one, positive
 from skewless.models.normal_equations import (
     NormalEquations,
     normal_equations,
@@ -101,11 +101,8 @@ class NLinear(Forecaster):
             raise ValueError(
                 f"alphas must be a non-empty list of penalties >= 0, got {self.alphas}"
             )
-        for name in ("epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        self._require(("epochs", "batch_size", "patience"), at_least_one, "at least 1")
+        self._require(("learning_rate",), positive, "positive")
 
     def _predict(self, inputs: np.ndarray) -> np.ndarray:
         last = inputs[:, -1:, :]
@@ -148,9 +145,7 @@ class NLinear(Forecaster):
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
     ) -> None:
-        validation = None
-        if val_inputs is not None and val_targets is not None:
-            validation = TensorWindows.of(val_inputs, val_targets)
+        validation = TensorWindows.optional(val_inputs, val_targets)
         self._descend(TensorWindows.of(inputs, targets), validation, *inputs.shape[1:])
 
     def _descend(

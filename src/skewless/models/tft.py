@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from skewless.models.base import Forecaster, WindowSource
+from skewless.models.base import Forecaster, WindowSource, at_least_one, positive
 from skewless.models.tft_layers import TemporalFusionNetwork
 from skewless.models.torch_training import RowWindows, TensorWindows, TrainingLoop, WindowData
 
@@ -64,27 +64,22 @@ class TemporalFusionTransformer(Forecaster):
         self.seed = seed
 
     def validate_params(self) -> None:
-        for name in ("hidden_size", "attention_heads", "epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("encoder_length", "windows_per_epoch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 or null, got {value}")
+        sizes = ("hidden_size", "attention_heads", "epochs", "batch_size", "patience")
+        self._require(sizes, at_least_one, "at least 1")
+        optional = ("encoder_length", "windows_per_epoch")
+        self._require(optional, at_least_one, "at least 1", nullable=True)
         if self.hidden_size % self.attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} must be divisible by attention_heads "
                 f"{self.attention_heads}"
             )
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self._require(("dropout",), lambda value: 0 <= value < 1, "in [0, 1)")
         if 0.5 not in self.quantiles or not all(0 < q < 1 for q in self.quantiles):
             raise ValueError(
                 f"quantiles must lie in (0, 1) and include 0.5 (the point forecast), "
                 f"got {list(self.quantiles)}"
             )
-        if self.learning_rate <= 0 or self.gradient_clip <= 0:
-            raise ValueError("learning_rate and gradient_clip must be positive")
+        self._require(("learning_rate", "gradient_clip"), positive, "positive")
 
     def _fit(
         self,
@@ -93,9 +88,7 @@ class TemporalFusionTransformer(Forecaster):
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
     ) -> None:
-        validation = None
-        if val_inputs is not None and val_targets is not None:
-            validation = TensorWindows.of(val_inputs, val_targets)
+        validation = TensorWindows.optional(val_inputs, val_targets)
         train = TensorWindows.of(inputs, targets)
         self._train(train, validation, inputs.shape[1], inputs.shape[2], targets.shape[2])
 

@@ -51,6 +51,13 @@ class TensorWindows:
             torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)),
         )
 
+    @classmethod
+    def optional(
+        cls, inputs: np.ndarray | None, targets: np.ndarray | None
+    ) -> TensorWindows | None:
+        """Validation windows, when both halves were given."""
+        return None if inputs is None or targets is None else cls.of(inputs, targets)
+
     def __len__(self) -> int:
         return len(self.inputs)
 

@@ -20,7 +20,7 @@ import numpy as np
 import xgboost as xgb
 
 from skewless.core.progress import report
-from skewless.models.base import Forecaster, WindowSource
+from skewless.models.base import Forecaster, WindowSource, at_least_one
 from skewless.preprocessing.running_stats import RowSample
 from skewless.preprocessing.windows import WindowBatch
 
@@ -77,23 +77,11 @@ class XGBoostForecaster(Forecaster):
         self.n_jobs = n_jobs
 
     def validate_params(self) -> None:
-        for name in (
-            "lags",
-            "covariate_lags",
-            "n_estimators",
-            "max_depth",
-            "early_stopping_rounds",
-            "max_windows",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.horizon_components is not None and self.horizon_components < 1:
-            raise ValueError(
-                f"horizon_components must be at least 1 or null, got {self.horizon_components}"
-            )
-        for name in ("learning_rate", "subsample", "colsample_bytree"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        counts = ("lags", "covariate_lags", "n_estimators", "max_depth", "early_stopping_rounds")
+        self._require((*counts, "max_windows"), at_least_one, "at least 1")
+        self._require(("horizon_components",), at_least_one, "at least 1", nullable=True)
+        fractions = ("learning_rate", "subsample", "colsample_bytree")
+        self._require(fractions, lambda value: 0 < value <= 1, "in (0, 1]")
 
     def _fit(
         self,
