@@ -44,6 +44,7 @@ from skewless.monitoring.store import read_served, read_since
 from skewless.registry.registry import ModelRegistry
 from skewless.serving import log_writer
 from skewless.serving.log_writer import RequestLog, served_records
+from skewless.serving.schemas import FailedPrediction, Prediction
 from skewless.training.pipeline import load_history
 from skewless.training.release import train_and_register
 from tests.conftest import ETTH_CONFIG, POSTGRES_DSN, ROOT, etth_config
@@ -52,6 +53,7 @@ from tests.test_serving import start_server, stop_server
 HELD_BACK = 300  # hours of each station kept out of ingestion, pushed later as new data
 SHIFTED = ["HUFL", "MUFL"]  # covariates the test shifts; the NLinear target OT stays real
 ARTIFACTS = ROOT / "test-artifacts"
+ENTITY_ERROR = FailedPrediction(entity=1, error="1", kind="KeyError", status=404)
 
 
 # -- drift statistics ------------------------------------------------------------------------
@@ -166,17 +168,17 @@ def test_the_request_log_keeps_every_record_across_threads(log_url: str) -> None
         on_outcome=lambda o, n: outcomes.__setitem__(o, outcomes.get(o, 0) + n),
     )
     model = {"name": "m", "version": 3, "alias": "production"}
-    item = {
-        "entity": 7,
-        "timestamps": ["2018-01-01T01:00:00+00:00", "2018-01-01T02:00:00+00:00"],
-        "forecast": {"OT": [1.5, 2.5]},
-        "lower": {"OT": {"80": [1.0, 2.0]}},
-        "upper": {"OT": {"80": [2.0, 3.0]}},
-    }
+    item = Prediction(
+        entity=7,
+        timestamps=["2018-01-01T01:00:00+00:00", "2018-01-01T02:00:00+00:00"],
+        forecast={"OT": [1.5, 2.5]},
+        lower={"OT": {"80": [1.0, 2.0]}},
+        upper={"OT": {"80": [2.0, 3.0]}},
+    )
 
     def client(index: int) -> None:
         for request in range(50):
-            error = {"entity": 8, "error": KeyError("gone")}
+            error = FailedPrediction(entity=8, error="'gone'", kind="KeyError", status=404)
             log.append(served_records(f"{index}-{request}", "/b", model, [item, error], None, 0.01))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
@@ -203,7 +205,7 @@ def test_a_full_request_log_drops_and_counts_instead_of_blocking(tmp_path: Path)
         on_outcome=lambda o, n: counted.__setitem__(o, counted.get(o, 0) + n),
     )
     model = {"name": "m", "version": 1, "alias": "a"}
-    records = served_records("r", "/b", model, [{"entity": 1, "error": KeyError(1)}], None, 0.0)
+    records = served_records("r", "/b", model, [ENTITY_ERROR], None, 0.0)
     blocker = sqlite3.connect(database)
     blocker.execute("BEGIN EXCLUSIVE")  # the database is busy: the writer waits on its insert
     log.append(records)
@@ -235,7 +237,7 @@ def test_the_request_log_writer_survives_ctrl_c_and_imports_this_skewless(
     log = RequestLog(url, on_outcome=lambda o, n: counted.__setitem__(o, counted.get(o, 0) + n))
     model = {"name": "m", "version": 1, "alias": "a"}
     for request_id in ("before", "after"):
-        log.append(served_records(request_id, "/b", model, [{"entity": 1}], None, 0))
+        log.append(served_records(request_id, "/b", model, [Prediction(entity=1)], None, 0))
         while not counted:  # until the writer is up and has written the first one
             assert _writer().is_alive()
             time.sleep(0.01)
@@ -255,7 +257,7 @@ def test_a_killed_writer_is_restarted_and_what_waited_for_it_is_written(
         url, max_pending=3, on_outcome=lambda o, n: counted.__setitem__(o, counted.get(o, 0) + n)
     )
     model = {"name": "m", "version": 1, "alias": "a"}
-    records = served_records("r", "/b", model, [{"entity": 1, "error": KeyError(1)}], None, 0)
+    records = served_records("r", "/b", model, [ENTITY_ERROR], None, 0)
     first = _writer()
     first.kill()
     first.join()
@@ -314,13 +316,13 @@ def test_failed_inserts_are_recorded_as_a_gap_once_the_database_is_back(tmp_path
     blocker = sqlite3.connect(database)
     blocker.execute("DROP TABLE served_forecasts")  # every insert fails
     blocker.commit()
-    log.append(served_records("lost", "/b", model, [{"entity": 1}], None, 0))
+    log.append(served_records("lost", "/b", model, [Prediction(entity=1)], None, 0))
     deadline = time.monotonic() + 30
     while not counted.get("failed"):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     monitoring_engine(url).dispose()  # the table again
-    log.append(served_records("kept", "/b", model, [{"entity": 1}], None, 0))
+    log.append(served_records("kept", "/b", model, [Prediction(entity=1)], None, 0))
     log.close()
     assert counted == {"failed": 1, "written": 1}
     gaps = read_since(monitoring_engine(url), GAPS, GAPS.c.until, None)
@@ -330,9 +332,10 @@ def test_failed_inserts_are_recorded_as_a_gap_once_the_database_is_back(tmp_path
 _KILLED_SERVER = """
 import multiprocessing, sys
 from skewless.serving.log_writer import RequestLog, served_records
+from skewless.serving.schemas import Prediction
 log = RequestLog(sys.argv[1], max_pending=100)
 print(multiprocessing.active_children()[0].pid, flush=True)
-items = [{"entity": i, "forecast": {"OT": [float(i)] * 2000}} for i in range(100)]
+items = [Prediction(entity=i, forecast={"OT": [float(i)] * 2000}) for i in range(100)]
 model = {"name": "m", "version": 1, "alias": "a"}
 while True:
     log.append(served_records("r", "/b", model, items, None, 0))

@@ -20,13 +20,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from skewless.core.errors import (
-    BundleError,
-    RegistryError,
     RequestError,
     SkewlessError,
-    StaleFeaturesError,
     StoreUnavailableError,
-    UnknownEntityError,
     UnservableVersionError,
 )
 from skewless.serving.body_limit import BodyLimit
@@ -35,32 +31,20 @@ from skewless.serving.schemas import (
     BatchRequest,
     EntityRequest,
     ErrorResponse,
+    FailedPrediction,
     ModelInfo,
-    Prediction,
     PredictionResponse,
     RowsRequest,
+    status_of,
 )
 from skewless.serving.service import Served, ServiceCore
 
 logger = logging.getLogger(__name__)
 
 ADMIN_TOKEN_ENV = "SKEWLESS_ADMIN_TOKEN"
-_STATUS: tuple[tuple[type[SkewlessError], int], ...] = (
-    (StoreUnavailableError, 503),
-    (UnknownEntityError, 404),
-    (StaleFeaturesError, 409),
-    (RegistryError, 503),
-    (BundleError, 503),
-    (SkewlessError, 422),
-)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (404, 409, 422, 503)
 }
-
-
-def status_of(error: SkewlessError) -> int:
-    """The HTTP status of a skewless error: the first matching class wins."""
-    return next(status for kind, status in _STATUS if isinstance(error, kind))
 
 
 def create_app(service: ServiceCore) -> FastAPI:
@@ -93,8 +77,7 @@ def create_app(service: ServiceCore) -> FastAPI:
 
     @app.exception_handler(SkewlessError)
     async def skewless_error(request: Request, exc: SkewlessError) -> JSONResponse:
-        metrics.errors.labels(type(exc).__name__, "request").inc()
-        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
+        return _refusal(metrics, type(exc).__name__, str(exc), status_of(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -169,12 +152,15 @@ def _predictions_router() -> APIRouter:
         return _response(served, request)
 
     @router.post("/predict/feast", response_model=PredictionResponse)
-    def predict_entity(body: EntityRequest, service: Service, request: Request) -> Response:
+    def predict_entity(
+        body: EntityRequest, service: Service, metrics: Metrics, request: Request
+    ) -> Response:
         """Forecast one entity from its online window; its error is the response's status."""
         _check_key(service, body.entity_key)
         served = service.predict_entities([body.entity], body.time_point, "/predict/feast")
-        if "error" in served.items[0]:
-            raise served.items[0]["error"]
+        item = served.items[0]
+        if isinstance(item, FailedPrediction):
+            return _refusal(metrics, item.kind, item.error, item.status)
         return _response(served, request)
 
     @router.post("/predict/feast/batch", response_model=PredictionResponse)
@@ -299,17 +285,20 @@ def _check_key(service: ServiceCore, entity_key: str | None) -> None:
 
 
 def _response(served: Served, request: Request) -> Response:
-    """The response, validated once and serialized by pydantic; returned as a finished Response
-    so that FastAPI does not dump, re-validate and re-encode it (3 ms at 100 entities). Errors,
-    kept as exceptions by the service, become their messages."""
+    """The response, serialized by pydantic from the service's items; returned as a finished
+    Response so that FastAPI does not dump, re-validate and re-encode it (3 ms at 100
+    entities)."""
     request.state.model_version = served.model.version
-    predictions = [
-        Prediction(**{**item, "error": str(item["error"])} if "error" in item else item)
-        for item in served.items
-    ]
     body = PredictionResponse(
         request_id=served.request_id,
         model=ModelInfo(**served.model.describe()),
-        predictions=predictions,
+        predictions=served.items,
     )
     return Response(body.model_dump_json(), media_type="application/json")
+
+
+def _refusal(metrics: ServingMetrics, kind: str, detail: str, status: int) -> JSONResponse:
+    """A request answered with an error: counted by the error's class, its message as the
+    detail."""
+    metrics.errors.labels(kind, "request").inc()
+    return JSONResponse({"detail": detail}, status_code=status)

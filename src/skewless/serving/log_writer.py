@@ -42,6 +42,7 @@ from sqlalchemy.engine import Engine
 from skewless.core.config import SkewlessConfig
 from skewless.core.monitoring_db import GAPS, SERVED, monitoring_engine, naive_utc, writer_engine
 from skewless.core.stores import request_log_url
+from skewless.serving.schemas import FailedPrediction, Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +77,11 @@ def served_records(
     request_id: str,
     endpoint: str,
     model: dict[str, Any],
-    items: Sequence[dict[str, Any]],
+    items: Sequence[Prediction],
     time_point: datetime | None,
     latency_s: float,
 ) -> Records:
-    """The log rows of one answered request (items as the service returns them)."""
+    """The log rows of one answered request, one per item; an error is logged with its class."""
     common = {
         "request_id": request_id,
         "served_at": naive_utc(datetime.now(UTC)),
@@ -93,17 +94,18 @@ def served_records(
     }
     records = []
     for item in items:
-        error = item.get("error")
-        stamps = item.get("timestamps")
+        stamps = item.timestamps
         records.append(
             {
                 **common,
-                "entity": str(item["entity"]),
+                "entity": str(item.entity),
                 "first_step": naive_utc(datetime.fromisoformat(stamps[0])) if stamps else None,
-                "forecast": item.get("forecast"),
-                "lower": item.get("lower"),
-                "upper": item.get("upper"),
-                "error": None if error is None else f"{type(error).__name__}: {error}",
+                "forecast": item.forecast,
+                "lower": item.lower,
+                "upper": item.upper,
+                "error": (
+                    f"{item.kind}: {item.error}" if isinstance(item, FailedPrediction) else None
+                ),
             }
         )
     return records

@@ -1,4 +1,5 @@
-"""The HTTP contract, shared by the FastAPI and Ray Serve servers."""
+"""The HTTP contract, shared by the FastAPI and Ray Serve servers: requests, responses, and the
+status each error answers with."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
+from skewless.core.errors import (
+    BundleError,
+    RegistryError,
+    SkewlessError,
+    StaleFeaturesError,
+    StoreUnavailableError,
+    UnknownEntityError,
+)
 from skewless.core.time_points import MAX_TIME_POINT_CHARS
 
 # Strict: true and 1.0 are not entity 1. Ids beyond 64 bits are refused by the service.
@@ -22,6 +31,19 @@ TimePoint = Annotated[
 ]
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT64 = (-(2**63), 2**63 - 1)
+_STATUS: tuple[tuple[type[SkewlessError], int], ...] = (
+    (StoreUnavailableError, 503),
+    (UnknownEntityError, 404),
+    (StaleFeaturesError, 409),
+    (RegistryError, 503),
+    (BundleError, 503),
+    (SkewlessError, 422),
+)
+
+
+def status_of(error: SkewlessError) -> int:
+    """The HTTP status of a skewless error: the first matching class wins."""
+    return next(status for kind, status in _STATUS if isinstance(error, kind))
 
 
 class _Request(BaseModel):
@@ -84,6 +106,23 @@ class Prediction(BaseModel):
     lower: dict[str, dict[str, list[float]]] | None = None
     upper: dict[str, dict[str, list[float]]] | None = None
     error: str | None = None
+
+
+class FailedPrediction(Prediction):
+    """An entity's own error as the service answers it: the message, which is all a response
+    shows, and for the server the error's class (metrics, the request log) and HTTP status (the
+    answer to a one-entity request). Responses list Predictions, and pydantic serializes a field
+    by its declared class, so ``kind`` and ``status`` never reach the JSON."""
+
+    error: str
+    kind: str
+    status: int
+
+    @classmethod
+    def of(cls, entity: Any, error: SkewlessError) -> FailedPrediction:
+        return cls(
+            entity=entity, error=str(error), kind=type(error).__name__, status=status_of(error)
+        )
 
 
 class PredictionResponse(BaseModel):

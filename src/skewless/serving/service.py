@@ -1,7 +1,8 @@
 """``ForecastService``: online windows → bundle → response items, with no web framework inside.
 
 ``ServiceCore`` holds what every server shares: request checks, per-entity error isolation, the
-response items, and model versions. ``ForecastService`` runs the stages in-process (the FastAPI
+response items (typed: a ``Prediction``, or a ``FailedPrediction`` that carries the entity's
+error as data), and model versions. ``ForecastService`` runs the stages in-process (the FastAPI
 server); the Ray Serve server runs the same core with the stages in separate deployments.
 
 Every answered request is measured (``ServingMetrics``) and appended to the request log here,
@@ -28,10 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skewless.bundle.bundle import FORECAST, ForecastBundle, Forecasts, forecast_isolated
+from skewless.bundle.bundle import ForecastBundle, Forecasts, forecast_isolated
 from skewless.bundle.reference import DECILES
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import (
+    DataValidationError,
     FeatureStoreError,
     RequestError,
     SkewlessError,
@@ -51,12 +53,11 @@ from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.log_writer import open_request_log, served_records
 from skewless.serving.metrics import ServingMetrics
 from skewless.serving.outage import Outage, describe_online_store
+from skewless.serving.schemas import FailedPrediction, Prediction
 
 logger = logging.getLogger(__name__)
 
-Item = dict[str, Any]
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-SIDES = ("lower", "upper")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Served:
 
     request_id: str
     model: LoadedModel
-    items: list[Item]
+    items: list[Prediction]
 
 
 class ServiceCore(ABC):
@@ -170,8 +171,7 @@ class ServiceCore(ABC):
         time_point: str = "now",
         endpoint: str = "/predict/feast/batch",
     ) -> Served:
-        """One item per requested entity, in order: a forecast, or that entity's own error (the
-        exception itself, under "error")."""
+        """One item per requested entity, in order: a forecast, or that entity's own error."""
         started, model = time.perf_counter(), self.current
         entities = check_entities(self.config, entities)
         point = check_time_point(self.config, time_point)
@@ -180,27 +180,31 @@ class ServiceCore(ABC):
             rows, problems = self._fetch(
                 list(dict.fromkeys(entities)), point, model.bundle.spec.lookback
             )
-        results: dict[Any, Item] = {e: {"entity": e, "error": p} for e, p in problems.items()}
+        made: dict[Any, Prediction] = {}
         if rows is not None:
-            results.update(self._forecast_each(model, rows))
-        items = [results[entity] for entity in entities]
+            made, refused = self._forecast_each(model, rows)
+            problems = {**problems, **refused}
+        items = [
+            made[entity] if entity in made else FailedPrediction.of(entity, problems[entity])
+            for entity in entities
+        ]
         return self._served(endpoint, model, items, point, started)
 
     def _served(
         self,
         endpoint: str,
         model: LoadedModel,
-        items: list[Item],
+        items: list[Prediction],
         point: datetime | None,
         started: float,
     ) -> Served:
         """Count the answer in the metrics and queue it for the request log."""
         request_id = str(uuid.uuid4())
         for item in items:
-            if "error" in item:
-                self.metrics.errors.labels(type(item["error"]).__name__, "entity").inc()
+            if isinstance(item, FailedPrediction):
+                self.metrics.errors.labels(item.kind, "entity").inc()
                 continue
-            for target, values in item[FORECAST].items():
+            for target, values in (item.forecast or {}).items():
                 self.metrics.forecasts.labels(target).observe(sum(values) / len(values))
         if self.request_log is not None:
             latency = time.perf_counter() - started
@@ -209,13 +213,15 @@ class ServiceCore(ABC):
             )
         return Served(request_id, model, items)
 
-    def _forecast_each(self, model: LoadedModel, rows: pd.DataFrame) -> dict[Any, Item]:
-        """All entities in one bundle call; if that is refused, each alone to name who failed."""
-        made, failed = forecast_isolated(lambda part: self._predict(model, part), rows, _key(model))
-        items: dict[Any, Item] = {e: {"entity": e, "error": exc} for e, exc in failed.items()}
-        for forecasts in made:
-            items.update(_items(forecasts, model))
-        return items
+    def _forecast_each(
+        self, model: LoadedModel, rows: pd.DataFrame
+    ) -> tuple[dict[Any, Prediction], dict[Any, DataValidationError]]:
+        """All entities in one bundle call; if that is refused, each alone to name who failed.
+        Returns the forecasts and the refusals, by entity."""
+        made, refused = forecast_isolated(
+            lambda part: self._predict(model, part), rows, _key(model)
+        )
+        return {e: p for forecasts in made for e, p in _items(forecasts, model).items()}, refused
 
 
 class ForecastService(ServiceCore):
@@ -330,7 +336,7 @@ def _key(model: LoadedModel) -> str:
     return model.bundle.spec.entity_key
 
 
-def _items(forecasts: Forecasts, model: LoadedModel) -> dict[Any, Item]:
+def _items(forecasts: Forecasts, model: LoadedModel) -> dict[Any, Prediction]:
     """Response items by entity, read straight from the bundle's arrays; each array becomes
     nested lists in one call."""
     targets = model.bundle.spec.targets
@@ -342,22 +348,24 @@ def _items(forecasts: Forecasts, model: LoadedModel) -> dict[Any, Item]:
     stamps = np.datetime_as_string(forecasts.times.astype("datetime64[ns]"), unit="s")
     times = (stamps.astype(object) + "+00:00").tolist()
     point = lists(forecasts.point)
-    bounds = {
-        side: {level: lists(pair[k]) for level, pair in forecasts.bounds.items()}
-        for k, side in enumerate(SIDES)
-    }
-    return {
-        entity: {
-            "entity": entity,
-            "timestamps": times[i],
-            FORECAST: {t: point[i][k] for k, t in enumerate(targets)},
-            **{
-                side: {
-                    t: {level: values[i][k] for level, values in by_level.items()}
-                    for k, t in enumerate(targets)
-                }
-                for side, by_level in bounds.items()
-            },
+    lower, upper = (
+        {level: lists(pair[side]) for level, pair in forecasts.bounds.items()} for side in (0, 1)
+    )
+
+    def by_target(i: int, by_level: dict[str, list[list[list[float]]]]) -> dict[str, Any]:
+        """{target: {level: [steps]}} of entity ``i``"""
+        return {
+            t: {level: values[i][k] for level, values in by_level.items()}
+            for k, t in enumerate(targets)
         }
+
+    return {
+        entity: Prediction(
+            entity=entity,
+            timestamps=times[i],
+            forecast={t: point[i][k] for k, t in enumerate(targets)},
+            lower=by_target(i, lower),
+            upper=by_target(i, upper),
+        )
         for i, entity in enumerate(forecasts.entities.tolist())
     }
