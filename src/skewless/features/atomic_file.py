@@ -19,9 +19,8 @@ def write_atomically(path: Path, text: str) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``path`` only when it is missing or holds other content; whether it wrote."""
-    if path.exists() and path.read_text() == text:
-        return False
-    write_atomically(path, text)
-    return True
+def write_if_changed(path: Path, text: str) -> None:
+    """Write ``path`` only when it is missing or holds other content: an unchanged file keeps
+    its inode and mtime, and readers that hold it open are never disturbed."""
+    if not path.exists() or path.read_text() != text:
+        write_atomically(path, text)
