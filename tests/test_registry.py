@@ -104,13 +104,49 @@ def test_unknown_names_versions_and_aliases_list_what_exists(
         registry.promote(name, 1, "latest", "mse")
 
 
+def test_two_registries_in_one_process_keep_to_their_own_stores(
+    etth_release: tuple, tmp_path: Path
+) -> None:
+    config, released, _ = etth_release
+    trained = ModelRegistry(config.tracking.uri)
+    other = ModelRegistry(f"sqlite:///{tmp_path / 'other.db'}")
+    name = f"m{uuid.uuid4().hex[:8]}"
+    other.client.create_registered_model(name)
+    artifact = trained.client.get_model_version_download_uri(
+        config.model_name, str(released.version)
+    )
+    other.client.create_model_version(name, artifact)
+    other.promote(name, 1, "production", "mse")
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"  # what a third party set, process-wide
+    mlflow.set_tracking_uri(elsewhere)
+    mlflow.set_registry_uri(elsewhere)
+    try:
+        bundles = [
+            trained.load_bundle(config.model_name, "production"),
+            other.load_bundle(name, "production"),
+            other.load_bundle(name, 1),
+        ]
+        assert [v.version for v in other.versions(name)] == [1]
+        assert released.version in [v.version for v in trained.versions(config.model_name)]
+        with pytest.raises(RegistryError, match=f"no registered model '{name}'"):
+            trained.versions(name)
+        with pytest.raises(RegistryError, match=f"no registered model '{config.model_name}'"):
+            other.versions(config.model_name)
+        assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == (elsewhere, elsewhere)
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    assert all(b.spec.targets == bundles[0].spec.targets for b in bundles)
+
+
 def test_a_fresh_process_predicts_the_same_numbers_bit_for_bit(
     etth_release: tuple, tmp_path: Path
 ) -> None:
     config, _, rows = etth_release
     example = naive_utc(input_example(config, rows))
     registry = ModelRegistry(config.tracking.uri)
-    expected = registry.load(config.model_name, "production").predict(example)
+    expected = naive_utc(registry.load_bundle(config.model_name, "production").predict(example))
     example.to_parquet(tmp_path / "input.parquet")
     script = (
         "import mlflow, pandas as pd, sys\n"
@@ -170,9 +206,8 @@ def test_mlflow_models_serve_answers_with_the_same_forecasts(
 ) -> None:
     config, _, rows = etth_release
     example = naive_utc(input_example(config, rows))
-    expected = (
-        ModelRegistry(config.tracking.uri).load(config.model_name, "production").predict(example)
-    )
+    bundle = ModelRegistry(config.tracking.uri).load_bundle(config.model_name, "production")
+    expected = naive_utc(bundle.predict(example))
     port = free_port()
     env = {
         **os.environ,

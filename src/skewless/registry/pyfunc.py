@@ -1,5 +1,6 @@
 """The bundle as an MLflow pyfunc model: one artifact, the skewless code beside it, and exact
-requirements, so ``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` predicts anywhere."""
+requirements, so ``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` predicts anywhere.
+Skewless itself reads the bundle straight from a logged model's folder (``logged_bundle``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel
 
@@ -50,6 +52,16 @@ class BundleModel(PythonModel):
 def naive_utc(frame: pd.DataFrame) -> pd.DataFrame:
     """MLflow schemas hold only time-zone-naive datetimes: UTC without its zone."""
     return frame.assign(**{EVENT_TS: frame[EVENT_TS].dt.tz_convert("UTC").dt.tz_localize(None)})
+
+
+def logged_bundle(folder: Path) -> ForecastBundle:
+    """The bundle in a logged model's folder, unpickled without loading the pyfunc model (which
+    would also put the model's copy of skewless first on sys.path)."""
+    try:
+        stored = Model.load(folder).flavors["python_function"]["artifacts"][ARTIFACT]["path"]
+    except (MlflowException, OSError, KeyError) as exc:
+        raise BundleError(f"{folder} holds no logged forecast bundle: {exc!r}") from exc
+    return load_bundle(folder / stored)
 
 
 def load_bundle(path: Path) -> ForecastBundle:

@@ -1,19 +1,26 @@
 """Registered versions and their aliases: ``latest`` is always the newest version (MLflow
 resolves that alias itself and reserves the name); ``staging`` and ``production`` move only by
 promotion, and each move is recorded in the registry itself (a tag
-on the registered model) so that rollback knows where an alias was before."""
+on the registered model) so that rollback knows where an alias was before.
+
+A registry talks to its store through a client of its own and never sets MLflow's process-wide
+URIs, so that two registries in one process do not redirect each other."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import mlflow
+from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from skewless.core.errors import RegistryError, UnservableVersionError
 from skewless.core.feed import Feed, feeding_problems
+
+if TYPE_CHECKING:
+    from skewless.bundle.bundle import ForecastBundle
 
 LATEST = "latest"
 PROMOTABLE = ("staging", "production")
@@ -88,15 +95,19 @@ class ModelRegistry:
             )
         return int(aliases[alias_or_version])
 
-    def load(self, name: str, alias_or_version: str) -> Any:
-        """The pyfunc model behind an alias or version number, checked to exist first."""
-        return self.load_version(name, self.version_of(name, alias_or_version))
+    def load_bundle(self, name: str, alias_or_version: str | int) -> ForecastBundle:
+        """The bundle of a version, named by its number or an alias (checked to exist first).
 
-    def load_version(self, name: str, version: int) -> Any:
-        """``models:/NAME/VERSION`` as a pyfunc model (a version never changes under a load)."""
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        Read from the version's own artifact location, which this registry's client resolves:
+        MLflow's ``models:/`` URIs would be resolved through the process-wide registry URI.
+        """
+        # Imported here: the bundle brings the model zoo, which commands that only move aliases
+        # do not need.
+        from skewless.registry.pyfunc import logged_bundle
+
+        version = self.version_of(name, str(alias_or_version))
+        location = self.client.get_model_version_download_uri(name, str(version))
+        return logged_bundle(Path(download_artifacts(location, tracking_uri=self.uri)))
 
     def promote(
         self,

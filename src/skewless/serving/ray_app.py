@@ -48,8 +48,7 @@ class _Bundles:
 
     def get(self, version: int) -> ForecastBundle:
         if version not in self.loaded:
-            model = self.registry.load_version(self.name, version)
-            self.loaded[version] = model.unwrap_python_model().bundle
+            self.loaded[version] = self.registry.load_bundle(self.name, version)
             while len(self.loaded) > _VERSIONS_KEPT:
                 self.loaded.popitem(last=False)
         self.loaded.move_to_end(version)

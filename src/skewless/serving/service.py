@@ -285,9 +285,9 @@ class OnlineWindowFetcher:
 
 def load_model(registry: ModelRegistry, name: str, alias: str, version: int) -> LoadedModel:
     """One registered version, loaded whole, with its backtest metrics."""
-    model = registry.load_version(name, version)
+    bundle = registry.load_bundle(name, version)
     metrics = next(v.metrics for v in registry.versions(name) if v.version == version)
-    return LoadedModel(name, alias, version, model.unwrap_python_model().bundle, metrics)
+    return LoadedModel(name, alias, version, bundle, metrics)
 
 
 def check_entities(config: SkewlessConfig, entities: Sequence[Any]) -> list[Any]:

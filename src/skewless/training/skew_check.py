@@ -18,7 +18,6 @@ from skewless.core.config import SkewlessConfig
 from skewless.core.schema import EVENT_TS
 from skewless.core.stores import tracking_uri
 from skewless.features.facade import FeatureStoreFacade
-from skewless.registry.pyfunc import naive_utc
 from skewless.registry.registry import ModelRegistry
 
 
@@ -46,7 +45,7 @@ def verify_skew(
     config: SkewlessConfig, home: Path, alias: str, samples: int, seed: int = 0
 ) -> SkewReport:
     """Forecast ``samples`` random (entity, time) pairs both ways and compare every number."""
-    model = ModelRegistry(tracking_uri(config, home)).load(config.model_name, alias)
+    bundle = ModelRegistry(tracking_uri(config, home)).load_bundle(config.model_name, alias)
     online = FeatureStoreFacade(config, "online", home=home)
     offline = FeatureStoreFacade(config, "offline", home=home)
     key, lookback = config.data.entity_key, config.training.lookback
@@ -65,7 +64,7 @@ def verify_skew(
         entity, time = candidates[index]
         served = windows[entity].until(time).to_frame(key).tail(lookback)
         history = offline.load_features(time, [entity])[columns].tail(lookback)
-        both = [model.predict(naive_utc(rows.reset_index(drop=True))) for rows in (served, history)]
+        both = [bundle.predict(rows.reset_index(drop=True)) for rows in (served, history)]
         numbers = [frame.select_dtypes("number").to_numpy(np.float64) for frame in both]
         same_steps = both[0][EVENT_TS].equals(both[1][EVENT_TS])
         difference = float(np.max(np.abs(numbers[0] - numbers[1]))) if same_steps else np.inf
