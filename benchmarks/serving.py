@@ -66,7 +66,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 # ingress calls its features, preprocessing and model deployments; same settings as `serve`.
 RAY_FLOOR_APP = """
 import os, signal, sys, threading
-from skewless.cli import ray_serve_settings
+from skewless.serving.ray_launch import ray_serve_settings
 os.environ.update({"RAY_AUTH_MODE": "disabled", **ray_serve_settings()})
 import ray
 from fastapi import FastAPI

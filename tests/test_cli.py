@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,43 @@ def test_non_integer_entity_ids_are_a_usage_error(home: Path) -> None:
     result = runner.invoke(app, ["windows", str(ETTH_CONFIG), "--entity", "abc"])
     assert result.exit_code == 2
     assert "must be integer ids" in result.output
+
+
+# What each command must not import: each verb imports what it uses when it runs.
+HEAVY = {"feast", "torch", "ray"}
+
+
+@pytest.mark.parametrize(
+    ("args", "unused", "says"),
+    [
+        (["--help"], HEAVY | {"mlflow", "pandas"}, "Usage"),
+        (["models", "list", "nothing_here"], HEAVY, "no registered model 'nothing_here'"),
+        (
+            ["windows", str(ETTH_CONFIG), "--set", "feature_store.window_size=-1"],
+            HEAVY | {"mlflow"},
+            "feature_store.window_size",
+        ),
+    ],
+    ids=["help", "models-list", "bad-config"],
+)
+def test_commands_import_only_what_they_use(
+    home: Path, args: list[str], unused: set[str], says: str
+) -> None:
+    """In a fresh process (the CLI's real start-up), and quietly: a fresh registry's database
+    migrations are not announced."""
+    script = (
+        "import sys\n"
+        "from skewless.cli import app\n"
+        f"sys.argv = ['skewless', *{args!r}]\n"
+        "try:\n"
+        "    app()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(set({sorted(unused)!r}) & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert says in result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert "INFO" not in result.stderr and "Warning" not in result.stderr, result.stderr

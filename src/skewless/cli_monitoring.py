@@ -12,11 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from skewless.cli_output import console, errors, user_errors
-from skewless.core.config import SkewlessConfig, skewless_home
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from skewless.core.config import SkewlessConfig
     from skewless.monitoring.monitor import MonitorResult
 
 RetrainOpt = Annotated[
@@ -37,6 +37,7 @@ OutOpt = Annotated[
 
 def run_monitor(config: SkewlessConfig, retrain: bool, every: float | None) -> None:
     """Assess once, or every ``every`` seconds; exit code 2 when the last pass raised alerts."""
+    from skewless.core.config import skewless_home
     from skewless.monitoring.monitor import monitor
 
     with user_errors():
@@ -51,6 +52,7 @@ def run_monitor(config: SkewlessConfig, retrain: bool, every: float | None) -> N
 
 
 def run_report(config: SkewlessConfig, out: Path | None) -> None:
+    from skewless.core.config import skewless_home
     from skewless.monitoring.monitor import assess
     from skewless.monitoring.report import render
 

@@ -29,7 +29,11 @@ from skewless.compute.engine import compute_engine
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import ConfigError, OutputError, SkewlessError
 from skewless.core.schema import EVENT_TS
-from skewless.serving.service import LoadedModel, OnlineWindowFetcher
+from skewless.core.stores import tracking_uri
+from skewless.features.facade import FeatureStoreFacade
+from skewless.registry.pyfunc import naive_utc
+from skewless.registry.registry import ModelRegistry
+from skewless.serving.service import LoadedModel, OnlineWindowFetcher, load_model
 
 MODEL_NAME, MODEL_VERSION, ALIAS, TIME_POINT, ERROR = (
     "model_name",
@@ -45,6 +49,24 @@ class FleetSummary:
     entities: int
     forecast: int  # entities with a forecast
     failed: dict[Any, str]  # entity -> its error
+
+
+def load_alias(config: SkewlessConfig, home: Path, alias: str) -> LoadedModel:
+    """The version of the configured model that ``alias`` points at, loaded."""
+    registry = ModelRegistry(tracking_uri(config, home))
+    name = config.model_name
+    return load_model(registry, name, alias, registry.version_of(name, alias))
+
+
+def latest_forecasts(
+    config: SkewlessConfig, home: Path, model: LoadedModel, entities: Sequence[Any]
+) -> pd.DataFrame:
+    """Forecasts of a few entities from their latest online windows (one read), in one frame
+    with naive UTC times: what a terminal shows."""
+    key = config.data.entity_key
+    windows = FeatureStoreFacade(config, "online", home=home).load_features(None, entities).windows
+    rows = pd.concat([w.to_frame(key) for w in windows.values()], ignore_index=True)
+    return naive_utc(model.bundle.predict(rows))
 
 
 def output_schema(config: SkewlessConfig, model: LoadedModel) -> pa.Schema:

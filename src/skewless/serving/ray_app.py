@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 from skewless.bundle.bundle import ForecastBundle, Forecasts, PreparedWindows
 from skewless.core.config import DeploymentScaling, SkewlessConfig
 from skewless.core.errors import SkewlessError
+from skewless.core.library_notices import quiet_library_notices
 from skewless.core.stores import tracking_uri
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
@@ -77,6 +78,7 @@ class _BundleStage:
 
     def __init__(self, config_json: dict[str, Any], home: str) -> None:
         keep_freed_memory()
+        quiet_library_notices()  # MLflow's, when it loads versions
         self.bundles = _Bundles(_config(config_json), Path(home))
 
     def warm(self, version: int) -> None:
@@ -166,6 +168,7 @@ class Ingress:
         preprocessing: DeploymentHandle,
         model: DeploymentHandle,
     ) -> None:
+        quiet_library_notices()  # MLflow's, when it loads versions
         self.service = RayForecastService(
             _config(config_json), Path(home), alias, features, preprocessing, model
         )

@@ -9,6 +9,7 @@ loader that dropped its last incomplete batch: ``drop_last_batch`` reproduces th
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -170,6 +171,37 @@ def published(dataset: str, horizon: int) -> dict[str, float]:
 
 def as_records(results: Sequence[Result]) -> list[dict[str, object]]:
     return [asdict(r) | {"published_mse": published(r.dataset, r.horizon)} for r in results]
+
+
+def save_records(path: Path, results: Sequence[Result]) -> None:
+    """Write the results as JSON (rewritten after each one, so a run cut short keeps them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(as_records(results), indent=2) + "\n")
+
+
+def paper_title(dataset: str, lookback: int, drop_last_batch: int | None) -> str:
+    dropped = (
+        f", last incomplete test batch of {drop_last_batch} dropped" if drop_last_batch else ""
+    )
+    return f"{dataset}, lookback {lookback}{dropped}"
+
+
+def paper_table(results: Sequence[Result]) -> pd.DataFrame:
+    """The results as the paper table shows them, beside the published MSEs of each horizon."""
+    return pd.DataFrame(
+        {
+            "horizon": [r.horizon for r in results],
+            "model": [r.model for r in results],
+            "MSE": [f"{r.mse:.4f}" for r in results],
+            "MAE": [f"{r.mae:.4f}" for r in results],
+            "train s": [f"{r.train_seconds:.2f}" for r in results],
+            "test windows": [r.test_windows for r in results],
+            "published MSE": [
+                ", ".join(f"{k} {v:.3f}" for k, v in published(r.dataset, r.horizon).items())
+                for r in results
+            ],
+        }
+    )
 
 
 def _drop_last_batch(windows: Windows, batch: int | None) -> Windows:

