@@ -6,7 +6,7 @@ CONFIG ?= configs/etth.yaml
 export SKEWLESS_HOME ?= $(CURDIR)/skewless_home
 DEMO_PORT ?= 8000
 
-.PHONY: demo test lint bench-online bench-ltsf bench-serving bench-scale clean
+.PHONY: demo test lint bench-online bench-ltsf bench-serving bench-scale bench-cli clean
 
 # torch first and pinned exactly: a CPU build lies on local disk, anything else downloads GBs.
 $(BIN)/python:
@@ -52,6 +52,9 @@ bench-serving: $(VENV)/.installed-dev
 
 bench-scale: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/scale.py
+
+bench-cli: $(VENV)/.installed
+	$(BIN)/python benchmarks/cli_startup.py
 
 bench-ltsf: $(VENV)/.installed
 	$(BIN)/skewless benchmark ltsf --data data/ETTh1.csv --lookback 336 \
