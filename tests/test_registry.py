@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from skewless.cli import app
 from skewless.core.errors import BundleError, RegistryError
 from skewless.features.repo import FeastRepo
-from skewless.registry.pyfunc import naive_utc
+from skewless.registry.pyfunc import logged_bundle, naive_utc
 from skewless.registry.registry import ModelRegistry
 from skewless.training.release import input_example
 from tests.conftest import ETTH_CONFIG, POSTGRES_DSN, free_port
@@ -194,11 +194,17 @@ def test_an_incomplete_or_corrupt_artifact_names_what_is_wrong(
     broken = shutil.copytree(folder, tmp_path / "model")
     pickled = next(broken.rglob("bundle.pkl"))
     pickled.write_bytes(b"not a pickle")
-    with pytest.raises(BundleError, match="is corrupt"):
-        mlflow.pyfunc.load_model(str(broken))
+    loads = (lambda: mlflow.pyfunc.load_model(str(broken)), lambda: logged_bundle(broken))
+    for load in loads:  # through MLflow, and as skewless reads it
+        with pytest.raises(BundleError, match="is corrupt"):
+            load()
     pickled.unlink()
-    with pytest.raises(BundleError, match="'bundle.pkl' is missing"):
-        mlflow.pyfunc.load_model(str(broken))
+    for load in loads:
+        with pytest.raises(BundleError, match="'bundle.pkl' is missing"):
+            load()
+    (broken / "MLmodel").unlink()
+    with pytest.raises(BundleError, match="holds no logged forecast bundle"):
+        logged_bundle(broken)
 
 
 def test_mlflow_models_serve_answers_with_the_same_forecasts(
