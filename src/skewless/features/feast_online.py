@@ -72,7 +72,7 @@ def bytes_value(serialized: bytes) -> bytes:
     """The Bytes feature in a stored value (a serialized ``Value`` proto)."""
     value = ValueProto()
     value.ParseFromString(serialized)
-    return bytes(value.bytes_val)
+    return value.bytes_val
 
 
 class OnlineReadFeature:
