@@ -6,7 +6,7 @@ CONFIG ?= configs/etth.yaml
 export SKEWLESS_HOME ?= $(CURDIR)/skewless_home
 DEMO_PORT ?= 8000
 
-.PHONY: demo test lint bench-online bench-ltsf bench-serving bench-scale bench-cli clean
+.PHONY: demo test test-unit lint bench-online bench-ltsf bench-serving bench-scale bench-cli clean
 
 # torch first and pinned exactly: a CPU build lies on local disk, anything else downloads GBs.
 $(BIN)/python:
@@ -37,8 +37,15 @@ demo: $(VENV)/.installed
 	$(BIN)/skewless monitor $(CONFIG) || test $$? -eq 2  # exit code 2: alerts fired
 	$(BIN)/skewless report $(CONFIG)
 
+# In random order (pytest-randomly prints the seed); PYTEST_ARGS="--randomly-seed=N" repeats one.
+# The check names any missing service first (README: What make test needs).
 test: $(VENV)/.installed-dev
-	$(BIN)/pytest
+	$(BIN)/python scripts/check_test_prerequisites.py
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The tests that need no service, server, Ray or long training (tests/conftest.py marks them).
+test-unit: $(VENV)/.installed-dev
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,11 +22,28 @@ from skewless.training.release import Release, train_and_register
 
 ROOT = Path(__file__).resolve().parents[1]
 ETTH_CONFIG = ROOT / "configs" / "etth.yaml"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 VARIABLES = ["OT", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL"]
 
 MakeRepo = Callable[..., FeastRepo]
+
+
+# The fixtures under every service, live server, Ray cluster and trained release: ETTh in a
+# Feast store (the release and the servers stand on it), a Ray cluster, Redis servers of the
+# test's own, the monitoring loop's release. A test that uses one, directly or through other
+# fixtures, is marked ``integration``.
+INTEGRATION_FIXTURES = frozenset({"etth_sqlite", "cluster", "own_redis", "loop"})
+NOT_UNIT = frozenset({"integration", "slow", "redis", "postgres", "chaos"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they use, so that no one has to remember to: ``integration`` from
+    their fixtures, then ``unit`` (what ``make test-unit`` runs) on every test without a mark
+    in NOT_UNIT."""
+    for item in items:
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if not any(item.get_closest_marker(name) for name in NOT_UNIT):
+            item.add_marker(pytest.mark.unit)
 
 
 def etth_config(*overrides: str) -> SkewlessConfig:
@@ -39,6 +57,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], object], what: str, seconds: float = 60) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def raw_rows(entity: int | None, start: str, hours: int, seed: int = 0) -> pd.DataFrame:
@@ -108,14 +134,52 @@ def etth_sqlite(tmp_path_factory: pytest.TempPathFactory) -> FeastRepo:
 @pytest.fixture(scope="session")
 def etth_release(
     etth_sqlite: FeastRepo, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[SkewlessConfig, Release, pd.DataFrame]:
+) -> Iterator[tuple[SkewlessConfig, Release, pd.DataFrame]]:
     """The shipped config trained on both stations, registered in its own SQLite MLflow store,
-    and promoted to production."""
+    and promoted to production. Read-only, whatever the order of the tests: a test that moves
+    aliases or adds versions works on a copy (``own_release``, ``register_copy``); the session
+    fails if one did not."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     config = etth_sqlite.config.model_copy(
         update={"tracking": etth_sqlite.config.tracking.model_copy(update={"uri": uri})}
     )
     rows = load_history(config, etth_sqlite.home)
     released = train_and_register(config, rows, etth_sqlite.home)
-    ModelRegistry(uri).promote(config.model_name, released.version, "production", "mse")
-    return config, released, rows
+    registry = ModelRegistry(uri)
+    registry.promote(config.model_name, released.version, "production", "mse")
+    as_released = registry.versions(config.model_name)
+    yield config, released, rows
+    assert registry.versions(config.model_name) == as_released, "a test changed etth_release"
+
+
+def copy_version(registry: ModelRegistry, name: str, version: int, to: str) -> int:
+    """A new version of ``to`` with the artifact, run and tags (metrics, feed) of ``name``'s
+    ``version``: a real version, registered in milliseconds instead of trained."""
+    source = registry.client.get_model_version(name, str(version))
+    # Where the artifact lies, not its models:/ URI: MLflow resolves that one through the
+    # process-wide tracking URI, which is not this registry's.
+    where = registry.client.get_model_version_download_uri(name, str(version))
+    created = registry.client.create_model_version(to, where, source.run_id, source.tags)
+    return int(created.version)
+
+
+def register_copy(config: SkewlessConfig, version: int) -> SkewlessConfig:
+    """``config``'s model ``version`` registered again as version 1 of a model of its own, in
+    production; the config that names it."""
+    registry = ModelRegistry(config.tracking.uri)
+    name = f"etth_{uuid.uuid4().hex[:8]}"
+    registry.client.create_registered_model(name)
+    registry.promote(
+        name, copy_version(registry, config.model_name, version, name), "production", "mse"
+    )
+    return config.model_copy(
+        update={"registry": config.registry.model_copy(update={"model_name": name})}
+    )
+
+
+@pytest.fixture
+def own_release(etth_release: tuple) -> SkewlessConfig:
+    """The session release under a registered name of this test's own, for moving aliases and
+    adding versions."""
+    config, released, _ = etth_release
+    return register_copy(config, released.version)

@@ -27,7 +27,8 @@ from tests.checks import (
     assert_windows_equal_offline_tail,
     incremental_cycle,
 )
-from tests.conftest import REDIS_URL, MakeRepo, raw_rows
+from tests.conftest import MakeRepo, raw_rows
+from tests.services import REDIS_URL
 
 
 def test_online_windows_equal_the_last_rows_offline(etth_sqlite: FeastRepo) -> None:

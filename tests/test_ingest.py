@@ -14,7 +14,8 @@ from skewless.core.errors import DataValidationError, SourceError
 from skewless.features.engineering import engineered_columns
 from skewless.features.ingest import ingest, ingest_frames, source_from_path
 from skewless.features.materialize import materialize, push
-from tests.conftest import POSTGRES_DSN, VARIABLES, MakeRepo, raw_rows
+from tests.conftest import VARIABLES, MakeRepo, raw_rows
+from tests.services import POSTGRES_DSN
 
 
 def stored_rows(repo) -> pd.DataFrame:

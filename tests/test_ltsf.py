@@ -50,6 +50,7 @@ def test_protocol_scores_every_test_window_and_nlinear_beats_naive(small_csv: Pa
     assert dropped[0].test_windows == 189 - 189 % 32
 
 
+@pytest.mark.slow
 def test_xgboost_and_tft_rows_run_with_their_budgets(small_csv: Path) -> None:
     results = run_protocol(small_csv, 48, [12], ["naive", "xgboost", "tft"])
     by = {r.model: r for r in results}
@@ -58,6 +59,7 @@ def test_xgboost_and_tft_rows_run_with_their_budgets(small_csv: Path) -> None:
     assert by["tft"].test_windows == by["naive"].test_windows
 
 
+@pytest.mark.slow
 def test_naive_reproduces_the_published_repeat_column_on_etth1() -> None:
     results = run_protocol(ROOT / "data" / "ETTh1.csv", 336, [96, 192, 336, 720], ["naive"], 32)
     assert [round(r.mse, 3) for r in results] == [1.295, 1.325, 1.323, 1.339]

@@ -80,6 +80,7 @@ def test_individual_fits_one_map_per_channel() -> None:
     assert model.predict(windows.inputs[:5]).shape == (5, 6, 3)
 
 
+@pytest.mark.slow
 def test_gradient_solver_learns_towards_the_closed_form() -> None:
     data = series(900)
     train, val = cut_windows(data[:600], 24, 6), cut_windows(data[600:], 24, 6)
@@ -114,6 +115,7 @@ def test_lagged_product_path_equals_the_matrix_path(individual: bool) -> None:
     assert ne._as_series(*shuffled) is None  # not stride-1 windows: the matrix path is used
 
 
+@pytest.mark.slow
 def test_xgboost_learns_from_covariates_and_stops_early() -> None:
     from skewless.models.xgboost import XGBoostForecaster
 
@@ -135,6 +137,7 @@ def test_xgboost_learns_from_covariates_and_stops_early() -> None:
         XGBoostForecaster(1, subsample=0).validate_params()
 
 
+@pytest.mark.slow
 def test_long_fits_report_progress_to_a_listener() -> None:
     from skewless.core.progress import listening
     from skewless.models.xgboost import XGBoostForecaster
@@ -149,6 +152,7 @@ def test_long_fits_report_progress_to_a_listener() -> None:
     assert len(seen) == 5
 
 
+@pytest.mark.slow
 def test_xgboost_compressed_horizon_is_as_accurate_as_one_output_per_step() -> None:
     """With 6 label components the trees predict 6 numbers per window, not 12 x 3."""
     from skewless.models.xgboost import XGBoostForecaster

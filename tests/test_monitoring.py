@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,8 +48,9 @@ from skewless.serving.log_writer import RequestLog, served_records
 from skewless.serving.schemas import FailedPrediction, Prediction
 from skewless.training.pipeline import load_history
 from skewless.training.release import train_and_register
-from tests.conftest import ETTH_CONFIG, POSTGRES_DSN, ROOT, etth_config
-from tests.test_serving import start_server, stop_server
+from tests.conftest import ETTH_CONFIG, ROOT, etth_config, wait_for
+from tests.services import POSTGRES_DSN
+from tests.test_serving import TIMEOUT, start_server, stop_server
 
 HELD_BACK = 300  # hours of each station kept out of ingestion, pushed later as new data
 SHIFTED = ["HUFL", "MUFL"]  # covariates the test shifts; the NLinear target OT stays real
@@ -342,6 +344,15 @@ while True:
 """
 
 
+def _written(database: Path) -> int:
+    """Records the writer has committed so far (0 before it made its table)."""
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as db:
+            return int(db.execute("SELECT count(*) FROM served_forecasts").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
 def _running(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
@@ -350,14 +361,16 @@ def _running(pid: int) -> bool:
 
 
 def test_the_writer_of_a_killed_server_exits(tmp_path: Path) -> None:
+    database = tmp_path / "monitoring.db"
     server = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_SERVER, f"sqlite:///{tmp_path / 'monitoring.db'}"],
+        [sys.executable, "-c", _KILLED_SERVER, f"sqlite:///{database}"],
         stdout=subprocess.PIPE,
         text=True,
     )
     assert server.stdout is not None
     writer = int(server.stdout.readline())
-    time.sleep(3)  # the writer is busy and records are on their way through the pipe
+    # Killed while the writer is busy and more records are on their way through the pipe.
+    wait_for(lambda: _written(database) > 0, "the writer's first records")
     server.kill()
     server.wait()
     deadline = time.monotonic() + 30
@@ -509,7 +522,9 @@ def _wait_for_log(config: SkewlessConfig, home: Path, records: int) -> None:
 
 def _ask(url: str, time_point: str) -> dict:
     answer = httpx.post(
-        f"{url}/predict/feast/batch", json={"entities": [1, 2], "time_point": time_point}
+        f"{url}/predict/feast/batch",
+        json={"entities": [1, 2], "time_point": time_point},
+        timeout=TIMEOUT,
     )
     assert answer.status_code == 200, answer.text
     assert all("error" not in p or p["error"] is None for p in answer.json()["predictions"])

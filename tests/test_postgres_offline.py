@@ -19,7 +19,8 @@ from tests.checks import (
     assert_windows_equal_offline_tail,
     incremental_cycle,
 )
-from tests.conftest import POSTGRES_DSN, VARIABLES, MakeRepo, raw_rows
+from tests.conftest import VARIABLES, MakeRepo, raw_rows
+from tests.services import POSTGRES_DSN
 
 pytestmark = pytest.mark.postgres
 

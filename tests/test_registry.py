@@ -27,7 +27,8 @@ from skewless.features.repo import FeastRepo
 from skewless.registry.pyfunc import logged_bundle, naive_utc
 from skewless.registry.registry import ModelRegistry
 from skewless.training.release import input_example
-from tests.conftest import ETTH_CONFIG, POSTGRES_DSN, free_port
+from tests.conftest import ETTH_CONFIG, free_port
+from tests.services import POSTGRES_DSN
 
 # A schema of its own: MLflow and Optuna both keep their schema version in a table named
 # alembic_version, so they must not share one.
@@ -59,6 +60,13 @@ def register(registry: ModelRegistry, name: str, mses: list[float], artifacts: P
         source = f"{run.info.artifact_uri}/model"
         version = registry.client.create_model_version(name, source, run.info.run_id)
         registry.record_metrics(name, int(version.version), {"mse": mse})
+
+
+def mlflow_env(uri: str) -> dict[str, str]:
+    """This process's environment for an MLflow process reading ``uri``: both URIs, because
+    training here sets MLFLOW_REGISTRY_URI in os.environ (mlflow.set_registry_uri), and a
+    child would read whichever store trained last."""
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
 
 
 def test_promote_refuses_worse_versions_and_rollback_walks_back(
@@ -153,7 +161,7 @@ def test_a_fresh_process_predicts_the_same_numbers_bit_for_bit(
         f"model = mlflow.pyfunc.load_model('models:/{config.model_name}@production')\n"
         "model.predict(pd.read_parquet(sys.argv[1])).to_parquet(sys.argv[2])\n"
     )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": config.tracking.uri}
+    env = mlflow_env(config.tracking.uri)
     subprocess.run(
         [
             sys.executable,
@@ -216,8 +224,7 @@ def test_mlflow_models_serve_answers_with_the_same_forecasts(
     expected = naive_utc(bundle.predict(example))
     port = free_port()
     env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": config.tracking.uri,
+        **mlflow_env(config.tracking.uri),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     server = subprocess.Popen(

@@ -200,6 +200,7 @@ def test_forecast_all_into_a_postgresql_table(etth_release: tuple, cli_options: 
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_xgboost_learns_from_window_tails_batch_by_batch(rows: pd.DataFrame) -> None:
     """Built batch by batch from the last rows of each window, the features are the ones of all
     windows at once, so the trees are too; ``max_windows`` keeps a uniform sample."""
@@ -228,6 +229,7 @@ def test_xgboost_learns_from_window_tails_batch_by_batch(rows: pd.DataFrame) -> 
     assert fit(sampled, batched(sampled, rows, 2)).validation.overall["mse"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "params"),
     [

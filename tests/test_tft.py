@@ -87,6 +87,7 @@ def seasonal(rows: int, seed: int = 0) -> np.ndarray:
     return np.stack([target, covariate], axis=1).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_tft_learns_a_seasonal_series_with_ordered_quantiles() -> None:
     train, val = cut_windows(seasonal(700), 48, 12), cut_windows(seasonal(300, 1), 48, 12)
     model = TemporalFusionTransformer(
@@ -106,6 +107,7 @@ def test_tft_learns_a_seasonal_series_with_ordered_quantiles() -> None:
     assert 0.4 < covered <= 1.0  # a nominal 80 % interval, roughly
 
 
+@pytest.mark.slow
 def test_tft_is_reproducible_from_its_seed_and_survives_pickling() -> None:
     windows = cut_windows(seasonal(200), 24, 4)
 

@@ -129,6 +129,7 @@ def test_horizon_zero_and_unknown_targets_are_refused(history: pd.DataFrame) -> 
         check_request(etth_config("preprocessing.categoricals.columns=[kind]"), history)
 
 
+@pytest.mark.slow
 def test_cli_train_and_backtest_from_a_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKEWLESS_HOME", str(tmp_path / "home"))
     raw = pd.concat([raw_rows(1, "2020-01-01", 400), raw_rows(2, "2020-01-01", 400, seed=3)])

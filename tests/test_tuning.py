@@ -15,7 +15,8 @@ from skewless.cli import app
 from skewless.core.errors import ConfigError
 from skewless.training.pipeline import load_history
 from skewless.training.tuning import trial_config, tune
-from tests.conftest import ETTH_CONFIG, POSTGRES_DSN, etth_config, raw_rows
+from tests.conftest import ETTH_CONFIG, etth_config, raw_rows
+from tests.services import POSTGRES_DSN
 
 BASE = [
     "training.horizon=6",
@@ -35,6 +36,7 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     return load_history(etth_config(), csv=folder / "history.csv")
 
 
+@pytest.mark.slow
 def test_every_tuned_value_reaches_the_model(rows: pd.DataFrame, tmp_path: Path) -> None:
     report = tune(etth_config(*BASE, "tuning.trials=5"), rows, tmp_path)
     completed = [t for t in report.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -82,6 +84,7 @@ def test_workers_share_one_study_in_postgresql(rows: pd.DataFrame, tmp_path: Pat
         optuna.delete_study(study_name=name, storage=storage)
 
 
+@pytest.mark.slow
 def test_cli_tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKEWLESS_HOME", str(tmp_path / "home"))
     raw = pd.concat([raw_rows(1, "2020-01-01", 300), raw_rows(2, "2020-01-01", 300, seed=7)])

@@ -25,7 +25,8 @@ from skewless.features.repo import FeastRepo
 from skewless.registry.registry import ModelRegistry
 from skewless.training.pipeline import load_history
 from skewless.training.release import train_and_register
-from tests.conftest import etth_config, free_port
+from tests.conftest import etth_config, free_port, wait_for
+from tests.test_serving import TIMEOUT
 
 LAST = "2018-06-26T19:00:00Z"  # the last hour of both ETTh files
 BATCH = {"entities": [1, 2], "time_point": LAST}
@@ -154,16 +155,27 @@ class SteadyClient:
 
     @contextmanager
     def phase(self, name: str, seconds: float) -> Iterator[None]:
-        """A phase: what the block sets up, then ``seconds`` of steady traffic. Only requests
-        sent 1 s after the setup and 2.5 s before the end count for it: one in flight while
-        things change (a store call takes up to 2 x its 1 s timeout) is nobody's."""
+        """A phase: what the block sets up, then ``seconds`` of steady traffic, longer if
+        need be until a few requests count for it. Only requests sent 1 s after the setup and
+        2.5 s before the end count: one in flight while things change (a store call takes up
+        to 2 x its 1 s timeout) is nobody's."""
         yield
         began = time.monotonic()
-        time.sleep(seconds)
+        time.sleep(seconds)  # the phase's length: steady traffic, not a wait for an event
+        wait_for(
+            lambda: len(self._sent(began + 1.0, time.monotonic() - 2.5)) >= 3,
+            f"requests in phase {name!r}",
+            TIMEOUT,
+        )
         self.phases[name] = (began + 1.0, time.monotonic() - 2.5)
 
+    def answered_more(self, count: int) -> None:
+        """Wait until ``count`` more answers came back, whatever the machine's pace."""
+        wanted = len(self.answers) + count
+        wait_for(lambda: len(self.answers) >= wanted, f"{count} more answers", TIMEOUT)
+
     def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=TIMEOUT) as client:
             while not self._stop.is_set():
                 sent = time.monotonic()
                 try:
@@ -174,7 +186,9 @@ class SteadyClient:
                     time.sleep(0.05)
 
     def during(self, phase: str) -> list[Answer]:
-        begin, end = self.phases[phase]
+        return self._sent(*self.phases[phase])
+
+    def _sent(self, begin: float, end: float) -> list[Answer]:
         return [a for a in self.answers if begin <= a.sent <= end]
 
     def statuses(self, phase: str) -> Counter[int]:
@@ -184,16 +198,9 @@ class SteadyClient:
         return Counter(a.status for a in self.answers)
 
 
-def wait_for(condition, what: str, seconds: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The server's metrics: (sample name, sorted labels) -> value."""
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
