@@ -30,4 +30,5 @@ def parse_frequency(alias: str) -> pd.Timedelta:
             f"frequency '{alias}' has no fixed length; use a fixed step such as "
             "'15min', 'h', 'D' or '7D'"
         )
-    return pd.Timedelta(offset)
+    # In nanoseconds: pandas 2.3 adds a Timedelta of unit "s" to a datetime as nothing.
+    return pd.Timedelta(offset).as_unit("ns")
