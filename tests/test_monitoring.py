@@ -360,6 +360,7 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # a second Python importing skewless, and its writer
 def test_the_writer_of_a_killed_server_exits(tmp_path: Path) -> None:
     database = tmp_path / "monitoring.db"
     server = subprocess.Popen(
