@@ -26,7 +26,6 @@ Goals, judged in this run (PASS/FAIL printed per goal):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -34,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from machine import describe_machine
+from machine import report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "cli_startup.json"
@@ -157,17 +156,7 @@ def main() -> None:
     for label, seconds in best.items():
         print(f"{label:>20}  {seconds:6.2f} s CPU  {seconds / best['--help']:5.2f}x --help")
     verdicts = goals(best)
-    for verdict in verdicts:
-        print(f"{'PASS' if verdict['pass'] else 'FAIL'}  {verdict['goal']}: {verdict['measured']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "machine": describe_machine(),
-        "cpu_seconds_best": best,
-        "cpu_seconds_runs": runs,
-        "goals": verdicts,
-    }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results in {args.out}")
+    report(verdicts, {"cpu_seconds_best": best, "cpu_seconds_runs": runs}, args.out)
 
 
 if __name__ == "__main__":

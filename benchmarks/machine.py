@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -33,3 +34,13 @@ def _loop_ms() -> float:
     began = time.perf_counter()
     sum(range(10**7))
     return 1000 * (time.perf_counter() - began)
+
+
+def report(verdicts: list[dict], results: dict[str, object], out: Path) -> None:
+    """Print PASS/FAIL per goal and write the results, with the machine and the verdicts."""
+    for verdict in verdicts:
+        print(f"{'PASS' if verdict['pass'] else 'FAIL'}  {verdict['goal']}: {verdict['measured']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    document = {"machine": describe_machine(), **results, "goals": verdicts}
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"results in {out}")

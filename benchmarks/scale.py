@@ -17,7 +17,6 @@ Goals, judged in this run (PASS/FAIL printed per goal):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from machine import describe_machine
+from machine import report
 from synthetic import ROOT, VARIABLES, write_fleet
 
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
@@ -169,17 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     records = [run_fleet(series, args.hours, args.ray) for series in args.series]
     verdicts = goals(records)
-    for verdict in verdicts:
-        print(f"{'PASS' if verdict['pass'] else 'FAIL'}  {verdict['goal']}: {verdict['measured']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "machine": describe_machine(),
-        "engine": "local",
-        "fleets": records,
-        "goals": verdicts,
-    }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results in {args.out}")
+    report(verdicts, {"engine": "local", "fleets": records}, args.out)
 
 
 if __name__ == "__main__":
