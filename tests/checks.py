@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skewless.features.engineering import engineered_columns
+from skewless.core.calendar import engineered_columns
 from skewless.features.ingest import ingest_frames
 from skewless.features.materialize import materialize, push
 from skewless.features.online import window_reader

@@ -9,9 +9,9 @@ import pandas as pd
 import psycopg
 import pytest
 
+from skewless.core.calendar import engineered_columns
 from skewless.core.config import PostgresQuery, SourceConfig
 from skewless.core.errors import DataValidationError, SourceError
-from skewless.features.engineering import engineered_columns
 from skewless.features.ingest import ingest, ingest_frames, source_from_path
 from skewless.features.materialize import materialize, push
 from tests.conftest import VARIABLES, MakeRepo, raw_rows

@@ -118,7 +118,7 @@ def test_categoricals_are_encoded_with_a_defined_unseen_behaviour() -> None:
 
 
 def test_calendar_features_match_the_ingestion_function() -> None:
-    from skewless.features.engineering import engineer
+    from skewless.core.calendar import engineer
 
     config = etth_config()
     train = rows(1, "2020-03-01 20:00", 10)

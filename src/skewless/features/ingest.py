@@ -18,10 +18,10 @@ from typing import Any
 
 import pandas as pd
 
+from skewless.core.calendar import engineer
 from skewless.core.config import SourceConfig
 from skewless.core.errors import ConfigError, SourceError
 from skewless.core.schema import EVENT_TS
-from skewless.features.engineering import engineer
 from skewless.features.repo import FeastRepo
 from skewless.features.sources import SourceReader
 from skewless.features.validation import (

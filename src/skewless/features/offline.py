@@ -40,10 +40,10 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 )
 from psycopg import sql
 
+from skewless.core.calendar import engineered_columns
 from skewless.core.config import PostgresOfflineStore, SkewlessConfig
 from skewless.core.errors import FeatureStoreError
 from skewless.core.schema import CREATED_TS, EVENT_TS
-from skewless.features.engineering import engineered_columns
 from skewless.features.validation import VALUE_DTYPE
 
 SERIES_TABLE = "series"

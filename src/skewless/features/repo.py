@@ -20,10 +20,10 @@ from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, Push
 from feast.types import Bytes, Float32, UnixTimestamp
 from feast.value_type import ValueType
 
+from skewless.core.calendar import engineered_columns
 from skewless.core.config import RedisOnlineStore, SkewlessConfig, SqliteOnlineStore, skewless_home
 from skewless.core.schema import SERIES_VIEW
 from skewless.features.atomic_file import write_if_changed
-from skewless.features.engineering import engineered_columns
 from skewless.features.offline import OfflineTable, offline_table
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 
+from skewless.core.calendar import engineered_columns
 from skewless.core.errors import (
     FeatureStoreError,
     SkewlessError,
@@ -27,7 +28,6 @@ from skewless.core.errors import (
 )
 from skewless.core.frequency import parse_frequency
 from skewless.core.schema import EVENT_TS, SERIES_VIEW
-from skewless.features.engineering import engineered_columns
 from skewless.features.online import WindowReader, window_reader
 from skewless.features.repo import FeastRepo
 from skewless.features.window_view import Window, unpack_window

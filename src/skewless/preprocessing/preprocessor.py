@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from skewless.compute.batches import Batches, InMemory
+from skewless.core.calendar import engineer, engineered_columns
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError, NotFittedError
 from skewless.core.schema import EVENT_TS
-from skewless.features.engineering import engineer, engineered_columns
 from skewless.preprocessing.running_stats import Moments, RowSample, batch_seed
 
 _UNSEEN = 0

@@ -1,6 +1,7 @@
-"""Engineered features, defined once: ingestion writes them, serving recomputes them.
+"""Calendar features, defined once in core: ingestion writes them, the preprocessor and serving
+recompute them.
 
-Calendar features are sin/cos pairs so that 23:00 sits next to 00:00. They are computed in the
+They are sin/cos pairs so that 23:00 sits next to 00:00. They are computed in the
 data's own time zone (``data.timezone``, UTC when unset), because "hour of day" means local hours.
 
 Serving recomputes them for every row of every requested window, so the fields are read with
