@@ -47,8 +47,8 @@ def models(*arguments: str, exit_code: int = 0) -> str:
 
 
 def listed(output: str) -> dict[int, tuple[str, str]]:
-    """The rows of ``models list``: version -> (aliases, mse)."""
-    rows = re.findall(r"│ +(\d+) │ ([a-z, ]*?) *│ [\d-]+ [\d:]+ │ ([\d.]+) │", output)
+    """The rows of a versions table (``models list``, ``describe``): version -> (aliases, mse)."""
+    rows = re.findall(r"│ (\d+) │ ([a-z, ]*?) ?│ [\d-]+ [\d:]+ │[^│]*│[^│]*│ ([\d.]+) │", output)
     return {int(version): (aliases, mse) for version, aliases, mse in rows}
 
 
@@ -58,10 +58,53 @@ def test_list_shows_every_version_newest_first_with_aliases_and_metrics(
     output = models("list", NAME)
     assert list(listed(output)) == [3, 2, 1]
     assert listed(output) == {
-        3: ("latest", "6.0000"),
-        2: ("", "4.0000"),
-        1: ("production", "5.0000"),
+        3: ("latest", "6.000"),
+        2: ("", "4.000"),
+        1: ("production", "5.000"),
     }
+
+
+def test_list_shows_the_model_its_key_parameters_and_the_skill_against_naive(
+    registry: ModelRegistry,
+) -> None:
+    registry.record_model(NAME, 2, "xgboost", {"lookback": 336, "horizon": 24, "lags": 48})
+    registry.record_metrics(NAME, 2, {"naive_mse": 21.394, "skill_mse": 1 - 4 / 21.394})
+    registry.record_metrics(NAME, 3, {"mae": 0.0085554})
+    output = models("list", NAME)
+    assert "│ 2 │ │ " in output
+    assert "│ xgboost │ lookback=336, horizon=24, lags=48 │ 4.000 │ 21.39 │ 0.8130 │" in output
+    # A version registered before models and naive were recorded: blanks, not errors.
+    assert re.search(r"│ 1 │ production │ [\d-]+ [\d:]+ │ │ │ 5.000 │ │ │", output)
+    assert "│ 0.008555 │ │ │" in models("list", NAME, "--metric", "mae")  # not 0.0086
+
+
+def test_promote_refuses_a_version_that_loses_to_naive_and_notes_one_never_compared(
+    registry: ModelRegistry,
+) -> None:
+    registry.record_metrics(NAME, 3, {"naive_mse": 5.5})
+    refused = models("promote", NAME, "3", "--alias", "staging", exit_code=1)
+    assert (
+        "error: version 3 loses to the naive forecast on its own backtest: mse 6 against "
+        "naive's 5.5 on the same folds; use --force to promote anyway" in refused
+    )
+    assert "staging" not in models("describe", NAME)  # nothing moved
+    forced = models("promote", NAME, "3", "--alias", "staging", "--force")
+    assert "cli_forecaster@staging -> version 3 (was unset)" in forced and "note" not in forced
+    noted = models("promote", NAME, "2", "--alias", "staging")
+    assert "cli_forecaster@staging -> version 2 (was 3)" in noted
+    assert (
+        "note: version 2 has no backtest naive mse recorded (versions registered before skewless "
+        "recorded naive's score have none), so it was not compared with the naive forecast" in noted
+    )
+
+
+def test_describe_shows_the_versions_when_no_alias_but_latest_is_set(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    register(registry, "unpromoted", [3.0, 2.0], tmp_path / "artifacts")
+    described = models("describe", "unpromoted")
+    assert "unpromoted: 2 version(s)" in described and "->" not in described
+    assert listed(described) == {2: ("latest", "2.000"), 1: ("", "3.000")}
 
 
 def test_promote_refuses_a_worse_version_until_forced_and_rollback_moves_the_alias_back(
@@ -85,7 +128,7 @@ def test_promote_refuses_a_worse_version_until_forced_and_rollback_moves_the_ali
     assert "production history (oldest first): [1, 2, 3]" in described
 
     assert "cli_forecaster@production -> version 2 (was 3)" in models("rollback", NAME)
-    assert listed(models("list", NAME))[2] == ("production", "4.0000")
+    assert listed(models("list", NAME))[2] == ("production", "4.000")
     assert "cli_forecaster@production -> version 1 (was 2)" in models("rollback", NAME)
     assert registry.version_of(NAME, "production") == 1
     nothing = models("rollback", NAME, exit_code=1)
@@ -101,7 +144,7 @@ def test_a_promotion_to_the_same_version_says_so_and_staging_is_its_own_alias(
     assert "cli_forecaster@staging -> version 3 (was unset)" in models(
         "promote", NAME, "3", "--alias", "staging"
     )
-    assert listed(models("list", NAME))[3] == ("latest, staging", "6.0000")
+    assert listed(models("list", NAME))[3] == ("latest, staging", "6.000")
     assert "production -> version 1" in models("describe", NAME)
 
 
@@ -121,5 +164,5 @@ def test_the_tracking_uri_option_reads_another_registry(
 ) -> None:
     other = ModelRegistry(f"sqlite:///{shutil.copyfile(template, tmp_path / 'other.db')}")
     other.promote(NAME, 2, "staging", "mse")
-    assert listed(models("list", NAME, "--tracking-uri", other.uri))[2] == ("staging", "4.0000")
-    assert listed(models("list", NAME))[2] == ("", "4.0000")  # the home's registry is another
+    assert listed(models("list", NAME, "--tracking-uri", other.uri))[2] == ("staging", "4.000")
+    assert listed(models("list", NAME))[2] == ("", "4.000")  # the home's registry is another

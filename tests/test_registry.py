@@ -25,9 +25,9 @@ from skewless.cli import app
 from skewless.core.errors import BundleError, RegistryError
 from skewless.features.repo import FeastRepo
 from skewless.registry.pyfunc import logged_bundle, naive_utc
-from skewless.registry.registry import ModelRegistry
+from skewless.registry.registry import ModelRegistry, Promotion
 from skewless.training.release import input_example
-from tests.conftest import ETTH_CONFIG, free_port
+from tests.conftest import ETTH_CONFIG, copy_version, free_port
 from tests.services import POSTGRES_DSN
 
 # A schema of its own: MLflow and Optuna both keep their schema version in a table named
@@ -48,7 +48,8 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> ModelRegistry:
 
 
 def register(registry: ModelRegistry, name: str, mses: list[float], artifacts: Path) -> None:
-    """Versions 1..n of ``name``, each a real logged artifact, tagged with a backtest MSE."""
+    """Versions 1..n of ``name``, each a real logged artifact, tagged with a backtest MSE (and
+    no naive score, as versions registered before skewless recorded one)."""
     mlflow.set_tracking_uri(registry.uri)
     # An experiment of its own, with artifacts under the test's folder (not ./mlruns).
     experiment = registry.client.create_experiment(name, artifact_location=artifacts.as_uri())
@@ -76,14 +77,16 @@ def test_promote_refuses_worse_versions_and_rollback_walks_back(
     register(registry, name, [5.0, 4.0, 6.0], tmp_path)
     assert registry.version_of(name, "latest") == 3
     assert [v.version for v in registry.versions(name)] == [3, 2, 1]
-    assert registry.promote(name, 1, "production", "mse") is None
-    assert registry.promote(name, 2, "production", "mse") == 1  # better: allowed
+    first = registry.promote(name, 1, "production", "mse")
+    assert first.previous is None
+    assert first.note is not None and "has no backtest naive mse recorded" in first.note
+    assert registry.promote(name, 2, "production", "mse").previous == 1  # better: allowed
     with pytest.raises(
         RegistryError, match="version 3 has backtest mse 6, worse than 4 of version 2"
     ):
         registry.promote(name, 3, "production", "mse")
     assert registry.version_of(name, "production") == 2  # a refusal moves nothing
-    assert registry.promote(name, 3, "production", "mse", force=True) == 2
+    assert registry.promote(name, 3, "production", "mse", force=True) == Promotion(2)
     assert registry.history(name, "production") == [1, 2, 3]
     assert registry.rollback(name, "production") == (3, 2)
     assert registry.rollback(name, "production") == (2, 1)
@@ -93,6 +96,35 @@ def test_promote_refuses_worse_versions_and_rollback_walks_back(
     listed = {v.version: v for v in registry.versions(name)}
     assert listed[1].aliases == ["production"] and listed[3].aliases == ["latest"]
     assert listed[2].metrics == {"mse": 4.0}
+
+
+def test_promote_refuses_a_version_that_loses_to_naive_even_as_the_first_holder(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    name = f"m{uuid.uuid4().hex[:8]}"
+    register(registry, name, [5.0, 4.0], tmp_path)
+    registry.record_metrics(name, 1, {"naive_mse": 4.5, "skill_mse": 1 - 5 / 4.5})
+    registry.record_metrics(name, 2, {"naive_mse": 4.5, "naive_mae": 1.0})
+    for alias in ("staging", "production"):  # neither alias is held yet
+        with pytest.raises(
+            RegistryError,
+            match="version 1 loses to the naive forecast on its own backtest: mse 5 against "
+            "naive's 4.5 on the same folds; use --force",
+        ):
+            registry.promote(name, 1, alias, "mse")
+    assert registry.describe(name)["aliases"] == {}  # a refusal moves nothing
+    assert registry.promote(name, 2, "production", "mse") == Promotion(None)  # beats naive
+    with pytest.raises(RegistryError, match="loses to the naive forecast"):
+        registry.promote(name, 1, "staging", "mse")
+    assert registry.promote(name, 1, "staging", "mse", force=True) == Promotion(None)
+    assert registry.version_of(name, "staging") == 1
+    # A metric with no naive score recorded is not compared with naive, and the note says so.
+    unchecked = registry.promote(name, 2, "staging", "mae")
+    assert unchecked.previous == 1
+    assert unchecked.note == (
+        "version 2 has no backtest mae recorded (versions registered before skewless recorded "
+        "naive's score have none), so it was not compared with the naive forecast"
+    )
 
 
 def test_unknown_names_versions_and_aliases_list_what_exists(
@@ -146,6 +178,34 @@ def test_two_registries_in_one_process_keep_to_their_own_stores(
         mlflow.set_tracking_uri(before[0])
         mlflow.set_registry_uri(before[1])
     assert all(b.spec.targets == bundles[0].spec.targets for b in bundles)
+
+
+def test_a_release_records_naive_beside_its_backtest_and_a_copy_that_loses_is_refused(
+    etth_release: tuple,
+) -> None:
+    config, released, _ = etth_release
+    registry = ModelRegistry(config.tracking.uri)
+    (version,) = [v for v in registry.versions(config.model_name) if v.version == released.version]
+    assert version.model == "nlinear"
+    assert version.params == {"lookback": 336, "horizon": 24}
+    metrics = version.metrics
+    assert metrics["naive_mse"] == released.report.naive.overall["mse"]
+    assert metrics["mse"] < metrics["naive_mse"]  # NLinear beats repeating the last value
+    assert metrics["skill_mse"] == pytest.approx(1 - metrics["mse"] / metrics["naive_mse"])
+    assert {f"{kind}_{m}" for kind in ("naive", "skill") for m in ("mae", "mase")} <= set(metrics)
+    run = MlflowClient(config.tracking.uri).get_run(released.run_id).data.metrics
+    assert run["naive_mse"] == metrics["naive_mse"] and run["skill_mse"] == metrics["skill_mse"]
+
+    name = f"m{uuid.uuid4().hex[:8]}"  # a copy of the release, so that its aliases stay put
+    registry.client.create_registered_model(name)
+    copy = copy_version(registry, config.model_name, released.version, name)
+    registry.record_metrics(name, copy, {"naive_mse": metrics["mse"] / 2})
+    with pytest.raises(RegistryError) as refused:
+        registry.promote(name, copy, "production", "mse")
+    assert f"mse {metrics['mse']:.6g} against naive's {metrics['mse'] / 2:.6g}" in str(
+        refused.value
+    )
+    assert registry.promote(name, copy, "production", "mse", force=True).previous is None
 
 
 def test_a_fresh_process_predicts_the_same_numbers_bit_for_bit(

@@ -14,8 +14,8 @@ from skewless.cli import app
 from skewless.core.config import load_config
 from skewless.core.errors import ConfigError
 from skewless.features.repo import FeastRepo
-from skewless.training.backtest import backtest, fold_bounds
-from skewless.training.metrics import ErrorSums, naive_scale
+from skewless.training.backtest import backtest, fold_bounds, skill
+from skewless.training.metrics import METRICS, ErrorSums, naive_scale
 from skewless.training.pipeline import check_request, fit, load_history, window_sets
 from tests.conftest import ETTH_CONFIG, etth_config, raw_rows
 
@@ -86,6 +86,21 @@ def test_backtest_folds_refit_on_the_past_only(history: pd.DataFrame) -> None:
     assert len(report.overall.per_horizon) == 12
 
 
+def test_a_backtest_scores_naive_on_the_same_windows_as_a_naive_backtest_would(
+    history: pd.DataFrame,
+) -> None:
+    folds = [*SMALL, "backtest.folds=2"]
+    report = backtest(etth_config(*folds), history)
+    naive = backtest(etth_config(*folds, "training.model=naive"), history)
+    assert report.naive.overall == naive.overall.overall  # to the last bit
+    assert [f.naive.overall for f in report.folds] == [f.evaluation.overall for f in naive.folds]
+    scores = skill(report.overall.overall, report.naive.overall)
+    assert scores["mse"] == 1 - report.overall.overall["mse"] / naive.overall.overall["mse"]
+    assert scores["mse"] > 0  # NLinear beats repeating the last value
+    assert skill(naive.overall.overall, naive.naive.overall) == dict.fromkeys(METRICS, 0.0)
+    assert np.isnan(skill({"mse": 1.0}, {"mse": 0.0})["mse"])  # naive perfect: no ratio
+
+
 def test_sliding_window_and_bad_fold_layouts(history: pd.DataFrame) -> None:
     sliding = etth_config(
         *SMALL, "backtest.folds=1", "backtest.window=sliding", "backtest.train_periods=400"
@@ -150,10 +165,13 @@ def test_cli_train_and_backtest_from_a_csv(tmp_path: Path, monkeypatch: pytest.M
     trained = CliRunner().invoke(app, ["train", *common])
     assert trained.exit_code == 0, trained.output
     assert "backtest (all folds) and validation" in trained.output and "MASE" in trained.output
+    assert "naive, same windows" in trained.output and "skill vs naive" in trained.output
+    assert "beats naive" in " ".join(trained.output.split())
     assert "registered etth_forecaster version 1" in trained.output
     tested = CliRunner().invoke(app, ["backtest", *common])
     assert tested.exit_code == 0, tested.output
     assert "all folds, per horizon step" in tested.output
+    assert tested.output.count("naive, same windows") == 3  # each fold and all folds
     client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("etth")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
@@ -162,6 +180,11 @@ def test_cli_train_and_backtest_from_a_csv(tmp_path: Path, monkeypatch: pytest.M
     assert runs["train"].data.params["training.lookback"] == "24"
     tested_run = runs["backtest"]
     assert [m.step for m in client.get_metric_history(tested_run.info.run_id, "fold_mse")] == [1, 2]
+    naive_folds = client.get_metric_history(tested_run.info.run_id, "fold_naive_mse")
+    assert [m.step for m in naive_folds] == [1, 2]
+    assert tested_run.data.metrics["skill_mse"] == pytest.approx(
+        1 - tested_run.data.metrics["mse"] / tested_run.data.metrics["naive_mse"]
+    )
     assert len(client.get_metric_history(tested_run.info.run_id, "mse_by_step")) == 6
     artifacts = {a.path for a in client.list_artifacts(tested_run.info.run_id)}
     assert {"forecast_vs_actual.png", "backtest_folds.json", "config.json"} <= artifacts

@@ -11,11 +11,11 @@ import logging
 import os
 import signal
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.logging import RichHandler
@@ -31,7 +31,7 @@ from rich.table import Table
 
 from skewless.cli_models import models_app
 from skewless.cli_monitoring import EveryOpt, OutOpt, RetrainOpt, run_monitor, run_report
-from skewless.cli_output import console, errors, user_errors
+from skewless.cli_output import console, errors, number, user_errors
 from skewless.core.errors import ConfigError
 from skewless.core.library_notices import quiet_library_notices
 
@@ -234,13 +234,15 @@ def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
             release = train_and_register(
                 repo.config, history, repo.home, on_fold=lambda _: progress.advance(task)
             )
+        backtested, naive = release.report.overall.overall, release.report.naive.overall
         _print_metrics(
             "backtest (all folds) and validation",
-            {
-                "backtest": release.report.overall.overall,
-                "validation": release.fitted.validation.overall,
-            },
+            [
+                *_beside_naive("backtest", backtested, naive),
+                ("validation", release.fitted.validation.overall),
+            ],
         )
+        _print_verdict(backtested, naive)
         for level, covered in release.coverage.items():
             console.print(
                 f"interval {level:.0%}: {covered:.1%} of the last fold covered "
@@ -468,18 +470,27 @@ def backtest(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None
             log_backtest(report, repo.config)
         _print_metrics(
             "backtest folds",
-            {
-                f"{f.number}: {f.test_start:%Y-%m-%d %H:%M} .. {f.test_end:%Y-%m-%d %H:%M} "
-                f"({f.windows} windows)": f.evaluation.overall
-                for f in report.folds
-            }
-            | {"all folds": report.overall.overall},
+            [
+                *(
+                    row
+                    for f in report.folds
+                    for row in _beside_naive(
+                        f"{f.number}: {f.test_start:%Y-%m-%d %H:%M} .. "
+                        f"{f.test_end:%Y-%m-%d %H:%M} ({f.windows} windows)",
+                        f.evaluation.overall,
+                        f.naive.overall,
+                    )
+                ),
+                *_beside_naive("all folds", report.overall.overall, report.naive.overall),
+            ],
         )
-        _print_metrics("all folds, per entity", report.overall.per_entity.to_dict("index"))
+        _print_verdict(report.overall.overall, report.naive.overall)
+        per_entity = report.overall.per_entity.to_dict("index")
+        _print_metrics("all folds, per entity", list(per_entity.items()))
         steps = report.overall.per_horizon
         shown = sorted({1, len(steps) // 2 or 1, len(steps)})
         _print_metrics(
-            "all folds, per horizon step", {f"step {s}": steps.loc[s].to_dict() for s in shown}
+            "all folds, per horizon step", [(f"step {s}", steps.loc[s].to_dict()) for s in shown]
         )
         console.print(f"MLflow run {run_id}")
 
@@ -507,20 +518,25 @@ def tune(
             report = run_tune(
                 repo.config, history, repo.home, on_trial=lambda _: progress.advance(task)
             )
+            progress.update(task, total=report.trials)  # fewer once the space is all scored
         table = Table(
             title=f"study '{report.study.study_name}' in {tuning_storage(repo.config, repo.home)}"
         )
         for column in ("trial", "state", repo.config.tuning.metric.upper(), "values"):
             table.add_column(column)
         for trial in report.study.trials:
-            value = "" if trial.value is None else f"{trial.value:.4f}"
+            value = "" if trial.value is None else number(trial.value)
             table.add_row(str(trial.number), trial.state.name, value, str(trial.params))
         console.print(table)
+        ran = f"this run: {report.trials} trials, {report.backtests} backtested"
+        if report.exhausted:
+            ran += f"; all {report.space_size} configurations of tuning.space are scored"
+        console.print(ran)
         metric = repo.config.tuning.metric
-        console.print(f"best {metric} {report.best_value:.4f} with {report.study.best_params}")
+        console.print(f"best {metric} {number(report.best_value)} with {report.study.best_params}")
         _print_metrics(
             "best configuration refitted on all rows: validation",
-            {"all": report.refit.validation.overall},
+            [("all", report.refit.validation.overall)],
         )
 
 
@@ -539,16 +555,47 @@ def _history(
     return repo, history
 
 
-def _print_metrics(title: str, rows: dict) -> None:
+def _print_metrics(title: str, rows: Sequence[tuple[object, Mapping[Any, float]]]) -> None:
     from skewless.training.metrics import METRICS
 
     table = Table(title=title)
     table.add_column("", justify="left")
     for metric in METRICS:
         table.add_column(metric.upper(), justify="right")
-    for label, values in rows.items():
-        table.add_row(str(label), *(f"{values[m]:.4f}" for m in METRICS))
+    for label, values in rows:
+        table.add_row(str(label), *(number(values[m]) for m in METRICS))
     console.print(table)
+
+
+def _beside_naive(
+    label: str, model: dict[str, float], naive: dict[str, float]
+) -> list[tuple[object, dict[str, float]]]:
+    """Metrics table rows: the model's, the naive forecast's (the last value repeated) on the
+    same windows, and the skill against it (1 - model / naive, above 0 beats naive)."""
+    from skewless.training.backtest import skill
+
+    return [
+        (label, model),
+        ("  naive, same windows", naive),
+        ("  skill vs naive", skill(model, naive)),
+    ]
+
+
+def _print_verdict(model: dict[str, float], naive: dict[str, float]) -> None:
+    """Whether the model beats naive on the metric promotions compare by default, in a line."""
+    from skewless.training.backtest import skill
+
+    ours, theirs = model["mse"], naive["mse"]
+    if ours < theirs:
+        verdict = "[green]beats naive[/]"
+    elif ours == theirs:
+        verdict = "no better than naive"
+    else:
+        verdict = "[bold red]loses to naive[/]: promote refuses such a version without --force"
+    console.print(
+        f"backtest MSE {number(ours)}, naive {number(theirs)} on the same windows: skill "
+        f"{number(skill(model, naive)['mse'])}, {verdict}"
+    )
 
 
 benchmark_app = typer.Typer(

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from skewless.cli_output import console, user_errors
+from skewless.cli_output import console, errors, number, user_errors
 
 if TYPE_CHECKING:
     from skewless.core.config import SkewlessConfig
-    from skewless.registry.registry import ModelRegistry
+    from skewless.registry.registry import ModelRegistry, VersionInfo
 
 models_app = typer.Typer(help="Registered model versions and their aliases.", no_args_is_help=True)
 
@@ -29,6 +30,7 @@ UriOpt = Annotated[
     ),
 ]
 AliasOpt = Annotated[str, typer.Option(help="staging or production")]
+MetricOpt = Annotated[str, typer.Option(help="backtest metric: mse, mae, rmse, smape or mase")]
 
 
 def _registry(uri: str | None, config: SkewlessConfig | None = None) -> ModelRegistry:
@@ -46,37 +48,56 @@ def _registry(uri: str | None, config: SkewlessConfig | None = None) -> ModelReg
     return ModelRegistry(embedded_sqlite(home, "mlflow.db"))
 
 
+def _versions_table(title: str, versions: list[VersionInfo], metric: str) -> Table:
+    """Each version's aliases, model type and key parameters, and its backtest ``metric``
+    beside the naive forecast's on the same folds and the skill against it."""
+    from skewless.registry.registry import NAIVE_PREFIX, SKILL_PREFIX
+
+    table = Table(title=title)
+    for column in ("version", "aliases", "created (UTC)"):
+        table.add_column(column, justify="right")
+    for column in ("model", "parameters"):
+        table.add_column(column)
+    for column in (metric, f"naive {metric}", "skill"):
+        table.add_column(column, justify="right")
+    for v in versions:
+        created = dt.datetime.fromtimestamp(v.created / 1000, dt.UTC)
+        scores = [v.metrics.get(f"{prefix}{metric}") for prefix in ("", NAIVE_PREFIX, SKILL_PREFIX)]
+        table.add_row(
+            str(v.version),
+            ", ".join(v.aliases),
+            f"{created:%Y-%m-%d %H:%M}",
+            v.model or "",
+            _parameters(v.params),
+            *("" if score is None else number(score) for score in scores),
+        )
+    return table
+
+
+def _parameters(params: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in params.items())
+
+
 @models_app.command("list")
-def list_versions(name: NameArg, tracking_uri: UriOpt = None) -> None:
-    """Every version, newest first, with its aliases and backtest metrics."""
+def list_versions(name: NameArg, metric: MetricOpt = "mse", tracking_uri: UriOpt = None) -> None:
+    """Every version, newest first, with its aliases, model and key parameters, and its backtest
+    metric beside the naive forecast's and the skill against it."""
     with user_errors():
-        versions = _registry(tracking_uri).versions(name)
-        metrics = sorted({m for v in versions for m in v.metrics})
-        table = Table(title=name)
-        for column in ("version", "aliases", "created (UTC)", *metrics):
-            table.add_column(column, justify="right")
-        for v in versions:
-            created = dt.datetime.fromtimestamp(v.created / 1000, dt.UTC)
-            table.add_row(
-                str(v.version),
-                ", ".join(v.aliases),
-                f"{created:%Y-%m-%d %H:%M}",
-                *(f"{v.metrics[m]:.4f}" if m in v.metrics else "" for m in metrics),
-            )
-        console.print(table)
+        console.print(_versions_table(name, _registry(tracking_uri).versions(name), metric))
 
 
 @models_app.command()
-def describe(name: NameArg, tracking_uri: UriOpt = None) -> None:
-    """Aliases, the promotion history of each, and the number of versions."""
+def describe(name: NameArg, metric: MetricOpt = "mse", tracking_uri: UriOpt = None) -> None:
+    """Aliases, the promotion history of each, and every version (as ``list`` shows them)."""
     with user_errors():
         info = _registry(tracking_uri).describe(name)
-        console.print(f"[bold]{name}[/]: {info['versions']} version(s)")
+        console.print(f"[bold]{name}[/]: {len(info['versions'])} version(s)")
         for alias, version in sorted(info["aliases"].items()):
             console.print(f"  {alias} -> version {version}")
         for alias, history in info["history"].items():
             if history:
                 console.print(f"  {alias} history (oldest first): {history}")
+        console.print(_versions_table("versions", info["versions"], metric))
 
 
 @models_app.command()
@@ -84,8 +105,10 @@ def promote(
     name: NameArg,
     version: Annotated[str, typer.Argument(help="version number, or an alias such as latest")],
     alias: AliasOpt,
-    force: Annotated[bool, typer.Option(help="promote even if its metric is worse")] = False,
-    metric: Annotated[str, typer.Option(help="backtest metric to compare")] = "mse",
+    force: Annotated[
+        bool, typer.Option(help="promote even if its metric is worse than naive's or the holder's")
+    ] = False,
+    metric: MetricOpt = "mse",
     config: Annotated[
         Path | None,
         typer.Option(
@@ -96,8 +119,9 @@ def promote(
     ] = None,
     tracking_uri: UriOpt = None,
 ) -> None:
-    """Point ALIAS at VERSION, unless it backtested worse than the current holder, or the
-    online store cannot feed it (that, --force does not override)."""
+    """Point ALIAS at VERSION, unless it backtested worse than the naive forecast on the same
+    folds or than the current holder, or the online store cannot feed it (that, --force does not
+    override)."""
     with user_errors():
         from skewless.core.config import load_config
         from skewless.core.feed import Feed
@@ -106,9 +130,12 @@ def promote(
         store = None if loaded is None else Feed.of_store(loaded)
         registry = _registry(tracking_uri, loaded)
         number = registry.version_of(name, version)
-        before = registry.promote(name, number, alias, metric, force, store)
+        promotion = registry.promote(name, number, alias, metric, force, store)
+        before = promotion.previous
         moved = "already there" if before == number else f"was {before or 'unset'}"
         console.print(f"{name}@{alias} -> version {number} ({moved})")
+        if promotion.note:
+            errors.print(f"[yellow]note:[/] {escape(promotion.note)}", soft_wrap=True)
 
 
 @models_app.command()

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from skewless.cli_output import console, errors, user_errors
+from skewless.cli_output import console, errors, number, user_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,6 +80,7 @@ def _print(result: MonitorResult) -> None:
             soft_wrap=True,
         )
     console.print(_table(f"drift (against version {assessment.version})", assessment.drift))
+    console.print(_entity_drift_table(assessment.entity_drift))
     console.print(_table("accuracy per version", assessment.accuracy))
     for alert in assessment.alerts:
         errors.print(f"[bold red]alert[/] {escape(alert.message)}", soft_wrap=True)
@@ -90,11 +91,22 @@ def _print(result: MonitorResult) -> None:
     retraining = result.retraining
     if retraining is not None:
         staged = "and staged" if retraining.staged else "not staged"
+        score, production = retraining.score, retraining.production_score
         console.print(
             f"retrained: version {retraining.version} registered {staged} "
-            f"(backtest {retraining.metric} {retraining.score:.4g}; production "
-            f"{retraining.production_score if retraining.production_score is not None else '-'})"
+            f"(backtest {retraining.metric} {'-' if score is None else number(score)}; "
+            f"production {'-' if production is None else number(production)})"
         )
+
+
+def _entity_drift_table(entity_drift: pd.DataFrame) -> Table:
+    from skewless.monitoring.drift import SHOWN, most_moved
+
+    return _table(
+        f"drift per entity, largest PSI first ({min(SHOWN, len(entity_drift))} of "
+        f"{len(entity_drift)}; against each entity's own training rows)",
+        most_moved(entity_drift),
+    )
 
 
 def _table(title: str, frame: pd.DataFrame) -> Table:
@@ -102,5 +114,5 @@ def _table(title: str, frame: pd.DataFrame) -> Table:
     for column in frame.columns:
         table.add_column(str(column), justify="right")
     for row in frame.itertuples(index=False):
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(number(v) if isinstance(v, float) else str(v) for v in row))
     return table

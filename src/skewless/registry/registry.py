@@ -3,12 +3,17 @@ resolves that alias itself and reserves the name); ``staging`` and ``production`
 promotion, and each move is recorded in the registry itself (a tag
 on the registered model) so that rollback knows where an alias was before.
 
+Versions carry their backtest metrics as tags, beside the naive forecast's on the same folds
+(``naive_mse``...) and the skill against it (``skill_mse``...): a promotion refuses a version
+that loses to naive, since serving it would be worse than repeating the last value.
+
 A registry talks to its store through a client of its own and never sets MLflow's process-wide
 URIs, so that two registries in one process do not redirect each other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +29,11 @@ if TYPE_CHECKING:
 
 LATEST = "latest"
 PROMOTABLE = ("staging", "production")
+NAIVE_PREFIX = "naive_"  # naive_mse: the naive forecast's mse on the version's backtest folds
+SKILL_PREFIX = "skill_"  # skill_mse: 1 - mse / naive_mse, above 0 beats naive
 _METRIC_TAG = "metric."
+_MODEL_TAG = "skewless.model"  # the model type, e.g. nlinear
+_PARAMS_TAG = "skewless.model.params"  # its key parameters, as JSON
 _HISTORY_TAG = "skewless.history."
 _NEEDS_TAG = "skewless.feed.needed"  # what the version needs of the online store
 _TRAINED_STORE_TAG = "skewless.feed.trained_store"  # the store it was trained beside
@@ -37,6 +46,14 @@ class VersionInfo:
     metrics: dict[str, float]
     run_id: str | None
     created: int  # ms since the epoch, as MLflow keeps it
+    model: str | None = None  # None: registered before the model type was recorded
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    previous: int | None  # the version the alias held before (None: none)
+    note: str | None = None  # a check that could not be made, and why
 
 
 class ModelRegistry:
@@ -50,6 +67,11 @@ class ModelRegistry:
         """Tag a version with its backtest metrics, which promotions compare."""
         for metric, value in metrics.items():
             self.client.set_model_version_tag(name, str(version), f"{_METRIC_TAG}{metric}", value)
+
+    def record_model(self, name: str, version: int, model: str, params: dict[str, Any]) -> None:
+        """Tag a version with its model type and key parameters, which listings show."""
+        self.client.set_model_version_tag(name, str(version), _MODEL_TAG, model)
+        self.client.set_model_version_tag(name, str(version), _PARAMS_TAG, json.dumps(params))
 
     def record_feed(self, name: str, version: int, needed: Feed, store: Feed) -> None:
         """Tag a version with what it needs of the online store and the store it was trained
@@ -75,7 +97,7 @@ class ModelRegistry:
             "description": model.description,
             "aliases": dict(model.aliases),
             "history": {alias: self.history(name, alias) for alias in PROMOTABLE},
-            "versions": len(self.versions(name)),
+            "versions": self.versions(name),
         }
 
     def version_of(self, name: str, alias_or_version: str) -> int:
@@ -117,12 +139,14 @@ class ModelRegistry:
         metric: str,
         force: bool = False,
         store: Feed | None = None,
-    ) -> int | None:
-        """Point ``alias`` at ``version``; returns the version it held before (None: none).
+    ) -> Promotion:
+        """Point ``alias`` at ``version``; returns the version it held before.
 
         Refused when the online store (``store``, default: the one the version was trained
         beside) cannot feed the version, ``force`` or not; and, unless ``force``, when the
-        candidate's backtest ``metric`` is worse (higher) than the current holder's.
+        candidate's backtest ``metric`` is worse (higher) than the naive forecast's on the same
+        folds, or than the current holder's. A version with no naive score recorded (registered
+        before it was) is promoted on the holder comparison alone, with a note saying so.
         """
         if alias not in PROMOTABLE:
             raise RegistryError(f"promote to one of {list(PROMOTABLE)}, not '{alias}'")
@@ -131,7 +155,8 @@ class ModelRegistry:
         candidate = self._info(found)
         current = dict(self._model(name).aliases).get(alias)
         if current is not None and int(current) == version:
-            return version
+            return Promotion(version)
+        note = None if force else _check_against_naive(candidate, metric)
         if current is not None and not force:
             holder = self._info(self.client.get_model_version(name, current))
             ours, theirs = candidate.metrics.get(metric), holder.metrics.get(metric)
@@ -145,7 +170,7 @@ class ModelRegistry:
         if not history and current is not None:
             history = [int(current)]
         self._write_history(name, alias, [*history, version])
-        return int(current) if current is not None else None
+        return Promotion(int(current) if current is not None else None, note)
 
     def rollback(self, name: str, alias: str) -> tuple[int, int]:
         """Move ``alias`` back to the version it held before; returns (from, to)."""
@@ -195,7 +220,30 @@ class ModelRegistry:
             },
             run_id=version.run_id,
             created=version.creation_timestamp,
+            model=version.tags.get(_MODEL_TAG),
+            params=json.loads(version.tags.get(_PARAMS_TAG, "{}")),
         )
+
+
+def _check_against_naive(candidate: VersionInfo, metric: str) -> str | None:
+    """Refuse a version whose backtest ``metric`` is worse than naive's on the same folds;
+    a note when either was not recorded."""
+    ours = candidate.metrics.get(metric)
+    naive = candidate.metrics.get(f"{NAIVE_PREFIX}{metric}")
+    if ours is None or naive is None:
+        missing = metric if ours is None else f"naive {metric}"
+        return (
+            f"version {candidate.version} has no backtest {missing} recorded "
+            "(versions registered before skewless recorded naive's score have none), so it was "
+            "not compared with the naive forecast"
+        )
+    if ours > naive:
+        raise RegistryError(
+            f"version {candidate.version} loses to the naive forecast on its own backtest: "
+            f"{metric} {ours:.6g} against naive's {naive:.6g} on the same folds; use --force "
+            "to promote anyway"
+        )
+    return None
 
 
 def _require_feedable(tags: dict[str, str], version: int, store: Feed | None) -> None:

@@ -3,7 +3,9 @@
 The last ``folds`` x ``test_periods`` periods of the data are cut into consecutive test periods.
 For each, the preprocessor and model are fitted only on rows that end ``gap`` periods before it
 (all earlier rows for an expanding window, the last ``train_periods`` for a sliding one), and
-every window whose whole horizon lies inside the test period is forecast and scored.
+every window whose whole horizon lies inside the test period is forecast and scored, and so is
+the naive forecast (the last value repeated) of the same windows: the skill against it says at a
+glance whether the model is worth anything.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Fold:
     test_end: pd.Timestamp
     windows: int
     evaluation: Evaluation
+    naive: Evaluation  # the last value repeated, on the same windows
     model_params: dict[str, object]  # what the fitted model was actually built with
 
 
@@ -58,8 +61,18 @@ class Forecasts:
 class BacktestReport:
     folds: list[Fold]
     overall: Evaluation  # every test window of every fold, pooled
+    naive: Evaluation  # the naive forecast of the same windows, pooled
     residuals: Residuals
     forecasts: Forecasts
+
+
+def skill(model: dict[str, float], naive: dict[str, float]) -> dict[str, float]:
+    """Per error metric, 1 - model / naive on the same windows: above 0 beats repeating the
+    last value, 1 is a perfect forecast; NaN where naive's error is 0 or unknown."""
+    return {
+        metric: 1 - error / naive[metric] if naive.get(metric) else float("nan")
+        for metric, error in model.items()
+    }
 
 
 # A plot of a thousand entities helps no one; the first few show how the model behaves.
@@ -110,11 +123,12 @@ def backtest(
             for number, bounds in enumerate(fold_bounds(config, history), start=1)
         ]
     )
-    folds, pooled = [], ErrorSums()
+    folds, pooled, naive = [], ErrorSums(), ErrorSums()
     residuals: list[tuple[np.ndarray, int]] = []
     plotted: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]] = []
     for run in runs:
         pooled.merge(run.errors)
+        naive.merge(run.naive)
         residuals += [(part, run.fold.number) for part in run.residuals]
         plotted += run.shown
         if on_fold is not None:
@@ -123,6 +137,7 @@ def backtest(
     return BacktestReport(
         folds,
         pooled.result(),
+        naive.result(),
         Residuals(
             np.concatenate([e for e, _ in residuals]),
             np.concatenate([np.full(len(e), n) for e, n in residuals]),
@@ -135,6 +150,7 @@ def backtest(
 class _FoldRun:
     fold: Fold
     errors: ErrorSums
+    naive: ErrorSums
     residuals: list[np.ndarray]
     shown: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]]
 
@@ -155,7 +171,7 @@ def _run_fold(
         train = train.between(start=train_end - (settings.train_periods - 1) * step)
     result = fit(config, train)
     test = history.between(test_start - config.training.lookback * step, test_end)
-    errors, windows = ErrorSums(), 0
+    errors, naive, windows = ErrorSums(), ErrorSums(), 0
     residuals: list[np.ndarray] = []
     plotted: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]] = []
     for part in score_batches(
@@ -168,8 +184,10 @@ def _run_fold(
         test_end,
         residuals=True,
         shown=shown,
+        naive=True,
     ):
         errors.merge(part.errors)
+        naive.merge(part.naive)
         windows += part.windows
         if part.residuals is not None:
             residuals.append(part.residuals)
@@ -181,9 +199,10 @@ def _run_fold(
         test_end,
         windows,
         errors.result(),
+        naive.result(),
         result.model.get_params(),
     )
-    return _FoldRun(fold, errors, residuals, plotted)
+    return _FoldRun(fold, errors, naive, residuals, plotted)
 
 
 def _forecasts(

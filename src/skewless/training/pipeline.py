@@ -240,12 +240,22 @@ def predict(preprocessor: Preprocessor, model: Forecaster, windows: WindowSet) -
     return forecast(preprocessor, model, windows.inputs, windows.entities)
 
 
+def naive_forecaster(config: SkewlessConfig) -> Forecaster:
+    """The naive forecaster (last value repeated), ready to predict: it learns nothing, so it
+    is fitted on no windows at all."""
+    horizon, targets = config.training.horizon, len(config.data.targets)
+    naive = create_model("naive", horizon, {})
+    return naive.fit(np.empty((0, 1, targets)), np.empty((0, horizon, targets)))
+
+
 @dataclass
 class BatchScore:
-    """What scoring one entity batch leaves: error sums, and on request the absolute errors
-    and the windows of a few entities to plot."""
+    """What scoring one entity batch leaves: error sums, and on request the naive forecast's
+    error sums on the same windows, the absolute errors and the windows of a few entities to
+    plot."""
 
     errors: ErrorSums
+    naive: ErrorSums
     windows: int
     residuals: np.ndarray | None  # (windows, horizon, targets) float32
     shown: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]]
@@ -261,15 +271,18 @@ def score_batches(
     last_target: pd.Timestamp | None = None,
     residuals: bool = False,
     shown: Sequence[Any] = (),
+    naive: bool = False,
 ) -> Iterator[BatchScore]:
     """Per entity batch, the score of its windows in [first_target, last_target] (run where
-    the batch is read; windows are copied ``SCORED_VALUES`` values at a time)."""
+    the batch is read; windows are copied ``SCORED_VALUES`` values at a time), and with
+    ``naive`` the naive forecast's score of the same windows, through the same forecast path."""
     length = config.training.lookback + config.training.horizon
     channels = len(preprocessor.output_columns if model.uses_covariates else config.data.targets)
     size = max(1, SCORED_VALUES // (length * channels))
+    baseline = naive_forecaster(config) if naive else None
 
     def score_rows(rows: pd.DataFrame) -> BatchScore:
-        result = BatchScore(ErrorSums(), 0, None, [])
+        result = BatchScore(ErrorSums(), ErrorSums(), 0, None, [])
         kept = []
         for windows in window_sets(
             config, preprocessor, rows, first_target, last_target, size, channels
@@ -278,6 +291,9 @@ def score_batches(
                 continue
             predicted = predict(preprocessor, model, windows)
             result.errors.add(windows.actual, predicted, windows.entities, scale)
+            if baseline is not None:
+                repeated = predict(preprocessor, baseline, windows)
+                result.naive.add(windows.actual, repeated, windows.entities, scale)
             result.windows += len(windows)
             if residuals:
                 kept.append(np.abs(windows.actual - predicted).astype(np.float32))

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 
 from skewless.core.config import SkewlessConfig
@@ -22,7 +21,13 @@ from skewless.training.backtest import BacktestReport, Fold, backtest, fold_boun
 from skewless.training.history import History, as_history
 from skewless.training.packaging import package
 from skewless.training.pipeline import FitResult, fit, fit_runner
-from skewless.training.tracking import log_backtest, log_evaluation, tracked_run
+from skewless.training.tracking import (
+    against_naive,
+    finite,
+    log_backtest,
+    log_evaluation,
+    tracked_run,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,8 @@ def train_and_register(
     on_fold: Callable[[Fold], None] | None = None,
 ) -> Release:
     """Backtest (for metrics and interval widths), fit on all rows, log and register the bundle
-    as a new version (which MLflow's alias ``latest`` then resolves to)."""
+    as a new version (which MLflow's alias ``latest`` then resolves to), tagged with its backtest
+    metrics beside naive's, its model type and key parameters, and what it needs to be fed."""
     history = as_history(config, data)
     fold_bounds(config, history)  # impossible fold layouts fail before any fitting
     # The final fit needs nothing of the backtest: on Ray they run side by side.
@@ -60,11 +66,21 @@ def train_and_register(
     if info.registered_model_version is None:  # only when no name was given to register under
         raise RuntimeError("MLflow did not register the logged model")
     version = int(info.registered_model_version)
-    metrics = {k: v for k, v in report.overall.overall.items() if np.isfinite(v)}
+    overall = report.overall.overall
     registry = ModelRegistry(tracking_uri(config, home))
-    registry.record_metrics(config.model_name, version, metrics)
+    registry.record_metrics(
+        config.model_name, version, finite(overall) | against_naive(overall, report.naive.overall)
+    )
+    registry.record_model(config.model_name, version, config.training.model, key_params(config))
     registry.record_feed(config.model_name, version, bundle.spec.feed, Feed.of_store(config))
     return Release(fitted, report, coverage, run_id, version)
+
+
+def key_params(config: SkewlessConfig) -> dict[str, Any]:
+    """What tells versions of one model apart at a glance: the window and the parameters the
+    config sets (the model's defaults fill in the rest)."""
+    training = config.training.model_dump(mode="json")
+    return {"lookback": training["lookback"], "horizon": training["horizon"], **training["params"]}
 
 
 def input_example(config: SkewlessConfig, data: History | pd.DataFrame) -> pd.DataFrame:

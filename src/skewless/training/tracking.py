@@ -21,7 +21,8 @@ from matplotlib.figure import Figure  # the object API: no pyplot state, no disp
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.stores import tracking_uri
-from skewless.training.backtest import BacktestReport
+from skewless.registry.registry import NAIVE_PREFIX, SKILL_PREFIX
+from skewless.training.backtest import BacktestReport, skill
 from skewless.training.metrics import METRICS, Evaluation
 
 
@@ -48,9 +49,24 @@ def tracked_run(
         yield run.info.run_id
 
 
+def finite(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics that have a value: one with no finite error (or no naive error to divide
+    by) is left out, not recorded as NaN."""
+    return {k: v for k, v in metrics.items() if np.isfinite(v)}
+
+
+def against_naive(model: dict[str, float], naive: dict[str, float]) -> dict[str, float]:
+    """Naive's metrics on the same windows (``naive_mse``...) and the model's skill against
+    it (``skill_mse``...): what runs and registered versions record beside the model's own."""
+    return finite(
+        {f"{NAIVE_PREFIX}{k}": v for k, v in naive.items()}
+        | {f"{SKILL_PREFIX}{k}": v for k, v in skill(model, naive).items()}
+    )
+
+
 def log_evaluation(evaluation: Evaluation, prefix: str = "") -> None:
     """Overall metrics, metrics by horizon step (as steps), and the per-entity table."""
-    mlflow.log_metrics({f"{prefix}{k}": v for k, v in evaluation.overall.items() if np.isfinite(v)})
+    mlflow.log_metrics(finite({f"{prefix}{k}": v for k, v in evaluation.overall.items()}))
     for step in evaluation.per_horizon.index:
         row = evaluation.per_horizon.loc[step]
         mlflow.log_metrics(
@@ -94,13 +110,14 @@ def log_forecast_plot(
 
 
 def log_backtest(report: BacktestReport, config: SkewlessConfig) -> None:
-    """Fold metrics (fold number as the step), pooled metrics and tables, and the forecast plot."""
+    """Fold metrics (fold number as the step), pooled metrics and tables, each beside naive's
+    on the same windows and the skill against it, and the forecast plot."""
     for fold in report.folds:
-        mlflow.log_metrics(
-            {f"fold_{k}": v for k, v in fold.evaluation.overall.items() if np.isfinite(v)},
-            step=fold.number,
-        )
+        model = fold.evaluation.overall
+        scores = model | against_naive(model, fold.naive.overall)
+        mlflow.log_metrics(finite({f"fold_{k}": v for k, v in scores.items()}), step=fold.number)
     log_evaluation(report.overall)
+    mlflow.log_metrics(against_naive(report.overall.overall, report.naive.overall))
     folds = [
         {
             "fold": f.number,
@@ -109,6 +126,7 @@ def log_backtest(report: BacktestReport, config: SkewlessConfig) -> None:
             "test_end": f.test_end,
             "windows": f.windows,
             **f.evaluation.overall,
+            **against_naive(f.evaluation.overall, f.naive.overall),
         }
         for f in report.folds
     ]
