@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -315,3 +319,53 @@ def test_a_file_without_the_timestamp_column_names_what_is_missing(
     with pytest.raises(DataValidationError, match=r"missing column\(s\) \['date'\]") as refused:
         ingest(make_repo(), [source_from_path(path, None)])
     assert "__source_row" not in str(refused.value)
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("stored_first", [False, True], ids=["fresh store", "store with data"])
+def test_a_refused_ingest_leaves_the_home_as_it_found_it(
+    make_repo: MakeRepo, tmp_path: Path, stored_first: bool
+) -> None:
+    """No lock file, no empty view folder, no pending part: entity 2's rows are written to the
+    pending part before entity 3's bad timestamp refuses the whole file."""
+    repo = make_repo("feature_store.ingest_batch_entities=1")
+    if stored_first:
+        ingest_frames(repo, [("first", raw_rows(1, "2020-01-01", 24))])
+    bad = pd.concat(
+        [raw_rows(2, "2020-01-01", 6), _bad(raw_rows(3, "2020-01-01", 6), 2, "date", "never")]
+    )
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    before = _listing(tmp_path)
+    with pytest.raises(DataValidationError, match="'date' is empty or not a timestamp"):
+        ingest(repo, [source_from_path(tmp_path / "bad.csv", None)])
+    assert _listing(tmp_path) == before
+    assert len(stored_rows(repo)) == 24 * stored_first
+
+
+def test_a_writer_that_waited_on_a_removed_folder_locks_the_new_one(make_repo: MakeRepo) -> None:
+    """The first writer of a fresh store writes nothing and removes the folder it made while
+    the second waits on it: the second must lock the folder that exists, not the removed one."""
+    offline = make_repo().offline
+    locked_elsewhere: list[bool] = []
+
+    def second_writer() -> None:
+        with offline.write_lock():
+            probe = os.open(offline.folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked_elsewhere.append(False)
+            except BlockingIOError:
+                locked_elsewhere.append(True)
+            finally:
+                os.close(probe)
+
+    with offline.write_lock():
+        second = threading.Thread(target=second_writer)
+        second.start()
+        time.sleep(0.2)  # lets the second writer reach the lock (the test holds either way)
+    second.join(timeout=30)
+    assert locked_elsewhere == [True]
+    assert not offline.folder.exists()  # the second made it again, wrote nothing, removed it

@@ -20,7 +20,7 @@ import os
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -156,9 +156,12 @@ class OfflineTable(ABC):
             return pd.Series(dtype=np.int64)
         return frame.set_index(self.entity_key)["rows"].astype(np.int64)
 
-    def tail(self, size: int, entities: Sequence[Any] | None = None) -> pd.DataFrame:
-        """The last ``size`` rows of each entity (all when None), sorted by entity and time."""
-        conditions, parameters = self._entity_filter(entities)
+    def tail(
+        self, size: int, entities: Sequence[Any] | None = None, until: datetime | None = None
+    ) -> pd.DataFrame:
+        """The last ``size`` rows up to ``until`` (None: the newest) of each entity (all when
+        None), sorted by entity and time."""
+        conditions, parameters = self._time_filter(None, until, *self._entity_filter(entities))
         columns = ", ".join(f'"{c}"' for c in self._columns)
         return self._query(
             f"SELECT {columns} FROM (SELECT *, row_number() OVER "
@@ -261,13 +264,30 @@ class ParquetOfflineTable(OfflineTable):
 
     @contextmanager
     def write_lock(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """Writers lock the folder itself, so no lock file is left behind; the folders this
+        call had to make go again if nothing was written into them, so a refused ingest leaves
+        the home as it found it."""
+        made: list[Path] = []
+        handle = self._lock_folder(made)
+        try:
+            yield
+        finally:
+            _remove_empty(made)  # still locked: a waiter finds the folder gone and makes it anew
+            os.close(handle)
+
+    def _lock_folder(self, made: list[Path]) -> int:
+        """An exclusive lock on the folder, made first if missing (what was made is added to
+        ``made``); a folder removed while this call waited is made and locked anew."""
+        while True:
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                _make_folders(self.folder, made)
+                handle = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:  # a parent went between making and opening: again
+                continue
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            if _is_open_at(handle, self.folder):
+                return handle
+            os.close(handle)
 
     @contextmanager
     def appender(self) -> Iterator[ParquetAppend]:
@@ -498,6 +518,30 @@ def offline_table(config: SkewlessConfig, home: Path) -> OfflineTable:
     if isinstance(store, PostgresOfflineStore):
         return PostgresOfflineTable(config, store)
     return ParquetOfflineTable(config, home / "offline" / config.project / SERIES_TABLE)
+
+
+def _make_folders(folder: Path, made: list[Path]) -> None:
+    """Make ``folder`` and its missing parents, outermost first, adding each to ``made`` as
+    soon as it exists (those another writer made meanwhile are not ours to remove)."""
+    for path in [p for p in (folder, *folder.parents) if not p.exists()][::-1]:
+        with suppress(FileExistsError):
+            path.mkdir()
+            made.append(path)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (outermost first) that are still empty, innermost first."""
+    for folder in reversed(folders):
+        with suppress(OSError):  # not empty (another writer's rows), or already gone
+            folder.rmdir()
+
+
+def _is_open_at(handle: int, folder: Path) -> bool:
+    """Whether ``handle`` is still the folder at ``folder`` (not one removed meanwhile)."""
+    try:
+        return os.path.samestat(os.fstat(handle), os.stat(folder))
+    except FileNotFoundError:
+        return False
 
 
 def _where(conditions: list[str]) -> str:
