@@ -38,7 +38,7 @@ from skewless.features.materialize import materialize, push
 from skewless.features.repo import FeastRepo
 from skewless.monitoring.accuracy import accuracy_by, versus_backtest
 from skewless.monitoring.alerts import AlertLog, evaluate
-from skewless.monitoring.drift import ks, psi
+from skewless.monitoring.drift import entity_drift_table, ks, most_moved, psi
 from skewless.monitoring.monitor import assess
 from skewless.monitoring.observations import VERSION
 from skewless.monitoring.store import read_served, read_since
@@ -81,6 +81,30 @@ def test_drift_handles_a_variable_with_point_masses() -> None:
     assert ks(reference, moved) > 0.3 and psi(reference, moved) > 1
 
 
+def _fleet(levels: dict[int, float], rows: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.concat(
+        [
+            pd.DataFrame({"station_id": entity, "x": rng.normal(level, 1.0, rows)})
+            for entity, level in levels.items()
+        ],
+        ignore_index=True,
+    )
+
+
+def test_each_entity_is_compared_with_its_own_training_rows() -> None:
+    """Entities far apart (levels 0, 50, 100) are each judged against their own past, so only
+    the one that moved shows drift; the training rows come a batch of entities at a time."""
+    training = _fleet({1: 0.0, 2: 50.0, 3: 100.0}, 720, seed=0)
+    served = _fleet({1: 0.0, 2: 52.0, 3: 100.0}, 400, seed=1)  # entity 2 moved by 2 sd
+    batches = (training[training["station_id"].isin(batch)] for batch in ([1, 2], [3]))
+    table = entity_drift_table(batches, served, "station_id", ["x"]).set_index("entity")
+    assert list(table.index) == [1, 2, 3] and set(table["count"]) == {400}
+    assert table.loc[2, "psi"] > 2 and table.loc[2, "ks"] > 0.6
+    assert (table.loc[[1, 3], "psi"] < 0.1).all() and (table.loc[[1, 3], "ks"] < 0.1).all()
+    assert most_moved(table.reset_index(), 1)["entity"].tolist() == [2]
+
+
 # -- alert rules -----------------------------------------------------------------------------
 
 
@@ -121,9 +145,14 @@ def test_rules_fire_on_their_own_evidence_only() -> None:
         pd.DataFrame({VERSION: [1, 2], "steps": [48, 48], "mae": [4.0, 1.0], "mse": [20.0, 1.0]}),
         {1: {"mae": 2.0, "mse": 5.0}, 2: {"mae": 1.0, "mse": 1.0}},
     )
-    quiet = evaluate(rules, drift.iloc[1:2], accuracy.iloc[1:2], _served([10.0] * 50, errors=0))
+    by_entity = drift.iloc[0:0].assign(entity=[])
+    quiet = evaluate(
+        rules, drift.iloc[1:2], by_entity, accuracy.iloc[1:2], _served([10.0] * 50, errors=0)
+    )
     assert quiet == []
-    fired = evaluate(rules, drift, accuracy, _served([10.0] * 45 + [500.0] * 5, errors=10))
+    fired = evaluate(
+        rules, drift, by_entity, accuracy, _served([10.0] * 45 + [500.0] * 5, errors=10)
+    )
     assert sorted((a.rule, a.subject) for a in fired) == [
         ("accuracy", "version 1"),
         ("drift_ks", "a"),
@@ -132,6 +161,28 @@ def test_rules_fire_on_their_own_evidence_only() -> None:
         ("latency_p99", "server"),
     ]  # c has too few rows to judge; version 2 is as good as its backtest
     assert next(a for a in fired if a.rule == "accuracy").value == pytest.approx(2.0)
+
+
+def test_a_drift_alert_names_the_entities_that_moved_most_and_counts_the_rest() -> None:
+    rules = AlertRules(min_samples=10, drift_ks=None, accuracy_factor=None)
+    pooled = pd.DataFrame(
+        [{"variable": "a", "count": 900, "mean": 3.0, "training_mean": 1.0, "psi": 0.9, "ks": 0.5}]
+    )
+    psis = [0.1, 0.2, 3.0] + [0.5 + e / 100 for e in range(3, 15)]  # 3..14 moved, 2 most
+    by_entity = pd.DataFrame(
+        {"entity": range(len(psis)), "variable": "a", "count": 60, "psi": psis, "ks": 0.0}
+    )
+    by_entity.loc[0, ["psi", "count"]] = [9.0, 5]  # entity 0: too few rows to judge
+    (alert,) = evaluate(rules, pooled, by_entity, pd.DataFrame(), _served([], errors=0))
+    assert alert.entities == ("2", *[str(e) for e in range(14, 5, -1)])
+    assert alert.message.endswith(
+        "entities that moved: 2, 14, 13, 12, 11, 10, 9, 8, 7, 6 and 3 more"
+    )
+    quiet = by_entity.assign(psi=0.1)
+    (diffuse,) = evaluate(rules, pooled, quiet, pd.DataFrame(), _served([], errors=0))
+    assert diffuse.entities == () and diffuse.message.endswith(
+        "no entity crosses the threshold on its own"
+    )
 
 
 def test_accuracy_scores_coverage_per_level() -> None:
@@ -451,12 +502,12 @@ def test_a_shift_in_pushed_data_alerts_the_webhook_and_retrains(
         _wait_for_log(config, repo.home, 2)
         baseline = assess(config, repo.home)
         assert baseline.alerts == []  # served windows look like the recent training data
-        # The actuals of those forecasts arrive; then HUFL and MUFL jump to a new regime.
+        # The actuals of those forecasts arrive; then station 2's HUFL and MUFL jump to a new
+        # regime (e.g. a changed sensor calibration); station 1's stay as they were.
         arriving = {s: rows.iloc[:24] for s, rows in loop.held_back.items()}
         push(repo, pd.concat(arriving.values(), ignore_index=True), "actuals")
         shifted = {s: rows.iloc[24:].copy() for s, rows in loop.held_back.items()}
-        for rows in shifted.values():
-            rows[SHIFTED] = rows[SHIFTED] * 3 + 10  # e.g. a changed sensor calibration
+        shifted[2][SHIFTED] = shifted[2][SHIFTED] * 3 + 10
         push(repo, pd.concat(shifted.values(), ignore_index=True), "shifted rows")
         for index in range(-30, 0):  # the last 30 hours, each from the shifted online windows
             _ask(url, _hour(loop.held_back[1], index))
@@ -478,8 +529,8 @@ def test_a_shift_in_pushed_data_alerts_the_webhook_and_retrains(
     assert result.returncode == 2, result.stdout + result.stderr  # 2: alerts fired
 
     (payload,) = received
-    drifted = {a["subject"] for a in payload["alerts"] if a["rule"] == "drift_psi"}
-    assert drifted == set(SHIFTED)
+    drifted = {a["subject"]: a["entities"] for a in payload["alerts"] if a["rule"] == "drift_psi"}
+    assert drifted == {variable: ["2"] for variable in SHIFTED}  # station 1 did not move
     stored = AlertLog(monitoring_engine(request_log_url(config, repo.home))).read()
     assert set(stored["subject"]) >= set(SHIFTED)
 
@@ -509,6 +560,8 @@ def test_a_shift_in_pushed_data_alerts_the_webhook_and_retrains(
     drift, calm = assessment.drift.set_index("variable"), baseline.drift.set_index("variable")
     assert (drift.loc[SHIFTED, "psi"] > 5 * calm.loc[SHIFTED, "psi"]).all()
     assert abs(drift.loc["OT", "psi"] - calm.loc["OT", "psi"]) < 0.1
+    own = assessment.entity_drift.set_index(["entity", "variable"])["psi"]
+    assert (own.loc[2].loc[SHIFTED] > 0.25).all() and (own.loc[1].loc[SHIFTED] < 0.25).all()
 
     _report_in_chromium(repo)
 

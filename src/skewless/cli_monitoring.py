@@ -80,6 +80,7 @@ def _print(result: MonitorResult) -> None:
             soft_wrap=True,
         )
     console.print(_table(f"drift (against version {assessment.version})", assessment.drift))
+    console.print(_entity_drift_table(assessment.entity_drift))
     console.print(_table("accuracy per version", assessment.accuracy))
     for alert in assessment.alerts:
         errors.print(f"[bold red]alert[/] {escape(alert.message)}", soft_wrap=True)
@@ -96,6 +97,16 @@ def _print(result: MonitorResult) -> None:
             f"(backtest {retraining.metric} {'-' if score is None else number(score)}; "
             f"production {'-' if production is None else number(production)})"
         )
+
+
+def _entity_drift_table(entity_drift: pd.DataFrame) -> Table:
+    from skewless.monitoring.drift import SHOWN, most_moved
+
+    return _table(
+        f"drift per entity, largest PSI first ({min(SHOWN, len(entity_drift))} of "
+        f"{len(entity_drift)}; against each entity's own training rows)",
+        most_moved(entity_drift),
+    )
 
 
 def _table(title: str, frame: pd.DataFrame) -> Table:

@@ -4,6 +4,11 @@ Every rule reads the monitoring period's observations and stays silent below
 ``rules.min_samples`` observations, so a quiet hour never pages anyone. Raised alerts are
 appended to the ``alerts`` table beside the request log (``monitoring_engine`` creates both)
 and POSTed as JSON to ``monitoring.webhook``.
+
+A drift alert fires on a variable's pooled drift and names the entities whose own drift of it
+crosses the same threshold. An entity crossing alone does not fire: each entity's reference is
+its recent past, which a single series leaves with its own seasons, so in a fleet of thousands
+some entity always would.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import numpy as np
@@ -20,10 +26,12 @@ from sqlalchemy.engine import Engine
 
 from skewless.core.config import AlertRules
 from skewless.core.monitoring_db import ALERTS
-from skewless.monitoring.observations import VERSION
+from skewless.monitoring.observations import ENTITY, VERSION
 from skewless.monitoring.store import read_since
 
 logger = logging.getLogger(__name__)
+
+ENTITIES_NAMED = 10  # a drift alert names at most this many entities, and counts the rest
 
 
 @dataclass(frozen=True)
@@ -33,25 +41,33 @@ class Alert:
     value: float
     threshold: float
     message: str
+    entities: tuple[str, ...] = ()  # drift: the entities that moved most
 
 
 def evaluate(
-    rules: AlertRules, drift: pd.DataFrame, accuracy: pd.DataFrame, served: pd.DataFrame
+    rules: AlertRules,
+    drift: pd.DataFrame,
+    entity_drift: pd.DataFrame,
+    accuracy: pd.DataFrame,
+    served: pd.DataFrame,
 ) -> list[Alert]:
-    """Every rule that fires on the period's drift table, accuracy-versus-backtest table and
-    request log rows."""
+    """Every rule that fires on the period's drift tables (per variable, per entity and
+    variable), accuracy-versus-backtest table and request log rows."""
     return [
-        *_drift_alerts(rules, drift),
+        *_drift_alerts(rules, drift, entity_drift),
         *_accuracy_alerts(rules, accuracy),
         *_serving_alerts(rules, served),
     ]
 
 
-def _drift_alerts(rules: AlertRules, drift: pd.DataFrame) -> list[Alert]:
+def _drift_alerts(
+    rules: AlertRules, drift: pd.DataFrame, entity_drift: pd.DataFrame
+) -> list[Alert]:
     alerts = []
     for row in drift[drift["count"] >= rules.min_samples].to_dict("records"):
         for statistic, threshold in (("psi", rules.drift_psi), ("ks", rules.drift_ks)):
             if threshold is not None and row[statistic] > threshold:
+                moved = _moved(entity_drift, row["variable"], statistic, threshold, rules)
                 alerts.append(
                     Alert(
                         f"drift_{statistic}",
@@ -60,10 +76,38 @@ def _drift_alerts(rules: AlertRules, drift: pd.DataFrame) -> list[Alert]:
                         threshold,
                         f"'{row['variable']}' drifted: {statistic.upper()} {row[statistic]:.3f} "
                         f"over {row['count']} served rows (threshold {threshold}); served mean "
-                        f"{row['mean']:.4g}, training mean {row['training_mean']:.4g}",
+                        f"{row['mean']:.4g}, training mean {row['training_mean']:.4g}"
+                        + _naming(moved),
+                        tuple(moved[:ENTITIES_NAMED]),
                     )
                 )
     return alerts
+
+
+def _moved(
+    entity_drift: pd.DataFrame,
+    variable: str,
+    statistic: str,
+    threshold: float,
+    rules: AlertRules,
+) -> list[str]:
+    """The entities whose own ``statistic`` of ``variable`` crosses ``threshold``, on enough
+    rows to judge, most moved first."""
+    crossing = entity_drift[
+        (entity_drift["variable"] == variable)
+        & (entity_drift["count"] >= rules.min_samples)
+        & (entity_drift[statistic] > threshold)
+    ]
+    return [str(e) for e in crossing.sort_values(statistic, ascending=False)[ENTITY]]
+
+
+def _naming(moved: list[str]) -> str:
+    if not moved:
+        return "; no entity crosses the threshold on its own"
+    more = len(moved) - ENTITIES_NAMED
+    return f"; entities that moved: {', '.join(moved[:ENTITIES_NAMED])}" + (
+        f" and {more} more" if more > 0 else ""
+    )
 
 
 def _accuracy_alerts(rules: AlertRules, accuracy: pd.DataFrame) -> list[Alert]:
@@ -131,12 +175,19 @@ class AlertLog:
         if not alerts:
             return
         raised_at = datetime.now(UTC).replace(tzinfo=None)
-        rows = [{"raised_at": raised_at, "config": config_name, **asdict(a)} for a in alerts]
+        rows = [{"raised_at": raised_at, "config": config_name, **_stored(a)} for a in alerts]
         with self.engine.begin() as connection:
             connection.execute(insert(ALERTS), rows)
 
     def read(self, since: datetime | None = None) -> pd.DataFrame:
         return read_since(self.engine, ALERTS, ALERTS.c.raised_at, since)
+
+
+def _stored(alert: Alert) -> dict[str, Any]:
+    """The alert's columns of the table; the entities it names are in its message."""
+    fields = asdict(alert)
+    del fields["entities"]
+    return fields
 
 
 def post_webhook(url: str, config_name: str, alerts: list[Alert]) -> str | None:

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from skewless.bundle.bundle import ForecastBundle
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import RegistryError
 from skewless.core.monitoring_db import monitoring_engine
 from skewless.core.stores import request_log_url, tracking_uri
 from skewless.monitoring.accuracy import accuracy_by, daily_error, versus_backtest
 from skewless.monitoring.alerts import Alert, AlertLog, evaluate, post_webhook
-from skewless.monitoring.drift import drift_table
-from skewless.monitoring.observations import VERSION, Observations, observe
+from skewless.monitoring.drift import drift_table, entity_drift_table
+from skewless.monitoring.observations import VERSION, Observations, observe, training_rows
 from skewless.registry.registry import PROMOTABLE, ModelRegistry, VersionInfo
 from skewless.training.pipeline import open_history
 from skewless.training.release import train_and_register
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 class Assessment:
     version: int  # the version whose reference statistics the drift is measured against
     observations: Observations
-    drift: pd.DataFrame
+    drift: pd.DataFrame  # per variable, against the version's pooled reference
+    entity_drift: pd.DataFrame  # per served entity and variable, against its own training rows
     accuracy: pd.DataFrame  # per version, live against backtest
     daily: pd.DataFrame  # per day, version and entity
     versions: list[VersionInfo]
@@ -71,13 +73,33 @@ def assess(config: SkewlessConfig, home: Path, until: datetime | None = None) ->
     versions = registry.versions(name)
     backtest = {v.version: v.metrics for v in versions}
     drift = drift_table(bundle.reference, observations.inputs)
+    entity_drift = _entity_drift(config, home, bundle, observations.inputs)
     accuracy = versus_backtest(
         accuracy_by(observations.outcomes, observations.levels, [VERSION]), backtest
     )
-    alerts = evaluate(config.monitoring.rules, drift, accuracy, observations.served)
+    alerts = evaluate(config.monitoring.rules, drift, entity_drift, accuracy, observations.served)
     daily = daily_error(observations.outcomes, observations.levels)
     history = {alias: registry.history(name, alias) for alias in PROMOTABLE}
-    return Assessment(version, observations, drift, accuracy, daily, versions, history, alerts)
+    return Assessment(
+        version, observations, drift, entity_drift, accuracy, daily, versions, history, alerts
+    )
+
+
+def _entity_drift(
+    config: SkewlessConfig, home: Path, bundle: ForecastBundle, inputs: pd.DataFrame
+) -> pd.DataFrame:
+    """Each served entity's drift against its own training rows, taken as the version took its
+    pooled reference (each entity's last ``monitoring.reference_periods`` rows of the version's
+    config, up to its ``trained_until``): the bundle keeps only the pooled percentiles, and
+    entities that differ from each other would all look drifted against those."""
+    key = config.data.entity_key
+    entities = inputs[key].unique().tolist() if len(inputs) else []
+    trained = bundle.metadata.get("config", {}).get("monitoring", {})
+    periods = trained.get("reference_periods", config.monitoring.reference_periods)
+    until = bundle.metadata.get("trained_until")
+    cutoff = None if until is None else pd.Timestamp(until).to_pydatetime()
+    rows = training_rows(config, home, entities, cutoff, periods)
+    return entity_drift_table(rows, inputs, key, list(bundle.reference))
 
 
 def monitor(

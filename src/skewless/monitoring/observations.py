@@ -1,5 +1,6 @@
 """What monitoring looks at, gathered once: the request log of the recent period, the offline
-rows the served forecasts read, and each logged forecast step next to its actual value.
+rows the served forecasts read, and each logged forecast step next to its actual value; and,
+a batch of entities at a time, the training rows each entity's drift is measured against.
 
 Actuals come from the offline store as they are ingested or pushed, so a forecast's outcome
 appears once its hour has been recorded; steps not recorded yet are simply absent.
@@ -7,6 +8,7 @@ appears once its hour has been recorded; steps not recorded yet are simply absen
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +62,26 @@ def observe(
     steps, levels = _steps(forecasts, step)
     outcomes = _with_actuals(steps, table, config)
     return Observations(since, until, served, inputs, outcomes, levels, gaps)
+
+
+def training_rows(
+    config: SkewlessConfig,
+    home: Path,
+    entities: Sequence[Any],
+    until: datetime | None,
+    periods: int | None,
+) -> Iterator[pd.DataFrame]:
+    """The rows a version's drift reference was taken from, per entity: its last ``periods``
+    rows up to ``until`` (the version's last training time; None: all), read back from the
+    offline store (append-only, so as training saw them) ``training.batch_entities`` at a time."""
+    table, size = offline_table(config, home), config.training.batch_entities
+    for first in range(0, len(entities), size):
+        batch = _plain(entities[first : first + size])
+        yield (
+            table.history(batch, None, until)
+            if periods is None
+            else table.tail(periods, batch, until)
+        )
 
 
 def _typed_entities(entities: pd.Series, config: SkewlessConfig) -> pd.Series:

@@ -1,6 +1,7 @@
 """``skewless report``: one self-contained HTML page (plots inlined as PNG) of an assessment:
 forecast against actual with intervals, accuracy per version against its backtest and per day,
-drift per variable, latency over time, the version history, and the period's alerts."""
+drift per variable and the entities that moved most, latency over time, the version history,
+and the period's alerts."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from matplotlib.figure import Figure  # the object API: no pyplot state, no disp
 from skewless.core.config import SkewlessConfig
 from skewless.core.schema import EVENT_TS
 from skewless.monitoring.alerts import Alert
+from skewless.monitoring.drift import most_moved
 from skewless.monitoring.monitor import Assessment
 from skewless.monitoring.observations import ENTITY, TARGET, VERSION
 
@@ -43,6 +45,10 @@ def render(config: SkewlessConfig, assessment: Assessment) -> str:
         ("", _image(_daily_figure(assessment))),
         ("Input drift per variable", _image(_drift_figure(assessment, config))),
         ("", _table(assessment.drift)),
+        (
+            "Input drift per entity, largest PSI first (against its own training rows)",
+            _table(most_moved(assessment.entity_drift)),
+        ),
         ("Serving latency", _image(_latency_figure(observations.served, config))),
         ("Model versions", _table(_versions(assessment)) + _alias_history(assessment)),
     ]
