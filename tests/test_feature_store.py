@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import redis
 
+from skewless.core.config import ENV_PREFIX, HOME_ENV
 from skewless.core.errors import FeatureStoreError, StaleFeaturesError, UnknownEntityError
 from skewless.features.facade import FeatureStoreFacade
 from skewless.features.ingest import ingest_frames
@@ -27,7 +31,7 @@ from tests.checks import (
     assert_windows_equal_offline_tail,
     incremental_cycle,
 )
-from tests.conftest import MakeRepo, raw_rows
+from tests.conftest import ROOT, MakeRepo, raw_rows
 from tests.services import REDIS_URL
 
 
@@ -96,6 +100,46 @@ def test_stale_windows_are_reported_not_used(etth_sqlite: FeastRepo) -> None:
     )
     result = strategy.retrieve([1, 2, 5])
     assert set(result.problems) == {1, 2, 5} and not result.windows
+
+
+def test_latest_takes_each_newest_window_whatever_its_age(etth_sqlite: FeastRepo) -> None:
+    """On the 2018 data "now" is stale; "latest" is every station's newest window, and offline
+    every stored row."""
+    online = FeatureStoreFacade(etth_sqlite.config, mode="online", home=etth_sqlite.home)
+    windows = online.load_features("latest", [1, 2]).windows
+    offline = FeatureStoreFacade(etth_sqlite.config, mode="offline", home=etth_sqlite.home)
+    history = offline.load_features("latest", [1, 2])
+    pd.testing.assert_frame_equal(history, offline.load_features(None, [1, 2]))
+    newest = history.groupby("station_id")["event_timestamp"].max()
+    assert {e: w.end for e, w in windows.items()} == newest.to_dict()
+    tabular = FeatureStoreFacade(
+        etth_sqlite.config, mode="offline", data_type="tabular", home=etth_sqlite.home
+    )
+    with pytest.raises(FeatureStoreError, match="needs a time point"):
+        tabular.load_features("latest", [1])
+
+
+def readme_python_example() -> str:
+    """The README's Python block that reads features, as a reader copies it."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    return next(block for block in blocks if "load_features" in block)
+
+
+def test_the_readme_python_example_runs_on_the_shipped_data(
+    etth_sqlite: FeastRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As written, from the repository root, over a home where the shipped data was ingested and
+    materialized; the one override names the fixture's own Feast project."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(f"{ENV_PREFIX}FEATURE_STORE__PROJECT", etth_sqlite.config.project)
+    monkeypatch.setenv(HOME_ENV, str(etth_sqlite.home))
+    monkeypatch.chdir(ROOT)
+    example: dict[str, Any] = {}
+    exec(readme_python_example(), example)
+    assert set(example["windows"].windows) == {1, 2}
+    assert set(example["history"]["station_id"]) == {1}
 
 
 def test_time_point_before_the_window_is_refused(etth_sqlite: FeastRepo) -> None:

@@ -142,6 +142,26 @@ def test_batch_answers_every_entity_in_order_with_its_own_error(
     assert body["predictions"][1]["forecast"] is None
 
 
+def test_latest_forecasts_from_each_newest_window_whatever_its_age(
+    api: httpx.Client, etth_release: tuple
+) -> None:
+    """On the 2018 data "now" is stale; "latest" answers from where each station's rows end."""
+    _, _, rows = etth_release
+    newest = rows.groupby("station_id")[EVENT_TS].max()
+    latest = api.post("/predict/feast/batch", json={"entities": [2, 1], "time_point": "latest"})
+    assert latest.status_code == 200, latest.text
+    items = latest.json()["predictions"]
+    for item in items:
+        starts = pd.Timestamp(item["timestamps"][0])
+        assert starts == newest[item["entity"]] + pd.Timedelta(hours=1)  # hourly data
+    at_last = api.post("/predict/feast/batch", json={"entities": [2, 1], "time_point": LAST})
+    assert items == at_last.json()["predictions"]
+    one = api.post("/predict/feast", json={"entity": 1, "time_point": "latest"})
+    assert one.status_code == 200 and one.json()["predictions"] == items[1:]
+    stale = api.post("/predict/feast", json={"entity": 1, "time_point": "now"})
+    assert stale.status_code == 409 and "stale online windows" in stale.text
+
+
 def test_raw_rows_give_the_same_forecast_as_the_online_window(
     api: httpx.Client, etth_release: tuple
 ) -> None:
@@ -184,9 +204,9 @@ def test_raw_rows_give_the_same_forecast_as_the_online_window(
             "/predict/feast",
             {"entity": 1, "time_point": "yesterday-ish"},
             422,
-            "not 'now' or an ISO 8601 timestamp",
+            "not 'now', 'latest' or an ISO 8601 timestamp",
         ),
-        ("/predict/feast", {"entity": 1, "time_point": "today"}, 422, "not 'now' or an ISO 8601"),
+        ("/predict/feast", {"entity": 1, "time_point": "today"}, 422, "'latest' or an ISO 8601"),
         (
             "/predict/feast",
             {"entity": 1, "time_point": "0001-01-01T00:00:00Z"},
@@ -229,7 +249,7 @@ def test_raw_rows_give_the_same_forecast_as_the_online_window(
         ),
         ("/predict/feast", {"entity": "one", "time_point": LAST}, 422, "must be 64-bit integers"),
         ("/predict/feast", {"entity": 2**64, "time_point": LAST}, 422, "must be 64-bit integers"),
-        ("/predict/feast", {"entity": 1, "time_point": ""}, 422, "not 'now' or an ISO 8601"),
+        ("/predict/feast", {"entity": 1, "time_point": ""}, 422, "'latest' or an ISO 8601"),
         ("/predict/feast", {"entity": 1, "entity_key": "site"}, 422, "not this model's entity key"),
         ("/predict/feast/batch", {"entities": []}, 422, "at least 1 item"),
         ("/predict/feast/batch", {"entities": [1, 2, 1, 2, 1, 2]}, 422, "at most 5 per request"),

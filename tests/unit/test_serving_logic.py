@@ -101,8 +101,14 @@ def test_time_points_are_utc_and_never_in_the_future(config: Any) -> None:
     assert now is not None and abs(now - datetime.now(UTC)) < timedelta(minutes=1)
     with pytest.raises(RequestError, match="is in the future"):
         check_time_point(config, (datetime.now(UTC) + timedelta(hours=2)).isoformat())
-    with pytest.raises(RequestError, match="not 'now' or an ISO 8601 timestamp"):
+    with pytest.raises(RequestError, match="not 'now', 'latest' or an ISO 8601 timestamp"):
         check_time_point(config, "yesterday")
+
+
+@pytest.mark.parametrize("text", ["latest", " Latest "])
+def test_latest_names_no_time_point(config: Any, text: str) -> None:
+    """No time point: the online strategy serves each entity's newest window, never stale."""
+    assert check_time_point(config, text) is None
 
 
 def test_a_time_point_within_one_step_ahead_is_allowed(config: Any) -> None:
@@ -156,6 +162,12 @@ def test_requests_are_strict_about_ids_and_unknown_fields() -> None:
             BatchRequest.model_validate(bad)
     with pytest.raises(ValidationError, match="at most 40 characters"):
         EntityRequest(entity=1, time_point="9" * 41)
+
+
+def test_the_request_schema_documents_latest() -> None:
+    assert BatchRequest(entities=[1], time_point="latest").time_point == "latest"
+    described = EntityRequest.model_json_schema()["properties"]["time_point"]["description"]
+    assert "'latest'" in described and "'now'" in described
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,8 @@
-"""Time points of requests: "now" or ISO 8601, parsed strictly and in bounded time."""
+"""Time points of requests: "now", "latest" or ISO 8601, parsed strictly and in bounded time.
+
+"latest" (like None) names no time point: each entity's newest data, whatever its age. "now" is
+a time point like any other, so data that does not reach it is stale.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +19,20 @@ MAX_TIME_POINT_CHARS = 40
 
 
 def parse_time_point(value: TimePoint, zone: str | None) -> datetime | None:
-    """UTC datetime of a time point; naive values are read in the data's time zone.
+    """UTC datetime of a time point; None for "latest" or None; naive values are read in the
+    data's time zone.
 
-    Text is "now" or ISO 8601, read by ``datetime.fromisoformat`` (linear, strict): free text
-    such as "today" is refused, and so is anything longer than any timestamp can be, before
-    any parsing, so no time point costs more than microseconds.
+    Text is "now", "latest" or ISO 8601, read by ``datetime.fromisoformat`` (linear, strict):
+    free text such as "today" is refused, and so is anything longer than any timestamp can be,
+    before any parsing, so no time point costs more than microseconds.
     """
     if value is None:
         return None
     if isinstance(value, str):
-        if value.strip().lower() == "now":
+        word = value.strip().lower()
+        if word == "latest":
+            return None
+        if word == "now":
             return datetime.now(UTC)
         value = _iso_datetime(value)
     try:
@@ -42,7 +50,8 @@ def parse_time_point(value: TimePoint, zone: str | None) -> datetime | None:
 def _iso_datetime(text: str) -> datetime:
     shown = text if len(text) <= MAX_TIME_POINT_CHARS else f"{text[:MAX_TIME_POINT_CHARS]}..."
     problem = FeatureStoreError(
-        f"time point {shown!r} is not 'now' or an ISO 8601 timestamp such as 2018-06-01T12:00:00Z"
+        f"time point {shown!r} is not 'now', 'latest' or an ISO 8601 timestamp "
+        "such as 2018-06-01T12:00:00Z"
     )
     if len(text) > MAX_TIME_POINT_CHARS:
         raise problem

@@ -54,10 +54,12 @@ class FeatureStoreFacade(Generic[Features]):
         self._factory = StrategyFactory(self.repo)
 
     def load_features(self, time_point: TimePoint, entities: Sequence[Any] | None) -> Features:
-        """Features of ``entities`` as of ``time_point`` ("now", ISO text, datetime or None).
+        """Features of ``entities`` as of ``time_point``: "now", ISO text or a datetime, or
+        "latest" (or None) for the newest data.
 
-        Online mode returns the windows and raises if any entity is unknown or stale; offline
-        modes return DataFrames.
+        Online mode returns the windows and raises if any entity is unknown, or stale at a time
+        point ("latest" takes each entity's newest window whatever its age); offline modes
+        return DataFrames ("latest": every stored row; a tabular join needs a time point).
         """
         point = parse_time_point(time_point, self.repo.config.data.timezone)
         result: Features = self._factory.create(self.data_type, self.mode, point).retrieve(entities)

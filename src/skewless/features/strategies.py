@@ -4,7 +4,8 @@
   (training data), from the offline store.
 - :class:`TabularRetrievalStrategy`: Feast's point-in-time join on entity rows (batch scoring).
 - :class:`OnlineRetrievalStrategy`: the latest windows of many entities in one online call
-  (serving), each checked for staleness against the time point.
+  (serving), each cut at the time point and checked for staleness against it; with no time
+  point ("latest"), each entity's newest window whatever its age.
 
 :class:`StrategyFactory` picks one from (data type, mode).
 """
@@ -37,7 +38,7 @@ Mode = Literal["offline", "online"]
 
 
 class RetrievalStrategy(ABC):
-    """Reads features of ``entities`` as of the strategy's time point (None: latest)."""
+    """Reads features of ``entities`` as of the strategy's time point (None: the newest data)."""
 
     def __init__(self, repo: FeastRepo, time_point: datetime | None) -> None:
         self.repo = repo
@@ -85,7 +86,8 @@ class TabularRetrievalStrategy(RetrievalStrategy):
         else:
             if self.time_point is None:
                 raise FeatureStoreError(
-                    "a tabular retrieval of a list of entities needs a time point"
+                    "a tabular retrieval of a list of entities needs a time point ('now' or a "
+                    "timestamp; 'latest' names none), or pass entity rows with their timestamps"
                 )
             chosen = list(entities) if entities is not None else self.repo.offline.entities()
             entity_rows = pd.DataFrame({key: chosen, EVENT_TS: pd.Timestamp(self.time_point)})

@@ -26,7 +26,11 @@ TimePoint = Annotated[
     Field(
         default="now",
         max_length=MAX_TIME_POINT_CHARS,
-        description="'now' or an ISO 8601 timestamp",
+        description=(
+            "'now' or an ISO 8601 timestamp (a window that does not reach it is stale: 409), or "
+            "'latest': each entity's newest window, whatever its age; the forecast timestamps "
+            "say where each forecast starts"
+        ),
     ),
 ]
 _FLOAT32_MAX = float(np.finfo(np.float32).max)

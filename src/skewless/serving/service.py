@@ -313,7 +313,8 @@ def check_entities(config: SkewlessConfig, entities: Sequence[Any]) -> list[Any]
 
 
 def check_time_point(config: SkewlessConfig, time_point: str) -> datetime | None:
-    """The UTC time point, or a RequestError: not a timestamp, or in the future."""
+    """The UTC time point (None for "latest": each entity's newest window, never stale), or a
+    RequestError: not a timestamp, or in the future."""
     try:
         point = parse_time_point(time_point, config.data.timezone)
     except SkewlessError as exc:
@@ -321,7 +322,7 @@ def check_time_point(config: SkewlessConfig, time_point: str) -> datetime | None
     if point is not None and point > datetime.now(UTC) + parse_frequency(config.data.frequency):
         raise RequestError(
             f"time_point {point.isoformat()} is in the future; forecasts start from data "
-            "that exists, so use 'now' or a past timestamp"
+            "that exists, so use 'now', 'latest' or a past timestamp"
         )
     return point
 
