@@ -518,6 +518,7 @@ def tune(
             report = run_tune(
                 repo.config, history, repo.home, on_trial=lambda _: progress.advance(task)
             )
+            progress.update(task, total=report.trials)  # fewer once the space is all scored
         table = Table(
             title=f"study '{report.study.study_name}' in {tuning_storage(repo.config, repo.home)}"
         )
@@ -527,6 +528,10 @@ def tune(
             value = "" if trial.value is None else number(trial.value)
             table.add_row(str(trial.number), trial.state.name, value, str(trial.params))
         console.print(table)
+        ran = f"this run: {report.trials} trials, {report.backtests} backtested"
+        if report.exhausted:
+            ran += f"; all {report.space_size} configurations of tuning.space are scored"
+        console.print(ran)
         metric = repo.config.tuning.metric
         console.print(f"best {metric} {number(report.best_value)} with {report.study.best_params}")
         _print_metrics(

@@ -8,12 +8,20 @@ median pruner can stop hopeless trials early. The study lives in an Optuna stora
 The best configuration is then refitted on all rows. The study is one MLflow run, each trial
 a nested run with its values and score. With ``compute.engine: ray`` trials run as Ray tasks,
 ``compute.workers`` at a time (see ``_optimize_on_ray``).
+
+A trial of a configuration the study has already scored reuses its score instead of
+backtesting it again (``_reuse``), and a finite space that the trials can cover is searched
+exhaustively, each configuration once, stopping when all are scored (``_enqueue_grid``).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,10 @@ from skewless.training.history import History, as_history
 from skewless.training.pipeline import FitResult, check_request, fit
 from skewless.training.tracking import log_evaluation, tracked_run
 
+# A configuration is scored once a trial of it completes, or is pruned: the pruner judged it
+# hopeless against the trials before it, and the study has only got better since.
+_SCORED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
 
 @dataclass(frozen=True)
 class TuningReport:
@@ -37,6 +49,10 @@ class TuningReport:
     best_config: SkewlessConfig
     best_value: float
     refit: FitResult
+    trials: int  # trials this run added to the study
+    backtests: int  # of them, those that ran a backtest (the others reused a score or were refused)
+    space_size: int | None  # configurations in tuning.space; None when a float range has no step
+    exhausted: bool  # every configuration of the space is scored: the run stopped there
 
 
 def trial_config(config: SkewlessConfig, values: dict[str, Any]) -> SkewlessConfig:
@@ -72,12 +88,16 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=settings.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
+    size = _space_size(settings.space)
+    grid = _enqueue_grid(study, settings.space, size, settings.trials)
+    tally = _Tally(on_trial)
 
     def objective(trial: optuna.Trial) -> float:
         try:
             values, candidate = _candidate(trial, config, history)
         except ConfigError as exc:  # e.g. a lookback too long for the first fold
             raise optuna.TrialPruned(str(exc)) from exc
+        value = _reuse(study, trial)
 
         def report(fold: Fold) -> None:
             trial.set_user_attr("model_params", _jsonable(fold.model_params))
@@ -87,17 +107,23 @@ def tune(
 
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
             mlflow.log_params({f"tuned.{k}": v for k, v in values.items()})
-            result = backtest(candidate, history, on_fold=report)
-            value = result.overall.overall[settings.metric]
+            if value is None:
+                tally.backtests += 1
+                result = backtest(candidate, history, on_fold=report)
+                value = result.overall.overall[settings.metric]
             mlflow.log_metric(settings.metric, value)
         return value
 
-    callbacks = [] if on_trial is None else [lambda _study, frozen: on_trial(frozen)]
+    def finished(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        tally.finished(frozen)
+        if _unscored(study, grid) == 0:
+            study.stop()
+
     with tracked_run(config, home, f"tune {study.study_name}"):
         if isinstance(history.compute, RayCompute):
-            _optimize_on_ray(study, config, history, history.compute.in_flight, on_trial)
-        else:
-            study.optimize(objective, n_trials=settings.trials, callbacks=callbacks)
+            _optimize_on_ray(study, config, history, history.compute.in_flight, grid, tally)
+        elif _unscored(study, grid) != 0:
+            study.optimize(objective, n_trials=settings.trials, callbacks=[finished])
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not completed:
             raise ConfigError("no tuning trial completed; widen tuning.space or add tuning.trials")
@@ -106,7 +132,30 @@ def tune(
         mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
         mlflow.log_metric(f"best_{settings.metric}", study.best_value)
         log_evaluation(refit.validation, "refit_val_")
-    return TuningReport(study, best, study.best_value, refit)
+    return TuningReport(
+        study,
+        best,
+        study.best_value,
+        refit,
+        trials=tally.trials,
+        backtests=tally.backtests,
+        space_size=size,
+        exhausted=_unscored(study, grid) == 0,
+    )
+
+
+@dataclass
+class _Tally:
+    """What this run did, for the report: trials finished, and backtests run."""
+
+    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None
+    trials: int = 0
+    backtests: int = 0
+
+    def finished(self, frozen: optuna.trial.FrozenTrial) -> None:
+        self.trials += 1
+        if self.on_trial is not None:
+            self.on_trial(frozen)
 
 
 @dataclass(frozen=True)
@@ -123,12 +172,14 @@ def _optimize_on_ray(
     config: SkewlessConfig,
     history: History,
     at_once: int,
-    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None,
+    grid: set[str] | None,
+    tally: _Tally,
 ) -> None:
     """Trials as Ray tasks, ``at_once`` at a time, by Optuna's ask-and-tell: only this process
     talks to the study's storage (SQLite stays safe; no storage has to be reachable from the
     workers), and each task backtests one configuration with its batches read locally. Folds
-    are reported when a trial ends, so the pruner does not stop trials midway here."""
+    are reported when a trial ends, so the pruner does not stop trials midway here. On a grid,
+    no more trials are asked at once than configurations are left, so none is sampled twice."""
     settings = config.tuning
     local = replace(history, compute=LocalCompute())
     compute = history.compute
@@ -140,27 +191,35 @@ def _optimize_on_ray(
         return _Trial(folds, report.overall.overall[settings.metric], model_params)
 
     remaining = settings.trials
-    while remaining > 0:
-        asked = [study.ask() for _ in range(min(at_once, remaining))]
+    while remaining > 0 and (left := _unscored(study, grid)) != 0:
+        asked = [study.ask() for _ in range(min(at_once, remaining, left or remaining))]
         remaining -= len(asked)
         runnable: list[tuple[optuna.Trial, dict[str, Any], SkewlessConfig]] = []
+        scored: list[tuple[optuna.Trial, dict[str, Any], float]] = []
         for trial in asked:
             try:
                 values, candidate = _candidate(trial, config, history)
-            except ConfigError:  # e.g. a lookback too long for the first fold
-                _told(study, trial, on_trial, state=optuna.trial.TrialState.PRUNED)
+                value = _reuse(study, trial)
+            except (ConfigError, optuna.TrialPruned):  # cannot run, or pruned before
+                _told(study, trial, tally, state=optuna.trial.TrialState.PRUNED)
                 continue
-            runnable.append((trial, values, candidate))
+            if value is None:
+                runnable.append((trial, values, candidate))
+            else:
+                scored.append((trial, values, value))
+        tally.backtests += len(runnable)
         for (trial, values, _), result in zip(
             runnable, compute.map(run, [c for _, _, c in runnable]), strict=True
         ):
             trial.set_user_attr("model_params", result.model_params)
             for step, fold_value in enumerate(result.folds, start=1):
                 trial.report(fold_value, step=step)
+            scored.append((trial, values, result.value))
+        for trial, values, value in scored:
             with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
                 mlflow.log_params({f"tuned.{k}": v for k, v in values.items()})
-                mlflow.log_metric(settings.metric, result.value)
-            _told(study, trial, on_trial, values=result.value)
+                mlflow.log_metric(settings.metric, value)
+            _told(study, trial, tally, values=value)
 
 
 def _candidate(
@@ -175,15 +234,101 @@ def _candidate(
     return values, candidate
 
 
-def _told(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None,
-    **outcome: Any,
-) -> None:
-    frozen = study.tell(trial, **outcome)
-    if on_trial is not None:
-        on_trial(frozen)
+def _told(study: optuna.Study, trial: optuna.Trial, tally: _Tally, **outcome: Any) -> None:
+    tally.finished(study.tell(trial, **outcome))
+
+
+def _reuse(study: optuna.Study, trial: optuna.Trial) -> float | None:
+    """The score of the trial's configuration if the study has scored it already, else None.
+
+    TPE samples a small space's points again and again, and a resumed or shared study meets
+    the configurations of earlier runs. The same configuration on the same rows backtests to
+    the same score, so the trial takes the first one's record (fold errors, value, user
+    attributes; ``same_as`` names it) instead of a backtest: it stays a trial of the study, with
+    a value the sampler learns from, at no cost. A configuration pruned before is pruned again.
+    Two trials of one configuration that run at the same time (sampled together for Ray, or by
+    workers sharing a study) both backtest."""
+    for earlier in study.get_trials(deepcopy=False, states=_SCORED):
+        if _key(earlier.params) == _key(trial.params):
+            for name, attribute in {**earlier.user_attrs, "same_as": earlier.number}.items():
+                trial.set_user_attr(name, attribute)
+            for step, fold_value in earlier.intermediate_values.items():
+                trial.report(fold_value, step)
+            if earlier.value is None:
+                raise optuna.TrialPruned(f"trial {earlier.number} pruned this configuration")
+            return earlier.value
+    return None
+
+
+def _key(params: dict[str, Any]) -> str:
+    """A configuration as text, to compare and collect (a categorical choice may be a list)."""
+    return json.dumps(params, sort_keys=True)
+
+
+def _scored(study: optuna.Study) -> set[str]:
+    return {_key(t.params) for t in study.get_trials(deepcopy=False, states=_SCORED)}
+
+
+def _unscored(study: optuna.Study, grid: set[str] | None) -> int | None:
+    """How many configurations of the grid are left to score; None when TPE samples."""
+    return None if grid is None else len(grid - _scored(study))
+
+
+def _enqueue_grid(
+    study: optuna.Study, space: dict[str, SearchDimension], size: int | None, trials: int
+) -> set[str] | None:
+    """Search exhaustively when ``trials`` can cover every configuration of ``space`` not yet
+    scored: enqueue each of those (unless an interrupted run left it waiting), and return the
+    whole grid, so that the run stops once it is all scored (before ``trials`` when the space is
+    smaller). TPE would sample such a small space with repeats and might miss a point. None for
+    a larger or continuous space: TPE samples it, and ``_reuse`` answers its repeats."""
+    scored = _scored(study)
+    if size is None or size > trials + len(scored):
+        return None
+    dimensions = list(space.values())
+    grid = [
+        {name: _value(d, i) for name, d, i in zip(space, dimensions, point, strict=True)}
+        for point in itertools.product(*(range(_length(d) or 0) for d in dimensions))
+    ]
+    left = [configuration for configuration in grid if _key(configuration) not in scored]
+    if len(left) > trials:
+        return None
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    queued = {_key(t.system_attrs.get("fixed_params", {})) for t in waiting}
+    for configuration in left:
+        if _key(configuration) not in queued:
+            study.enqueue_trial(configuration)
+    return {_key(configuration) for configuration in grid}
+
+
+def _space_size(space: dict[str, SearchDimension]) -> int | None:
+    """How many configurations ``space`` holds; None when a float range has no step."""
+    lengths = [_length(d) for d in space.values()]
+    return None if None in lengths else math.prod(n or 0 for n in lengths)
+
+
+def _length(dimension: SearchDimension) -> int | None:
+    if dimension.type == "categorical":
+        return len(dimension.choices or [])
+    assert dimension.low is not None and dimension.high is not None
+    if dimension.type == "int":
+        return len(range(int(dimension.low), int(dimension.high) + 1, int(dimension.step or 1)))
+    if dimension.step is None:
+        return None
+    span = Decimal(str(dimension.high)) - Decimal(str(dimension.low))
+    return int(span // Decimal(str(dimension.step))) + 1
+
+
+def _value(dimension: SearchDimension, index: int) -> Any:
+    """The dimension's ``index``-th value, computed as Optuna rounds a sampled one (so that
+    TPE's samples and the grid's points compare equal)."""
+    if dimension.type == "categorical":
+        return (dimension.choices or [])[index]
+    assert dimension.low is not None and dimension.high is not None
+    if dimension.type == "int":
+        return int(dimension.low) + index * int(dimension.step or 1)
+    assert dimension.step is not None
+    return min(index * dimension.step + dimension.low, dimension.high)
 
 
 def _suggest(trial: optuna.Trial, name: str, dimension: SearchDimension) -> Any:
