@@ -90,15 +90,15 @@ def create_app(service: ServiceCore) -> FastAPI:
     async def measure(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        started = time.perf_counter()
+        started, serving = time.perf_counter(), service.current.version
         try:
             response = await call_next(request)
         except Exception as exc:  # a bug: still counted, then Starlette's plain 500
             metrics.errors.labels(type(exc).__name__, "request").inc()
-            metrics.requests.labels(_endpoint(request), "500", "none").inc()
+            metrics.requests.labels(_endpoint(request), "500", _version(request, serving)).inc()
             raise
         endpoint = _endpoint(request)
-        version = str(getattr(request.state, "model_version", "none"))
+        version = _version(request, serving)
         metrics.requests.labels(endpoint, str(response.status_code), version).inc()
         metrics.latency.labels(endpoint, version).observe(time.perf_counter() - started)
         return response
@@ -110,6 +110,13 @@ def create_app(service: ServiceCore) -> FastAPI:
 
 def _endpoint(request: Request) -> str:
     return getattr(request.scope.get("route"), "path", "unmatched")
+
+
+def _version(request: Request, serving: int) -> str:
+    """The version label of an answer: the version whose forecasts or refusals it carries; else
+    (/health, a request refused before the service ran, an error the service raised) the
+    version being served when the request came in, so every answer of a deploy carries it."""
+    return str(getattr(request.state, "model_version", serving))
 
 
 # What of a refused input an error shows: enough to find it, never the whole of a huge body
@@ -160,6 +167,7 @@ def _predictions_router() -> APIRouter:
         served = service.predict_entities([body.entity], body.time_point, "/predict/feast")
         item = served.items[0]
         if isinstance(item, FailedPrediction):
+            request.state.model_version = served.model.version
             return _refusal(metrics, item.kind, item.error, item.status)
         return _response(served, request)
 

@@ -1,5 +1,6 @@
-"""Prometheus metrics of a server: requests and latency by endpoint and model version, feature
-fetch latency, errors by type, entities per request, forecast values, reloads, the request log."""
+"""Prometheus metrics of a server: requests and latency by endpoint and model version (every
+answer has one: the version that answered, else the one being served), feature fetch latency,
+errors by type, entities per request, forecast values, reloads, the request log."""
 
 from __future__ import annotations
 
