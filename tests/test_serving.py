@@ -531,3 +531,31 @@ def test_ray_serve_uses_haproxy_only_where_its_binary_is(
     settings = ray_serve_settings()
     assert settings.get("RAY_SERVE_ENABLE_HA_PROXY") == ("1" if bundled or on_path else None)
     assert settings["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
+
+
+def test_every_answer_is_labelled_with_a_model_version(api: httpx.Client) -> None:
+    """A forecast or refusal carries the version that made it; answers no model took part in
+    (health, JSON refused before any model ran, an unknown route) the version being served."""
+    version = api.get("/model").json()["version"]
+    answers = {
+        ("/predict/feast/batch", 200): api.post(
+            "/predict/feast/batch", json={"entities": [1], "time_point": LAST}
+        ),
+        ("/predict/feast", 404): api.post(
+            "/predict/feast", json={"entity": 98, "time_point": LAST}
+        ),
+        ("/predict", 422): api.post(  # refused by the bundle: the covariates are missing
+            "/predict", json={"rows": [{"station_id": 1, EVENT_TS: LAST, "OT": 1.0}]}
+        ),
+        ("/predict/feast", 422): api.post("/predict/feast", **request_body(b"{not json")),
+        ("/health", 200): api.get("/health"),
+        ("unmatched", 404): api.get("/no/such/route"),
+    }
+    assert {key: answer.status_code for key, answer in answers.items()} == {
+        key: key[1] for key in answers
+    }
+    metrics = api.get("/metrics").text
+    for endpoint, status in answers:
+        labels = f'endpoint="{endpoint}",status="{status}",version="{version}"'
+        assert f"skewless_requests_total{{{labels}}}" in metrics
+    assert 'version="none"' not in metrics
