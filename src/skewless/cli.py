@@ -185,7 +185,8 @@ def windows(
         list[str] | None, typer.Option(help="entity id; repeat for several (default: all)")
     ] = None,
     at: Annotated[
-        str | None, typer.Option(help="time point: 'now' or ISO timestamp (default: latest)")
+        str | None,
+        typer.Option(help="time point: 'now', 'latest' or ISO timestamp (default: latest)"),
     ] = None,
     tail: Annotated[int, typer.Option(min=1, help="rows to show per entity")] = 3,
     set_: SetOpt = None,

@@ -71,7 +71,7 @@ class StaleFeaturesError(FeatureStoreError):
         super().__init__(
             f"stale online windows for {shown}: serving at this time point needs data up to "
             f"{required_end.isoformat()}; push or materialize newer rows, or ask for an "
-            "earlier time point"
+            "earlier time point or 'latest' (each window as it is)"
         )
 
 

@@ -40,7 +40,12 @@ SERVED = Table(
     Column("model_version", Integer, nullable=False),
     Column("alias", String(64), nullable=False),
     Column("entity", String(256), nullable=False),
-    Column("time_point", DateTime, nullable=True, doc="the requested point; null for 'now'"),
+    Column(
+        "time_point",
+        DateTime,
+        nullable=True,
+        doc="the requested point; null for 'latest' and raw rows",
+    ),
     Column("first_step", DateTime, nullable=True, doc="timestamp of the first forecast step"),
     Column("forecast", JSON, nullable=True, doc="{target: [values]}"),
     Column("lower", JSON, nullable=True, doc="{target: {level: [values]}}"),
