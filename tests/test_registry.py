@@ -242,8 +242,7 @@ def test_a_fresh_process_predicts_the_same_numbers_bit_for_bit(
 
 def test_the_logged_model_pins_its_requirements_and_carries_its_code(etth_release: tuple) -> None:
     config, released, _ = etth_release
-    mlflow.set_tracking_uri(config.tracking.uri)
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}@production"))
+    folder = ModelRegistry(config.tracking.uri).download(config.model_name, "production")
     requirements = (folder / "requirements.txt").read_text()
     assert "torch==2.13.0" in requirements and "xgboost-cpu==" in requirements
     assert (folder / "code" / "skewless" / "bundle" / "bundle.py").is_file()
@@ -257,8 +256,7 @@ def test_an_incomplete_or_corrupt_artifact_names_what_is_wrong(
     etth_release: tuple, tmp_path: Path
 ) -> None:
     config, _, _ = etth_release
-    mlflow.set_tracking_uri(config.tracking.uri)
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}@production"))
+    folder = ModelRegistry(config.tracking.uri).download(config.model_name, "production")
     broken = shutil.copytree(folder, tmp_path / "model")
     pickled = next(broken.rglob("bundle.pkl"))
     pickled.write_bytes(b"not a pickle")

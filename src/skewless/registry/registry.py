@@ -118,18 +118,20 @@ class ModelRegistry:
         return int(aliases[alias_or_version])
 
     def load_bundle(self, name: str, alias_or_version: str | int) -> ForecastBundle:
-        """The bundle of a version, named by its number or an alias (checked to exist first).
-
-        Read from the version's own artifact location, which this registry's client resolves:
-        MLflow's ``models:/`` URIs would be resolved through the process-wide registry URI.
-        """
+        """The bundle of a version, named by its number or an alias (checked to exist first)."""
         # Imported here: the bundle brings the model zoo, which commands that only move aliases
         # do not need.
         from skewless.registry.pyfunc import logged_bundle
 
+        return logged_bundle(self.download(name, alias_or_version))
+
+    def download(self, name: str, alias_or_version: str | int) -> Path:
+        """A local copy of a version's logged model folder, read from the version's own
+        artifact location, which this registry's client resolves: MLflow's ``models:/`` URIs
+        would be resolved through the process-wide registry URI."""
         version = self.version_of(name, str(alias_or_version))
         location = self.client.get_model_version_download_uri(name, str(version))
-        return logged_bundle(Path(download_artifacts(location, tracking_uri=self.uri)))
+        return Path(download_artifacts(location, tracking_uri=self.uri))
 
     def promote(
         self,
