@@ -33,7 +33,7 @@ from skewless.cli_models import models_app
 from skewless.cli_monitoring import EveryOpt, OutOpt, RetrainOpt, run_monitor, run_report
 from skewless.cli_output import console, errors, number, user_errors
 from skewless.core.errors import ConfigError
-from skewless.core.library_notices import quiet_library_notices
+from skewless.core.library_notices import quiet_feast_deprecations, quiet_library_notices
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,9 +84,7 @@ def _repo(config: Path, overrides: list[str] | None) -> FeastRepo:
     loaded = _config(config, overrides)
     from skewless.features.repo import FeastRepo
 
-    # Importing Feast turns DeprecationWarnings back on; the ones it then triggers are harmless
-    # noise from its dependencies (STACK.md), so they are silenced for CLI users.
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quiet_feast_deprecations()
     return FeastRepo(loaded, skewless_home())
 
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from skewless.cli_output import console, errors, number, user_errors
+from skewless.core.library_notices import quiet_feast_deprecations
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +41,7 @@ def run_monitor(config: SkewlessConfig, retrain: bool, every: float | None) -> N
     from skewless.core.config import skewless_home
     from skewless.monitoring.monitor import monitor
 
+    quiet_feast_deprecations()
     with user_errors():
         while True:
             result = monitor(config, skewless_home(), retrain=retrain)
@@ -56,6 +58,7 @@ def run_report(config: SkewlessConfig, out: Path | None) -> None:
     from skewless.monitoring.monitor import assess
     from skewless.monitoring.report import render
 
+    quiet_feast_deprecations()
     with user_errors():
         path = out or skewless_home() / "reports" / f"{config.name}.html"
         path.parent.mkdir(parents=True, exist_ok=True)
