@@ -46,6 +46,31 @@ class PostgresQuery(_Strict):
         return self
 
 
+class MeltConfig(_Strict):
+    """A wide table whose columns are series: each named column becomes an entity.
+
+    The column's name becomes a value of the entity key and its numbers go to the variable
+    ``value``; columns not melted (shared covariates) are kept on every entity's rows.
+    """
+
+    columns: list[str] | Literal["all"] = Field(
+        description="the series columns, or 'all': every column but the timestamp and the "
+        "declared variables"
+    )
+    value: str = Field(description="the declared target or covariate the numbers go to")
+
+    @field_validator("columns")
+    @classmethod
+    def _some_columns(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("list at least one column, or write 'all'")
+            repeated = sorted({c for c in value if value.count(c) > 1})
+            if repeated:
+                raise ValueError(f"column(s) {repeated} are listed more than once")
+        return value
+
+
 class SourceConfig(_Strict):
     """One raw source: a CSV or Parquet file, or a PostgreSQL table or query."""
 
@@ -55,11 +80,16 @@ class SourceConfig(_Strict):
         default=None,
         description="constant entity id for every row, for sources without an entity column",
     )
+    melt: MeltConfig | None = Field(
+        default=None, description="a wide table: its columns are series, melted into entities"
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> SourceConfig:
         if (self.path is None) == (self.postgres is None):
             raise ValueError("give exactly one of 'path' or 'postgres'")
+        if self.melt is not None and self.entity is not None:
+            raise ValueError("a melted source takes its entities from its columns: drop 'entity'")
         if self.path is not None and self.path.suffix.lower() not in (".csv", ".parquet", ".pq"):
             raise ValueError(f"'{self.path}' must end in .csv or .parquet")
         return self
@@ -104,6 +134,12 @@ class DataConfig(_Strict):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"column(s) {repeated} are declared more than once")
+        for source in self.sources:
+            if source.melt is not None and source.melt.value not in self.variables:
+                raise ValueError(
+                    f"melt.value '{source.melt.value}' must be one of the declared targets or "
+                    f"covariates {self.variables}"
+                )
         return self
 
     @property
