@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from skewless.cli import app
 from skewless.core.config import load_config
 from skewless.core.errors import DataValidationError, SourceError
-from skewless.features.ingest import ingest
+from skewless.features.ingest import ingest, source_from_path
 from skewless.features.repo import FeastRepo
 from tests.conftest import ETTH_CONFIG
 from tests.services import POSTGRES_DSN
@@ -126,6 +126,40 @@ def test_skewless_ingest_reads_a_wide_file_as_it_is(
 
     repo = FeastRepo(load_config(config, environ={}), tmp_path / "home")
     pd.testing.assert_frame_equal(stored(repo), hand_melted(wide, "currency", CURRENCIES))
+
+
+def test_wide_files_named_on_the_command_line_melt_like_the_config_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ingest --source` and `push --file` take a wide file as the config's sources are (all
+    melt alike and the file has no entity column); new days of a wide table come wide."""
+    wide = wide_table(CURRENCIES)
+    wide.iloc[:15].to_csv(tmp_path / "first.csv", index=False)
+    wide.iloc[15:].to_csv(tmp_path / "later.csv", index=False)
+    config = str(write_config(tmp_path, [melted(tmp_path / "declared.csv")]))
+    monkeypatch.setenv("SKEWLESS_HOME", str(tmp_path / "home"))
+    for command in (
+        ["ingest", config, "--source", str(tmp_path / "first.csv")],
+        ["materialize", config],
+        ["push", config, "--file", str(tmp_path / "later.csv")],
+    ):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+    repo = FeastRepo(load_config(config, environ={}), tmp_path / "home")
+    pd.testing.assert_frame_equal(stored(repo), hand_melted(wide, "currency", CURRENCIES))
+
+
+def test_a_command_line_file_is_long_unless_every_source_melts_alike(tmp_path: Path) -> None:
+    wide_table(CURRENCIES).to_csv(tmp_path / "rates.csv", index=False)
+    long = hand_melted(wide_table(["EUR"]), "currency", ["EUR"])
+    long.to_csv(tmp_path / "long.csv", index=False)
+    data = wide_repo(tmp_path, [melted(tmp_path / "a.csv")]).config.data
+    assert source_from_path(tmp_path / "rates.csv", None, data).melt == data.sources[0].melt
+    assert source_from_path(tmp_path / "long.csv", None, data).melt is None
+    assert source_from_path(tmp_path / "rates.csv", "EUR", data).entity == "EUR"
+    mixed = [melted(tmp_path / "a.csv"), {"path": str(tmp_path / "b.csv"), "entity": "GBP"}]
+    data = wide_repo(tmp_path / "mixed", mixed).config.data
+    assert source_from_path(tmp_path / "rates.csv", None, data).melt is None
 
 
 def test_columns_all_melts_every_column_but_time_and_variables_into_integer_ids(

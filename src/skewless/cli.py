@@ -109,7 +109,7 @@ def ingest(
         from skewless.features.ingest import ingest as run_ingest
         from skewless.features.ingest import source_from_path
 
-        sources = None if source is None else [source_from_path(source, entity)]
+        sources = None if source is None else [source_from_path(source, entity, repo.config.data)]
         with _counter("entities ingested") as count:
             reports = run_ingest(repo, sources, count)
         _print_ingest(reports)
@@ -158,7 +158,7 @@ def push(
         from skewless.features.materialize import push as run_push
         from skewless.features.sources import read_source
 
-        source = source_from_path(file, entity)
+        source = source_from_path(file, entity, repo.config.data)
         report = run_push(repo, read_source(source, repo.config.data), origin=str(file))
         _print_ingest([report])
 

@@ -19,11 +19,11 @@ from typing import Any
 import pandas as pd
 
 from skewless.core.calendar import engineer
-from skewless.core.config import SourceConfig
+from skewless.core.config import DataConfig, MeltConfig, SourceConfig
 from skewless.core.errors import ConfigError, SourceError
 from skewless.core.schema import EVENT_TS
 from skewless.features.repo import FeastRepo
-from skewless.features.sources import SourceReader
+from skewless.features.sources import SourceReader, file_columns
 from skewless.features.validation import (
     ENTITY_ROW,
     Findings,
@@ -183,6 +183,22 @@ def _storage_entities(rows: pd.DataFrame, repo: FeastRepo) -> pd.Series:
     return column.astype("int64") if repo.config.data.entity_type == "int64" else column.astype(str)
 
 
-def source_from_path(path: Path, entity: int | str | None) -> SourceConfig:
-    """A source given on the command line instead of in the config."""
-    return SourceConfig(path=path.resolve(), entity=entity)
+def source_from_path(
+    path: Path, entity: int | str | None, data: DataConfig | None = None
+) -> SourceConfig:
+    """A source given on the command line instead of in the config. A file without the entity
+    key column, given no entity, is wide like the config's melted sources when they all melt
+    alike (new rows of a wide table come wide); otherwise it is read as long rows."""
+    path = path.resolve()
+    if entity is None and data is not None and path.is_file():
+        melt = _shared_melt(data)
+        if melt is not None and data.entity_key not in file_columns(path):
+            return SourceConfig(path=path, melt=melt)
+    return SourceConfig(path=path, entity=entity)
+
+
+def _shared_melt(data: DataConfig) -> MeltConfig | None:
+    """The one way the config's sources melt, if they all melt and alike."""
+    melts = [source.melt for source in data.sources]
+    first = melts[0] if melts else None
+    return first if all(melt == first for melt in melts) else None

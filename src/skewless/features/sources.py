@@ -48,6 +48,17 @@ def read_source(source: SourceConfig, data: DataConfig) -> pd.DataFrame:
     return frame
 
 
+def file_columns(path: Path) -> list[str]:
+    """A CSV or Parquet file's column names, from its header or schema."""
+    reader = "read_csv(?, header = true)" if path.suffix.lower() == ".csv" else "read_parquet(?)"
+    try:
+        with duckdb.connect() as database:
+            described = database.execute(f"DESCRIBE SELECT * FROM {reader}", [str(path)])
+            return [row[0] for row in described.fetchall()]
+    except duckdb.Error as exc:
+        raise SourceError(f"cannot read '{path}': {exc}") from None
+
+
 # DuckDB's own memory while staging and reading a source; beyond it, it spills to disk.
 STAGING_MEMORY = "1GB"
 
@@ -208,7 +219,7 @@ class SourceReader:
         reader = "read_parquet(?)"
         try:
             if path.suffix.lower() == ".csv":
-                reader = self._csv_reader(database, path)
+                reader = self._csv_reader(path)
             database.execute(
                 f'CREATE TABLE source AS SELECT *, row_number() OVER () AS "{SOURCE_ROW}" '
                 f"FROM {reader}",
@@ -219,14 +230,11 @@ class SourceReader:
             raise SourceError(f"cannot read '{path}': {exc}") from None
         return database
 
-    def _csv_reader(self, database: duckdb.DuckDBPyConnection, path: Path) -> str:
+    def _csv_reader(self, path: Path) -> str:
         """DuckDB's CSV reader, with the timestamp column kept as text (when the file has it)
         so that validation can report unparseable timestamps by row."""
-        header = database.execute(
-            "DESCRIBE SELECT * FROM read_csv(?, header = true)", [str(path)]
-        ).fetchall()
         column = self.data.timestamp_column
-        if column not in [row[0] for row in header]:
+        if column not in file_columns(path):
             return "read_csv(?, header = true)"  # validation names the missing column
         quoted = column.replace("'", "''")
         return "read_csv(?, header = true, types = {'" + quoted + "': 'VARCHAR'})"
