@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -136,3 +138,24 @@ def test_contract_errors_and_pickling() -> None:
         pre.transform(train.drop(columns="LULL"))
     clone = pickle.loads(pickle.dumps(pre))
     pd.testing.assert_frame_equal(clone.transform(train), pre.transform(train))
+
+
+def test_a_loaded_preprocessor_serves_many_threads_from_its_first_request() -> None:
+    """A server swaps a freshly unpickled bundle in under load: its first transforms run in
+    several threads at once, and a pandas Index that fills its hash table lazily then answers
+    'not unique' to some of them (a 500 on the first requests after every swap)."""
+    fleet = pd.concat([rows(entity, "2020-01-01", 3, seed=entity) for entity in range(2000)])
+    fitted = pickle.dumps(
+        Preprocessor(etth_config("preprocessing.scaling.per_entity=true")).fit(fleet)
+    )
+    request = fleet[fleet["station_id"].isin([1, 2])]
+    for _ in range(30):
+        loaded, start = pickle.loads(fitted), threading.Barrier(4)
+
+        def first_request(pre: Preprocessor = loaded, barrier: threading.Barrier = start) -> None:
+            barrier.wait()
+            pre.transform(request)
+
+        with ThreadPoolExecutor(4) as pool:
+            for answer in [pool.submit(first_request) for _ in range(4)]:
+                answer.result()  # raises what the thread raised

@@ -399,12 +399,6 @@ def add_version(config: SkewlessConfig) -> int:
     return copy_version(registry, config.model_name, production, config.model_name)
 
 
-@pytest.mark.xfail(
-    raises=httpx.ReadError,
-    strict=False,
-    reason="open bug: about 1 run in 4 on a busy 2-core machine, one request is reset during a "
-    "swap on FastAPI (not the 5 s keep-alive: it happens with 75 s too); any other failure fails",
-)
 def test_alias_moves_swap_the_model_under_load_without_a_failed_request(
     server: str, served: SkewlessConfig
 ) -> None:

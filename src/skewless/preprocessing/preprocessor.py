@@ -170,7 +170,7 @@ class Preprocessor:
         assert scales is not None
         self.global_stats_, self.entity_stats_ = scales.result()
         self.categories_ = {column: sorted(seen) for column, seen in summary.categories.items()}
-        self.__dict__.pop("_table", None)  # the lookup of an earlier fit, if any
+        self._table = self._build_lookup()
         return self
 
     def _summarise(self, rows: pd.DataFrame) -> _BatchSummary:
@@ -236,26 +236,36 @@ class Preprocessor:
 
     def _stats_per_row(self, entities: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Center and scale for every row: its entity's, or the global ones (the last row)."""
-        known, centers, scales = self._lookup()
+        known, centers, scales = self._table
         codes, distinct = pd.factorize(entities)  # look up each entity once, not each row
         index = known.get_indexer(distinct)[codes] if len(known) else np.full(len(codes), -1)
         return centers[index], scales[index]  # -1 picks the global statistics
 
-    def _lookup(self) -> tuple[pd.Index, np.ndarray, np.ndarray]:
-        """Entities and their statistics as arrays, built once per process (a fleet has
-        thousands of entities, and every transform and request looks them up)."""
-        if "_table" not in self.__dict__:
-            table = [*self.entity_stats_.values(), self.global_stats_]
-            self._table: tuple[pd.Index, np.ndarray, np.ndarray] = (
-                pd.Index(list(self.entity_stats_)),
-                np.stack([s.center for s in table]),
-                np.stack([s.scale for s in table]),
-            )
-        return self._table
+    def _build_lookup(self) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+        """Entities and their statistics as arrays (a fleet has thousands of entities, and every
+        transform and request looks them up).
+
+        Built whole before anyone uses it: a pandas Index fills its hash table on first lookup,
+        and two server threads doing that at once see a half-filled table ("Reindexing only
+        valid with uniquely valued Index objects" on the first requests after a model swap).
+        """
+        entities = pd.Index(list(self.entity_stats_))
+        entities.get_indexer(entities[:1])  # fills the hash table and its uniqueness flag now
+        table = [*self.entity_stats_.values(), self.global_stats_]
+        return (
+            entities,
+            np.stack([s.center for s in table]),
+            np.stack([s.scale for s in table]),
+        )
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled without the lookup table: it is rebuilt from the statistics on first use."""
+        """Pickled without the lookup table: it is rebuilt from the statistics when loaded."""
         return {k: v for k, v in self.__dict__.items() if k != "_table"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if hasattr(self, "global_stats_"):
+            self._table = self._build_lookup()
 
     def _encode(self, values: pd.Series, column: str) -> np.ndarray:
         known = self.categories_[column]
