@@ -39,7 +39,15 @@ def test_shipped_config_is_valid_and_resolves_sources() -> None:
             {"feature_store.online_store.type": "cassandra"},
             ["feature_store.online_store", "'sqlite', 'redis'", "cassandra"],
         ),
-        ({"data.frequency": "MS"}, ["data.frequency", "no fixed length", "'MS'"]),
+        ({"data.frequency": "bh"}, ["data.frequency", "not supported", "'W-SUN'", "'bh'"]),
+        (
+            {"data.frequency": "W-SUN", "training.lookback": "30D"},
+            ["training.lookback", "not a whole number of 'W-SUN' periods", "4 and 5", "'30D'"],
+        ),
+        (
+            {"training.horizon": "a while"},
+            ["training.horizon", "not a count nor a duration", "'52W'", "'a while'"],
+        ),
         (
             {"data.frequency": "fortnightly"},
             ["data.frequency", "not a pandas frequency", "fortnightly"],
@@ -118,3 +126,31 @@ def test_store_errors_name_the_key_users_write() -> None:
             environ={},
         )
     assert "feature_store.online_store.url: 'http://x' is not a redis:// URL" in str(error.value)
+
+
+def test_durations_become_counts_of_the_frequency() -> None:
+    config = load_config(
+        ETTH_CONFIG,
+        [
+            "data.frequency=W-SUN",
+            "training.lookback=52W",
+            "training.horizon=28D",
+            "backtest.test_periods=12W",
+            "backtest.train_periods=104W",
+            "backtest.gap=1W",
+            "monitoring.reference_periods=364D",
+        ],
+        environ={"SKEWLESS__TRAINING__HORIZON": "8"},
+    )
+    assert (config.training.lookback, config.training.horizon) == (52, 4)
+    assert (config.backtest.test_periods, config.backtest.train_periods) == (12, 104)
+    assert (config.backtest.gap, config.monitoring.reference_periods) == (1, 52)
+
+
+def test_durations_count_on_the_calendar_of_monthly_data() -> None:
+    config = load_config(
+        ETTH_CONFIG,
+        ["data.frequency=MS", "training.lookback=2Y", "training.horizon=365D"],
+        environ={},
+    )
+    assert (config.training.lookback, config.training.horizon) == (24, 12)

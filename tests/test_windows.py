@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from skewless.core.frequency import frequency
 from skewless.preprocessing.windows import cut_windows, segment_ids, window_starts
 
 
@@ -28,7 +29,7 @@ def test_windows_never_cross_entities_or_gaps() -> None:
         tz="UTC",
     )
     entities = np.array([1] * 10 + [2] * 5)
-    segments = segment_ids(entities, times, pd.Timedelta("1h"))
+    segments = segment_ids(entities, times, frequency("h"))
     assert segments.tolist() == [0] * 6 + [1] * 4 + [2] * 5
     windows = cut_windows(np.arange(15.0)[:, None], lookback=2, horizon=2, segments=segments)
     # 6-row segment: 3 windows; 4-row: 1; 5-row: 2.

@@ -22,7 +22,7 @@ from skewless.bundle.reference import VariableReference
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
 from skewless.core.feed import Feed
-from skewless.core.frequency import parse_frequency
+from skewless.core.frequency import Frequency, frequency
 from skewless.core.schema import EVENT_TS, SERIES_VIEW
 from skewless.models.base import Forecaster
 from skewless.preprocessing.preprocessor import Preprocessor
@@ -168,16 +168,20 @@ class ForecastBundle:
     def forecasts(self, prepared: PreparedWindows) -> Forecasts:
         """The second stage of ``predict``: the model, original units, timestamps, intervals."""
         point = forecast(self.preprocessor, self.model, prepared.inputs, prepared.entities)
-        step = parse_frequency(self.spec.frequency).value
-        steps = np.arange(1, point.shape[1] + 1) * step
+        steps = np.arange(1, point.shape[1] + 1)
         return Forecasts(
             entities=prepared.entities,
-            times=prepared.last_times.asi8[:, None] + steps[None, :],
+            times=self.frequency.ahead(prepared.last_times, steps),
             point=point,
             bounds={
                 f"{level * 100:g}": sides for level, sides in self.intervals.bounds(point).items()
             },
         )
+
+    @property
+    def frequency(self) -> Frequency:
+        """The spec's frequency, on the calendar of the data it was trained on."""
+        return frequency(self.spec.frequency, self.preprocessor.config.data.timezone)
 
     def _checked(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Typed copies of the input columns, sorted by entity and time; every problem reported
@@ -231,10 +235,9 @@ class ForecastBundle:
         entity_of_row = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(keys)]))
         counts = np.bincount(entity_of_row, minlength=len(first))
         nanos = pd.DatetimeIndex(tails[EVENT_TS]).as_unit("ns").asi8
-        step = parse_frequency(spec.frequency).value
         broken = np.zeros(len(first), dtype=bool)
         same_entity = entity_of_row[1:] == entity_of_row[:-1]
-        broken[entity_of_row[1:][same_entity & (np.diff(nanos) != step)]] = True
+        broken[entity_of_row[1:][same_entity & ~self.frequency.consecutive(nanos)]] = True
         missing = tails[spec.variables].isna().to_numpy()
         has_missing = np.bincount(entity_of_row, missing.any(axis=1), minlength=len(first)) > 0
         problems = []

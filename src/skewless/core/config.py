@@ -8,7 +8,9 @@ allowed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -16,16 +18,42 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from skewless.core.errors import ConfigError
-from skewless.core.frequency import parse_frequency
+from skewless.core.frequency import Frequency, frequency
 
 ENV_PREFIX = "SKEWLESS__"
 HOME_ENV = "SKEWLESS_HOME"
 DEFAULT_HOME = "./skewless_home"
 
 CalendarFeature = Literal["hour", "day_of_week", "day_of_month", "day_of_year", "month"]
+
+# The frequency that duration strings ("30D", "52W") are counted in while a config validates.
+_COUNTING: ContextVar[Frequency | None] = ContextVar("counting", default=None)
+
+
+def _count(value: Any) -> Any:
+    """A count as it is, or a duration string as the whole periods of ``data.frequency`` it
+    spans (so every layer below sees ints)."""
+    if not isinstance(value, str) or value.strip().isdigit():
+        return value
+    counting = _COUNTING.get()
+    if counting is None:
+        raise ValueError(f"'{value}' is a duration, but data.frequency is not valid; give a count")
+    return counting.periods(value)
+
+
+Periods = Annotated[int, BeforeValidator(_count)]
 
 
 class _Strict(BaseModel):
@@ -112,8 +140,8 @@ class DataConfig(_Strict):
 
     @field_validator("frequency")
     @classmethod
-    def _fixed_frequency(cls, value: str) -> str:
-        parse_frequency(value)
+    def _known_frequency(cls, value: str) -> str:
+        frequency(value)
         return value
 
     @field_validator("timezone")
@@ -146,6 +174,11 @@ class DataConfig(_Strict):
     def variables(self) -> list[str]:
         """Targets then covariates: the raw numeric columns, in window order."""
         return [*self.targets, *self.covariates]
+
+    @property
+    def parsed_frequency(self) -> Frequency:
+        """``frequency`` parsed, its calendar read in ``timezone``."""
+        return frequency(self.frequency, self.timezone)
 
 
 class FeaturesConfig(_Strict):
@@ -278,8 +311,8 @@ class TrainingConfig(_Strict):
 
     model: str = "nlinear"
     params: dict[str, Any] = Field(default_factory=dict, description="model constructor arguments")
-    lookback: int = Field(default=336, ge=1)
-    horizon: int = Field(default=24, ge=1)
+    lookback: Periods = Field(default=336, ge=1, description="a count or a duration")
+    horizon: Periods = Field(default=24, ge=1, description="a count or a duration")
     validation_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="last share of each training period used to validate"
     )
@@ -294,10 +327,14 @@ class BacktestConfig(_Strict):
     """Rolling-origin evaluation: ``folds`` test periods at the end of the data."""
 
     folds: int = Field(default=3, ge=1)
-    test_periods: int = Field(default=168, ge=1, description="length of each fold's test period")
+    test_periods: Periods = Field(
+        default=168, ge=1, description="length of each fold's test period"
+    )
     window: Literal["expanding", "sliding"] = "expanding"
-    train_periods: int | None = Field(default=None, ge=1, description="sliding window length")
-    gap: int = Field(default=0, ge=0, description="periods between training end and first target")
+    train_periods: Periods | None = Field(default=None, ge=1, description="sliding window length")
+    gap: Periods = Field(
+        default=0, ge=0, description="periods between training end and first target"
+    )
 
     @model_validator(mode="after")
     def _sliding_needs_length(self) -> BacktestConfig:
@@ -476,7 +513,7 @@ class MonitoringConfig(_Strict):
 
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     period: str = Field(default="7D", description="how far back monitoring looks (pandas offset)")
-    reference_periods: int | None = Field(
+    reference_periods: Periods | None = Field(
         default=720,
         ge=1,
         description="drift compares with each entity's last this many training periods; null: all",
@@ -530,6 +567,15 @@ class SkewlessConfig(_Strict):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _durations_in_periods(
+        cls, raw: Any, handler: ModelWrapValidatorHandler[SkewlessConfig]
+    ) -> SkewlessConfig:
+        """Validate with duration strings counted in the config's own frequency."""
+        with _counting_in(raw.get("data") if isinstance(raw, dict) else None):
+            return handler(raw)
+
     @field_validator("name")
     @classmethod
     def _identifier(cls, value: str) -> str:
@@ -547,6 +593,22 @@ class SkewlessConfig(_Strict):
     def model_name(self) -> str:
         """The registered model's name."""
         return self.registry.model_name or f"{self.name}_forecaster"
+
+
+@contextmanager
+def _counting_in(data: Any) -> Iterator[None]:
+    """Durations count in ``data``'s frequency (raw, not yet validated) while inside."""
+    if isinstance(data, DataConfig):
+        data = {"frequency": data.frequency, "timezone": data.timezone}
+    try:
+        counting = frequency(data.get("frequency", "h"), data.get("timezone"))
+    except (AttributeError, ValueError, TypeError):  # not a mapping, or its own errors follow
+        counting = None
+    token = _COUNTING.set(counting)
+    try:
+        yield
+    finally:
+        _COUNTING.reset(token)
 
 
 def skewless_home() -> Path:

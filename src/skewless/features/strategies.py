@@ -27,7 +27,6 @@ from skewless.core.errors import (
     StaleFeaturesError,
     UnknownEntityError,
 )
-from skewless.core.frequency import parse_frequency
 from skewless.core.schema import EVENT_TS, SERIES_VIEW
 from skewless.features.online import WindowReader, window_reader
 from skewless.features.repo import FeastRepo
@@ -132,10 +131,10 @@ class OnlineRetrievalStrategy(RetrievalStrategy):
         # (the time point, the latest window end that is fresh enough for it)
         self._bounds: tuple[pd.Timestamp, pd.Timestamp] | None = None
         if time_point is not None:
-            step, point = parse_frequency(config.data.frequency), pd.Timestamp(time_point)
-            tolerance = step * config.feature_store.max_staleness_periods
+            grid, point = config.data.parsed_frequency, pd.Timestamp(time_point)
+            stale_periods = config.feature_store.max_staleness_periods
             try:
-                self._bounds = point, point.floor(step) - tolerance
+                self._bounds = point, grid.moved(grid.floor(point), -stale_periods)
             except (OverflowError, ValueError):  # at the very edge of the datetime range
                 raise FeatureStoreError(
                     f"time point {point.isoformat()} is too early to serve from the online store"

@@ -17,7 +17,6 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
-from skewless.core.frequency import parse_frequency
 from skewless.core.schema import EVENT_TS
 
 ENTITY_ROW = "row"  # source row number, kept beside the parsed columns for messages
@@ -243,7 +242,7 @@ def _check_spacing(
     config: SkewlessConfig,
     findings: Findings,
 ) -> None:
-    entity, step = config.data.entity_key, parse_frequency(config.data.frequency)
+    entity, grid = config.data.entity_key, config.data.parsed_frequency
     timeline = pd.concat(
         [
             fresh[[entity, EVENT_TS, ENTITY_ROW]],
@@ -252,14 +251,12 @@ def _check_spacing(
         ],
         ignore_index=True,
     ).sort_values([entity, EVENT_TS], kind="stable")
-    delta = timeline.groupby(entity, sort=False)[EVENT_TS].diff()
+    series = timeline.groupby(entity, sort=False)
     # A step is new when either of its two ends came in this batch.
-    involves_new = (timeline[ENTITY_ROW] > 0) | (
-        timeline.groupby(entity, sort=False)[ENTITY_ROW].shift(1).fillna(0) > 0
-    )
-    anchor = timeline.groupby(entity, sort=False)[EVENT_TS].transform("min")
-    elapsed = (timeline[EVENT_TS] - anchor).to_numpy()
-    off_grid = (elapsed % step.to_timedelta64() != 0) & (timeline[ENTITY_ROW] > 0).to_numpy()
+    involves_new = (timeline[ENTITY_ROW] > 0) | (series[ENTITY_ROW].shift(1).fillna(0) > 0)
+    times = pd.DatetimeIndex(timeline[EVENT_TS])
+    anchors = pd.DatetimeIndex(series[EVENT_TS].transform("min"))
+    off_grid = ~grid.on_grid(times, anchors) & (timeline[ENTITY_ROW] > 0).to_numpy()
     if off_grid.any():
         findings.errors.append(
             f"timestamps off the '{config.data.frequency}' grid of their {entity} at "
@@ -267,11 +264,13 @@ def _check_spacing(
             "the declared frequency or change data.frequency"
         )
         return
-    gaps = delta.notna() & (delta > step) & involves_new
+    positions = timeline.assign(position=grid.positions(times)).groupby(entity, sort=False)
+    steps = positions["position"].diff()
+    gaps = steps.notna() & (steps > 1) & involves_new
     if gaps.any():
-        missing_points = int((delta[gaps].dt.total_seconds() / step.total_seconds() - 1).sum())
+        missing_points = int((steps[gaps] - 1).sum())
         ends = timeline.loc[gaps, [entity, EVENT_TS]]
-        starts = ends[EVENT_TS] - delta[gaps]
+        starts = series[EVENT_TS].shift(1)[gaps]
         shown = "; ".join(
             f"{entity} {e} after {s.isoformat()} until {t.isoformat()}"
             for e, s, t in list(zip(ends[entity], starts, ends[EVENT_TS], strict=True))[:5]

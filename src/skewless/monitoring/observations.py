@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from skewless.core.config import SkewlessConfig
-from skewless.core.frequency import parse_frequency
+from skewless.core.frequency import Frequency
 from skewless.core.monitoring_db import monitoring_engine
 from skewless.core.schema import EVENT_TS
 from skewless.core.stores import request_log_url
@@ -56,10 +56,10 @@ def observe(
     gaps = read_gaps(engine, since)
     served = served.assign(entity=_typed_entities(served[ENTITY], config))
     forecasts = served[served["error"].isna()]  # Observations.forecasts, before it exists
-    step = parse_frequency(config.data.frequency)
+    grid = config.data.parsed_frequency
     table = offline_table(config, home)
-    inputs = _inputs(table, forecasts, step, lookback, config.data.entity_key)
-    steps, levels = _steps(forecasts, step)
+    inputs = _inputs(table, forecasts, grid, lookback, config.data.entity_key)
+    steps, levels = _steps(forecasts, grid)
     outcomes = _with_actuals(steps, table, config)
     return Observations(since, until, served, inputs, outcomes, levels, gaps)
 
@@ -96,25 +96,32 @@ def _plain(entities: Any) -> list[Any]:
     return [int(e) if isinstance(e, np.integer) else e for e in entities]
 
 
-def _origins(forecasts: pd.DataFrame, step: pd.Timedelta) -> pd.Series:
-    """Each forecast's last input timestamp (UTC)."""
-    return pd.to_datetime(forecasts["first_step"]).dt.tz_localize(UTC) - step
+def _origins(forecasts: pd.DataFrame, grid: Frequency) -> pd.DatetimeIndex:
+    """Each forecast's last input timestamp (UTC): one step before its first forecast step."""
+    first_steps = pd.DatetimeIndex(pd.to_datetime(forecasts["first_step"]))
+    return grid.shift(first_steps.tz_localize(UTC), -1)
+
+
+def _after(grid: Frequency, origin: pd.Timestamp, horizon: int) -> pd.DatetimeIndex:
+    """The ``horizon`` timestamps forecast from ``origin``."""
+    steps = np.arange(1, horizon + 1)
+    return pd.DatetimeIndex(grid.ahead(pd.DatetimeIndex([origin]), steps)[0]).tz_localize(UTC)
 
 
 def _inputs(
-    table: Any, forecasts: pd.DataFrame, step: pd.Timedelta, lookback: int, key: str
+    table: Any, forecasts: pd.DataFrame, grid: Frequency, lookback: int, key: str
 ) -> pd.DataFrame:
     """Offline rows each served entity's forecasts read: from its earliest window start to its
     latest origin."""
     if forecasts.empty:
         return pd.DataFrame()
-    origins = _origins(forecasts, step)
+    origins = _origins(forecasts, grid)
     spans = (
         pd.DataFrame({ENTITY: forecasts[ENTITY], "end": origins})
         .groupby(ENTITY)["end"]
         .agg(["min", "max"])
     )
-    spans["min"] -= step * (lookback - 1)
+    spans["min"] = grid.shift(pd.DatetimeIndex(spans["min"]), -(lookback - 1))
     rows = table.history(
         _plain(spans.index),
         spans["min"].min().to_pydatetime(),
@@ -129,11 +136,11 @@ def _inputs(
     return rows[inside].reset_index(drop=True)
 
 
-def _steps(forecasts: pd.DataFrame, step: pd.Timedelta) -> tuple[pd.DataFrame, list[str]]:
+def _steps(forecasts: pd.DataFrame, grid: Frequency) -> tuple[pd.DataFrame, list[str]]:
     """One row per (logged forecast, horizon step, target): timestamp, forecast and bounds."""
     records: dict[str, list[Any]] = {}
     levels: list[str] = []
-    origins = _origins(forecasts, step)
+    origins = _origins(forecasts, grid)
     for row, origin in zip(forecasts.to_dict("records"), origins, strict=True):
         for target, values in row["forecast"].items():
             horizon = len(values)
@@ -150,7 +157,7 @@ def _steps(forecasts: pd.DataFrame, step: pd.Timedelta) -> tuple[pd.DataFrame, l
                 "served_at": [row["served_at"]] * horizon,
                 TARGET: [target] * horizon,
                 STEP: list(range(1, horizon + 1)),
-                EVENT_TS: list(origin + step * np.arange(1, horizon + 1)),
+                EVENT_TS: list(_after(grid, origin, horizon)),
                 "forecast": values,
                 **bounds,
             }

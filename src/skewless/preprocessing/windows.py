@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from skewless.core.frequency import Frequency
+
 
 @dataclass(frozen=True)
 class Windows:
@@ -27,12 +29,12 @@ class Windows:
 
 
 def segment_ids(
-    entities: np.ndarray, timestamps: pd.DatetimeIndex | np.ndarray, step: pd.Timedelta
+    entities: np.ndarray, timestamps: pd.DatetimeIndex | np.ndarray, frequency: Frequency
 ) -> np.ndarray:
-    """Segment number of each row: it changes with the entity and after every gap."""
-    times = pd.DatetimeIndex(timestamps)
+    """Segment number of each row: it changes with the entity and after every gap (a
+    timestamp that is not one step of ``frequency`` after the one before)."""
     entity_change = np.r_[True, np.asarray(entities)[1:] != np.asarray(entities)[:-1]]
-    gap = np.r_[True, np.diff(times.as_unit("ns").asi8) != step.value]
+    gap = np.r_[True, ~frequency.consecutive(timestamps)]
     return np.cumsum(entity_change | gap) - 1
 
 

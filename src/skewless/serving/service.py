@@ -40,7 +40,6 @@ from skewless.core.errors import (
     UnservableVersionError,
 )
 from skewless.core.feed import Feed, feeding_problems
-from skewless.core.frequency import parse_frequency
 from skewless.core.stores import tracking_uri
 from skewless.core.time_points import parse_time_point
 from skewless.features.online import WindowReader, window_reader
@@ -319,7 +318,7 @@ def check_time_point(config: SkewlessConfig, time_point: str) -> datetime | None
         point = parse_time_point(time_point, config.data.timezone)
     except SkewlessError as exc:
         raise RequestError(str(exc)) from None
-    if point is not None and point > datetime.now(UTC) + parse_frequency(config.data.frequency):
+    if point is not None and point > datetime.now(UTC) + config.data.parsed_frequency.nominal:
         raise RequestError(
             f"time_point {point.isoformat()} is in the future; forecasts start from data "
             "that exists, so use 'now', 'latest' or a past timestamp"

@@ -20,7 +20,6 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import ConfigError
-from skewless.core.frequency import parse_frequency
 from skewless.training.history import History, as_history
 from skewless.training.metrics import ErrorSums, Evaluation
 from skewless.training.pipeline import fit, fit_runner, naive_scales, score_batches
@@ -83,16 +82,16 @@ def fold_bounds(
     config: SkewlessConfig, data: History | pd.DataFrame
 ) -> list[tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]]:
     """(train end, first test step, last test step) per fold, checked before any fitting."""
-    settings, step = config.backtest, parse_frequency(config.data.frequency)
+    settings, grid = config.backtest, config.data.parsed_frequency
     first, last = as_history(config, data).bounds()
     bounds = []
     for fold in range(settings.folds):
-        test_end = last - (settings.folds - 1 - fold) * settings.test_periods * step
-        test_start = test_end - (settings.test_periods - 1) * step
-        train_end = test_start - (settings.gap + 1) * step
+        test_end = grid.moved(last, -(settings.folds - 1 - fold) * settings.test_periods)
+        test_start = grid.moved(test_end, -(settings.test_periods - 1))
+        train_end = grid.moved(test_start, -(settings.gap + 1))
         bounds.append((train_end, test_start, test_end))
     needed = config.training.lookback + config.training.horizon
-    available = int((bounds[0][0] - first) / step) + 1
+    available = grid.count(first, bounds[0][0]) + 1
     if available < 2 * needed or settings.test_periods < config.training.horizon:
         raise ConfigError(
             f"too few rows for {settings.folds} folds of {settings.test_periods} periods: the "
@@ -163,14 +162,14 @@ def _run_fold(
     shown: Sequence[Any],
 ) -> _FoldRun:
     """Fit one fold on its past and score its test period."""
-    settings, step = config.backtest, parse_frequency(config.data.frequency)
+    settings, grid = config.backtest, config.data.parsed_frequency
     train_end, test_start, test_end = bounds
     train = history.between(end=train_end)
     if settings.window == "sliding":
         assert settings.train_periods is not None
-        train = train.between(start=train_end - (settings.train_periods - 1) * step)
+        train = train.between(start=grid.moved(train_end, -(settings.train_periods - 1)))
     result = fit(config, train)
-    test = history.between(test_start - config.training.lookback * step, test_end)
+    test = history.between(grid.moved(test_start, -config.training.lookback), test_end)
     errors, naive, windows = ErrorSums(), ErrorSums(), 0
     residuals: list[np.ndarray] = []
     plotted: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]] = []

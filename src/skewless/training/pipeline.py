@@ -21,7 +21,6 @@ from skewless.compute.batches import Mapped
 from skewless.compute.engine import Compute, LocalCompute
 from skewless.core.config import SkewlessConfig, SourceConfig, skewless_home
 from skewless.core.errors import ConfigError
-from skewless.core.frequency import parse_frequency
 from skewless.core.schema import CREATED_TS, EVENT_TS
 from skewless.features.facade import FeatureStoreFacade
 from skewless.features.sources import read_source
@@ -195,23 +194,21 @@ def fit(config: SkewlessConfig, data: History | pd.DataFrame) -> FitResult:
     """
     history = as_history(config, data)
     model = create_model(config.training.model, config.training.horizon, config.training.params)
-    step = parse_frequency(config.data.frequency)
     first, last = history.bounds()
     split = first + (last - first) * (1 - config.training.validation_fraction)
+    after = config.data.parsed_frequency.moved(split, 1)  # the first validation target
     train_rows = history.between(end=split)
-    validation = _validation_rows(config, history, split + step)
-    trainable, checkable = count_windows(config, history, (None, split), (split + step, None))
+    validation = _validation_rows(config, history, after)
+    trainable, checkable = count_windows(config, history, (None, split), (after, None))
     _require(trainable, "training", config)
     _require(checkable, "validation", config)
     preprocessor = Preprocessor(config).fit_batches(train_rows)
     model.fit_batches(
         Mapped(train_rows, lambda rows: window_batch(config, preprocessor, model, rows)),
-        Mapped(
-            validation, lambda rows: window_batch(config, preprocessor, model, rows, split + step)
-        ),
+        Mapped(validation, lambda rows: window_batch(config, preprocessor, model, rows, after)),
     )
     scale = naive_scales(config, train_rows)
-    scores = score_batches(config, preprocessor, model, validation, scale, split + step)
+    scores = score_batches(config, preprocessor, model, validation, scale, after)
     return FitResult(preprocessor, model, evaluation(scores))
 
 
@@ -326,8 +323,8 @@ def _validation_rows(
     config: SkewlessConfig, history: History, first_target: pd.Timestamp
 ) -> History:
     """The rows windows forecasting from ``first_target`` on need: their lookback and after."""
-    step = parse_frequency(config.data.frequency)
-    return history.between(start=first_target - config.training.lookback * step)
+    lookback = config.training.lookback
+    return history.between(start=config.data.parsed_frequency.moved(first_target, -lookback))
 
 
 def _starts(
@@ -340,7 +337,7 @@ def _starts(
     training = config.training
     times = pd.DatetimeIndex(rows[EVENT_TS])
     segments = segment_ids(
-        rows[config.data.entity_key].to_numpy(), times, parse_frequency(config.data.frequency)
+        rows[config.data.entity_key].to_numpy(), times, config.data.parsed_frequency
     )
     starts = window_starts(segments, training.lookback + training.horizon)
     first = times[starts + training.lookback]

@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
 
 from skewless.core.config import SkewlessConfig
+from skewless.core.frequency import Frequency
 from skewless.core.stores import tracking_uri
 from skewless.registry.registry import NAIVE_PREFIX, SKILL_PREFIX
 from skewless.training.backtest import BacktestReport, skill
@@ -84,6 +85,7 @@ def log_forecast_plot(
     predicted: np.ndarray,
     target: str,
     name: str,
+    frequency: Frequency,
 ) -> None:
     """Per entity: the actual series and the forecasts made 1 and H steps ahead of each time."""
     shown = list(pd.unique(entities))
@@ -96,9 +98,7 @@ def log_forecast_plot(
         axis.plot(first, actual[mask, 0, 0], color="black", label="actual")
         axis.plot(first, predicted[mask, 0, 0], label="forecast, 1 step ahead")
         if horizon > 1:
-            last = first + (first[1] - first[0] if len(first) > 1 else pd.Timedelta(0)) * (
-                horizon - 1
-            )
+            last = frequency.shift(first, horizon - 1)
             axis.plot(last, predicted[mask, -1, 0], label=f"forecast, {horizon} steps ahead")
         axis.set_title(f"{target}, entity {entity}")
         axis.legend(loc="upper left", fontsize="small")
@@ -139,6 +139,7 @@ def log_backtest(report: BacktestReport, config: SkewlessConfig) -> None:
         forecasts.predicted,
         config.data.targets[0],
         "forecast_vs_actual",
+        config.data.parsed_frequency,
     )
 
 
