@@ -1,16 +1,30 @@
-"""Frequencies on the calendar: grid positions, gaps, moving by steps, durations as counts."""
+"""Frequencies on the calendar: grid positions, gaps, moving by steps, durations as counts, and
+the calendar features that fit a frequency."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from skewless.core.calendar import calendar_features, engineer, engineered_columns
+from skewless.core.config import SkewlessConfig, validate_config
 from skewless.core.frequency import frequency
 
 
 def utc(*times: str) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(list(times), tz="UTC")
+
+
+def config(
+    frequency: str, calendar: list[str] | None = None, zone: str | None = None
+) -> SkewlessConfig:
+    raw: dict = {"name": "t", "data": {"targets": ["y"], "frequency": frequency, "timezone": zone}}
+    if calendar is not None:
+        raw["features"] = {"calendar": calendar}
+    return validate_config(raw)
 
 
 def test_weekly_steps_follow_sundays() -> None:
@@ -114,3 +128,39 @@ def test_durations_that_are_not_whole_periods_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         frequency(alias).periods(duration)
+
+
+@pytest.mark.parametrize(
+    ("alias", "expected"),
+    [
+        ("h", ("hour", "day_of_week", "month")),
+        ("D", ("day_of_week", "month")),
+        ("B", ("day_of_week", "month")),
+        ("W-SUN", ("month",)),
+        ("MS", ("month",)),
+        ("YS", ()),
+    ],
+)
+def test_default_calendar_features_follow_the_frequency(alias: str, expected: tuple) -> None:
+    assert calendar_features(config(alias)) == expected
+
+
+def test_calendar_features_constant_for_the_frequency_are_dropped_with_one_note(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monthly = config("MS", ["hour", "day_of_month", "day_of_year", "month"])
+    with caplog.at_level(logging.INFO, logger="skewless.core.calendar"):
+        columns = engineered_columns(monthly)
+        engineered = engineer(pd.date_range("2024-01-01", periods=3, freq="MS", tz="UTC"), monthly)
+    assert (
+        columns
+        == list(engineered.columns)
+        == [
+            "day_of_year_sin",
+            "day_of_year_cos",
+            "month_sin",
+            "month_cos",
+        ]
+    )
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "['hour', 'day_of_month']" in notes[0] and "'MS'" in notes[0]

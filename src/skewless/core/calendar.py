@@ -3,6 +3,9 @@ recompute them.
 
 They are sin/cos pairs so that 23:00 sits next to 00:00. They are computed in the
 data's own time zone (``data.timezone``, UTC when unset), because "hour of day" means local hours.
+Which ones are computed follows the frequency: a feature whose cycle spans less than one and a
+half periods (hour of day on daily data, day of week on weekly data) is constant or aliased, so
+it is left out, with one logged note when the config asked for it.
 
 Serving recomputes them for every row of every requested window, so the fields are read with
 integer arithmetic on local wall-clock ``datetime64`` values and the sin/cos come from a table
@@ -11,6 +14,7 @@ per period: pandas' field accessors and per-row trigonometry cost more than the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import cache
 
@@ -18,8 +22,16 @@ import numpy as np
 import pandas as pd
 
 from skewless.core.config import SkewlessConfig
+from skewless.core.frequency import frequency
+
+logger = logging.getLogger(__name__)
 
 _DAY = np.timedelta64(1, "D")
+_YEAR = pd.Timedelta(days=365.25)
+# The features of ``features.calendar: null``, before those that do not fit the frequency go.
+DEFAULT_FEATURES = ("hour", "day_of_week", "month")
+# A feature is kept when its cycle spans at least this many periods (else it barely moves).
+_PERIODS_PER_CYCLE = 1.5
 
 
 def _days(t: np.ndarray, unit: str) -> np.ndarray:
@@ -36,6 +48,38 @@ _CALENDAR: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]] = {
     "day_of_year": (366, lambda t: _days(t, "Y")),
     "month": (12, lambda t: t.astype("datetime64[M]").astype(np.int64) % 12),
 }
+# feature -> the length of its cycle in time
+_CYCLE = {
+    "hour": pd.Timedelta(days=1),
+    "day_of_week": pd.Timedelta(days=7),
+    "day_of_month": _YEAR / 12,
+    "day_of_year": _YEAR,
+    "month": _YEAR,
+}
+
+
+def calendar_features(config: SkewlessConfig) -> tuple[str, ...]:
+    """The calendar features ingest, training and serving compute: ``features.calendar``
+    (null: :data:`DEFAULT_FEATURES`) less those that do not fit ``data.frequency``."""
+    asked = config.features.calendar
+    return _fitting(None if asked is None else tuple(asked), config.data.frequency)
+
+
+@cache  # once per (features, frequency): serving asks per request, the note is logged once
+def _fitting(asked: tuple[str, ...] | None, alias: str) -> tuple[str, ...]:
+    period = frequency(alias).nominal
+    candidates = DEFAULT_FEATURES if asked is None else asked
+    kept = tuple(n for n in candidates if _CYCLE[n] >= _PERIODS_PER_CYCLE * period)
+    dropped = [n for n in candidates if n not in kept]
+    if asked is not None and dropped:
+        logger.warning(
+            "calendar feature(s) %s left out: at frequency '%s' their cycle spans less than "
+            "%g periods, so they are constant or aliased; remove them from features.calendar",
+            dropped,
+            alias,
+            _PERIODS_PER_CYCLE,
+        )
+    return kept
 
 
 @cache
@@ -47,7 +91,7 @@ def _circle(period: int) -> tuple[np.ndarray, np.ndarray]:
 
 def engineered_columns(config: SkewlessConfig) -> list[str]:
     """Names of the engineered columns, in the order :func:`engineer` writes them."""
-    return [f"{name}_{part}" for name in config.features.calendar for part in ("sin", "cos")]
+    return [f"{name}_{part}" for name in calendar_features(config) for part in ("sin", "cos")]
 
 
 def engineer(timestamps: pd.Series | pd.DatetimeIndex, config: SkewlessConfig) -> pd.DataFrame:
@@ -62,7 +106,7 @@ def engineer(timestamps: pd.Series | pd.DatetimeIndex, config: SkewlessConfig) -
         .to_numpy()
     )
     columns: dict[str, np.ndarray] = {}
-    for name in config.features.calendar:
+    for name in calendar_features(config):
         period, read = _CALENDAR[name]
         sin, cos = _circle(period)
         position = read(local)[codes]

@@ -184,7 +184,10 @@ class DataConfig(_Strict):
 class FeaturesConfig(_Strict):
     """Engineered features, computed by one function at ingest and at serving."""
 
-    calendar: list[CalendarFeature] = Field(default=["hour", "day_of_week", "month"])
+    calendar: list[CalendarFeature] | None = Field(
+        default=None,
+        description="null: the features that fit data.frequency (hourly: hour, day_of_week, month)",
+    )
 
 
 class SqliteOnlineStore(_Strict):
