@@ -1,0 +1,206 @@
+"""Calendar frequencies from ingest to a served forecast: weekly (Sundays) and monthly (month
+starts in Berlin) series of three entities, one with a gap, ingested, materialized, trained,
+served over HTTP by the FastAPI server, and checked for skew; business days, whose weekends
+are no gap.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from skewless.cli import app
+from skewless.core.calendar import calendar_features
+from skewless.core.config import load_config
+from skewless.features.ingest import ingest
+from skewless.features.repo import FeastRepo
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration  # Feast stores, MLflow and a live server
+
+ENTITIES = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """One calendar case: its frequency, zone, length and window shape (durations or counts)."""
+
+    frequency: str
+    timezone: str
+    periods: int
+    lookback: str | int
+    horizon: str | int
+    test_periods: str | int
+
+
+WEEKLY = Calendar("W-SUN", "UTC", 160, "26W", "28D", "12W")
+MONTHLY = Calendar("MS", "Europe/Berlin", 120, "2Y", 3, 6)
+
+
+def series(calendar: Calendar, seed: int = 0) -> pd.DataFrame:
+    """Seasonal noisy series in local wall-clock time; entity 3 misses five periods."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2012-01-01", periods=calendar.periods, freq=calendar.frequency)
+    parts = []
+    for entity in ENTITIES:
+        season = np.sin(2 * np.pi * dates.dayofyear / 365.25)
+        frame = pd.DataFrame(
+            {
+                "date": dates.strftime("%Y-%m-%d"),
+                "sales": 100 * entity + 10 * season + rng.normal(0, 1, len(dates)),
+                "price": rng.normal(5, 0.5, len(dates)),
+                "store": entity,
+            }
+        )
+        parts.append(frame.drop(index=range(40, 45)) if entity == 3 else frame)
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_config(folder: Path, calendar: Calendar) -> Path:
+    """A config of the calendar's own data, stores and registry under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series(calendar).to_csv(folder / "sales.csv", index=False)
+    raw = {
+        "name": "sales",
+        "data": {
+            "sources": [{"path": str(folder / "sales.csv")}],
+            "entity_key": "store",
+            "timestamp_column": "date",
+            "timezone": calendar.timezone,
+            "frequency": calendar.frequency,
+            "targets": ["sales"],
+            "covariates": ["price"],
+        },
+        "feature_store": {"project": f"t{uuid.uuid4().hex[:10]}", "window_size": 64},
+        "training": {
+            "model": "nlinear",
+            "lookback": calendar.lookback,
+            "horizon": calendar.horizon,
+        },
+        "backtest": {"folds": 2, "test_periods": calendar.test_periods},
+        "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"},
+        "serving": {"alias": "latest"},
+    }
+    path = folder / "sales.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run(*arguments: str) -> str:
+    """A skewless command in this process; its output, after checking it succeeded."""
+    result = CliRunner().invoke(app, list(arguments))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module", params=[WEEKLY, MONTHLY], ids=["weekly", "monthly"])
+def released(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Calendar, str]]:
+    """The calendar's data ingested, materialized and trained; a FastAPI server on it."""
+    calendar: Calendar = request.param
+    folder = tmp_path_factory.mktemp(calendar.frequency)
+    config = write_config(folder, calendar)
+    home = folder / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SKEWLESS_HOME", str(home))
+        ingested = run("ingest", str(config))
+        assert "1 gap(s)" in ingested and "(5 missing points)" in ingested  # on the calendar
+        run("materialize", str(config))
+        run("train", str(config))
+        server, url = serve(config, home)
+        yield config, calendar, url
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def serve(config: Path, home: Path) -> tuple[subprocess.Popen, str]:
+    """``skewless serve`` (FastAPI) on a free port, once it answers /health."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "skewless"), "serve", str(config)]
+    log = home.parent / "server.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [*command, "--port", str(port)],
+            env={**os.environ, "SKEWLESS_HOME": str(home)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
+def expected_starts(calendar: Calendar) -> pd.DatetimeIndex:
+    """The forecast timestamps after the last period, on the calendar, in UTC."""
+    dates = pd.date_range("2012-01-01", periods=calendar.periods, freq=calendar.frequency)
+    after = pd.date_range(dates[-1], periods=4, freq=calendar.frequency)[1:]
+    return after.tz_localize(calendar.timezone).tz_convert("UTC")
+
+
+def test_served_forecasts_lie_on_the_calendar(released: tuple[Path, Calendar, str]) -> None:
+    config_path, calendar, url = released
+    config = load_config(config_path, environ={})
+    answer = httpx.post(
+        f"{url}/predict/feast/batch",
+        json={"entities": list(ENTITIES), "time_point": "latest"},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    horizon = config.training.horizon
+    for item in answer.json()["predictions"]:
+        times = pd.DatetimeIndex(item["timestamps"])
+        assert len(times) == horizon == len(item["forecast"]["sales"])
+        assert list(times[:3]) == list(expected_starts(calendar))
+        local = times.tz_convert(calendar.timezone)
+        assert (local == local.normalize()).all()  # local midnight
+        if calendar.frequency == "MS":
+            assert (local.day == 1).all()
+        else:
+            assert (local.day_name() == "Sunday").all()
+    assert calendar_features(config) == ("month",)  # hour and day of week are constant
+
+
+def test_the_skew_check_finds_no_difference(released: tuple[Path, Calendar, str]) -> None:
+    config_path, _, _ = released
+    checked = run("verify-skew", str(config_path), "--alias", "latest", "--samples", "10")
+    assert "10 pairs compared, 0 differ; largest absolute difference 0" in checked
+
+
+def test_durations_were_counted_in_periods(released: tuple[Path, Calendar, str]) -> None:
+    config_path, calendar, _ = released
+    training = load_config(config_path, environ={}).training
+    expected = {"W-SUN": (26, 4), "MS": (24, 3)}[calendar.frequency]
+    assert (training.lookback, training.horizon) == expected
+
+
+def test_a_weekend_is_no_gap_for_business_days(tmp_path: Path) -> None:
+    """Business days skip weekends without a gap; entity 3's five missing days are one gap."""
+    business = Calendar("B", "UTC", 60, 10, 2, 5)
+    repo = FeastRepo(load_config(write_config(tmp_path, business), environ={}), tmp_path / "home")
+    (report,) = ingest(repo)
+    gaps = [warning for warning in report.warnings if "gap" in warning]
+    assert len(gaps) == 1 and "1 gap(s)" in gaps[0] and "(5 missing points)" in gaps[0]
+    assert "store 3 after 2012-02-24T00:00:00+00:00 until 2012-03-05T00:00:00+00:00" in gaps[0]
