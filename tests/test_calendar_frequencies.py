@@ -153,11 +153,21 @@ def serve(config: Path, home: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.3)
 
 
+def in_utc(calendar: Calendar, first: str, periods: int) -> pd.DatetimeIndex:
+    """``periods`` local dates of the calendar from ``first`` on, in UTC."""
+    local = pd.date_range(first, periods=periods, freq=calendar.frequency)
+    return local.tz_localize(calendar.timezone).tz_convert("UTC")
+
+
+def last_period(calendar: Calendar) -> pd.Timestamp:
+    """The series' last timestamp, in UTC."""
+    return in_utc(calendar, "2012-01-01", calendar.periods)[-1]
+
+
 def expected_starts(calendar: Calendar) -> pd.DatetimeIndex:
-    """The forecast timestamps after the last period, on the calendar, in UTC."""
-    dates = pd.date_range("2012-01-01", periods=calendar.periods, freq=calendar.frequency)
-    after = pd.date_range(dates[-1], periods=4, freq=calendar.frequency)[1:]
-    return after.tz_localize(calendar.timezone).tz_convert("UTC")
+    """The first three forecast timestamps after the last period, on the calendar, in UTC."""
+    last = last_period(calendar).tz_convert(calendar.timezone).tz_localize(None)
+    return in_utc(calendar, str(last), 4)[1:]
 
 
 def test_served_forecasts_lie_on_the_calendar(released: tuple[Path, Calendar, str]) -> None:
@@ -204,3 +214,20 @@ def test_a_weekend_is_no_gap_for_business_days(tmp_path: Path) -> None:
     gaps = [warning for warning in report.warnings if "gap" in warning]
     assert len(gaps) == 1 and "1 gap(s)" in gaps[0] and "(5 missing points)" in gaps[0]
     assert "store 3 after 2012-02-24T00:00:00+00:00 until 2012-03-05T00:00:00+00:00" in gaps[0]
+
+
+def test_staleness_counts_calendar_steps(released: tuple[Path, Calendar, str]) -> None:
+    """A window is fresh until one calendar step past the last grid point before the time."""
+    config_path, calendar, url = released
+    nominal = load_config(config_path, environ={}).data.parsed_frequency.nominal
+    last = last_period(calendar)
+    answers = {
+        periods: httpx.post(
+            f"{url}/predict/feast",
+            json={"entity": 1, "time_point": (last + periods * nominal).isoformat()},
+            timeout=120,
+        )
+        for periods in (1.4, 2.5)
+    }
+    assert answers[1.4].status_code == 200, answers[1.4].text
+    assert answers[2.5].status_code == 409 and "stale online windows" in answers[2.5].text
