@@ -18,11 +18,13 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from skewless.cli import app
 from skewless.core.errors import BundleError, RegistryError
+from skewless.core.schema import EVENT_TS
 from skewless.features.repo import FeastRepo
 from skewless.registry.pyfunc import logged_bundle, naive_utc
 from skewless.registry.registry import ModelRegistry, Promotion
@@ -238,6 +240,55 @@ def test_a_fresh_process_predicts_the_same_numbers_bit_for_bit(
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp_path / "out.parquet"), expected, check_exact=True
     )
+
+
+def test_plain_mlflow_predict_takes_rows_as_the_source_has_them(
+    etth_release: tuple, tmp_path: Path
+) -> None:
+    """The config's timestamp column with text, aware times or offsets, read as ingest reads
+    them; a value ingest would refuse names the column, and the signature accepts all that."""
+    config, _, rows = etth_release
+    example = input_example(config, rows)
+    expected = naive_utc(
+        ModelRegistry(config.tracking.uri)
+        .load_bundle(config.model_name, "production")
+        .predict(example)
+    )
+    times = example.pop(EVENT_TS)  # UTC
+    source = config.data.timestamp_column
+    inputs = {
+        "text": example.assign(**{source: times.dt.strftime("%Y-%m-%d %H:%M:%S")}),
+        "aware": example.assign(**{source: times.dt.tz_convert("Europe/Berlin")}),
+        "offsets": example.assign(**{source: times.dt.tz_convert("Asia/Kolkata").map(str)}),
+        "ingestion_aware": example.assign(**{EVENT_TS: times}),
+        "bad": example.assign(**{source: times.map(str).where(example.index != 3, "yesterday")}),
+    }
+    for name, frame in inputs.items():
+        frame.to_parquet(tmp_path / f"{name}.parquet")
+    script = (
+        "import mlflow, pandas as pd, sys, pathlib\n"
+        f"model = mlflow.pyfunc.load_model('models:/{config.model_name}@production')\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        model.predict(pd.read_parquet(name)).to_parquet(f'{name}.out')\n"
+        "    except Exception as exc:\n"
+        "        pathlib.Path(f'{name}.err').write_text(str(exc))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, *(str(tmp_path / f"{n}.parquet") for n in inputs)],
+        env=mlflow_env(config.tracking.uri),
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    for name in inputs.keys() - {"bad"}:
+        answer = pd.read_parquet(tmp_path / f"{name}.parquet.out")
+        pd.testing.assert_frame_equal(answer, expected, check_exact=True, obj=name)
+    refusal = (tmp_path / "bad.parquet.err").read_text()
+    assert f"'{source}' is empty or not a timestamp" in refusal and "'yesterday'" in refusal
+    folder = ModelRegistry(config.tracking.uri).download(config.model_name, "production")
+    inputs_schema = Model.load(folder).signature.inputs.to_dict()
+    assert {"type": "any", "name": source, "required": False} in inputs_schema
 
 
 def test_the_logged_model_pins_its_requirements_and_carries_its_code(etth_release: tuple) -> None:

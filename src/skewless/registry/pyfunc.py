@@ -1,6 +1,11 @@
 """The bundle as an MLflow pyfunc model: one artifact, the skewless code beside it, and exact
 requirements, so ``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` predicts anywhere.
-Skewless itself reads the bundle straight from a logged model's folder (``logged_bundle``)."""
+Skewless itself reads the bundle straight from a logged model's folder (``logged_bundle``).
+
+Plain-MLflow users pass rows as their source has them: the config's own timestamp column, with
+ISO 8601 text or (time-zone-aware) times, read exactly as ingestion reads them (naive times in
+``data.timezone``). Rows in ingestion format (``event_timestamp``, naive meaning UTC) work too.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,17 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 import skewless
 from skewless.bundle.bundle import ForecastBundle
-from skewless.core.errors import BundleError
+from skewless.core.config import SkewlessConfig
+from skewless.core.errors import BundleError, DataValidationError
 from skewless.core.schema import EVENT_TS
+from skewless.features.validation import ENTITY_ROW, Findings, parse_rows
 
 ARTIFACT = "bundle"
 _FILE = "bundle.pkl"
@@ -42,11 +50,39 @@ class BundleModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         self.bundle = load_bundle(Path(context.artifacts.get(ARTIFACT, "")))
+        self.config = trained_config(self.bundle)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        return naive_utc(self.bundle.predict(model_input))
+        return naive_utc(self.bundle.predict(ingestion_rows(model_input, self.config)))
+
+
+def trained_config(bundle: ForecastBundle) -> SkewlessConfig:
+    """The config the bundle was trained with (kept in its metadata)."""
+    return SkewlessConfig.model_validate(bundle.metadata["config"])
+
+
+def ingestion_rows(rows: pd.DataFrame, config: SkewlessConfig) -> pd.DataFrame:
+    """Rows in the bundle's ingestion format: source rows (the config's timestamp column) are
+    parsed by ingestion's own parser; rows that have ``event_timestamp`` pass as they are."""
+    if EVENT_TS in rows.columns or config.data.timestamp_column not in rows.columns:
+        return rows
+    findings = Findings()
+    parsed = parse_rows(rows.reset_index(drop=True), config, findings)
+    if findings.errors:
+        raise DataValidationError("forecast input cannot be read", findings.errors)
+    return parsed.drop(columns=ENTITY_ROW)
+
+
+def signature(bundle: ForecastBundle, example: pd.DataFrame) -> ModelSignature:
+    """The example's signature, with either timestamp column accepted in any form: MLflow's
+    ``datetime`` type would refuse ISO text and time-zone-aware times before ``predict``."""
+    inferred = infer_signature(example, naive_utc(bundle.predict(example)))
+    times = {EVENT_TS, trained_config(bundle).data.timestamp_column}
+    columns = [c for c in inferred.inputs.inputs if c.name not in times]
+    columns += [ColSpec(AnyType(), name, required=False) for name in sorted(times)]
+    return ModelSignature(inputs=Schema(columns), outputs=inferred.outputs)
 
 
 def naive_utc(frame: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +130,8 @@ def log_bundle(
 ) -> ModelInfo:
     """Log ``bundle`` to the active run as one pyfunc model, optionally registering a version.
 
-    Timestamps cross the MLflow boundary as naive UTC, which the bundle reads as UTC.
+    The example's timestamps cross the MLflow boundary as naive UTC, which the bundle reads as
+    UTC.
     """
     input_example = naive_utc(input_example)
     with tempfile.TemporaryDirectory() as folder:
@@ -106,7 +143,7 @@ def log_bundle(
             artifacts={ARTIFACT: str(path)},
             code_paths=[str(Path(skewless.__file__).parent)],
             pip_requirements=requirements(),
-            signature=infer_signature(input_example, naive_utc(bundle.predict(input_example))),
+            signature=signature(bundle, input_example),
             input_example=input_example,
             registered_model_name=registered_name,
         )
