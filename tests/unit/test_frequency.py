@@ -82,6 +82,20 @@ def test_fixed_steps_are_plain_arithmetic() -> None:
     assert quarter.on_grid(utc("2024-01-01 00:20"), utc("2024-01-01 00:05")).all()
 
 
+def test_whole_days_in_a_zone_count_local_midnights_across_clock_changes() -> None:
+    """Summer time starts on 31 March 2024 in Berlin: that day has 23 hours."""
+    daily = frequency("D", "Europe/Berlin")
+    midnights = utc("2024-03-29 23:00", "2024-03-30 23:00", "2024-03-31 22:00")
+    assert daily.consecutive(midnights).tolist() == [True, True]
+    assert daily.on_grid(midnights, midnights[[0, 0, 0]]).all()
+    ahead = pd.to_datetime(daily.ahead(midnights[:1], [1, 2, 3])[0], utc=True)
+    assert list(ahead) == [*midnights[1:], pd.Timestamp("2024-04-01 22:00", tz="UTC")]
+    assert daily.floor(pd.Timestamp("2024-03-31 12:00", tz="UTC")) == midnights[1]
+    # UTC midnights are 24 hours apart, so across the change they are not local days.
+    assert not daily.consecutive(utc("2024-03-31", "2024-04-01")).any()
+    assert frequency("D").consecutive(utc("2024-03-31", "2024-04-01")).all()
+
+
 @pytest.mark.parametrize(("old", "new"), [("M", "ME"), ("Q", "QE"), ("Y", "YE")])
 def test_deprecated_pandas_aliases_mean_what_pandas_reads(old: str, new: str) -> None:
     assert frequency(old).offset == frequency(new).offset

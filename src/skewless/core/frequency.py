@@ -4,7 +4,8 @@ grid (so "consecutive" and "gap" mean one step), whether they lie on it, and mov
 
 Fixed steps are plain nanosecond arithmetic in UTC: serving calls them on every request.
 Calendar steps follow pandas' offsets on local wall-clock time in ``data.timezone`` (a month
-starts at local midnight), through a grid of the offset built for the span at hand.
+starts at local midnight), through a grid of the offset built for the span at hand; so do
+whole days ('D', '7D') in a zone other than UTC, as nanoseconds of the local clock.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _EXAMPLES = (
     "a fixed step such as '15min', 'h', 'D' or '7D', or a calendar one such as 'W-SUN', "
     "'MS', 'ME', 'QS' or 'B'"
 )
+_DAY = pd.Timedelta(days=1)
 # Where durations are counted from: the first grid point of 2001 (not a leap year).
 _DURATION_ORIGIN = pd.Timestamp("2001-01-01")
 # A calendar span in months: "1Y", "2QS", "18M"; any other duration is a pandas Timedelta.
@@ -50,6 +52,16 @@ class Frequency:
         return pd.Timedelta(self.offset).as_unit("ns")
 
     @cached_property
+    def _local_days(self) -> bool:
+        """Whole days in a zone other than UTC: steps of the local wall clock, since a day
+        there lasts 23 or 25 hours across a clock change (pandas 3 reads 'D' so too)."""
+        return (
+            self.step is not None
+            and self.step % _DAY == pd.Timedelta(0)
+            and (self.timezone != "UTC")
+        )
+
+    @cached_property
     def nominal(self) -> pd.Timedelta:
         """A typical step's length (a calendar month: about 30.4 days), for tolerances."""
         if self.step is not None:
@@ -60,7 +72,7 @@ class Frequency:
     def positions(self, times: pd.DatetimeIndex | np.ndarray) -> np.ndarray:
         """Each timestamp's step number: that of the last grid point at or before it."""
         if self.step is not None:
-            return _nanos(times) // self.step.value
+            return self._clock(times) // self.step.value
         local = self._local(times)
         if not len(local):
             return np.empty(0, dtype=np.int64)
@@ -71,7 +83,7 @@ class Frequency:
         """Whether each timestamp is exactly one step after the one before it (one fewer
         than ``times``): where windows may run on without a gap."""
         if self.step is not None:
-            return np.diff(_nanos(times)) == self.step.value
+            return np.diff(self._clock(times)) == self.step.value
         local = self._local(times)
         if not len(local):
             return np.empty(0, dtype=bool)
@@ -87,7 +99,7 @@ class Frequency:
         timestamp (``anchors``, one per timestamp): a calendar's own points, and for a
         multiple of a step ('2W', '15min') the phase its series started on."""
         if self.step is not None:
-            return (_nanos(times) - _nanos(anchors)) % self.step.value == 0
+            return (self._clock(times) - self._clock(anchors)) % self.step.value == 0
         local, start = self._local(times), self._local(anchors)
         if not len(local):
             return np.empty(0, dtype=bool)
@@ -103,21 +115,27 @@ class Frequency:
     def moved(self, time: pd.Timestamp, steps: int) -> pd.Timestamp:
         """One timestamp moved ``steps`` steps (see :meth:`shift`); past the datetime range,
         an OverflowError or ValueError."""
-        if self.step is not None:
+        if self.step is not None and not self._local_days:
             return time + steps * self.step
         return self.shift(pd.DatetimeIndex([time]), steps)[0]
 
     def floor(self, time: pd.Timestamp) -> pd.Timestamp:
         """The last grid point at or before ``time`` (a fixed step: a multiple since 1970)."""
-        if self.step is not None:
+        if self.step is None:
+            return self.moved(time, 0)
+        if not self._local_days:
             return time.floor(self.step)
-        return self.moved(time, 0)
+        local = self._local(pd.DatetimeIndex([time])).floor(self.step)
+        return pd.Timestamp(self._utc(local)[0], tz="UTC")
 
     def ahead(self, times: pd.DatetimeIndex, steps: np.ndarray | list[int]) -> np.ndarray:
         """(times, steps) UTC nanoseconds: each timestamp moved by each of ``steps``."""
         steps = np.asarray(steps, dtype=np.int64)
         if self.step is not None:
-            return _nanos(times)[:, None] + steps[None, :] * self.step.value
+            moved = self._clock(times)[:, None] + steps[None, :] * self.step.value
+            if not self._local_days:
+                return moved
+            return self._utc(pd.DatetimeIndex(moved.ravel())).reshape(moved.shape)
         local = self._local(times)
         if not len(local):
             return np.empty((0, len(steps)), dtype=np.int64)
@@ -150,6 +168,10 @@ class Frequency:
                 f"{nearest}); give a count or a duration that fits"
             )
         return int(whole)
+
+    def _clock(self, times: pd.DatetimeIndex | np.ndarray) -> np.ndarray:
+        """Nanoseconds that fixed steps count on: UTC, or the local wall clock for days."""
+        return self._local(times).asi8 if self._local_days else _nanos(times)
 
     def _local(self, times: pd.DatetimeIndex | np.ndarray) -> pd.DatetimeIndex:
         """Naive local wall-clock times of UTC ``times`` (naive ones are taken as UTC)."""
