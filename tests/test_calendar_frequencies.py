@@ -27,7 +27,8 @@ from skewless.core.calendar import calendar_features
 from skewless.core.config import load_config
 from skewless.features.ingest import ingest
 from skewless.features.repo import FeastRepo
-from tests.conftest import free_port
+from skewless.monitoring.observations import observe
+from tests.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.integration  # Feast stores, MLflow and a live server
 
@@ -204,6 +205,36 @@ def test_durations_were_counted_in_periods(released: tuple[Path, Calendar, str])
     training = load_config(config_path, environ={}).training
     expected = {"W-SUN": (26, 4), "MS": (24, 3)}[calendar.frequency]
     assert (training.lookback, training.horizon) == expected
+
+
+def test_monitoring_meets_served_steps_with_their_actuals(
+    released: tuple[Path, Calendar, str],
+) -> None:
+    """A forecast served from six periods back: monitoring finds each step's actual, and the
+    inputs it read, by calendar steps."""
+    config_path, calendar, url = released
+    config = load_config(config_path, environ={})
+    dates = in_utc(calendar, "2012-01-01", calendar.periods)
+    at = dates[-7]
+    answer = httpx.post(
+        f"{url}/predict/feast", json={"entity": 2, "time_point": at.isoformat()}, timeout=120
+    )
+    assert answer.status_code == 200, answer.text
+    home, horizon = config_path.parent / "home", config.training.horizon
+
+    def observed() -> pd.DataFrame:
+        outcomes = observe(config, home, config.training.lookback).outcomes
+        return outcomes[outcomes["step"] == 1]
+
+    wait_for(lambda: len(observed()), "the request log")
+    outcomes = observe(config, home, config.training.lookback)
+    steps = outcomes.outcomes.sort_values("step")
+    assert list(pd.to_datetime(steps["event_timestamp"], utc=True)) == list(dates[-6:][:horizon])
+    sales = series(calendar)
+    expected = sales[sales["store"] == 2]["sales"].to_numpy()[-6:][:horizon]
+    np.testing.assert_allclose(steps["actual"], expected, rtol=1e-6)
+    inputs = outcomes.inputs
+    assert pd.Timestamp(inputs["event_timestamp"].min()) == dates[-7 - config.training.lookback + 1]
 
 
 def test_a_weekend_is_no_gap_for_business_days(tmp_path: Path) -> None:
