@@ -7,6 +7,11 @@ Which ones are computed follows the frequency: a feature whose cycle spans less 
 half periods (hour of day on daily data, day of week on weekly data) is constant or aliased, so
 it is left out, with one logged note when the config asked for it.
 
+With ``features.holidays`` a ``holidays`` column counts the public holidays in the local days
+of each row's period (:mod:`skewless.core.holidays`): the row's own day up to daily data; for
+longer periods the days from the row's timestamp to the next one, or for frequencies that label
+a period by its end (weeks, month ends, quarter ends) the days since the one before.
+
 Serving recomputes them for every row of every requested window, so the fields are read with
 integer arithmetic on local wall-clock ``datetime64`` values and the sin/cos come from a table
 per period: pandas' field accessors and per-row trigonometry cost more than the model.
@@ -20,9 +25,19 @@ from functools import cache
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.offsets import (
+    BQuarterEnd,
+    BusinessMonthEnd,
+    BYearEnd,
+    MonthEnd,
+    QuarterEnd,
+    Week,
+    YearEnd,
+)
 
-from skewless.core.config import SkewlessConfig
-from skewless.core.frequency import frequency
+from skewless.core.config import HolidayCalendar, SkewlessConfig
+from skewless.core.frequency import Frequency, frequency
+from skewless.core.holidays import holiday_days
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +45,9 @@ _DAY = np.timedelta64(1, "D")
 _YEAR = pd.Timedelta(days=365.25)
 # The features of ``features.calendar: null``, before those that do not fit the frequency go.
 DEFAULT_FEATURES = ("hour", "day_of_week", "month")
+HOLIDAYS = "holidays"
+# Offsets whose timestamps name the end of their period, as pandas' resampling labels them.
+_END_LABELLED = (MonthEnd, QuarterEnd, YearEnd, BusinessMonthEnd, BQuarterEnd, BYearEnd, Week)
 # A feature is kept when its cycle spans at least this many periods (else it barely moves).
 _PERIODS_PER_CYCLE = 1.5
 
@@ -91,7 +109,8 @@ def _circle(period: int) -> tuple[np.ndarray, np.ndarray]:
 
 def engineered_columns(config: SkewlessConfig) -> list[str]:
     """Names of the engineered columns, in the order :func:`engineer` writes them."""
-    return [f"{name}_{part}" for name in calendar_features(config) for part in ("sin", "cos")]
+    cyclic = [f"{name}_{part}" for name in calendar_features(config) for part in ("sin", "cos")]
+    return cyclic + ([HOLIDAYS] if config.features.holidays is not None else [])
 
 
 def engineer(timestamps: pd.Series | pd.DatetimeIndex, config: SkewlessConfig) -> pd.DataFrame:
@@ -111,4 +130,26 @@ def engineer(timestamps: pd.Series | pd.DatetimeIndex, config: SkewlessConfig) -
         sin, cos = _circle(period)
         position = read(local)[codes]
         columns[f"{name}_sin"], columns[f"{name}_cos"] = sin[position], cos[position]
+    if config.features.holidays is not None:
+        data = config.data
+        step = frequency(data.frequency, data.timezone)
+        days = _period_days(pd.DatetimeIndex(distinct), local, step, data.timezone or "UTC")
+        columns[HOLIDAYS] = _holidays(days, config.features.holidays)[codes]
     return pd.DataFrame(columns, index=index)
+
+
+def _period_days(
+    utc: pd.DatetimeIndex, local: np.ndarray, period: Frequency, zone: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The local days ``[first, end)`` each timestamp's period covers."""
+    days = local.astype("datetime64[D]")
+    if period.nominal <= pd.Timedelta(days=1):
+        return days, days + 1
+    end_labelled = isinstance(period.offset, _END_LABELLED)
+    neighbour = pd.DatetimeIndex(period.ahead(utc, [-1 if end_labelled else 1])[:, 0], tz="UTC")
+    other = neighbour.tz_convert(zone).tz_localize(None).to_numpy().astype("datetime64[D]")
+    return (other + 1, days + 1) if end_labelled else (days, other)
+
+
+def _holidays(days: tuple[np.ndarray, np.ndarray], calendar: HolidayCalendar) -> np.ndarray:
+    return holiday_days(*days, calendar.country, calendar.subdivision)

@@ -31,6 +31,7 @@ from pydantic import (
 
 from skewless.core.errors import ConfigError
 from skewless.core.frequency import Frequency, frequency
+from skewless.core.holidays import check_country
 
 ENV_PREFIX = "SKEWLESS__"
 HOME_ENV = "SKEWLESS_HOME"
@@ -181,12 +182,27 @@ class DataConfig(_Strict):
         return frequency(self.frequency, self.timezone)
 
 
+class HolidayCalendar(_Strict):
+    """Public holidays of one country (and subdivision), from the ``holidays`` package."""
+
+    country: str = Field(description="ISO 3166-1 alpha-2 code, such as US, DE or GB")
+    subdivision: str | None = Field(default=None, description="a state or province, such as CA")
+
+    @model_validator(mode="after")
+    def _known_calendar(self) -> HolidayCalendar:
+        check_country(self.country, self.subdivision)
+        return self
+
+
 class FeaturesConfig(_Strict):
     """Engineered features, computed by one function at ingest and at serving."""
 
     calendar: list[CalendarFeature] | None = Field(
         default=None,
         description="null: the features that fit data.frequency (hourly: hour, day_of_week, month)",
+    )
+    holidays: HolidayCalendar | None = Field(
+        default=None, description="a 'holidays' column: public holidays in each row's period"
     )
 
 
