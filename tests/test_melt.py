@@ -231,9 +231,7 @@ def test_validation_names_the_wide_row(tmp_path: Path) -> None:
     wide.loc[6, "date"] = "someday"
     wide.to_csv(tmp_path / "rates.csv", index=False)
     repo = wide_repo(tmp_path, [melted(tmp_path / "rates.csv")])
-    with pytest.raises(
-        DataValidationError, match=r"not a timestamp at rows? 7(, 7)* \(first: 'someday'"
-    ):
+    with pytest.raises(DataValidationError, match=r"not a timestamp at row 7 \(first: 'someday'"):
         ingest(repo)
     assert repo.offline.entities() == []
 

@@ -38,8 +38,9 @@ class Findings:
 
 
 def rows_text(rows: pd.Series | np.ndarray | list[int]) -> str:
-    """'rows 3, 8, 9' with a count of the rest, for error messages."""
-    values = [int(r) for r in rows]
+    """'rows 3, 8, 9' with a count of the rest, for error messages; a row named twice (a wide
+    row melted into several entities) is shown once."""
+    values = list(dict.fromkeys(int(r) for r in rows))
     shown = ", ".join(str(r) for r in values[:_SHOWN_ROWS])
     rest = f" and {len(values) - _SHOWN_ROWS} more" if len(values) > _SHOWN_ROWS else ""
     return f"row{'s' if len(values) > 1 else ''} {shown}{rest}"
