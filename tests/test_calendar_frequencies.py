@@ -220,18 +220,17 @@ def test_monitoring_meets_served_steps_with_their_actuals(
         f"{url}/predict/feast", json={"entity": 2, "time_point": at.isoformat()}, timeout=120
     )
     assert answer.status_code == 200, answer.text
-    home, horizon = config_path.parent / "home", config.training.horizon
-
+    home, lookback = config_path.parent / "home", config.training.lookback
     # Only this forecast has actuals: the others start after the series ends.
-    lookback = config.training.lookback
     wait_for(lambda: len(observe(config, home, lookback).outcomes), "the request log")
-    outcomes = observe(config, home, lookback)
-    steps = outcomes.outcomes.sort_values("step")
-    assert list(pd.to_datetime(steps["event_timestamp"], utc=True)) == list(dates[-6:][:horizon])
+    observed = observe(config, home, lookback)
+    steps = observed.outcomes.sort_values("step")
+    ahead = dates[-6:][: config.training.horizon]
+    assert list(pd.to_datetime(steps["event_timestamp"], utc=True)) == list(ahead)
     sales = series(calendar)
-    expected = sales[sales["store"] == 2]["sales"].to_numpy()[-6:][:horizon]
-    np.testing.assert_allclose(steps["actual"], expected, rtol=1e-6)
-    inputs = outcomes.inputs
+    actual = sales[sales["store"] == 2]["sales"].to_numpy()[-6:][: len(ahead)]
+    np.testing.assert_allclose(steps["actual"], actual, rtol=1e-6)
+    inputs = observed.inputs
     assert pd.Timestamp(inputs["event_timestamp"].min()) == dates[-7 - lookback + 1]
 
 
