@@ -559,3 +559,41 @@ def test_every_answer_is_labelled_with_a_model_version(api: httpx.Client) -> Non
         labels = f'endpoint="{endpoint}",status="{status}",version="{version}"'
         assert f"skewless_requests_total{{{labels}}}" in metrics
     assert 'version="none"' not in metrics
+
+
+def test_a_saturated_server_sheds_forecasts_at_once_and_stays_observable(
+    etth_sqlite: FeastRepo, served: SkewlessConfig
+) -> None:
+    """Over serving.max_in_flight, a forecast is a 503 with Retry-After, not a place in an
+    unbounded queue; /health and /metrics still answer, and every refusal is counted."""
+    process, url = start_server(etth_sqlite, served, "serving.max_in_flight=1")
+    statuses: list[int] = []
+    refusals: list[httpx.Response] = []
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+            for _ in range(15):
+                answer = http.post(
+                    "/predict/feast/batch", json={"entities": [1, 2], "time_point": LAST}
+                )
+                statuses.append(answer.status_code)
+                if answer.status_code == 503:
+                    refusals.append(answer)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            for done in [pool.submit(client) for _ in range(8)]:
+                done.result()
+        assert set(statuses) == {200, 503} and len(statuses) == 120
+        assert all(
+            r.headers["Retry-After"] == "1" and "serving.max_in_flight" in r.json()["detail"]
+            for r in refusals
+        )
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+            assert http.get("/health").status_code == 200
+            metrics = http.get("/metrics").text
+        shed = f'skewless_errors_total{{scope="request",type="Overloaded"}} {len(refusals)}.0'
+        assert shed in metrics
+        assert 'endpoint="/predict/feast/batch",status="503"' in metrics
+    finally:
+        stop_server(process)

@@ -25,6 +25,7 @@ from skewless.core.errors import (
     StoreUnavailableError,
     UnservableVersionError,
 )
+from skewless.serving.admission import InFlightLimit
 from skewless.serving.body_limit import BodyLimit
 from skewless.serving.metrics import ServingMetrics
 from skewless.serving.schemas import (
@@ -103,7 +104,19 @@ def create_app(service: ServiceCore) -> FastAPI:
         metrics.latency.labels(endpoint, version).observe(time.perf_counter() - started)
         return response
 
-    app.include_router(_predictions_router())
+    def shed(endpoint: str) -> None:
+        metrics.errors.labels("Overloaded", "request").inc()
+        metrics.requests.labels(endpoint, "503", str(service.current.version)).inc()
+
+    predictions = _predictions_router()
+    # Outermost: a shed request costs nothing more than its refusal (and is counted by shed).
+    app.add_middleware(
+        InFlightLimit,
+        limit=service.config.serving.max_in_flight,
+        routes=[getattr(route, "path", "") for route in predictions.routes],
+        on_shed=shed,
+    )
+    app.include_router(predictions)
     app.include_router(_operations_router())
     return app
 

@@ -201,4 +201,14 @@ def build_application(config: SkewlessConfig, home: Path, alias: str | None) -> 
     features = sized(Features, settings.features).bind(*arguments)
     preprocessing = sized(Preprocessing, settings.preprocessing).bind(*arguments)
     model = sized(Model, settings.model).bind(*arguments)
-    return sized(Ingress, settings.ingress).bind(*arguments, alias, features, preprocessing, model)
+    ingress = sized(Ingress, settings.ingress).options(**_admission(config.serving.max_in_flight))
+    return ingress.bind(*arguments, alias, features, preprocessing, model)
+
+
+def _admission(max_in_flight: int | None) -> dict[str, Any]:
+    """Ingress limits that let the app's own limit (InFlightLimit) do the shedding: Ray would
+    otherwise hold requests beyond its default of 5 per replica in an unbounded proxy queue.
+    Above the limit plus its refusals, the proxy answers 503 itself."""
+    if max_in_flight is None:
+        return {}
+    return {"max_ongoing_requests": 2 * max_in_flight, "max_queued_requests": max_in_flight}
