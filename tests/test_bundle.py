@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from skewless.bundle.bundle import ForecastBundle
+from skewless.bundle.bundle import FORECAST, ForecastBundle
 from skewless.bundle.intervals import ConformalIntervals
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
@@ -155,11 +156,76 @@ def test_conformal_widths_cover_at_least_the_nominal_share() -> None:
     assert abs(coverage[0.8] - 0.8) < 0.04 and abs(coverage[0.95] - 0.95) < 0.03
 
 
-def test_held_out_coverage_is_measured_on_the_last_fold(trained: tuple) -> None:
+def test_held_out_coverage_is_measured_on_the_last_fold_overall_and_per_entity(
+    trained: tuple,
+) -> None:
     _, _, report = trained
     coverage = held_out_coverage(report, (0.8, 0.95))
-    assert set(coverage) == {0.8, 0.95}
-    assert 0.5 < coverage[0.8] <= coverage[0.95] <= 1.0
+    assert set(coverage.overall) == set(coverage.mean_widths) == {0.8, 0.95}
+    assert 0.5 < coverage.overall[0.8] <= coverage.overall[0.95] <= 1.0
+    assert list(coverage.per_entity.index) == [1, 2]
+    assert (coverage.per_entity[0.8] <= coverage.per_entity[0.95]).all()
+    assert 0 < coverage.mean_widths[0.8] < coverage.mean_widths[0.95]
+
+
+@pytest.fixture(scope="module")
+def far_apart(tmp_path_factory: pytest.TempPathFactory) -> tuple[ForecastBundle, pd.DataFrame]:
+    """Two entities of one shape at levels 0.01 and 100, trained and packaged together."""
+    folder = tmp_path_factory.mktemp("far_apart")
+    parts = [raw_rows(1, "2020-01-01", 800), raw_rows(2, "2020-01-01", 800, seed=3)]
+    for part, factor in zip(parts, (0.001, 10.0), strict=True):
+        variables = part.columns.drop(["date", "station_id"])
+        part[variables] *= factor
+    pd.concat(parts).to_csv(folder / "history.csv", index=False)
+    config = etth_config(
+        f"training.lookback={LOOKBACK}",
+        f"training.horizon={HORIZON}",
+        "backtest.folds=3",
+        "backtest.test_periods=96",
+    )
+    rows = load_history(config, csv=folder / "history.csv")
+    report = backtest(config, rows)
+    made, coverage = package(config, rows, fit(config, rows), report)
+    assert coverage.per_entity.index.tolist() == [1, 2]
+    for level in (0.8, 0.95):  # each entity's own held-out coverage is near nominal
+        np.testing.assert_allclose(coverage.per_entity[level], level, atol=0.08)
+    return made, rows
+
+
+def _widths(forecasts: pd.DataFrame, level: str = "80") -> np.ndarray:
+    return (forecasts[f"upper_{level}"] - forecasts[f"lower_{level}"]).to_numpy()
+
+
+def test_interval_widths_follow_each_entitys_scale(far_apart: tuple) -> None:
+    bundle, rows = far_apart
+    small, large = (_widths(bundle.predict(request(rows, entity))) for entity in (1, 2))
+    ratio = np.mean(large) / np.mean(small)
+    assert 2_000 < ratio < 50_000  # levels 10,000 apart; one width for all would give 1
+    unseen = bundle.predict(request(rows, 1).assign(station_id=9))  # never seen in training
+    np.testing.assert_allclose(_widths(unseen), small, rtol=1e-4)
+
+
+def test_a_flat_window_gets_the_mean_spread_of_the_calibration_windows() -> None:
+    errors = np.abs(np.random.default_rng(0).normal(size=(400, 2, 1)))
+    spreads = np.full((400, 1), 2.0)
+    intervals = ConformalIntervals.calibrate(errors, (0.8,), spreads)
+    ((lower, upper),) = intervals.bounds(np.zeros((2, 2, 1)), np.array([[2.0], [0.0]])).values()
+    np.testing.assert_allclose(upper[1], upper[0])  # spread 0: scaled by the mean, 2.0
+    np.testing.assert_allclose(lower, -upper)
+
+
+def test_a_bundle_pickled_before_window_spreads_still_serves_its_widths(
+    bundle: ForecastBundle, trained: tuple
+) -> None:
+    """Bundles registered before ``flat_spread`` existed: one width in original units."""
+    _, rows, _ = trained
+    old = ConformalIntervals(bundle.intervals.levels, np.full((2, HORIZON, 1), [[[1.5]], [[3.0]]]))
+    del old.__dict__["flat_spread"]  # as the older class pickled it: no such field
+    loaded = pickle.loads(pickle.dumps(dataclasses.replace(bundle, intervals=old)))
+    assert loaded.intervals.flat_spread is None
+    served = loaded.predict(request(rows, 2))
+    np.testing.assert_allclose(served["upper_80"] - served[FORECAST], 1.5)
+    np.testing.assert_allclose(served[FORECAST] - served["lower_95"], 3.0)
 
 
 def test_errors_survive_pickling_with_their_message_and_details() -> None:

@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 
 from skewless.cli import app
 from skewless.core.errors import ConfigError
-from skewless.training.ltsf import load_split, published, run_protocol
+from skewless.training.ltsf import (
+    as_records,
+    load_split,
+    paper_table,
+    published,
+    run_protocol,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +54,19 @@ def test_protocol_scores_every_test_window_and_nlinear_beats_naive(small_csv: Pa
     assert all(by[("nlinear", h)].mse < by[("naive", h)].mse for h in (12, 24))
     dropped = run_protocol(small_csv, 48, [12], ["naive"], drop_last_batch=32)
     assert dropped[0].test_windows == 189 - 189 % 32
+
+
+def test_intervals_add_test_coverage_and_width_calibrated_on_validation(
+    small_csv: Path,
+) -> None:
+    (plain,) = as_records(run_protocol(small_csv, 48, [12], ["nlinear"]))
+    assert "coverage_80" not in plain
+    (result,) = run_protocol(small_csv, 48, [12], ["nlinear"], intervals=True)
+    (record,) = as_records([result])
+    assert record["coverage_80"] == result.coverage_80
+    assert 0.6 < result.coverage_80 < result.coverage_95 <= 1
+    assert 0 < result.width_80 < result.width_95
+    assert "cover 80%" in paper_table([result]).columns
 
 
 @pytest.mark.slow

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from skewless.features.repo import FeastRepo
     from skewless.serving.service import LoadedModel
     from skewless.training.history import History
+    from skewless.training.packaging import HeldOutCoverage
 
 app = typer.Typer(
     name="skewless",
@@ -242,14 +243,22 @@ def train(config: ConfigArg, csv: CsvOpt = None, set_: SetOpt = None) -> None:
             ],
         )
         _print_verdict(backtested, naive)
-        for level, covered in release.coverage.items():
-            console.print(
-                f"interval {level:.0%}: {covered:.1%} of the last fold covered "
-                "(calibrated on the earlier folds)"
-            )
+        _print_coverage(release.coverage)
         console.print(
             f"registered [bold]{repo.config.model_name}[/] version {release.version} "
             f"(alias latest), MLflow run {release.run_id}"
+        )
+
+
+def _print_coverage(coverage: HeldOutCoverage) -> None:
+    """Each level's coverage of the last fold, overall and of its worst and best entity."""
+    for level, covered in coverage.overall.items():
+        by_entity = coverage.per_entity[level]
+        console.print(
+            f"interval {level:.0%}: {covered:.1%} of the last fold covered, mean width "
+            f"{number(coverage.mean_widths[level])} (calibrated without it); per entity from "
+            f"{by_entity.min():.1%} ({by_entity.idxmin()}) to {by_entity.max():.1%} "
+            f"({by_entity.idxmax()})"
         )
 
 
@@ -349,6 +358,14 @@ def serve(
     address: Annotated[
         str | None, typer.Option(help="ray: an existing cluster's address (default: a local one)")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="fastapi: processes on the one port, each with its own model (Ray: "
+            "serving.ray replicas)",
+        ),
+    ] = 1,
     set_: SetOpt = None,
 ) -> None:
     """Serve forecasts over HTTP from the model version behind ALIAS, following the alias."""
@@ -360,7 +377,15 @@ def serve(
         settings = repo.config.serving
         host, port = host or settings.host, port or settings.port
         if engine is Engine.ray:
+            if workers > 1:
+                raise ConfigError(
+                    "--workers is for the FastAPI server; Ray Serve scales with the replicas "
+                    "under serving.ray"
+                )
             _serve_ray(repo, alias, host, port, address)
+            return
+        if workers > 1:
+            _serve_workers(repo, alias, host, port, workers)
             return
         import uvicorn
 
@@ -382,6 +407,25 @@ def serve(
             port=port,
             log_level="warning",
             timeout_keep_alive=settings.keep_alive_seconds,
+        )
+
+
+def _serve_workers(repo: FeastRepo, alias: str | None, host: str, port: int, workers: int) -> None:
+    """Run ``workers`` FastAPI processes on one port until SIGINT or SIGTERM."""
+    import uvicorn
+
+    from skewless.serving.workers import shared_folder
+
+    console.print(f"serving with {workers} workers on http://{host}:{port} (FastAPI)")
+    with shared_folder(repo.config, repo.home, alias):
+        uvicorn.run(
+            "skewless.serving.workers:worker_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_keep_alive=repo.config.serving.keep_alive_seconds,
         )
 
 
@@ -621,6 +665,14 @@ def benchmark_ltsf(
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="also write the table as JSON")] = None,
+    intervals: Annotated[
+        bool,
+        typer.Option(
+            "--intervals",
+            help="also score 80 and 95 % conformal intervals calibrated on the validation "
+            "split: test coverage and mean width",
+        ),
+    ] = False,
 ) -> None:
     """The standard long-horizon protocol (train/val/test borders, standardised MSE/MAE)."""
     with user_errors():
@@ -650,7 +702,13 @@ def benchmark_ltsf(
         with _progress() as progress:
             task = progress.add_task("fitting", total=len(horizon_list) * len(model_list))
             results = run_protocol(
-                data, lookback, horizon_list, model_list, drop_last_batch, on_result=record
+                data,
+                lookback,
+                horizon_list,
+                model_list,
+                drop_last_batch,
+                on_result=record,
+                intervals=intervals,
             )
         table = _frame_table(paper_table(results))
         table.title = paper_title(data.stem, lookback, drop_last_batch)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skewless.bundle.intervals import ConformalIntervals
+from skewless.bundle.intervals import ConformalIntervals, lookback_spread
 from skewless.bundle.reference import VariableReference
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
@@ -39,6 +39,21 @@ def forecast(
     targets = len(preprocessor.config.data.targets)
     scaled = model.predict(model_inputs(model, inputs, targets))[:, :, :targets]
     return preprocessor.inverse_transform_targets(entities, scaled.astype(np.float64))
+
+
+def target_spread(
+    preprocessor: Preprocessor, inputs: np.ndarray, entities: np.ndarray
+) -> np.ndarray:
+    """(windows, targets): how much each target moves over each preprocessed window's lookback
+    (its standard deviation, see ``lookback_spread``), in original units: what interval widths
+    scale with. Preprocessing is affine per entity, so a spread maps back as the distance
+    between the images of the spread and of zero."""
+    targets = len(preprocessor.config.data.targets)
+    spread = lookback_spread(inputs[:, :, :targets])[:, None, :]
+    mapped = preprocessor.inverse_transform_targets(
+        entities, np.concatenate([spread * 0, spread], axis=1)
+    )
+    return mapped[:, 1] - mapped[:, 0]
 
 
 def model_inputs(model: Forecaster, inputs: np.ndarray, targets: int) -> np.ndarray:
@@ -168,13 +183,15 @@ class ForecastBundle:
     def forecasts(self, prepared: PreparedWindows) -> Forecasts:
         """The second stage of ``predict``: the model, original units, timestamps, intervals."""
         point = forecast(self.preprocessor, self.model, prepared.inputs, prepared.entities)
+        spread = target_spread(self.preprocessor, prepared.inputs, prepared.entities)
         steps = np.arange(1, point.shape[1] + 1)
         return Forecasts(
             entities=prepared.entities,
             times=self.frequency.ahead(prepared.last_times, steps),
             point=point,
             bounds={
-                f"{level * 100:g}": sides for level, sides in self.intervals.bounds(point).items()
+                f"{level * 100:g}": sides
+                for level, sides in self.intervals.bounds(point, spread).items()
             },
         )
 

@@ -22,7 +22,13 @@ from skewless.core.config import SkewlessConfig
 from skewless.core.errors import ConfigError
 from skewless.training.history import History, as_history
 from skewless.training.metrics import ErrorSums, Evaluation
-from skewless.training.pipeline import fit, fit_runner, naive_scales, score_batches
+from skewless.training.pipeline import (
+    WindowErrors,
+    fit,
+    fit_runner,
+    naive_scales,
+    score_batches,
+)
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,16 @@ class Fold:
 @dataclass(frozen=True)
 class Residuals:
     """Absolute errors of every scored window (float32, what the intervals are calibrated on),
-    with each window's fold."""
+    with each window's fold, entity and target spread (see ``WindowErrors``)."""
 
     errors: np.ndarray  # (windows, horizon, targets), NaN where the actual is missing
     folds: np.ndarray  # (windows,) fold number
+    entities: np.ndarray  # (windows,) entity key
+    spreads: np.ndarray  # (windows, targets)
+
+    def of_folds(self, chosen: np.ndarray | slice = slice(None)) -> WindowErrors:
+        """The errors of the ``chosen`` windows (a (windows,) mask of folds; all by default)."""
+        return WindowErrors(self.errors[chosen], self.entities[chosen], self.spreads[chosen])
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,9 @@ class BacktestReport:
     naive: Evaluation  # the naive forecast of the same windows, pooled
     residuals: Residuals
     forecasts: Forecasts
+    # The last fold's fit's validation errors: what the held-out check calibrates on beside the
+    # earlier folds, as the bundle does with the final fit's.
+    last_validation: WindowErrors
 
 
 def skill(model: dict[str, float], naive: dict[str, float]) -> dict[str, float]:
@@ -123,13 +138,14 @@ def backtest(
         ]
     )
     folds, pooled, naive = [], ErrorSums(), ErrorSums()
-    residuals: list[tuple[np.ndarray, int]] = []
+    residuals: list[tuple[WindowErrors, int]] = []
     plotted: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]] = []
     for run in runs:
         pooled.merge(run.errors)
         naive.merge(run.naive)
         residuals += [(part, run.fold.number) for part in run.residuals]
         plotted += run.shown
+        last_validation = run.validation  # only the last fold's is kept
         if on_fold is not None:
             on_fold(run.fold)
         folds.append(run.fold)
@@ -138,10 +154,13 @@ def backtest(
         pooled.result(),
         naive.result(),
         Residuals(
-            np.concatenate([e for e, _ in residuals]),
-            np.concatenate([np.full(len(e), n) for e, n in residuals]),
+            np.concatenate([part.errors for part, _ in residuals]),
+            np.concatenate([np.full(len(part.entities), n) for part, n in residuals]),
+            np.concatenate([part.entities for part, _ in residuals]),
+            np.concatenate([part.spreads for part, _ in residuals]),
         ),
         _forecasts(plotted),
+        last_validation,
     )
 
 
@@ -150,7 +169,8 @@ class _FoldRun:
     fold: Fold
     errors: ErrorSums
     naive: ErrorSums
-    residuals: list[np.ndarray]
+    residuals: list[WindowErrors]  # per scored batch
+    validation: WindowErrors  # the fold's fit's
     shown: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -171,7 +191,7 @@ def _run_fold(
     result = fit(config, train)
     test = history.between(grid.moved(test_start, -config.training.lookback), test_end)
     errors, naive, windows = ErrorSums(), ErrorSums(), 0
-    residuals: list[np.ndarray] = []
+    residuals: list[WindowErrors] = []
     plotted: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]] = []
     for part in score_batches(
         config,
@@ -201,7 +221,7 @@ def _run_fold(
         naive.result(),
         result.model.get_params(),
     )
-    return _FoldRun(fold, errors, naive, residuals, plotted)
+    return _FoldRun(fold, errors, naive, residuals, result.validation_errors, plotted)
 
 
 def _forecasts(

@@ -18,7 +18,7 @@ from skewless.core.config import SkewlessConfig
 from skewless.preprocessing.running_stats import RowSample, batch_seed
 from skewless.training.backtest import BacktestReport
 from skewless.training.history import History, as_history
-from skewless.training.pipeline import FitResult
+from skewless.training.pipeline import FitResult, WindowErrors
 
 
 def package(
@@ -26,12 +26,13 @@ def package(
     data: History | pd.DataFrame,
     fitted: FitResult,
     report: BacktestReport,
-) -> tuple[ForecastBundle, dict[float, float]]:
-    """The bundle, and the empirical coverage of each interval level on the last fold when
-    calibrated on the earlier ones (the bundle itself is calibrated on every fold)."""
+) -> tuple[ForecastBundle, HeldOutCoverage]:
+    """The bundle, and its intervals' coverage of the last fold when calibrated without it
+    (see :func:`held_out_coverage`; the bundle's own are calibrated on every fold's windows
+    and the final fit's validation windows)."""
     history = as_history(config, data)
     levels = tuple(config.registry.interval_levels)
-    intervals = ConformalIntervals.calibrate(report.residuals.errors, levels)
+    intervals = calibrated([report.residuals.of_folds(), fitted.validation_errors], levels)
     summary = summarise(config, history)
     bundle = ForecastBundle(
         spec=FeatureSpec.from_config(config),
@@ -73,14 +74,34 @@ def summarise(config: SkewlessConfig, history: History) -> HistorySummary:
     return HistorySummary(digest.hexdigest(), pd.DataFrame(reference.rows, columns=variables))
 
 
-def held_out_coverage(report: BacktestReport, levels: tuple[float, ...]) -> dict[float, float]:
-    """Calibrate on every fold but the last, measure coverage on the last (empty: one fold)."""
-    if len(report.folds) < 2:
-        return {}
+@dataclass(frozen=True)
+class HeldOutCoverage:
+    """How the intervals did on windows they were not calibrated on."""
+
+    overall: dict[float, float]  # level -> share of errors inside
+    per_entity: pd.DataFrame  # one row per entity, one column per level
+    mean_widths: dict[float, float]  # level -> mean width (upper - lower), original units
+
+
+def held_out_coverage(report: BacktestReport, levels: tuple[float, ...]) -> HeldOutCoverage:
+    """Coverage of the last fold's test windows by intervals calibrated as the bundle's are,
+    on what came before them: the earlier folds' test windows and the last fold's fit's
+    validation windows."""
     residuals = report.residuals
     last = residuals.folds == report.folds[-1].number
-    calibrated = ConformalIntervals.calibrate(residuals.errors[~last], levels)
-    return calibrated.coverage(residuals.errors[last])
+    intervals = calibrated([residuals.of_folds(~last), report.last_validation], levels)
+    held_out = residuals.of_folds(last)
+    return HeldOutCoverage(
+        intervals.coverage(held_out.errors, held_out.spreads),
+        intervals.coverage_by_entity(held_out.errors, held_out.entities, held_out.spreads),
+        intervals.mean_widths(held_out.spreads),
+    )
+
+
+def calibrated(parts: list[WindowErrors], levels: tuple[float, ...]) -> ConformalIntervals:
+    """Intervals scaled per window, calibrated on every window of ``parts``."""
+    errors = WindowErrors.concatenate(parts)
+    return ConformalIntervals.calibrate(errors.errors, levels, errors.spreads)
 
 
 def fingerprint(rows: pd.DataFrame) -> str:

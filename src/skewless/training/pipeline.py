@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skewless.bundle.bundle import forecast
+from skewless.bundle.bundle import forecast, target_spread
 from skewless.compute.batches import Mapped
 from skewless.compute.engine import Compute, LocalCompute
 from skewless.core.config import SkewlessConfig, SourceConfig, skewless_home
@@ -56,10 +56,29 @@ class WindowSet:
 
 
 @dataclass(frozen=True)
+class WindowErrors:
+    """Absolute errors of scored windows (float32: what intervals are calibrated on), with each
+    window's entity and target spread (what interval widths scale with)."""
+
+    errors: np.ndarray  # (windows, horizon, targets), NaN where the actual is missing
+    entities: np.ndarray  # (windows,)
+    spreads: np.ndarray  # (windows, targets) float32, see ``target_spread``
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[WindowErrors]) -> WindowErrors:
+        return cls(
+            np.concatenate([p.errors for p in parts]),
+            np.concatenate([p.entities for p in parts]),
+            np.concatenate([p.spreads for p in parts]),
+        )
+
+
+@dataclass(frozen=True)
 class FitResult:
     preprocessor: Preprocessor
     model: Forecaster
     validation: Evaluation
+    validation_errors: WindowErrors  # of every validation window: more errors to calibrate on
 
 
 def open_history(
@@ -208,8 +227,11 @@ def fit(config: SkewlessConfig, data: History | pd.DataFrame) -> FitResult:
         Mapped(validation, lambda rows: window_batch(config, preprocessor, model, rows, after)),
     )
     scale = naive_scales(config, train_rows)
-    scores = score_batches(config, preprocessor, model, validation, scale, after)
-    return FitResult(preprocessor, model, evaluation(scores))
+    scores = list(
+        score_batches(config, preprocessor, model, validation, scale, after, residuals=True)
+    )
+    errors = WindowErrors.concatenate([s.residuals for s in scores if s.residuals is not None])
+    return FitResult(preprocessor, model, evaluation(scores), errors)
 
 
 def fit_runner(config: SkewlessConfig, history: History) -> Compute:
@@ -248,13 +270,13 @@ def naive_forecaster(config: SkewlessConfig) -> Forecaster:
 @dataclass
 class BatchScore:
     """What scoring one entity batch leaves: error sums, and on request the naive forecast's
-    error sums on the same windows, the absolute errors and the windows of a few entities to
-    plot."""
+    error sums on the same windows, the absolute errors with each window's entity and the
+    windows of a few entities to plot."""
 
     errors: ErrorSums
     naive: ErrorSums
     windows: int
-    residuals: np.ndarray | None  # (windows, horizon, targets) float32
+    residuals: WindowErrors | None
     shown: list[tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -280,7 +302,7 @@ def score_batches(
 
     def score_rows(rows: pd.DataFrame) -> BatchScore:
         result = BatchScore(ErrorSums(), ErrorSums(), 0, None, [])
-        kept = []
+        kept: list[WindowErrors] = []
         for windows in window_sets(
             config, preprocessor, rows, first_target, last_target, size, channels
         ):
@@ -293,7 +315,9 @@ def score_batches(
                 result.naive.add(windows.actual, repeated, windows.entities, scale)
             result.windows += len(windows)
             if residuals:
-                kept.append(np.abs(windows.actual - predicted).astype(np.float32))
+                errors = np.abs(windows.actual - predicted).astype(np.float32)
+                spreads = target_spread(preprocessor, windows.inputs, windows.entities)
+                kept.append(WindowErrors(errors, windows.entities, spreads.astype(np.float32)))
             mine = np.isin(windows.entities, list(shown))
             if mine.any():
                 result.shown.append(
@@ -305,7 +329,7 @@ def score_batches(
                     )
                 )
         if kept:
-            result.residuals = np.concatenate(kept)
+            result.residuals = WindowErrors.concatenate(kept)
         return result
 
     return history.map(score_rows)

@@ -19,7 +19,7 @@ from skewless.registry.pyfunc import log_bundle
 from skewless.registry.registry import ModelRegistry
 from skewless.training.backtest import BacktestReport, Fold, backtest, fold_bounds
 from skewless.training.history import History, as_history
-from skewless.training.packaging import package
+from skewless.training.packaging import HeldOutCoverage, package
 from skewless.training.pipeline import FitResult, fit, fit_runner
 from skewless.training.tracking import (
     against_naive,
@@ -34,7 +34,7 @@ from skewless.training.tracking import (
 class Release:
     fitted: FitResult
     report: BacktestReport
-    coverage: dict[float, float]  # nominal level -> empirical coverage on the last fold
+    coverage: HeldOutCoverage  # of the last fold, calibrated without it
     run_id: str
     version: int
 
@@ -60,7 +60,7 @@ def train_and_register(
     with tracked_run(config, home, "train") as run_id:
         log_evaluation(fitted.validation, "val_")
         log_backtest(report, config)
-        mlflow.log_metrics({f"coverage_{level * 100:g}": c for level, c in coverage.items()})
+        log_coverage(coverage)
         mlflow.set_tags({"data_fingerprint": bundle.metadata["data_fingerprint"]})
         info = log_bundle(bundle, input_example(config, history), config.model_name)
     if info.registered_model_version is None:  # only when no name was given to register under
@@ -74,6 +74,16 @@ def train_and_register(
     registry.record_model(config.model_name, version, config.training.model, key_params(config))
     registry.record_feed(config.model_name, version, bundle.spec.feed, Feed.of_store(config))
     return Release(fitted, report, coverage, run_id, version)
+
+
+def log_coverage(coverage: HeldOutCoverage) -> None:
+    """Held-out coverage and mean width per level as metrics, and per entity as a table."""
+    mlflow.log_metrics(
+        {f"coverage_{level * 100:g}": c for level, c in coverage.overall.items()}
+        | {f"width_{level * 100:g}": w for level, w in coverage.mean_widths.items()}
+    )
+    table = coverage.per_entity.rename(columns=lambda level: f"coverage_{level * 100:g}")
+    mlflow.log_table(table.reset_index(), "coverage_per_entity.json")
 
 
 def key_params(config: SkewlessConfig) -> dict[str, Any]:
