@@ -185,6 +185,30 @@ def test_a_drift_alert_names_the_entities_that_moved_most_and_counts_the_rest() 
     )
 
 
+def test_coverage_alert_fires_below_nominal_minus_the_margin() -> None:
+    accuracy = pd.DataFrame(
+        {
+            VERSION: [1, 2, 3],
+            "steps": [48, 48, 5],
+            "coverage_80": [0.74, 0.76, 0.1],  # 1: over 5 points short; 3: too few steps
+            "coverage_95": [0.95, 0.85, 0.1],
+        }
+    )
+    rules = AlertRules(min_samples=10, accuracy_factor=None, coverage_margin=0.05)
+    no_drift, served = pd.DataFrame(columns=["count"]), _served([], errors=0)
+    fired = evaluate(rules, no_drift, pd.DataFrame(), accuracy, served)
+    assert [(a.rule, a.subject, a.threshold) for a in fired] == [
+        ("coverage", "version 1", pytest.approx(0.75)),
+        ("coverage", "version 2", pytest.approx(0.90)),
+    ]
+    assert fired[0].message == (
+        "version 1: its 80% intervals held 74.0% of 48 forecast steps, more than 5% below "
+        "nominal (threshold 75.0%)"
+    )
+    off = rules.model_copy(update={"coverage_margin": None})
+    assert evaluate(off, no_drift, pd.DataFrame(), accuracy, served) == []
+
+
 def test_accuracy_scores_coverage_per_level() -> None:
     outcomes = pd.DataFrame(
         {

@@ -515,6 +515,12 @@ class AlertRules(_Strict):
         default=1.5, gt=0, description="live error above the backtest's error times this"
     )
     accuracy_metric: Literal["mse", "mae"] = "mae"
+    coverage_margin: float | None = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="live coverage of an interval level more than this below its nominal level",
+    )
     latency_p99_ms: float | None = Field(default=250.0, gt=0)
     error_rate: float | None = Field(
         default=0.05, ge=0, le=1, description="share of requested entities answered with an error"

@@ -36,7 +36,7 @@ ENTITIES_NAMED = 10  # a drift alert names at most this many entities, and count
 
 @dataclass(frozen=True)
 class Alert:
-    rule: str  # drift_psi | drift_ks | accuracy | latency_p99 | error_rate
+    rule: str  # drift_psi | drift_ks | accuracy | coverage | latency_p99 | error_rate
     subject: str  # the variable, the model version, or "server"
     value: float
     threshold: float
@@ -56,6 +56,7 @@ def evaluate(
     return [
         *_drift_alerts(rules, drift, entity_drift),
         *_accuracy_alerts(rules, accuracy),
+        *_coverage_alerts(rules, accuracy),
         *_serving_alerts(rules, served),
     ]
 
@@ -130,6 +131,32 @@ def _accuracy_alerts(rules: AlertRules, accuracy: pd.DataFrame) -> list[Alert]:
                     f"{metric.upper()} {row[f'backtest_{metric}']:.4g} (threshold {factor}x)",
                 )
             )
+    return alerts
+
+
+def _coverage_alerts(rules: AlertRules, accuracy: pd.DataFrame) -> list[Alert]:
+    """Per version and interval level (``coverage_<percent>`` columns), live coverage more than
+    ``coverage_margin`` below the level: the intervals no longer mean what they say."""
+    levels = [c.removeprefix("coverage_") for c in accuracy.columns if c.startswith("coverage_")]
+    if rules.coverage_margin is None or not levels:
+        return []
+    alerts = []
+    for row in accuracy[accuracy["steps"] >= rules.min_samples].to_dict("records"):
+        for level in levels:
+            floor = float(level) / 100 - rules.coverage_margin
+            covered = row[f"coverage_{level}"]
+            if covered < floor:
+                alerts.append(
+                    Alert(
+                        "coverage",
+                        f"version {row[VERSION]}",
+                        covered,
+                        floor,
+                        f"version {row[VERSION]}: its {level}% intervals held {covered:.1%} of "
+                        f"{row['steps']} forecast steps, more than {rules.coverage_margin:.0%} "
+                        f"below nominal (threshold {floor:.1%})",
+                    )
+                )
     return alerts
 
 
