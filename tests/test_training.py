@@ -168,6 +168,8 @@ def test_cli_train_and_backtest_from_a_csv(tmp_path: Path, monkeypatch: pytest.M
     assert "naive, same windows" in trained.output and "skill vs naive" in trained.output
     assert "beats naive" in " ".join(trained.output.split())
     assert "registered etth_forecaster version 1" in trained.output
+    assert "of the last fold covered, mean width" in trained.output
+    assert "per entity from" in " ".join(trained.output.split())
     tested = CliRunner().invoke(app, ["backtest", *common])
     assert tested.exit_code == 0, tested.output
     assert "all folds, per horizon step" in tested.output
@@ -177,6 +179,9 @@ def test_cli_train_and_backtest_from_a_csv(tmp_path: Path, monkeypatch: pytest.M
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert runs["train"].data.metrics["val_mse"] > 0 and runs["train"].data.metrics["mse"] > 0
     assert 0 < runs["train"].data.metrics["coverage_80"] <= 1
+    assert 0 < runs["train"].data.metrics["width_80"] < runs["train"].data.metrics["width_95"]
+    artifacts = [a.path for a in client.list_artifacts(runs["train"].info.run_id)]
+    assert "coverage_per_entity.json" in artifacts
     assert runs["train"].data.params["training.lookback"] == "24"
     tested_run = runs["backtest"]
     assert [m.step for m in client.get_metric_history(tested_run.info.run_id, "fold_mse")] == [1, 2]
