@@ -12,13 +12,15 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from skewless.compute import threads
 from skewless.core.progress import report
 from skewless.models.base import WindowSource
 from skewless.preprocessing.windows import WindowBatch, windows_at
@@ -145,6 +147,16 @@ class TrainingLoop:
         validation: WindowData | None,
     ) -> None:
         """Train ``module`` in place; with validation, keep the weights of its best epoch."""
+        with threads.sharing_cores(), torch_threads(threads.share()):
+            self._train(module, loss, train, validation)
+
+    def _train(
+        self,
+        module: torch.nn.Module,
+        loss: LossFunction,
+        train: WindowData,
+        validation: WindowData | None,
+    ) -> None:
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
         optimizer = torch.optim.Adam(module.parameters(), lr=self.learning_rate)
@@ -168,16 +180,10 @@ class TrainingLoop:
             if schedule is not None:
                 schedule.step()
             report(f"{self.label} epochs", epoch + 1, self.epochs)
-            if validation is None:
+            val_loss = None if validation is None else self.evaluate(module, loss, validation)
+            self._log_epoch(epoch + 1, val_loss, time.perf_counter() - started)
+            if val_loss is None:
                 continue
-            val_loss = self.evaluate(module, loss, validation)
-            logger.info(
-                "%s epoch %d: validation loss %.5f (%.1fs)",
-                self.label,
-                epoch + 1,
-                val_loss,
-                time.perf_counter() - started,
-            )
             if val_loss < best_loss:
                 best_state, best_loss, waited = copy.deepcopy(module.state_dict()), val_loss, 0
             else:
@@ -188,6 +194,19 @@ class TrainingLoop:
             module.load_state_dict(best_state)
         module.eval()
 
+    def _log_epoch(self, epoch: int, val_loss: float | None, seconds: float) -> None:
+        """One line per epoch, so that a batch job's log shows the fit moving."""
+        scored = "" if val_loss is None else f": validation loss {val_loss:.5f}"
+        logger.info(
+            "%s epoch %d/%d%s (%.1fs, %d threads)",
+            self.label,
+            epoch,
+            self.epochs,
+            scored,
+            seconds,
+            torch.get_num_threads(),
+        )
+
     def evaluate(self, module: torch.nn.Module, loss: LossFunction, data: WindowData) -> float:
         """Mean loss over ``data``, batched so that memory stays bounded."""
         module.eval()
@@ -197,3 +216,16 @@ class TrainingLoop:
                 x, y = data[slice(begin, begin + self.evaluation_batch_size)]
                 total += float(loss(module(x), y)) * len(x)
         return total / len(data)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for the enclosed work, then put back. (Its
+    inter-op pool is left alone: the models never fork ops, and torch allows setting that pool
+    only once per process, before it is first used.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
