@@ -40,7 +40,7 @@ TIMEOUT = 120.0  # seconds for one answer: Ray Serve's hops on a busy two-core m
 
 
 def start_server(
-    etth_sqlite: FeastRepo, config, *overrides: str, engine: str = "fastapi"
+    etth_sqlite: FeastRepo, config, *overrides: str, engine: str = "fastapi", workers: int = 1
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [
@@ -51,6 +51,8 @@ def start_server(
         engine,
         "--port",
         str(port),
+        "--workers",
+        str(workers),
         "--set",
         f"feature_store.project={config.project}",
         "--set",
@@ -595,5 +597,49 @@ def test_a_saturated_server_sheds_forecasts_at_once_and_stays_observable(
         shed = f'skewless_errors_total{{scope="request",type="Overloaded"}} {len(refusals)}.0'
         assert shed in metrics
         assert 'endpoint="/predict/feast/batch",status="503"' in metrics
+    finally:
+        stop_server(process)
+
+
+def test_workers_share_one_port_one_metrics_view_and_every_reload(
+    etth_sqlite: FeastRepo, own_release: SkewlessConfig
+) -> None:
+    """serve --workers 2: both answer on the port, /metrics in either counts the requests of
+    both, and one /admin/reload moves every worker (the others follow its signal)."""
+    registry = ModelRegistry(own_release.tracking.uri)
+    first = registry.version_of(own_release.model_name, "production")
+    second = add_version(own_release)
+    process, url = start_server(etth_sqlite, own_release, workers=2)
+    try:
+
+        def answering() -> dict[int, int]:
+            """Worker pid -> version, from fresh connections (each may land on either)."""
+            answers = [httpx.get(f"{url}/model", timeout=TIMEOUT).json() for _ in range(20)]
+            return {a["worker_pid"]: a["version"] for a in answers}
+
+        versions: dict[int, int] = {}  # worker pid -> the version it last answered with
+
+        def every_worker_serves(version: int) -> bool:
+            versions.update(answering())
+            return len(versions) == 2 and set(versions.values()) == {version}
+
+        wait_for(lambda: every_worker_serves(first), "both workers to answer")
+        for _ in range(30):
+            answer = httpx.post(
+                f"{url}/predict/feast/batch",
+                json={"entities": [1, 2], "time_point": LAST},
+                timeout=TIMEOUT,
+            )
+            assert answer.status_code == 200
+        metrics = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
+        batch = 'skewless_requests_total{endpoint="/predict/feast/batch",status="200",version='
+        assert f'{batch}"{first}"}} 30.0' in metrics
+
+        registry.promote(own_release.model_name, second, "production", "mse")
+        reloaded = httpx.post(
+            f"{url}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=TIMEOUT
+        )
+        assert reloaded.json()["model"]["version"] == second
+        wait_for(lambda: every_worker_serves(second), "every worker to follow one reload", 10)
     finally:
         stop_server(process)

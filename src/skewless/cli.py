@@ -414,8 +414,11 @@ def _serve_workers(repo: FeastRepo, alias: str | None, host: str, port: int, wor
     """Run ``workers`` FastAPI processes on one port until SIGINT or SIGTERM."""
     import uvicorn
 
+    from skewless.serving.service import ForecastService
     from skewless.serving.workers import shared_folder
 
+    with console.status("checking the model and the online store"):  # not N failing workers
+        ForecastService(repo.config, repo.home, alias).close()
     console.print(f"serving with {workers} workers on http://{host}:{port} (FastAPI)")
     with shared_folder(repo.config, repo.home, alias):
         uvicorn.run(

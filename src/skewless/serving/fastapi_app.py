@@ -17,7 +17,7 @@ import pandas as pd
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from skewless.core.errors import (
     RequestError,
@@ -39,6 +39,7 @@ from skewless.serving.schemas import (
     status_of,
 )
 from skewless.serving.service import Served, ServiceCore
+from skewless.serving.workers import ReloadSignal
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(service: ServiceCore) -> FastAPI:
-    """The app, which checks the alias every ``serving.poll_seconds`` while it runs."""
+def create_app(service: ServiceCore, reloads: ReloadSignal | None = None) -> FastAPI:
+    """The app, which checks the alias every ``serving.poll_seconds`` while it runs, and at
+    once when ``reloads`` (a signal shared by the workers of one server) is raised."""
     metrics = service.metrics
     interval = service.config.serving.poll_seconds
 
@@ -61,20 +63,24 @@ def create_app(service: ServiceCore) -> FastAPI:
         gc.freeze()
         stop = threading.Event()
         poller = threading.Thread(
-            target=_poll, args=(service, metrics, interval, stop), daemon=True, name="alias-poller"
+            target=_poll,
+            args=(service, metrics, interval, stop, reloads),
+            daemon=True,
+            name="alias-poller",
         )
         poller.start()
         yield
         stop.set()
         poller.join(timeout=5)
         service.close()
+        metrics.close()
 
     app = FastAPI(
         title="skewless",
         summary="Forecasts from the registered bundle, with features from the online store.",
         lifespan=lifespan,
     )
-    app.state.service, app.state.metrics = service, metrics
+    app.state.service, app.state.metrics, app.state.reloads = service, metrics, reloads
 
     @app.exception_handler(SkewlessError)
     async def skewless_error(request: Request, exc: SkewlessError) -> JSONResponse:
@@ -231,12 +237,13 @@ def _operations_router() -> APIRouter:
             "metrics": current.metrics,
             "trained_until": current.bundle.metadata.get("trained_until"),
             "reload_error": service.last_reload_error,
+            "worker_pid": os.getpid(),  # which worker answered, under serve --workers N
         }
 
     @router.get("/metrics")
     def prometheus(metrics: Metrics) -> Response:
         """Prometheus text format."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @router.post(
         "/admin/reload",
@@ -247,7 +254,10 @@ def _operations_router() -> APIRouter:
         },
     )
     def reload(
-        service: Service, metrics: Metrics, authorization: Annotated[str | None, Header()] = None
+        service: Service,
+        metrics: Metrics,
+        request: Request,
+        authorization: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         """Load the version the alias points at now. Needs ``Authorization: Bearer <token>``
         with the token from SKEWLESS_ADMIN_TOKEN (unset: reloads over HTTP are disabled)."""
@@ -269,6 +279,8 @@ def _operations_router() -> APIRouter:
             return JSONResponse(
                 {"detail": f"reload failed, still serving the old version: {exc}"[:500]}, 503
             )
+        if request.app.state.reloads is not None:
+            request.app.state.reloads.raise_signal()  # the other workers follow within 0.5 s
         return JSONResponse({"swapped": swapped, "model": service.current.describe()})
 
     return router
@@ -288,11 +300,26 @@ def _reload(service: ServiceCore, metrics: ServingMetrics) -> bool:
     return swapped
 
 
+# How often a worker looks for a reload another worker was asked for.
+_SIGNAL_SECONDS = 0.5
+
+
 def _poll(
-    service: ServiceCore, metrics: ServingMetrics, interval: float, stop: threading.Event
+    service: ServiceCore,
+    metrics: ServingMetrics,
+    interval: float,
+    stop: threading.Event,
+    reloads: ReloadSignal | None,
 ) -> None:
-    """Follow the alias until ``stop``; a failed load is counted and the old version kept."""
-    while not stop.wait(interval):
+    """Follow the alias until ``stop``, every ``interval`` and whenever ``reloads`` is raised;
+    a failed load is counted and the old version kept."""
+    tick = interval if reloads is None else min(interval, _SIGNAL_SECONDS)
+    due = time.monotonic() + interval
+    while not stop.wait(tick):
+        asked = reloads is not None and reloads.take()
+        if not asked and time.monotonic() < due:
+            continue
+        due = time.monotonic() + interval
         try:
             _reload(service, metrics)
         except Exception:  # already recorded in last_reload_error and the metrics

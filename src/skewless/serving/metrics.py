@@ -1,12 +1,27 @@
 """Prometheus metrics of a server: requests and latency by endpoint and model version (every
 answer has one: the version that answered, else the one being served), feature fetch latency,
-errors by type, entities per request, forecast values, reloads, the request log."""
+errors by type, entities per request, forecast values, reloads, the request log.
+
+Under ``serve --workers N`` prometheus_client runs in multiprocess mode (its folder set in the
+environment before it is imported): every worker writes its samples to files there, and the
+exposition adds up all workers'.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -60,8 +75,9 @@ class ServingMetrics:
         )
         self.model_version = Gauge(
             "skewless_model_version",
-            "Registered model version being served",
+            "Registered model version being served (one sample per live worker)",
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
         self.reloads = Counter(
             "skewless_model_reloads",
@@ -76,3 +92,16 @@ class ServingMetrics:
             ["outcome"],
             registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this server: of every worker, when there are several."""
+        if MULTIPROCESS_ENV not in os.environ:
+            return generate_latest(self.registry)
+        workers = CollectorRegistry()
+        multiprocess.MultiProcessCollector(workers)
+        return generate_latest(workers)
+
+    def close(self) -> None:
+        """A worker that stops takes its live gauges with it."""
+        if MULTIPROCESS_ENV in os.environ:
+            multiprocess.mark_process_dead(os.getpid())
