@@ -23,6 +23,7 @@ from skewless.core.config import load_config
 from skewless.core.errors import DataValidationError, SourceError
 from skewless.features.ingest import ingest, source_from_path
 from skewless.features.repo import FeastRepo
+from skewless.training.pipeline import load_history
 from tests.conftest import ETTH_CONFIG
 from tests.services import POSTGRES_DSN
 
@@ -126,6 +127,16 @@ def test_skewless_ingest_reads_a_wide_file_as_it_is(
 
     repo = FeastRepo(load_config(config, environ={}), tmp_path / "home")
     pd.testing.assert_frame_equal(stored(repo), hand_melted(wide, "currency", CURRENCIES))
+
+
+def test_training_from_a_wide_csv_reads_it_as_the_sources_are(tmp_path: Path) -> None:
+    wide = wide_table(CURRENCIES)
+    wide.dropna().to_csv(tmp_path / "rates.csv", index=False)
+    repo = wide_repo(tmp_path, [melted(tmp_path / "rates.csv", CURRENCIES)])
+    rows = load_history(repo.config, csv=tmp_path / "rates.csv")
+    expected = hand_melted(wide.dropna(), "currency", CURRENCIES)
+    read = rows[["currency", *LONG_COLUMNS]].astype({"currency": object})
+    pd.testing.assert_frame_equal(_ordered(read, "currency"), expected)
 
 
 def test_wide_files_named_on_the_command_line_melt_like_the_config_sources(

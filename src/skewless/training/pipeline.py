@@ -19,10 +19,11 @@ import pandas as pd
 from skewless.bundle.bundle import forecast, target_spread
 from skewless.compute.batches import Mapped
 from skewless.compute.engine import Compute, LocalCompute
-from skewless.core.config import SkewlessConfig, SourceConfig, skewless_home
+from skewless.core.config import SkewlessConfig, skewless_home
 from skewless.core.errors import ConfigError
 from skewless.core.schema import CREATED_TS, EVENT_TS
 from skewless.features.facade import FeatureStoreFacade
+from skewless.features.ingest import source_from_path
 from skewless.features.sources import read_source
 from skewless.features.validation import Findings, check_duplicates, parse_rows
 from skewless.models.base import Forecaster
@@ -99,7 +100,8 @@ def load_history(
         rows = FeatureStoreFacade(config, mode="offline", home=home).load_features(None, None)
     else:
         findings = Findings()
-        rows = parse_rows(read_source(SourceConfig(path=csv), config.data), config, findings)
+        source = source_from_path(csv, None, config.data)  # wide like the config's sources
+        rows = parse_rows(read_source(source, config.data), config, findings)
         if not findings.errors:
             check_duplicates(rows, config, findings)
         findings.raise_if_errors(str(csv))
