@@ -72,6 +72,7 @@ class FeatureSpec:
     lookback: int
     horizon: int
     targets: tuple[str, ...]
+    timezone: str | None = None  # of the calendar; None in bundles from before it was kept
 
     @classmethod
     def from_config(cls, config: SkewlessConfig) -> FeatureSpec:
@@ -83,6 +84,7 @@ class FeatureSpec:
             lookback=config.training.lookback,
             horizon=config.training.horizon,
             targets=tuple(config.data.targets),
+            timezone=config.data.timezone or "UTC",
         )
 
     @property
@@ -97,7 +99,12 @@ class FeatureSpec:
     def feed(self) -> Feed:
         """What the bundle needs of the online store."""
         return Feed(
-            self.entity_key, self.entity_type, self.frequency, tuple(self.variables), self.lookback
+            self.entity_key,
+            self.entity_type,
+            self.frequency,
+            tuple(self.variables),
+            self.lookback,
+            self.timezone,
         )
 
 

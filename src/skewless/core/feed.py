@@ -1,5 +1,5 @@
 """Whether an online store can feed a model version: its windows are long enough and hold the
-variables, frequency and entity key the version was trained on.
+variables, frequency, time zone and entity key the version was trained on.
 
 Checked when a server loads a version (it keeps the old one otherwise), when a version is
 promoted (``--force`` does not override it: such a version would fail every request) and, as
@@ -23,6 +23,8 @@ class Feed:
     frequency: str
     variables: tuple[str, ...]
     points: int  # the store's window size, or the version's lookback
+    # Where naive timestamps and the calendar are read; None: recorded before it was kept.
+    timezone: str | None = None
 
     @classmethod
     def of_store(cls, config: SkewlessConfig) -> Feed:
@@ -33,6 +35,7 @@ class Feed:
             data.frequency,
             tuple(data.variables),
             config.feature_store.window_size,
+            data.timezone or "UTC",
         )
 
     def to_json(self) -> str:
@@ -59,6 +62,11 @@ def feeding_problems(needed: Feed, store: Feed) -> list[str]:
     if needed.frequency != store.frequency:
         problems.append(
             f"it was trained at frequency {needed.frequency!r}, the store holds {store.frequency!r}"
+        )
+    if None not in (needed.timezone, store.timezone) and needed.timezone != store.timezone:
+        problems.append(
+            f"it was trained on the calendar of {needed.timezone}, the store reads its data in "
+            f"{store.timezone} (data.timezone): its grid and calendar features would differ"
         )
     if (needed.entity_key, needed.entity_type) != (store.entity_key, store.entity_type):
         problems.append(
