@@ -45,10 +45,11 @@ class Calendar:
     lookback: str | int
     horizon: str | int
     test_periods: str | int
+    holidays: dict[str, str] | None = None  # features.holidays
 
 
-WEEKLY = Calendar("W-SUN", "UTC", 160, "26W", "28D", "12W")
-MONTHLY = Calendar("MS", "Europe/Berlin", 120, "2Y", 3, 6)
+WEEKLY = Calendar("W-SUN", "UTC", 160, "26W", "28D", "12W", {"country": "US"})
+MONTHLY = Calendar("MS", "Europe/Berlin", 120, "2Y", 3, 6, {"country": "DE", "subdivision": "BY"})
 
 
 def series(calendar: Calendar, seed: int = 0) -> pd.DataFrame:
@@ -85,6 +86,7 @@ def write_config(folder: Path, calendar: Calendar) -> Path:
             "targets": ["sales"],
             "covariates": ["price"],
         },
+        "features": {"holidays": calendar.holidays},
         "feature_store": {"project": f"t{uuid.uuid4().hex[:10]}", "window_size": 64},
         "training": {
             "model": "nlinear",
@@ -192,6 +194,24 @@ def test_served_forecasts_lie_on_the_calendar(released: tuple[Path, Calendar, st
         else:
             assert (local.day_name() == "Sunday").all()
     assert calendar_features(config) == ("month",)  # hour and day of week are constant
+
+
+def test_holidays_are_stored_as_their_calendar_counts_them(
+    released: tuple[Path, Calendar, str],
+) -> None:
+    """US weeks ending on Sunday: the one of 4 July holds one; Bavarian months: January holds
+    New Year and Epiphany, December Christmas and Boxing Day."""
+    config_path, calendar, _ = released
+    config = load_config(config_path, environ={})
+    rows = FeastRepo(config, config_path.parent / "home").offline.history([1], None, None)
+    local = pd.DatetimeIndex(rows["event_timestamp"]).tz_convert(calendar.timezone)
+    held = pd.Series(rows["holidays"].to_numpy(), index=local.strftime("%Y-%m-%d"))
+    expected = (
+        {"2012-07-08": 1, "2012-07-15": 0, "2012-12-30": 1}
+        if calendar.frequency == "W-SUN"
+        else {"2012-01-01": 2, "2012-02-01": 0, "2012-12-01": 2}
+    )
+    assert held[list(expected)].to_dict() == expected
 
 
 def test_the_skew_check_finds_no_difference(released: tuple[Path, Calendar, str]) -> None:
