@@ -12,6 +12,12 @@ concurrency 1, 8 and 32, for 1, 10 and 100 entities per request, against:
 - a Ray Serve ingress that calls a no-op deployment three times, with `serve`'s Ray settings:
   the floor of the Ray Serve path.
 
+Two goals of issue 18 are judged in the same run, as ratios (hosts differ from day to day):
+- scaling: `serve --workers 2` gives at least 1.6x the throughput of one worker at concurrency 8
+  with 10 entities per request;
+- load shedding: at concurrency 64, the p99 of the requests one worker accepts (the rest are
+  refused at once over `serving.max_in_flight`) stays within 2x of its p99 at concurrency 8.
+
 The model is the shipped config's NLinear trained on ETTh1 + ETTh2; the entities are synthetic
 copies of the stations in a SQLite online store. Results: benchmarks/results/serving.json.
 
@@ -32,11 +38,12 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
 
-from machine import describe_machine
+from machine import report
 from skewless.core.config import load_config
 from skewless.features.ingest import ingest, ingest_frames
 from skewless.features.materialize import materialize
@@ -50,6 +57,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
 CONFIG = ROOT / "configs" / "etth.yaml"
 ENTITY_COUNTS = (1, 10, 100)
 CONCURRENCY = (1, 8, 32)
+SATURATING = 64  # the load-shedding cell: far above serving.max_in_flight (16)
+FASTAPI = "fastapi /predict/feast/batch"
+TWO_WORKERS = "fastapi --workers 2"
 LOOKBACK = 336
 TIME_POINT = "2018-06-26T19:00:00Z"
 BIN = Path(sys.executable).parent
@@ -152,14 +162,15 @@ def warm_up(url: str, body: bytes, seconds: float = 120) -> None:
 
 
 def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> dict[str, float]:
-    """Each client loops until the deadline; latencies of every answered request."""
+    """Each client loops until the deadline; latencies of the answered (200) requests, and the
+    counts of those shed (503 at once) and failed otherwise."""
     latencies: list[float] = []
-    failures = 0
+    failures = shed = 0
     lock = threading.Lock()
     headers = {"Content-Type": "application/json"}
 
     def client() -> None:
-        nonlocal failures
+        nonlocal failures, shed
         with httpx.Client(timeout=120) as http:
             http.post(url, content=body, headers=headers)  # warm the connection
             deadline = time.monotonic() + seconds
@@ -168,8 +179,10 @@ def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> dict
                 status = http.post(url, content=body, headers=headers).status_code
                 elapsed = time.perf_counter() - began
                 with lock:
-                    latencies.append(elapsed)
-                    failures += status != 200
+                    if status == 200:
+                        latencies.append(elapsed)
+                    shed += status == 503
+                    failures += status not in (200, 503)
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     began = time.perf_counter()
@@ -181,6 +194,7 @@ def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> dict
     ordered = sorted(latencies)
     return {
         "requests": len(ordered),
+        "shed": shed,
         "failed": failures,
         "p50_ms": 1000 * statistics.median(ordered),
         "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
@@ -204,7 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="load per cell")
     args = parser.parse_args()
-    records: list[dict[str, object]] = []
+    records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder)
         uri, rows = prepare(home)
@@ -235,6 +249,7 @@ def main() -> None:
             n: json.dumps({"entities": list(range(1, n + 1)), "time_point": TIME_POINT}).encode()
             for n in ENTITY_COUNTS
         }
+        every_cell = [(n, c) for n in ENTITY_COUNTS for c in CONCURRENCY]
         # One server at a time, so none pays for another's idle processes (Ray's are many).
         targets = [
             (
@@ -243,6 +258,7 @@ def main() -> None:
                 "POST /constant",
                 {0: b"{}"},
                 "/constant",
+                [(0, c) for c in CONCURRENCY],
             ),
             (
                 "ray floor: ingress + 3 no-op handle calls",
@@ -250,13 +266,15 @@ def main() -> None:
                 "POST /constant",
                 {0: b"{}"},
                 "/constant",
+                [(0, c) for c in CONCURRENCY],
             ),
             (
-                "fastapi /predict/feast/batch",
+                FASTAPI,
                 [*skewless, "--engine", "fastapi"],
                 "GET /health",
                 batches,
                 "/predict/feast/batch",
+                [*every_cell, (10, SATURATING)],
             ),
             (
                 "fastapi, request log off",
@@ -264,6 +282,15 @@ def main() -> None:
                 "GET /health",
                 batches,
                 "/predict/feast/batch",
+                every_cell,
+            ),
+            (
+                TWO_WORKERS,
+                [*skewless, "--engine", "fastapi", "--workers", "2"],
+                "GET /health",
+                batches,
+                "/predict/feast/batch",
+                [(10, c) for c in CONCURRENCY],
             ),
             (
                 "ray /predict/feast/batch",
@@ -271,6 +298,7 @@ def main() -> None:
                 "GET /health",
                 batches,
                 "/predict/feast/batch",
+                every_cell,
             ),
             (
                 "mlflow models serve /invocations (raw rows)",
@@ -278,46 +306,68 @@ def main() -> None:
                 "GET /ping",
                 {n: raw_rows_body(rows, n) for n in ENTITY_COUNTS},
                 "/invocations",
+                every_cell,
             ),
         ]
-        for server, command, probe, bodies, path in targets:
+        for server, command, probe, bodies, path, cells in targets:
             method, probe_path = probe.split(" ")
             process = start(command, env, f"{method} {local}{probe_path}", home / "server.log")
             try:
                 warm_up(f"{local}{path}", max(bodies.items())[1])
-                for entities, body in bodies.items():
-                    for concurrency in CONCURRENCY:
-                        result = closed_loop(f"{local}{path}", body, concurrency, args.seconds)
-                        records.append(
-                            {
-                                "server": server,
-                                "entities": entities,
-                                "concurrency": concurrency,
-                                **result,
-                            }
-                        )
-                        print(
-                            f"{server:45s} entities {entities:3d} concurrency {concurrency:2d}: "
-                            f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
-                            f"{result['throughput_rps']:7.1f} req/s  ({result['failed']} failed)",
-                            flush=True,
-                        )
+                for entities, concurrency in cells:
+                    body = bodies[entities]
+                    result = closed_loop(f"{local}{path}", body, concurrency, args.seconds)
+                    records.append(
+                        {"server": server, "entities": entities, "concurrency": concurrency}
+                        | result
+                    )
+                    print(
+                        f"{server:45s} entities {entities:3d} concurrency {concurrency:2d}: "
+                        f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                        f"{result['throughput_rps']:7.1f} req/s  ({result['shed']} shed, "
+                        f"{result['failed']} failed)",
+                        flush=True,
+                    )
             finally:
                 process.terminate()
                 process.wait(timeout=60)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": describe_machine(),
-                "seconds_per_cell": args.seconds,
-                "results": records,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {RESULTS}")
+    results = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds_per_cell": args.seconds,
+        "results": records,
+    }
+    report(goals(records), results, RESULTS)
+
+
+def goals(records: list[dict[str, Any]]) -> list[dict[str, object]]:
+    """Issue 18's scaling and load-shedding goals, each a ratio of cells of this run."""
+
+    def cell(server: str, concurrency: int) -> dict[str, Any]:
+        (found,) = [
+            r
+            for r in records
+            if (r["server"], r["entities"], r["concurrency"]) == (server, 10, concurrency)
+        ]
+        return found
+
+    one, two = cell(FASTAPI, 8), cell(TWO_WORKERS, 8)
+    scaling = two["throughput_rps"] / one["throughput_rps"]
+    saturated = cell(FASTAPI, SATURATING)
+    tail = saturated["p99_ms"] / one["p99_ms"]
+    return [
+        {
+            "goal": "2 FastAPI workers >= 1.6x the throughput of 1 (concurrency 8, 10 entities)",
+            "measured": f"{scaling:.2f}x ({two['throughput_rps']:.1f} vs "
+            f"{one['throughput_rps']:.1f} req/s)",
+            "pass": scaling >= 1.6,
+        },
+        {
+            "goal": f"at concurrency {SATURATING}, p99 of accepted requests <= 2x the p99 at 8",
+            "measured": f"{tail:.2f}x ({saturated['p99_ms']:.1f} vs {one['p99_ms']:.1f} ms; "
+            f"{saturated['shed']:.0f} shed)",
+            "pass": tail <= 2.0,
+        },
+    ]
 
 
 if __name__ == "__main__":
