@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,6 +67,22 @@ def wait_for(condition: Callable[[], object], what: str, seconds: float = 60) ->
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def wait_until_healthy(server: subprocess.Popen, url: str, log: Path, seconds: float) -> None:
+    """Wait for the server process at ``url`` to answer /health; if it exits or takes longer,
+    kill it and fail with the end of its ``log``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
 
 
 def raw_rows(entity: int | None, start: str, hours: int, seed: int = 0) -> pd.DataFrame:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from skewless.core.config import load_config
 from skewless.features.ingest import ingest
 from skewless.features.repo import FeastRepo
 from skewless.monitoring.observations import observe
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, wait_for, wait_until_healthy
 
 pytestmark = pytest.mark.integration  # Feast stores, MLflow and a live server
 
@@ -143,17 +142,8 @@ def serve(config: Path, home: Path) -> tuple[subprocess.Popen, str]:
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return server, url
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
+    wait_until_healthy(server, url, log, 180)
+    return server, url
 
 
 def in_utc(calendar: Calendar, first: str, periods: int) -> pd.DatetimeIndex:

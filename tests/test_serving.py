@@ -32,7 +32,14 @@ from skewless.monitoring.store import read_served
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.ray_launch import ray_serve_settings
-from tests.conftest import ETTH_CONFIG, copy_version, free_port, register_copy, wait_for
+from tests.conftest import (
+    ETTH_CONFIG,
+    copy_version,
+    free_port,
+    register_copy,
+    wait_for,
+    wait_until_healthy,
+)
 
 TOKEN = "test-admin-token"
 LAST = "2018-06-26T19:00:00Z"  # the last hour of both ETTh files
@@ -66,17 +73,8 @@ def start_server(
     with log.open("wb") as sink:
         server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # Ray Serve starts five processes on two cores
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return server, url
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
+    wait_until_healthy(server, url, log, 300)  # Ray Serve starts five processes on two cores
+    return server, url
 
 
 def server_log(etth_sqlite: FeastRepo, port: int) -> Path:
