@@ -1,6 +1,8 @@
-"""Forecasters: the contract, the naive baseline and NLinear's two solvers."""
+"""Forecasters: the contract, the naive baseline, NLinear's two solvers and XGBoost."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
@@ -171,3 +173,46 @@ def test_xgboost_compressed_horizon_is_as_accurate_as_one_output_per_step() -> N
     naive = np.mean((val.inputs[:, -1:] - val.targets) ** 2)
     assert compressed < 0.5 * naive
     assert compressed < 1.05 * error(None)
+
+
+def weekly_ili_like(rows: int = 966, channels: int = 7, seed: int = 0) -> np.ndarray:
+    """Standardised weekly channels shaped like ILI: yearly seasons of random height, a trend."""
+    rng = np.random.default_rng(seed)
+    week = np.arange(rows)[:, None]
+    heights = rng.uniform(1, 3, size=(rows // 52 + 1, channels)).repeat(52, axis=0)[:rows]
+    season = heights * np.exp(-0.5 * (((week % 52) - 20) / 4) ** 2)
+    values = season + week / rows + 0.1 * rng.normal(size=(rows, channels))
+    return ((values - values.mean(0)) / values.std(0)).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_xgboost_defaults_fit_ili_shaped_data() -> None:
+    """The shape that ran for 27 minutes (issue 17): 7 targets, lookback 104, horizon 24."""
+    from skewless.models.xgboost import XGBoostForecaster
+
+    data = weekly_ili_like()
+    train, val = cut_windows(data[:780], 104, 24), cut_windows(data[780 - 104 :], 104, 24)
+    model = XGBoostForecaster(24).fit(train.inputs, train.targets, val.inputs, val.targets)
+    assert model.basis_ is not None and model.basis_.axes.shape == (8, 24 * 7)
+    assert model.rounds_ in range(1, model.n_estimators + 1)
+    assert model.booster_.num_boosted_rounds() <= model.n_estimators
+    error = np.mean((model.predict(val.inputs) - val.targets) ** 2)
+    naive = np.mean((val.inputs[:, -1:] - val.targets) ** 2)
+    assert error < 0.5 * naive
+
+
+@pytest.mark.slow
+def test_long_fits_log_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """A batch job's log shows rounds and epochs as they happen, not only at the end."""
+    from skewless.models.xgboost import XGBoostForecaster
+
+    windows = cut_windows(series(300), 24, 6)
+    with caplog.at_level(logging.INFO, logger="skewless.models"):
+        XGBoostForecaster(6, n_estimators=100).fit(windows.inputs, windows.targets)
+        NLinear(6, solver="gradient", epochs=2).fit(windows.inputs, windows.targets)
+    lines = caplog.messages
+    assert [line.split(" (")[0] for line in lines if line.startswith("XGBoost")] == [
+        "XGBoost round 50/100",
+        "XGBoost round 100/100",
+    ]
+    assert any(line.startswith("NLinear epoch 2/2") for line in lines)

@@ -3,41 +3,83 @@
 Each window becomes one row of features: the last ``lags`` target values relative to the window's
 last target value, that last value itself (the level), and the last ``covariate_lags`` values of
 every other channel (covariates and calendar features). The label is the whole future relative to
-the last value, one output per (horizon step, target): one multi-output model, whose trees each
-predict every output (XGBoost's ``multi_output_tree``), stopped early on the validation windows.
+the last value, one output per (horizon step, target), compressed to its leading
+``horizon_components`` principal components (learned from the training futures); the trees
+predict those few coefficients (each tree all of them: ``multi_output_tree``), stopped early on
+the validation windows, and the forecast is rebuilt from them.
 
-A tree's cost grows with its outputs, so for long horizons ``horizon_components`` compresses the
-label to its leading principal components (learned from the training futures): the trees predict
-those few coefficients and the forecast is rebuilt from them.
+A tree's cost grows with its outputs and its histogram bins: a tree for all 168 outputs of 7
+targets x 24 steps over 256 bins took 7 s per round on ILI-shaped data, the 8 components over 64
+bins take a fraction of a second per fit's round, at equal or better accuracy
+(benchmarks/xgboost_formulations.py, docs/training.md). Threads come from the fit's share of the
+cores (:mod:`skewless.compute.threads`); rounds are reported and logged as they happen.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import xgboost as xgb
 
+from skewless.compute import threads
 from skewless.core.progress import report
 from skewless.models.base import Forecaster, WindowSource, at_least_one
 from skewless.preprocessing.running_stats import RowSample
 from skewless.preprocessing.windows import WindowBatch
 
+logger = logging.getLogger(__name__)
+
+# Boosting rounds between two progress lines in the log.
+_LOG_EVERY = 50
+
+# Training rows per thread when ``n_jobs`` is not set. Below this a second thread costs more in
+# waits than it saves: ILI-shaped data (549 windows) fitted in 3.8 s on one thread and 42 s on
+# two of a 2-core host that other work kept busy (benchmarks/xgboost_formulations.py).
+_ROWS_PER_THREAD = 20_000
+
 # How many window-tail values (float32) are copied out at once: about 100 MB.
 _TAIL_VALUES = 25_000_000
 
 
-class _RoundProgress(xgb.callback.TrainingCallback):
-    """Reports boosting rounds to whoever listens (the CLI's progress bars)."""
+class _Rounds(xgb.callback.TrainingCallback):
+    """After each boosting round: report it to whoever listens (the CLI's progress bars), log
+    every ``_LOG_EVERY`` rounds (a batch job's log shows the fit moving), and resize the thread
+    pool to this fit's current share of the cores (fits beside it start and end)."""
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, rounds: int, threads: Callable[[], int]) -> None:
         super().__init__()
         self.rounds = rounds
+        self.threads = threads
+        self.started = time.perf_counter()
 
-    def after_iteration(self, model: object, epoch: int, evals_log: object) -> bool:
-        report("XGBoost rounds", epoch + 1, self.rounds)
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+        done = epoch + 1
+        report("XGBoost rounds", done, self.rounds)
+        if done % _LOG_EVERY == 0 or done == self.rounds:
+            logger.info(
+                "XGBoost round %d/%d%s (%.1fs)",
+                done,
+                self.rounds,
+                _latest_scores(evals_log),
+                time.perf_counter() - self.started,
+            )
+        model.set_param("nthread", str(self.threads()))
         return False  # never stops training itself
+
+
+def _latest_scores(evals_log: dict) -> str:
+    """The last round's scores, as ", validation rmse 0.1234", if any were kept."""
+    return "".join(
+        f", {data} {metric} {values[-1]:.4f}"
+        for data, metrics in evals_log.items()
+        for metric, values in metrics.items()
+    )
 
 
 class XGBoostForecaster(Forecaster):
@@ -49,7 +91,7 @@ class XGBoostForecaster(Forecaster):
     def __init__(
         self,
         horizon: int,
-        lags: int = 48,
+        lags: int = 24,
         covariate_lags: int = 3,
         n_estimators: int = 300,
         max_depth: int = 5,
@@ -57,7 +99,9 @@ class XGBoostForecaster(Forecaster):
         subsample: float = 0.8,
         colsample_bytree: float = 0.8,
         early_stopping_rounds: int = 30,
-        horizon_components: int | None = None,
+        horizon_components: int | None = 8,
+        multi_strategy: Literal["one_output_per_tree", "multi_output_tree"] = "one_output_per_tree",
+        max_bin: int = 64,
         max_windows: int = 200_000,
         seed: int = 0,
         n_jobs: int | None = None,
@@ -72,6 +116,8 @@ class XGBoostForecaster(Forecaster):
         self.colsample_bytree = colsample_bytree
         self.early_stopping_rounds = early_stopping_rounds
         self.horizon_components = horizon_components
+        self.multi_strategy = multi_strategy
+        self.max_bin = max_bin
         self.max_windows = max_windows
         self.seed = seed
         self.n_jobs = n_jobs
@@ -79,7 +125,12 @@ class XGBoostForecaster(Forecaster):
     def validate_params(self) -> None:
         counts = ("lags", "covariate_lags", "n_estimators", "max_depth", "early_stopping_rounds")
         self._require((*counts, "max_windows"), at_least_one, "at least 1")
-        self._require(("horizon_components",), at_least_one, "at least 1", nullable=True)
+        self._require(("horizon_components", "n_jobs"), at_least_one, "at least 1", nullable=True)
+        self._require(("max_bin",), lambda value: value >= 2, "at least 2")
+        strategies = ("one_output_per_tree", "multi_output_tree")
+        self._require(
+            ("multi_strategy",), lambda value: value in strategies, f"one of {strategies}"
+        )
         fractions = ("learning_rate", "subsample", "colsample_bytree")
         self._require(fractions, lambda value: 0 < value <= 1, "in (0, 1]")
 
@@ -142,32 +193,32 @@ class XGBoostForecaster(Forecaster):
         params = {
             "objective": "reg:squarederror",
             "tree_method": "hist",
-            "multi_strategy": "multi_output_tree",
+            "multi_strategy": self.multi_strategy,
+            "max_bin": self.max_bin,
             "max_depth": self.max_depth,
             "eta": self.learning_rate,
             "subsample": self.subsample,
             "colsample_bytree": self.colsample_bytree,
             "seed": self.seed,
-            "nthread": self.n_jobs or 0,
         }
-        self.basis_ = (
-            _LabelBasis.fit(labels, self.horizon_components) if self.horizon_components else None
-        )
+        self.basis_ = _LabelBasis.fit(labels, self.horizon_components)
         train = xgb.DMatrix(features, label=self._encode(labels))
         evals, stopping = [], None
         if validation is not None:
             val_features, val_labels = validation
             evals = [(xgb.DMatrix(val_features, label=self._encode(val_labels)), "validation")]
             stopping = self.early_stopping_rounds
-        self.booster_ = xgb.train(
-            params,
-            train,
-            num_boost_round=self.n_estimators,
-            evals=evals,
-            early_stopping_rounds=stopping,
-            verbose_eval=False,
-            callbacks=[_RoundProgress(self.n_estimators)],
-        )
+        most = self.n_jobs or max(1, len(features) // _ROWS_PER_THREAD)
+        with threads.sharing_cores():
+            self.booster_ = xgb.train(
+                params | {"nthread": min(most, threads.share())},
+                train,
+                num_boost_round=self.n_estimators,
+                evals=evals,
+                early_stopping_rounds=stopping,
+                verbose_eval=False,
+                callbacks=[_Rounds(self.n_estimators, lambda: min(most, threads.share()))],
+            )
         self.rounds_ = self.booster_.best_iteration + 1 if stopping else self.n_estimators
 
     def _predict(self, inputs: np.ndarray) -> np.ndarray:
@@ -207,7 +258,11 @@ class _LabelBasis:
     axes: np.ndarray  # (components, outputs), orthonormal rows
 
     @classmethod
-    def fit(cls, labels: np.ndarray, components: int) -> _LabelBasis:
+    def fit(cls, labels: np.ndarray, components: int | None) -> _LabelBasis | None:
+        """None when there is nothing to compress: no components asked, or as many as outputs."""
+        if components is None or components >= labels.shape[1]:
+            return None
+        labels = labels.astype(np.float64)  # one basis whether labels came batched or whole
         mean = labels.mean(axis=0)
         _, _, right = np.linalg.svd(labels - mean, full_matrices=False)
         return cls(mean, right[:components])
