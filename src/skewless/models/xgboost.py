@@ -4,13 +4,13 @@ Each window becomes one row of features: the last ``lags`` target values relativ
 last target value, that last value itself (the level), and the last ``covariate_lags`` values of
 every other channel (covariates and calendar features). The label is the whole future relative to
 the last value, one output per (horizon step, target), compressed to its leading
-``horizon_components`` principal components (learned from the training futures); the trees
-predict those few coefficients (each tree all of them: ``multi_output_tree``), stopped early on
-the validation windows, and the forecast is rebuilt from them.
+``horizon_components`` principal components (learned from the training futures); each round grows
+one tree per component (``one_output_per_tree``), stopped early on the validation windows, and
+the forecast is rebuilt from the predicted components.
 
-A tree's cost grows with its outputs and its histogram bins: a tree for all 168 outputs of 7
-targets x 24 steps over 256 bins took 7 s per round on ILI-shaped data, the 8 components over 64
-bins take a fraction of a second per fit's round, at equal or better accuracy
+A tree's cost grows with its outputs times its histogram bins: one tree for all 168 outputs of 7
+targets x 24 steps over 256 bins took 7 s or more per round on ILI-shaped data; 8 components over
+64 bins fit the whole model in seconds, the fastest form at equal accuracy
 (benchmarks/xgboost_formulations.py, docs/training.md). Threads come from the fit's share of the
 cores (:mod:`skewless.compute.threads`); rounds are reported and logged as they happen.
 """
