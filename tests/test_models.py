@@ -216,3 +216,14 @@ def test_long_fits_log_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
         "XGBoost round 100/100",
     ]
     assert any(line.startswith("NLinear epoch 2/2") for line in lines)
+    caplog.clear()
+    train, val = cut_windows(series(300), 24, 6), cut_windows(series(200, seed=1), 24, 6)
+    with caplog.at_level(logging.INFO, logger="skewless.models"):
+        model = XGBoostForecaster(6, n_estimators=1000, early_stopping_rounds=5).fit(
+            train.inputs, train.targets, val.inputs, val.targets
+        )
+    stopped = model.booster_.num_boosted_rounds()
+    assert stopped < 1000
+    assert f"XGBoost stopped early after round {stopped}/1000, keeping {model.rounds_} rounds" in (
+        caplog.messages
+    )

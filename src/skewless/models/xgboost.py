@@ -220,6 +220,13 @@ class XGBoostForecaster(Forecaster):
                 callbacks=[_Rounds(self.n_estimators, lambda: min(most, threads.share()))],
             )
         self.rounds_ = self.booster_.best_iteration + 1 if stopping else self.n_estimators
+        if self.booster_.num_boosted_rounds() < self.n_estimators:
+            logger.info(
+                "XGBoost stopped early after round %d/%d, keeping %d rounds",
+                self.booster_.num_boosted_rounds(),
+                self.n_estimators,
+                self.rounds_,
+            )
 
     def _predict(self, inputs: np.ndarray) -> np.ndarray:
         features = xgb.DMatrix(self._features(inputs))
