@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +71,17 @@ def test_nlinear_beats_naive_on_validation(history: pd.DataFrame) -> None:
     assert nlinear["mse"] < naive["mse"] and nlinear["mase"] < naive["mase"]
 
 
-def test_backtest_folds_refit_on_the_past_only(history: pd.DataFrame) -> None:
+def test_backtest_folds_refit_on_the_past_only(
+    history: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
     config = etth_config(*SMALL, "backtest.folds=2", "backtest.gap=3")
-    report = backtest(config, history)
+    with caplog.at_level(logging.INFO, logger="skewless.training.backtest"):
+        report = backtest(config, history)
+    progress = [r.getMessage() for r in caplog.records if "backtest fold" in r.getMessage()]
+    assert [line.split(" (")[0] for line in progress] == [
+        "backtest fold 1 of 2",
+        "backtest fold 2 of 2",
+    ]  # a batch job's log shows each fold as it is scored
     step = pd.Timedelta("1h")
     assert [f.number for f in report.folds] == [1, 2]
     first, second = report.folds

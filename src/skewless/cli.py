@@ -70,12 +70,23 @@ def main(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.ERROR,
         format="%(message)s",
-        handlers=[RichHandler(console=errors, show_path=False)],
+        handlers=[_log_handler()],
     )
+    if not errors.is_terminal:  # a batch job's log: skewless's progress lines as they happen
+        logging.getLogger("skewless").setLevel(logging.INFO)
     quiet_library_notices()
     if not verbose:  # MLflow's own progress bars, hints and warnings: the CLI says what matters
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
+
+
+def _log_handler() -> logging.Handler:
+    """Rich lines on a terminal; plain, unwrapped, timestamped lines in a batch job's log."""
+    if errors.is_terminal:
+        return RichHandler(console=errors, show_path=False)
+    plain = logging.StreamHandler()
+    plain.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return plain
 
 
 def _repo(config: Path, overrides: list[str] | None) -> FeastRepo:

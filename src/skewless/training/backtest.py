@@ -10,6 +10,7 @@ glance whether the model is worth anything.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +30,8 @@ from skewless.training.pipeline import (
     naive_scales,
     score_batches,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ def backtest(
         residuals += [(part, run.fold.number) for part in run.residuals]
         plotted += run.shown
         last_validation = run.validation  # only the last fold's is kept
+        _log_fold(run.fold, config.backtest.folds)
         if on_fold is not None:
             on_fold(run.fold)
         folds.append(run.fold)
@@ -233,4 +237,18 @@ def _forecasts(
         np.concatenate(entities),
         np.concatenate(actual),
         np.concatenate(predicted),
+    )
+
+
+def _log_fold(fold: Fold, folds: int) -> None:
+    """A progress line per fold, for the logs of batch jobs (the CLI shows them there)."""
+    logger.info(
+        "backtest fold %d of %d (test %s to %s, %d windows): mse %.4g, naive %.4g",
+        fold.number,
+        folds,
+        fold.test_start.isoformat(),
+        fold.test_end.isoformat(),
+        fold.windows,
+        fold.evaluation.overall["mse"],
+        fold.naive.overall["mse"],
     )

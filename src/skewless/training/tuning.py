@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -37,6 +38,8 @@ from skewless.training.backtest import Fold, backtest, fold_bounds
 from skewless.training.history import History, as_history
 from skewless.training.pipeline import FitResult, check_request, fit
 from skewless.training.tracking import log_evaluation, tracked_run
+
+logger = logging.getLogger(__name__)
 
 # A configuration is scored once a trial of it completes, or is pruned: the pruner judged it
 # hopeless against the trials before it, and the study has only got better since.
@@ -154,6 +157,12 @@ class _Tally:
 
     def finished(self, frozen: optuna.trial.FrozenTrial) -> None:
         self.trials += 1
+        logger.info(
+            "tuning trial %d %s: %s",
+            frozen.number,
+            frozen.state.name.lower(),
+            "no score" if frozen.value is None else f"score {frozen.value:.4g}",
+        )
         if self.on_trial is not None:
             self.on_trial(frozen)
 
