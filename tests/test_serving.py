@@ -7,6 +7,7 @@ import http.client
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -641,3 +642,29 @@ def test_workers_share_one_port_one_metrics_view_and_every_reload(
         wait_for(lambda: every_worker_serves(second), "every worker to follow one reload", 10)
     finally:
         stop_server(process)
+
+
+def test_a_server_counts_only_its_own_requests_where_feast_set_a_shared_metrics_folder(
+    etth_sqlite: FeastRepo,
+    served: SkewlessConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Importing Feast's metrics module points prometheus_client's multiprocess variable at a
+    folder of Feast's, which every server started from that process inherits: the servers'
+    /metrics must still count their own requests, not add up each other's."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    batch = 'skewless_requests_total{endpoint="/predict/feast/batch",status="200",version='
+    for requests in (3, 2):
+        process, url = start_server(etth_sqlite, served)
+        try:
+            for _ in range(requests):
+                httpx.post(
+                    f"{url}/predict/feast/batch",
+                    json={"entities": [1], "time_point": LAST},
+                    timeout=TIMEOUT,
+                ).raise_for_status()
+            counted = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
+            assert re.search(rf'{re.escape(batch)}"\d+"}} {requests}\.0\n', counted), counted
+        finally:
+            stop_server(process)

@@ -4,7 +4,9 @@ errors by type, entities per request, forecast values, reloads, the request log.
 
 Under ``serve --workers N`` prometheus_client runs in multiprocess mode (its folder set in the
 environment before it is imported): every worker writes its samples to files there, and the
-exposition adds up all workers'.
+exposition adds up all workers'. Only our own variable turns the adding up on: Feast sets
+prometheus_client's variable to a folder of its own in any process that imports its metrics
+module, and every server started from such a process would add up the others' samples.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from prometheus_client import (
     multiprocess,
 )
 
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKERS_METRICS_ENV = "SKEWLESS_WORKERS_METRICS_DIR"  # set by serve --workers for its workers
+# Where prometheus_client (both names of its variable) keeps multiprocess samples.
+PROMETHEUS_ENVS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -95,13 +99,15 @@ class ServingMetrics:
 
     def exposition(self) -> bytes:
         """The Prometheus text of this server: of every worker, when there are several."""
-        if MULTIPROCESS_ENV not in os.environ:
+        folder = os.environ.get(WORKERS_METRICS_ENV)
+        if folder is None:
             return generate_latest(self.registry)
         workers = CollectorRegistry()
-        multiprocess.MultiProcessCollector(workers)
+        multiprocess.MultiProcessCollector(workers, path=folder)
         return generate_latest(workers)
 
     def close(self) -> None:
         """A worker that stops takes its live gauges with it."""
-        if MULTIPROCESS_ENV in os.environ:
-            multiprocess.mark_process_dead(os.getpid())
+        folder = os.environ.get(WORKERS_METRICS_ENV)
+        if folder is not None:
+            multiprocess.mark_process_dead(os.getpid(), path=folder)

@@ -23,7 +23,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from skewless.core.config import SkewlessConfig
-from skewless.serving.metrics import MULTIPROCESS_ENV
+from skewless.serving.metrics import PROMETHEUS_ENVS, WORKERS_METRICS_ENV
 
 SPEC_ENV = "SKEWLESS_WORKER_SPEC"
 _SIGNAL_FILE = "reload-requested"
@@ -62,9 +62,10 @@ def shared_folder(config: SkewlessConfig, home: Path, alias: str | None) -> Iter
     """The environment the workers start in: the folder, and what each needs to load."""
     with tempfile.TemporaryDirectory(prefix="skewless-workers-") as folder:
         spec = {"config": config.model_dump(mode="json"), "home": str(home), "alias": alias}
-        saved = {name: os.environ.get(name) for name in (SPEC_ENV, MULTIPROCESS_ENV)}
+        folders = (WORKERS_METRICS_ENV, *PROMETHEUS_ENVS)
+        saved = {name: os.environ.get(name) for name in (SPEC_ENV, *folders)}
         os.environ[SPEC_ENV] = json.dumps({**spec, "folder": folder})
-        os.environ[MULTIPROCESS_ENV] = folder
+        os.environ.update(dict.fromkeys(folders, folder))
         try:
             yield
         finally:
