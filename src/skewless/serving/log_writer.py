@@ -339,7 +339,7 @@ def _write_forever(
         if not batch and not gaps:
             continue
         try:
-            _insert(engine, batch, gaps)
+            _insert(engine, batch, gaps, written)
         except Exception as exc:  # a log outage must not stop the writer, nor serving
             logger.error("request log: %d records not written: %s", len(batch), exc)
             failed.value += len(batch)
@@ -348,7 +348,6 @@ def _write_forever(
                 unwritten = Gap(now, now, 0, "database unavailable")
             unwritten.until, unwritten.records = now, unwritten.records + len(batch)
             continue
-        written.value += len(batch)
         unwritten = None
     engine.dispose()
 
@@ -385,12 +384,17 @@ def _drain(
             return batch, gaps, False
 
 
-def _insert(engine: Engine, batch: Records, gaps: list[Gap]) -> None:
-    with engine.begin() as connection:
+def _insert(engine: Engine, batch: Records, gaps: list[Gap], written: Synchronized[int]) -> None:
+    """Insert in one transaction and count the records written the moment it commits: not
+    after the connection goes back to the pool (a rollback on the way), where a writer killed
+    in between had written records that the server then counted as lost too."""
+    with engine.connect() as connection:
         if batch:
             connection.execute(insert(SERVED), batch)
         if gaps:
             connection.execute(insert(GAPS), [gap.row() for gap in gaps])
+        connection.commit()
+        written.value += len(batch)
 
 
 def open_request_log(
