@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from skewless.bundle.intervals import ConformalIntervals
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError
 from skewless.core.schema import EVENT_TS
-from skewless.training.backtest import backtest
+from skewless.training.backtest import BacktestReport, backtest
 from skewless.training.packaging import fingerprint, held_out_coverage, package
 from skewless.training.pipeline import fit, load_history
 from tests.conftest import etth_config, raw_rows
@@ -26,18 +27,23 @@ LOOKBACK, HORIZON = 24, 6
 def trained(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[SkewlessConfig, pd.DataFrame, object]:
-    folder = tmp_path_factory.mktemp("bundle")
     raw = pd.concat([raw_rows(1, "2020-01-01", 500), raw_rows(2, "2020-01-01", 500, seed=3)])
+    return backtested(raw, tmp_path_factory.mktemp("bundle"), test_periods=48)
+
+
+def backtested(
+    raw: pd.DataFrame, folder: Path, test_periods: int
+) -> tuple[SkewlessConfig, pd.DataFrame, BacktestReport]:
+    """The raw rows read as a CSV, and their 3-fold backtest with the small window."""
     raw.to_csv(folder / "history.csv", index=False)
     config = etth_config(
         f"training.lookback={LOOKBACK}",
         f"training.horizon={HORIZON}",
         "backtest.folds=3",
-        "backtest.test_periods=48",
+        f"backtest.test_periods={test_periods}",
     )
     rows = load_history(config, csv=folder / "history.csv")
-    report = backtest(config, rows)
-    return config, rows, report
+    return config, rows, backtest(config, rows)
 
 
 @pytest.fixture(scope="module")
@@ -176,15 +182,7 @@ def far_apart(tmp_path_factory: pytest.TempPathFactory) -> tuple[ForecastBundle,
     for part, factor in zip(parts, (0.001, 10.0), strict=True):
         variables = part.columns.drop(["date", "station_id"])
         part[variables] *= factor
-    pd.concat(parts).to_csv(folder / "history.csv", index=False)
-    config = etth_config(
-        f"training.lookback={LOOKBACK}",
-        f"training.horizon={HORIZON}",
-        "backtest.folds=3",
-        "backtest.test_periods=96",
-    )
-    rows = load_history(config, csv=folder / "history.csv")
-    report = backtest(config, rows)
+    config, rows, report = backtested(pd.concat(parts), folder, test_periods=96)
     made, coverage = package(config, rows, fit(config, rows), report)
     assert coverage.per_entity.index.tolist() == [1, 2]
     for level in (0.8, 0.95):  # each entity's own held-out coverage is near nominal
