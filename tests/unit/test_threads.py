@@ -47,10 +47,15 @@ def test_fits_in_other_threads_count_too(cores: int) -> None:
     assert threads.share() == cores
 
 
-def test_available_cores_follow_affinity_and_quota() -> None:
+def test_available_cores_follow_affinity_and_quota(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     assert 1 <= threads.available_cores() <= len(os.sched_getaffinity(0))
+    uncached = threads.available_cores.__wrapped__  # the cached value is this machine's
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    for quota, cores in ((None, 4), (8.0, 4), (2.5, 2), (0.5, 1)):
+        monkeypatch.setattr(threads, "cgroup_quota", lambda quota=quota: quota)
+        assert uncached() == cores, f"quota {quota}"
 
 
 @pytest.mark.parametrize(
