@@ -32,6 +32,12 @@ from rich.table import Table
 from skewless.cli_models import models_app
 from skewless.cli_monitoring import EveryOpt, OutOpt, RetrainOpt, run_monitor, run_report
 from skewless.cli_output import console, errors, number, user_errors
+from skewless.cli_streaming import (
+    FileOpt,
+    RowsPerMessageOpt,
+    run_publish_command,
+    run_stream_command,
+)
 from skewless.core.errors import ConfigError
 from skewless.core.library_notices import quiet_feast_deprecations, quiet_library_notices
 
@@ -173,6 +179,28 @@ def push(
         source = source_from_path(file, entity, repo.config.data)
         report = run_push(repo, read_source(source, repo.config.data), origin=str(file))
         _print_ingest([report])
+
+
+@app.command()
+def stream(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Consume rows from the broker under 'streaming:' into both stores, until stopped."""
+    with user_errors():
+        loaded = _config(config, set_)
+    run_stream_command(loaded)
+
+
+@app.command()
+def publish(
+    config: ConfigArg,
+    file: FileOpt,
+    entity: EntityOpt = None,
+    rows_per_message: RowsPerMessageOpt = 100,
+    set_: SetOpt = None,
+) -> None:
+    """Publish a CSV or Parquet file's rows to the broker subject under 'streaming:'."""
+    with user_errors():
+        loaded = _config(config, set_)
+    run_publish_command(loaded, file, entity, rows_per_message)
 
 
 @app.command()

@@ -580,6 +580,105 @@ class ComputeConfig(_Strict):
     )
 
 
+class StreamingConfig(_Strict):
+    """``skewless stream``: rows consumed from a message broker in micro-batches, validated as
+    ingest validates them, written to both stores, then acknowledged (docs/streaming.md)."""
+
+    broker: Literal["nats", "rabbitmq"] = Field(
+        description="nats: a NATS JetStream stream; rabbitmq: a durable RabbitMQ queue"
+    )
+    url: str = Field(description="nats://host:4222 or amqp://user:password@host:5672/")
+    subject: str = Field(
+        min_length=1, description="NATS subject, or RabbitMQ queue name, the rows arrive on"
+    )
+    dead_letter_subject: str | None = Field(
+        default=None,
+        description="where refused messages and rows go, with their reasons; default "
+        "'<subject>.dead'",
+    )
+    stream: str | None = Field(
+        default=None,
+        description="NATS: the JetStream stream holding the subject; default: the stream that "
+        "already holds it, else one made and named after it",
+    )
+    group: str = Field(
+        default="skewless",
+        min_length=1,
+        description="NATS durable consumer name: every consumer in one group shares the work",
+    )
+    batch_rows: int = Field(
+        default=10_000, ge=1, description="a micro-batch ends after this many rows..."
+    )
+    batch_seconds: float = Field(
+        default=1.0, gt=0, description="...or this many seconds after its first message"
+    )
+    batch_messages: int = Field(
+        default=1000, ge=1, description="most messages in one micro-batch (unacknowledged at once)"
+    )
+    ack_wait_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="NATS: a message not acknowledged this long after delivery is delivered "
+        "again (to any consumer of the group)",
+    )
+    entities: Literal["open", "closed"] = Field(
+        default="open",
+        description="closed: rows of entities the offline store has never held are refused",
+    )
+    max_age: str | None = Field(
+        default=None,
+        description="rows whose timestamp is older than this before now are refused as stale "
+        "(a duration such as '7D'); null: no limit",
+    )
+    max_future: str | None = Field(
+        default="1h",
+        description="rows whose timestamp is later than now plus this are refused; null: no limit",
+    )
+    metrics_port: int | None = Field(
+        default=9108, ge=0, le=65535, description="Prometheus /metrics port; null: none"
+    )
+    metrics_host: str = "127.0.0.1"
+    connect_attempts: int | None = Field(
+        default=None, ge=1, description="tries to reach the broker at start; null: until stopped"
+    )
+    retry_seconds: float = Field(
+        default=1.0, gt=0, description="first wait between tries; doubles up to retry_max_seconds"
+    )
+    retry_max_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if urlparse(value).scheme not in ("nats", "tls", "amqp", "amqps"):
+            raise ValueError(f"'{value}' is not a nats:// or amqp:// URL")
+        return value
+
+    @field_validator("max_age", "max_future")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                period = pd.Timedelta(value)
+            except ValueError:
+                raise ValueError(f"'{value}' is not a duration such as '7D' or '1h'") from None
+            if period < pd.Timedelta(0):
+                raise ValueError(f"must not be negative, got '{value}'")
+        return value
+
+    @model_validator(mode="after")
+    def _scheme_fits_broker(self) -> StreamingConfig:
+        scheme = urlparse(self.url).scheme
+        if (self.broker == "nats") != (scheme in ("nats", "tls")):
+            raise ValueError(f"broker '{self.broker}' does not speak {scheme}:// (url)")
+        if self.dead_letter_target == self.subject:
+            raise ValueError("dead_letter_subject must differ from subject")
+        return self
+
+    @property
+    def dead_letter_target(self) -> str:
+        return self.dead_letter_subject or f"{self.subject}.dead"
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -597,6 +696,9 @@ class SkewlessConfig(_Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    streaming: StreamingConfig | None = Field(
+        default=None, description="the broker `skewless stream` consumes rows from"
+    )
 
     @model_validator(mode="wrap")
     @classmethod

@@ -105,3 +105,13 @@ class ComputeError(SkewlessError):
 class OutputError(SkewlessError):
     """Results could not be written where they were asked to go (a full disk, a database gone);
     nothing half-written is left."""
+
+
+class BrokerError(SkewlessError):
+    """A message broker refused what streaming asked of it (a stream or queue that cannot be
+    made, a subject no stream holds)."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """The message broker did not answer: ``skewless stream`` retries with backoff, and gives
+    up with this error only after ``streaming.connect_attempts`` tries."""

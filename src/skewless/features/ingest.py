@@ -106,6 +106,12 @@ def ingest_frames(
     return reports
 
 
+def validate_frame(repo: FeastRepo, origin: str, raw: pd.DataFrame) -> IngestReport:
+    """Validate raw rows exactly as ingest and push do, against what is stored now, and write
+    nothing; raises :class:`DataValidationError` with every problem found."""
+    return _validate(repo, origin, raw).report
+
+
 def _ingest_batch(
     repo: FeastRepo,
     frames: Sequence[tuple[str, pd.DataFrame]],
