@@ -311,7 +311,7 @@ class BatchWriter:
         unknown = ~parsed[key].isin(self._known)
         if unknown.any():
             findings.errors.append(
-                f"unknown {key} {parsed.loc[unknown, key].iloc[0]!r} at "
+                f"unknown {key} {_plain(parsed.loc[unknown, key].iloc[0])!r} at "
                 f"{rows_text(parsed.loc[unknown, ENTITY_ROW])}: streaming.entities is closed, "
                 "so only entities already in the store are accepted"
             )
