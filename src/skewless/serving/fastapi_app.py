@@ -14,12 +14,13 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from skewless.core.errors import (
+    DataValidationError,
     RequestError,
     SkewlessError,
     StoreUnavailableError,
@@ -35,10 +36,13 @@ from skewless.serving.schemas import (
     FailedPrediction,
     ModelInfo,
     PredictionResponse,
+    PushRefusal,
+    PushRequest,
+    PushResponse,
     RowsRequest,
     status_of,
 )
-from skewless.serving.service import Served, ServiceCore
+from skewless.serving.service import PUSH_ORIGIN, Served, ServiceCore
 from skewless.serving.workers import ReloadSignal
 
 logger = logging.getLogger(__name__)
@@ -261,18 +265,9 @@ def _operations_router() -> APIRouter:
     ) -> JSONResponse:
         """Load the version the alias points at now. Needs ``Authorization: Bearer <token>``
         with the token from SKEWLESS_ADMIN_TOKEN (unset: reloads over HTTP are disabled)."""
-        token = os.environ.get(ADMIN_TOKEN_ENV)
-        if not token:
-            return JSONResponse(
-                {"detail": f"reload over HTTP is disabled; set {ADMIN_TOKEN_ENV}"}, 403
-            )
-        given = (authorization or "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            return JSONResponse(
-                {"detail": "wrong or missing bearer token"},
-                401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        refused = _refuse_unauthorized(authorization, "reload")
+        if refused is not None:
+            return refused
         try:
             swapped = _reload(service, metrics)
         except Exception as exc:  # the registry down, a version that cannot load: old one kept
@@ -283,7 +278,87 @@ def _operations_router() -> APIRouter:
             request.app.state.reloads.raise_signal()  # the other workers follow within 0.5 s
         return JSONResponse({"swapped": swapped, "model": service.current.describe()})
 
+    @router.post(
+        "/push",
+        response_model=PushResponse,
+        responses={
+            401: {"model": ErrorResponse},
+            403: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            422: {"model": PushRefusal},
+            503: {"model": ErrorResponse},
+        },
+    )
+    def push(
+        _: Annotated[None, Depends(_admin_only("push"))],
+        body: PushRequest,
+        service: Service,
+        metrics: Metrics,
+    ) -> JSONResponse:
+        """Append new raw rows (the source's column names) to the offline store and rewrite
+        their entities' online windows before answering: ``skewless push`` over HTTP. Rows are
+        validated as ingestion validates them; if any is refused nothing is written and the
+        answer (422) lists every reason with the rows it concerns. Rows sent before are not
+        written twice. Needs the admin token, as /admin/reload does."""
+        try:
+            report = service.push(pd.DataFrame.from_records(body.rows))
+        except DataValidationError as exc:
+            metrics.errors.labels(type(exc).__name__, "request").inc()
+            refusal = PushRefusal(
+                detail=f"{PUSH_ORIGIN} was refused; nothing was written", problems=exc.problems
+            )
+            return JSONResponse(refusal.model_dump(), 422)
+        answer = PushResponse(
+            rows_read=report.rows_read,
+            rows_written=report.rows_written,
+            rows_already_stored=report.rows_already_stored,
+            entities=[_plain(entity) for entity in report.entities],
+            warnings=report.warnings,
+        )
+        return JSONResponse(answer.model_dump())
+
     return router
+
+
+def _unauthorized(authorization: str | None, what: str) -> tuple[int, str] | None:
+    """Why an admin request without ``Authorization: Bearer <SKEWLESS_ADMIN_TOKEN>`` is refused
+    (403 when no token is set: the route is disabled, else 401), or None when it may pass."""
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if not token:
+        return 403, f"{what} over HTTP is disabled; set {ADMIN_TOKEN_ENV}"
+    given = (authorization or "").encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        return 401, "wrong or missing bearer token"
+    return None
+
+
+def _refuse_unauthorized(authorization: str | None, what: str) -> JSONResponse | None:
+    """The answer to an admin request that may not pass, else None."""
+    refused = _unauthorized(authorization, what)
+    if refused is None:
+        return None
+    status, detail = refused
+    challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": detail}, status, headers=challenge)
+
+
+def _admin_only(what: str) -> Callable[[str | None], None]:
+    """A dependency that refuses a request without the admin token before its body is
+    validated: an unauthorized client learns nothing about what the body should be."""
+
+    def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        refused = _unauthorized(authorization, what)
+        if refused is not None:
+            status, detail = refused
+            challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            raise HTTPException(status, detail, headers=challenge)
+
+    return check
+
+
+def _plain(entity: Any) -> int | str:
+    """An entity id as JSON holds it (validation hands out numpy and pandas scalars)."""
+    return entity.item() if hasattr(entity, "item") else entity
 
 
 def _reload(service: ServiceCore, metrics: ServingMetrics) -> bool:

@@ -90,6 +90,13 @@ class ServingMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.pushed_rows = Counter(
+            "skewless_pushed_rows",
+            "Rows sent to POST /push by outcome: written (new), already_stored (sent before, "
+            "not written again), refused (their request failed validation; nothing written)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.request_log = Counter(
             "skewless_request_log_records",
             "Request log records by outcome: written, failed (database down), dropped (queue full)",

@@ -26,6 +26,7 @@ from skewless.core.config import DeploymentScaling, SkewlessConfig
 from skewless.core.errors import SkewlessError
 from skewless.core.library_notices import quiet_library_notices
 from skewless.core.stores import tracking_uri
+from skewless.features.ingest import IngestReport
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.fastapi_app import create_app
@@ -71,6 +72,9 @@ class Features:
 
     def ready(self) -> bool:
         return self.fetcher.ready()
+
+    def push(self, rows: pd.DataFrame) -> IngestReport:
+        return self.fetcher.push(rows)
 
 
 class _BundleStage:
@@ -137,6 +141,10 @@ class RayForecastService(ServiceCore):
     ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
         rows, problems = _result(self.features.fetch.remote(entities, point, lookback))
         return rows, problems
+
+    def _push(self, rows: pd.DataFrame) -> IngestReport:
+        report: IngestReport = _result(self.features.push.remote(rows))
+        return report
 
     def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
         prepared = self.preprocessing.prepare.remote(model.version, rows)

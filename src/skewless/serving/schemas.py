@@ -94,6 +94,30 @@ class RowsRequest(_Request):
         return rows
 
 
+class PushRequest(RowsRequest):
+    rows: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="new raw rows in the source's column names (entity key, the timestamp "
+        "column, every variable), one object per row; all are stored or none",
+    )
+
+
+class PushResponse(BaseModel):
+    rows_read: int
+    rows_written: int = Field(description="new rows, now in the offline store and online")
+    rows_already_stored: int = Field(description="rows sent before, unchanged: not written again")
+    entities: list[Entity] = Field(description="entities whose online windows were rewritten")
+    warnings: list[str] = Field(description="what validation noticed and let through (gaps)")
+
+
+class PushRefusal(BaseModel):
+    detail: str
+    problems: list[str] = Field(
+        description="every reason, each naming the rows it concerns (numbered from 1 in the "
+        "order sent)"
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     version: int

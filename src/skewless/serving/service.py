@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg
 
 from skewless.bundle.bundle import ForecastBundle, Forecasts, forecast_isolated
 from skewless.bundle.reference import DECILES
@@ -37,11 +38,14 @@ from skewless.core.errors import (
     FeatureStoreError,
     RequestError,
     SkewlessError,
+    StoreUnavailableError,
     UnservableVersionError,
 )
 from skewless.core.feed import Feed, feeding_problems
 from skewless.core.stores import tracking_uri
 from skewless.core.time_points import parse_time_point
+from skewless.features.ingest import IngestReport
+from skewless.features.materialize import push
 from skewless.features.online import WindowReader, window_reader
 from skewless.features.online_marker import online_marker
 from skewless.features.repo import FeastRepo
@@ -51,12 +55,15 @@ from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.log_writer import open_request_log, served_records
 from skewless.serving.metrics import ServingMetrics
-from skewless.serving.outage import Outage, describe_online_store
+from skewless.serving.outage import STORE_FAILURES, Outage, describe_online_store
 from skewless.serving.schemas import FailedPrediction, Prediction
 
 logger = logging.getLogger(__name__)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+PUSH_ORIGIN = "POST /push"
+# How long a push waits for the one before it (in this process) to finish before a 503.
+_PUSH_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class ServiceCore(ABC):
         self.registry = ModelRegistry(tracking_uri(config, home))
         self.last_reload_error: str | None = None
         self._reload_lock = threading.Lock()
+        self._push_lock = threading.Lock()
         self.current = self._load(self.registry.version_of(config.model_name, self.alias))
         self.metrics = ServingMetrics(_target_deciles(self.current.bundle))
         self.metrics.model_version.set(self.current.version)
@@ -117,6 +125,33 @@ class ServiceCore(ABC):
     @abstractmethod
     def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
         """The bundle's two stages on ``rows``, wherever they run."""
+
+    @abstractmethod
+    def _push(self, rows: pd.DataFrame) -> IngestReport:
+        """Validate and store raw rows in both stores, wherever the feature store is held."""
+
+    # -- pushed rows ---------------------------------------------------------------------------
+
+    def push(self, rows: pd.DataFrame) -> IngestReport:
+        """Validate raw rows (the source's column names) and append the new ones to the offline
+        store, then rewrite their entities' online windows: the path of ``skewless push``. Rows
+        refused by validation raise DataValidationError and write nothing; pushes run one at a
+        time per server process, a push that waits too long for the one before is a 503."""
+        if not self._push_lock.acquire(timeout=_PUSH_WAIT_SECONDS):
+            raise StoreUnavailableError(
+                f"another push has been writing for over {_PUSH_WAIT_SECONDS:.0f} s; retry "
+                "shortly (rows already stored are recognised and not written twice)"
+            )
+        try:
+            report = self._push(rows)
+        except DataValidationError:
+            self.metrics.pushed_rows.labels("refused").inc(len(rows))
+            raise
+        finally:
+            self._push_lock.release()
+        self.metrics.pushed_rows.labels("written").inc(report.rows_written)
+        self.metrics.pushed_rows.labels("already_stored").inc(report.rows_already_stored)
+        return report
 
     # -- model versions ------------------------------------------------------------------------
 
@@ -241,6 +276,9 @@ class ForecastService(ServiceCore):
     def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
         return model.bundle.forecasts(model.bundle.prepare(rows))
 
+    def _push(self, rows: pd.DataFrame) -> IngestReport:
+        return self.windows.push(rows)
+
 
 class OnlineWindowFetcher:
     """Online windows of many entities with one call, as raw rows; keeps its reader warm.
@@ -280,6 +318,19 @@ class OnlineWindowFetcher:
         found = list(windows.windows.values())
         key = self.repo.config.data.entity_key
         return (windows_frame(found, key, lookback) if found else None), windows.problems
+
+    def push(self, rows: pd.DataFrame) -> IngestReport:
+        """Raw rows into the offline store and the online windows (``materialize.push``); a
+        store that does not answer is a StoreUnavailableError."""
+        try:
+            return push(self.repo, rows, origin=PUSH_ORIGIN)
+        except (*STORE_FAILURES, psycopg.Error) as exc:
+            logger.error("a push failed in the feature store: %s: %s", type(exc).__name__, exc)
+            raise StoreUnavailableError(
+                f"the feature store did not take the pushed rows ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); rows that reached the offline store are recognised when "
+                "pushed again, and the next materialize brings their windows online"
+            ) from None
 
 
 def load_model(registry: ModelRegistry, name: str, alias: str, version: int) -> LoadedModel:
