@@ -73,6 +73,8 @@ class FeatureSpec:
     horizon: int
     targets: tuple[str, ...]
     timezone: str | None = None  # of the calendar; None in bundles from before it was kept
+    static_numeric: tuple[str, ...] = ()  # static covariates (data.static), one value per entity
+    static_categorical: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: SkewlessConfig) -> FeatureSpec:
@@ -85,6 +87,8 @@ class FeatureSpec:
             horizon=config.training.horizon,
             targets=tuple(config.data.targets),
             timezone=config.data.timezone or "UTC",
+            static_numeric=tuple(config.data.static.numeric if config.data.static else ()),
+            static_categorical=tuple(config.data.static.categorical if config.data.static else ()),
         )
 
     @property
@@ -92,8 +96,12 @@ class FeatureSpec:
         return [ref.split(":", 1)[1] for ref in self.feature_refs]
 
     @property
+    def statics(self) -> list[str]:
+        return [*self.static_numeric, *self.static_categorical]
+
+    @property
     def input_columns(self) -> list[str]:
-        return [self.entity_key, EVENT_TS, *self.variables]
+        return [self.entity_key, EVENT_TS, *self.variables, *self.statics]
 
     @property
     def feed(self) -> Feed:
@@ -105,6 +113,7 @@ class FeatureSpec:
             tuple(self.variables),
             self.lookback,
             self.timezone,
+            tuple(self.statics),
         )
 
 
@@ -222,6 +231,11 @@ class ForecastBundle:
             spec.entity_key: _entities(rows[spec.entity_key], spec, problems),
             EVENT_TS: _timestamps(rows[EVENT_TS], problems),
             **{column: _numbers(rows[column], column, problems) for column in spec.variables},
+            **{
+                column: _numbers(rows[column], column, problems, np.float64)
+                for column in spec.static_numeric
+            },
+            **{column: rows[column].astype("string") for column in spec.static_categorical},
         }
         if problems:
             raise DataValidationError("forecast input has the wrong types", problems)
@@ -316,14 +330,17 @@ def _timestamps(values: pd.Series, problems: list[str]) -> pd.Series:
     return parsed
 
 
-def _numbers(values: pd.Series, column: str, problems: list[str]) -> np.ndarray:
-    if values.dtype == np.float32:
+def _numbers(
+    values: pd.Series, column: str, problems: list[str], dtype: type = np.float32
+) -> np.ndarray:
+    """Variables as float32 (as stored), static numbers as float64 (as stored)."""
+    if values.dtype == dtype:
         return values.to_numpy()
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna() & values.notna()
     if bad.any():
         problems.append(f"'{column}' must be numeric but holds {values[bad].iloc[0]!r}")
-    return numbers.to_numpy(np.float32)
+    return numbers.to_numpy(dtype, na_value=np.nan)
 
 
 def _in_order(keys: np.ndarray, nanos: np.ndarray) -> bool:

@@ -124,6 +124,31 @@ class SourceConfig(_Strict):
         return self
 
 
+class StaticConfig(_Strict):
+    """Covariates that describe an entity rather than a moment (type, region, capacity): one
+    row per entity in their own table, joined to every window of that entity."""
+
+    sources: list[SourceConfig] = Field(
+        min_length=1, description="files or PostgreSQL tables with one row per entity"
+    )
+    numeric: list[str] = Field(default_factory=list, description="numeric columns")
+    categorical: list[str] = Field(
+        default_factory=list, description="columns of labels, encoded as integer codes"
+    )
+
+    @model_validator(mode="after")
+    def _some_columns(self) -> StaticConfig:
+        if not self.numeric and not self.categorical:
+            raise ValueError("name at least one 'numeric' or 'categorical' column")
+        if any(source.melt is not None or source.entity is not None for source in self.sources):
+            raise ValueError("static sources take their entities from the entity key column")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
 class DataConfig(_Strict):
     """What the raw data looks like."""
 
@@ -138,6 +163,9 @@ class DataConfig(_Strict):
     frequency: str = "h"
     targets: list[str] = Field(min_length=1)
     covariates: list[str] = Field(default_factory=list)
+    static: StaticConfig | None = Field(
+        default=None, description="per-entity covariates in their own table"
+    )
 
     @field_validator("frequency")
     @classmethod
@@ -159,7 +187,8 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> DataConfig:
-        names = [self.entity_key, self.timestamp_column, *self.targets, *self.covariates]
+        statics = self.static.columns if self.static else []
+        names = [self.entity_key, self.timestamp_column, *self.targets, *self.covariates, *statics]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"column(s) {repeated} are declared more than once")
@@ -175,6 +204,11 @@ class DataConfig(_Strict):
     def variables(self) -> list[str]:
         """Targets then covariates: the raw numeric columns, in window order."""
         return [*self.targets, *self.covariates]
+
+    @property
+    def static_columns(self) -> list[str]:
+        """The static covariates' columns (numbers, then labels), none when not configured."""
+        return self.static.columns if self.static else []
 
     @property
     def parsed_frequency(self) -> Frequency:

@@ -1,5 +1,5 @@
 """Whether an online store can feed a model version: its windows are long enough and hold the
-variables, frequency, time zone and entity key the version was trained on.
+variables, static covariates, frequency, time zone and entity key the version was trained on.
 
 Checked when a server loads a version (it keeps the old one otherwise), when a version is
 promoted (``--force`` does not override it: such a version would fail every request) and, as
@@ -25,6 +25,7 @@ class Feed:
     points: int  # the store's window size, or the version's lookback
     # Where naive timestamps and the calendar are read; None: recorded before it was kept.
     timezone: str | None = None
+    statics: tuple[str, ...] = ()  # static covariates packed with each window
 
     @classmethod
     def of_store(cls, config: SkewlessConfig) -> Feed:
@@ -36,6 +37,7 @@ class Feed:
             tuple(data.variables),
             config.feature_store.window_size,
             data.timezone or "UTC",
+            tuple(data.static_columns),
         )
 
     def to_json(self) -> str:
@@ -44,7 +46,8 @@ class Feed:
     @classmethod
     def from_json(cls, text: str) -> Feed:
         fields = json.loads(text)
-        return cls(**{**fields, "variables": tuple(fields["variables"])})
+        lists = {name: tuple(fields.get(name, ())) for name in ("variables", "statics")}
+        return cls(**{**fields, **lists})
 
 
 def feeding_problems(needed: Feed, store: Feed) -> list[str]:
@@ -59,6 +62,12 @@ def feeding_problems(needed: Feed, store: Feed) -> list[str]:
     missing = [v for v in needed.variables if v not in store.variables]
     if missing:
         problems.append(f"it reads variable(s) {missing} that the store does not hold")
+    missing_statics = [c for c in needed.statics if c not in store.statics]
+    if missing_statics:
+        problems.append(
+            f"it reads static covariate(s) {missing_statics} that the store does not hold "
+            "(data.static)"
+        )
     if needed.frequency != store.frequency:
         problems.append(
             f"it was trained at frequency {needed.frequency!r}, the store holds {store.frequency!r}"

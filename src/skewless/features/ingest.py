@@ -24,6 +24,7 @@ from skewless.core.errors import ConfigError, SourceError
 from skewless.core.schema import EVENT_TS
 from skewless.features.repo import FeastRepo
 from skewless.features.sources import SourceReader, file_columns
+from skewless.features.statics import read_statics
 from skewless.features.validation import (
     ENTITY_ROW,
     Findings,
@@ -71,6 +72,8 @@ def ingest(
     chosen = list(sources) if sources is not None else repo.config.data.sources
     if not chosen:
         raise ConfigError("no sources to ingest: list them under data.sources or pass --source")
+    # Read and checked first: refused static covariates leave the series unwritten too.
+    statics = read_statics(repo.config) if sources is None and repo.statics else None
     with ExitStack() as stack:
         readers = [stack.enter_context(SourceReader(s, repo.config.data)) for s in chosen]
         found = {reader.origin: reader.entities() for reader in readers}
@@ -92,8 +95,38 @@ def ingest(
         logger.info(
             "wrote %d rows to %s", sum(r.rows_written for r in reports.values()), part.where
         )
+    if statics is not None:
+        reports["static covariates"] = _store_statics(repo, statics)
     repo.apply()
     return list(reports.values())
+
+
+def _store_statics(repo: FeastRepo, statics: pd.DataFrame) -> IngestReport:
+    """Upsert validated static covariates: an entity's new row replaces its old one."""
+    assert repo.statics is not None
+    key = repo.config.data.entity_key
+    stored = repo.statics.read(statics[key].tolist())
+    unchanged = _same_rows(statics, stored, key)
+    written = len(statics) - len(unchanged)
+    if written:
+        with repo.offline.write_lock():
+            repo.statics.upsert(statics[~statics[key].isin(unchanged)])
+    logger.info("wrote the static covariates of %d entities", written)
+    return IngestReport(
+        "static covariates", len(statics), written, len(unchanged), statics[key].tolist()
+    )
+
+
+def _same_rows(new: pd.DataFrame, stored: pd.DataFrame, key: str) -> list[Any]:
+    """Entities whose static row is already stored exactly so (re-ingesting adds nothing)."""
+    if stored.empty:
+        return []
+    both = new.merge(stored, on=key, suffixes=("", "_stored"))
+    same = pd.Series(True, index=both.index)
+    for column in new.columns.drop(key):
+        left, right = both[column].astype(object), both[f"{column}_stored"].astype(object)
+        same &= (left == right).fillna(False).astype(bool) | (left.isna() & right.isna())
+    return both.loc[same, key].tolist()
 
 
 def ingest_frames(

@@ -64,12 +64,18 @@ def materialize(
             "without its data?); rewriting every entity's window"
         )
         watermark = None
+    if incremental and watermark is not None and _statics_changed_since(repo, watermark):
+        logger.info("static covariates changed since the last run; rewriting every window")
+        watermark = None
     if incremental and watermark is not None:
         # By ingestion time, not event time: late rows older than the last run still count.
         entities, start = repo.offline.changed_since(watermark)
     else:
         incremental, entities, start = False, repo.offline.entities(), first
     write_windows(repo, entities, progress)
+    statics_updated = None if repo.statics is None else repo.statics.updated_at()
+    if statics_updated is not None:
+        ingested_until = max(pd.Timestamp(ingested_until), pd.Timestamp(statics_updated))
     marker.write(ingested_until)
     _write_watermark(repo, ingested_until)
     return MaterializeReport(incremental, len(entities), start, end)
@@ -84,7 +90,8 @@ def write_windows(repo: FeastRepo, entities: list[Any], progress: Progress | Non
         batch = entities[begin : begin + size]
         tails = repo.offline.tail(config.feature_store.window_size, batch)
         repo.store.write_to_online_store(SERIES_VIEW, tails.groupby(key, sort=False).tail(1))
-        windows = pack_windows(tails, key, config.data.variables)
+        statics = None if repo.statics is None else repo.statics.read(batch)
+        windows = pack_windows(tails, key, config.data.variables, statics)
         windows[CREATED_TS] = pd.Timestamp.now(tz="UTC")
         repo.store.write_to_online_store(WINDOW_VIEW, windows)
         if progress is not None:
@@ -102,6 +109,12 @@ def push(repo: FeastRepo, rows: pd.DataFrame, origin: str = "pushed rows") -> In
                 merged = repo.offline.compact()
             logger.info("compacted %d offline parts into one", merged)
     return report
+
+
+def _statics_changed_since(repo: FeastRepo, watermark: datetime) -> bool:
+    """Whether static covariates were written after ``watermark`` (they ride in every window)."""
+    updated = None if repo.statics is None else repo.statics.updated_at()
+    return updated is not None and pd.Timestamp(updated) > pd.Timestamp(watermark)
 
 
 def _read_watermark(repo: FeastRepo) -> datetime | None:

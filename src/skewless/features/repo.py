@@ -25,6 +25,7 @@ from skewless.core.config import RedisOnlineStore, SkewlessConfig, SqliteOnlineS
 from skewless.core.schema import SERIES_VIEW
 from skewless.features.atomic_file import write_if_changed
 from skewless.features.offline import OfflineTable, offline_table
+from skewless.features.statics import StaticTable, static_table
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,11 @@ class FeastRepo:
     @cached_property
     def offline(self) -> OfflineTable:
         return offline_table(self.config, self.home)
+
+    @cached_property
+    def statics(self) -> StaticTable | None:
+        """The static covariates' table, when ``data.static`` is configured."""
+        return static_table(self.config, self.home)
 
     def write(self) -> None:
         """Write feature_store.yaml, repo.py and the config snapshot repo.py reads, each only

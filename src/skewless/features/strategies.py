@@ -70,7 +70,9 @@ class TimeseriesRetrievalStrategy(RetrievalStrategy):
         self._require_data()
         if entities is not None:
             self._check_known(entities)
-        return self.repo.offline.history(entities, self.start, self.time_point)
+        rows = self.repo.offline.history(entities, self.start, self.time_point)
+        statics = self.repo.statics
+        return rows if statics is None else statics.join(rows)
 
 
 class TabularRetrievalStrategy(RetrievalStrategy):

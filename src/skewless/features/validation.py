@@ -68,14 +68,14 @@ def parse_rows(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) ->
         else np.arange(1, len(raw) + 1)
     )
     parsed = pd.DataFrame({ENTITY_ROW: rows})
-    parsed[data.entity_key] = _parse_entities(raw[data.entity_key], rows, config, findings)
+    parsed[data.entity_key] = parse_entities(raw[data.entity_key], rows, config, findings)
     parsed[EVENT_TS] = _parse_timestamps(raw[data.timestamp_column], rows, config, findings)
     for column in data.variables:
-        parsed[column] = _parse_numbers(raw[column], rows, column, config, findings)
+        parsed[column] = parse_numbers(raw[column], rows, column, config, findings)
     return parsed
 
 
-def _parse_entities(
+def parse_entities(
     values: pd.Series, row_numbers: np.ndarray, config: SkewlessConfig, findings: Findings
 ) -> pd.Series:
     key = config.data.entity_key
@@ -157,7 +157,7 @@ def _to_datetime(values: pd.Series, utc: bool = False) -> pd.Series:
             return values.astype(object)
 
 
-def _parse_numbers(
+def parse_numbers(
     values: pd.Series,
     row_numbers: np.ndarray,
     column: str,

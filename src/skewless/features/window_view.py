@@ -6,13 +6,19 @@ as ninefold cheaper than one Array feature per variable. Layout, little-endian:
     b"SKW1" | uint32 rows | uint32 variables | int64[rows] UTC microseconds
            | float32[rows, variables]
 
+With static covariates (``data.static``) the magic is b"SKW2" and the entity's static values
+follow as uint32 length | UTF-8 JSON object (numbers, labels, null where unknown): serving then
+gets them in the same single read as the window.
+
 Timestamps are stored, not derived from the end and the frequency, so a window that spans a
 gap in the data is still exact.
 """
 
 from __future__ import annotations
 
+import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -25,7 +31,9 @@ from skewless.core.errors import FeatureStoreError
 from skewless.core.schema import EVENT_TS
 
 MAGIC = b"SKW1"
+MAGIC_STATIC = b"SKW2"
 _HEADER = struct.Struct("<4sII")
+_LENGTH = struct.Struct("<I")
 _TIMES = np.dtype("<i8")
 _VALUES = np.dtype("<f4")
 
@@ -42,6 +50,7 @@ class Window:
     times_us: np.ndarray  # (rows,) int64 UTC microseconds
     values: np.ndarray  # (rows, variables) float32
     variables: tuple[str, ...]
+    static: Mapping[str, Any] | None = None  # the entity's static covariates, if configured
 
     @cached_property
     def timestamps(self) -> pd.DatetimeIndex:
@@ -62,7 +71,9 @@ class Window:
         """The part of the window known at ``time_point`` (point-in-time correct)."""
         point = pd.Timestamp(time_point).value // 1000  # ns -> us
         keep = int(np.searchsorted(self.times_us, point, side="right"))
-        return Window(self.entity, self.times_us[:keep], self.values[:keep], self.variables)
+        return Window(
+            self.entity, self.times_us[:keep], self.values[:keep], self.variables, self.static
+        )
 
     def to_frame(self, entity_key: str) -> pd.DataFrame:
         """Rows as ingestion wrote them: entity, event_timestamp, variables."""
@@ -83,22 +94,40 @@ def windows_frame(windows: list[Window], entity_key: str, last: int | None = Non
     nanos = (np.concatenate([w.times_us[cut] for w in windows]) * 1000).view("datetime64[ns]")
     frame.insert(0, EVENT_TS, pd.DatetimeIndex(nanos).tz_localize("UTC"))
     frame.insert(0, entity_key, np.repeat(np.array([w.entity for w in windows]), lengths))
+    if windows[0].static is not None:
+        for column in windows[0].static:
+            values = [(w.static or {}).get(column) for w in windows]
+            if any(isinstance(v, str) for v in values):
+                per_window = np.array(values, dtype=object)
+                frame[column] = pd.array(np.repeat(per_window, lengths), dtype="string")
+            else:
+                numbers = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+                frame[column] = np.repeat(numbers, lengths)
     return frame
 
 
-def pack_window(timestamps: pd.Series | pd.DatetimeIndex, values: np.ndarray) -> bytes:
-    """Pack one entity's rows (UTC timestamps, float32 matrix) into the window blob."""
+def pack_window(
+    timestamps: pd.Series | pd.DatetimeIndex,
+    values: np.ndarray,
+    static: Mapping[str, Any] | None = None,
+) -> bytes:
+    """Pack one entity's rows (UTC timestamps, float32 matrix) and its static covariates into
+    the window blob."""
     times = pd.DatetimeIndex(timestamps).as_unit("us").asi8.astype(_TIMES, copy=False)
     matrix = np.ascontiguousarray(values, dtype=_VALUES)
     if matrix.ndim != 2 or matrix.shape[0] != len(times):
         raise ValueError(f"values of shape {matrix.shape} do not match {len(times)} timestamps")
-    return _HEADER.pack(MAGIC, *matrix.shape) + times.tobytes() + matrix.tobytes()
+    body = times.tobytes() + matrix.tobytes()
+    if static is None:
+        return _HEADER.pack(MAGIC, *matrix.shape) + body
+    text = json.dumps(dict(static), allow_nan=False).encode()
+    return _HEADER.pack(MAGIC_STATIC, *matrix.shape) + body + _LENGTH.pack(len(text)) + text
 
 
 def unpack_window(blob: bytes, entity: Any, variables: tuple[str, ...]) -> Window:
     """Inverse of :func:`pack_window`; refuses blobs written for other variables."""
     magic, rows, width = _HEADER.unpack_from(blob)
-    if magic != MAGIC:
+    if magic not in (MAGIC, MAGIC_STATIC):
         raise FeatureStoreError(
             f"the online window of {entity!r} is not in skewless format; re-run materialize"
         )
@@ -109,24 +138,50 @@ def unpack_window(blob: bytes, entity: Any, variables: tuple[str, ...]) -> Windo
         )
     offset = _HEADER.size
     times = np.frombuffer(blob, dtype=_TIMES, count=rows, offset=offset)
-    values = np.frombuffer(blob, dtype=_VALUES, count=rows * width, offset=offset + times.nbytes)
-    return Window(entity, times, values.reshape(rows, width), variables)
+    offset += times.nbytes
+    values = np.frombuffer(blob, dtype=_VALUES, count=rows * width, offset=offset)
+    static = None
+    if magic == MAGIC_STATIC:
+        offset += values.nbytes
+        (length,) = _LENGTH.unpack_from(blob, offset)
+        static = json.loads(blob[offset + _LENGTH.size : offset + _LENGTH.size + length])
+    return Window(entity, times, values.reshape(rows, width), variables, static)
 
 
-def pack_windows(tails: pd.DataFrame, entity_key: str, variables: list[str]) -> pd.DataFrame:
+def pack_windows(
+    tails: pd.DataFrame,
+    entity_key: str,
+    variables: list[str],
+    statics: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """One row per entity with its packed window, ready for Feast's online write.
 
-    ``tails`` holds the last W rows of each entity, sorted by entity and time.
+    ``tails`` holds the last W rows of each entity, sorted by entity and time; ``statics``
+    (when static covariates are configured) one row per entity, and an entity without one
+    gets nulls.
     """
+    table = None if statics is None else statics.set_index(entity_key)
     records = []
     for entity, rows in tails.groupby(entity_key, sort=False):
         end = rows[EVENT_TS].iloc[-1]
+        static = None if table is None else _static_values(table, entity)
         records.append(
             {
                 entity_key: entity,
-                "window": pack_window(rows[EVENT_TS], rows[variables].to_numpy()),
+                "window": pack_window(rows[EVENT_TS], rows[variables].to_numpy(), static),
                 "window_end": end,
                 EVENT_TS: end,
             }
         )
     return pd.DataFrame.from_records(records)
+
+
+def _static_values(table: pd.DataFrame, entity: Any) -> dict[str, Any]:
+    """One entity's static covariates as JSON values: floats, labels, None where unknown."""
+    if entity not in table.index:
+        return dict.fromkeys(table.columns)
+    row = table.loc[entity]
+    return {
+        column: None if pd.isna(value) else (str(value) if isinstance(value, str) else float(value))
+        for column, value in row.items()
+    }

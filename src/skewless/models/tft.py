@@ -4,7 +4,8 @@ What the network sees for one window (the paper's three kinds of input):
 
 - static: each target's location and scale over the lookback (the window is normalised by them,
   and they tell the network what level it is forecasting at, as pytorch-forecasting's
-  ``add_target_scales`` does);
+  ``add_target_scales`` does), and the entity's static covariates (``data.static``: the last
+  channels of a window, taken from its last step and kept out of the past inputs);
 - past (observed): every channel of the last ``encoder_length`` steps, targets normalised, plus
   the known input below;
 - known (past and future): the relative time index, which is what is known of the future here.
@@ -90,14 +91,14 @@ class TemporalFusionTransformer(Forecaster):
     ) -> None:
         validation = TensorWindows.optional(val_inputs, val_targets)
         train = TensorWindows.of(inputs, targets)
-        self._train(train, validation, inputs.shape[1], inputs.shape[2], targets.shape[2])
+        self._train(train, validation, inputs.shape[1], inputs.shape[2], targets.shape[2], 0)
 
     def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
         """Mini-batches are drawn from the rows by window index (a Dataset over rows), never
         from a tensor of every window: memory is O(rows)."""
         rows = RowWindows.gather(train)
         validation = None if val is None else RowWindows.gather(val)
-        self._train(rows, validation, rows.lookback, rows.channels, rows.targets)
+        self._train(rows, validation, rows.lookback, rows.channels, rows.targets, rows.statics)
 
     def _train(
         self,
@@ -106,14 +107,16 @@ class TemporalFusionTransformer(Forecaster):
         lookback: int,
         channels: int,
         targets: int,
+        statics: int,
     ) -> None:
+        """``statics``: how many of the last channels are static covariates."""
         torch.manual_seed(self.seed)
         self.targets_ = targets
         encoder = min(self.encoder_length or lookback, lookback)
         self.network_ = _WindowTFT(
             TemporalFusionNetwork(
-                statics=2 * self.targets_,
-                past_variables=channels + 1,
+                statics=2 * self.targets_ + statics,
+                past_variables=channels - statics + 1,
                 future_variables=1,
                 outputs=self.targets_,
                 quantiles=len(self.quantiles),
@@ -124,6 +127,7 @@ class TemporalFusionTransformer(Forecaster):
             targets=self.targets_,
             encoder_length=encoder,
             horizon=self.horizon,
+            statics=statics,
         )
         loop = TrainingLoop(
             label="TFT",
@@ -172,16 +176,29 @@ class _WindowTFT(nn.Module):
     time_index: torch.Tensor
 
     def __init__(
-        self, network: TemporalFusionNetwork, targets: int, encoder_length: int, horizon: int
+        self,
+        network: TemporalFusionNetwork,
+        targets: int,
+        encoder_length: int,
+        horizon: int,
+        statics: int = 0,
     ) -> None:
         super().__init__()
         self.network = network
         self.targets = targets
         self.encoder_length = encoder_length
+        self.statics = statics
         time_index = torch.arange(-encoder_length + 1, horizon + 1, dtype=torch.float32)
         self.register_buffer("time_index", time_index / (encoder_length + horizon))
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        state.setdefault("statics", 0)  # pickled before static covariates existed
+        super().__setstate__(state)
+
     def forward(self, window: torch.Tensor) -> torch.Tensor:
+        observed = window.shape[-1] - self.statics
+        covariates = window[:, -1, observed:]  # constant over the window: its last step
+        window = window[..., :observed]
         target_history = window[..., : self.targets]
         location = target_history[:, -1:]
         scale = target_history.std(dim=1, keepdim=True) + _EPSILON
@@ -193,6 +210,6 @@ class _WindowTFT(nn.Module):
         known = self.time_index.expand(batch, -1).unsqueeze(-1)
         past = torch.cat([normalised, known[:, : self.encoder_length]], dim=-1)
         future = known[:, self.encoder_length :]
-        static = torch.cat([location, torch.log(scale)], dim=-1).squeeze(1)
+        static = torch.cat([location.squeeze(1), torch.log(scale).squeeze(1), covariates], dim=-1)
         quantiles = self.network(static, past, future)
         return quantiles * scale.unsqueeze(-1) + location.unsqueeze(-1)

@@ -77,6 +77,7 @@ class RowWindows:
     lookback: int
     horizon: int
     targets: int
+    statics: int
 
     @classmethod
     def gather(cls, source: WindowSource) -> RowWindows:
@@ -92,6 +93,7 @@ class RowWindows:
             first.lookback,
             first.horizon,
             first.targets,
+            first.statics,
         )
 
     @property
@@ -121,6 +123,7 @@ def _trimmed(batch: WindowBatch) -> WindowBatch:
         batch.lookback,
         batch.horizon,
         batch.targets,
+        batch.statics,
     )
 
 

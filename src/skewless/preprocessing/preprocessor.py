@@ -1,14 +1,17 @@
 """The stateful preprocessor: fitted on training rows only, then applied unchanged everywhere.
 
 Input is rows exactly as ingestion stores them (entity, event_timestamp, raw variables, optional
-categorical columns). Output is model-ready float32 columns in a fixed order: targets, covariates,
-categorical codes, calendar features. The steps, in order:
+categorical columns, and the entity's static covariates when configured). Output is model-ready
+float32 columns in a fixed order: targets, covariates, categorical codes, calendar features, then
+the static channels (numbers, then label codes), last so a model can find them. The steps:
 
 1. impute: forward fill within each entity (up to a limit), then the training mean or median;
 2. scale: standard, robust or min-max, globally or per entity (entities unseen in training use
    the global statistics);
 3. encode categoricals as integer codes (0 = unseen in training, or an error);
-4. add the calendar features with the same function ingestion uses.
+4. add the calendar features with the same function ingestion uses;
+5. static numbers: a missing one is the training mean, then standardised over all training
+   rows (never per entity: within an entity a static number does not vary).
 
 It follows scikit-learn's contract: the constructor stores the config, ``fit`` learns attributes
 ending in ``_``, ``transform`` never mutates. It pickles, which is how the bundle stores it.
@@ -65,6 +68,7 @@ class _BatchSummary:
     fills: Moments | RowSample  # for the fill values: mean, or median from a sample
     scales: _ScaleAccumulator | None  # None: the batch has missing values
     categories: dict[str, set[str]]
+    statics: Moments  # of the static numbers
 
     def merge(self, other: _BatchSummary) -> _BatchSummary:
         self.fills.merge(other.fills)  # type: ignore[arg-type]  # both of one kind
@@ -74,6 +78,7 @@ class _BatchSummary:
             self.scales.merge(other.scales)
         for column, seen in other.categories.items():
             self.categories[column] |= seen
+        self.statics.merge(other.statics)
         return self
 
 
@@ -135,14 +140,43 @@ class Preprocessor:
         return self.config.preprocessing.categoricals.columns
 
     @property
+    def static_numeric_columns(self) -> list[str]:
+        static = self.config.data.static
+        return static.numeric if static else []
+
+    @property
+    def static_categorical_columns(self) -> list[str]:
+        static = self.config.data.static
+        return static.categorical if static else []
+
+    @property
+    def static_channels(self) -> int:
+        """How many of the last output columns are static covariates."""
+        return len(self.static_numeric_columns) + len(self.static_categorical_columns)
+
+    @property
     def output_columns(self) -> list[str]:
-        """Model inputs in order; the first ``len(targets)`` are the targets."""
-        return [*self.numeric_columns, *self.categorical_columns, *engineered_columns(self.config)]
+        """Model inputs in order; the first ``len(targets)`` are the targets, the last
+        ``static_channels`` the static covariates."""
+        return [
+            *self.numeric_columns,
+            *self.categorical_columns,
+            *engineered_columns(self.config),
+            *self.static_numeric_columns,
+            *self.static_categorical_columns,
+        ]
 
     @property
     def expected_columns(self) -> list[str]:
         """The raw columns ``transform`` needs."""
-        return [self.entity_key, EVENT_TS, *self.numeric_columns, *self.categorical_columns]
+        return [
+            self.entity_key,
+            EVENT_TS,
+            *self.numeric_columns,
+            *self.categorical_columns,
+            *self.static_numeric_columns,
+            *self.static_categorical_columns,
+        ]
 
     def fit(self, rows: pd.DataFrame) -> Preprocessor:
         return self.fit_batches(InMemory(rows))
@@ -170,6 +204,8 @@ class Preprocessor:
         assert scales is not None
         self.global_stats_, self.entity_stats_ = scales.result()
         self.categories_ = {column: sorted(seen) for column, seen in summary.categories.items()}
+        statics = summary.statics
+        self.static_stats_ = ScaleStats.of(statics.means(), statics.stds())
         self._table = self._build_lookup()
         return self
 
@@ -190,8 +226,9 @@ class Preprocessor:
             scales=None if missing else self._scales(rows, values),
             categories={
                 column: set(rows[column].dropna().astype(str).unique())
-                for column in self.categorical_columns
+                for column in [*self.categorical_columns, *self.static_categorical_columns]
             },
+            statics=Moments.of(self._static_numbers(rows)),
         )
 
     def _scales(self, rows: pd.DataFrame, filled: np.ndarray) -> _ScaleAccumulator:
@@ -210,8 +247,19 @@ class Preprocessor:
             self._encode(rows[column], column)[:, None] for column in self.categorical_columns
         ]
         parts.append(engineer(pd.DatetimeIndex(rows[EVENT_TS]), self.config).to_numpy(np.float32))
+        if self.static_numeric_columns:
+            stats, numbers = self.static_stats_, self._static_numbers(rows)
+            filled = np.where(np.isnan(numbers), stats.center, numbers)
+            parts.append(((filled - stats.center) / stats.scale).astype(np.float32))
+        parts += [
+            self._encode(rows[column], column)[:, None]
+            for column in self.static_categorical_columns
+        ]
         # One block, not a column at a time: serving transforms thousands of rows per request.
         return pd.DataFrame(np.hstack(parts), columns=self.output_columns, index=rows.index)
+
+    def _static_numbers(self, rows: pd.DataFrame) -> np.ndarray:
+        return rows[self.static_numeric_columns].to_numpy(np.float64, na_value=np.nan)
 
     def inverse_transform_targets(self, entities: np.ndarray, scaled: np.ndarray) -> np.ndarray:
         """Targets back in original units; ``scaled`` is (windows, horizon, targets)."""

@@ -97,6 +97,7 @@ class WindowBatch:
     lookback: int
     horizon: int
     targets: int  # the first ``targets`` channels are forecast
+    statics: int = 0  # the last ``statics`` channels are static covariates (constant per entity)
 
     def __len__(self) -> int:
         return len(self.starts)

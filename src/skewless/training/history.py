@@ -25,6 +25,7 @@ from skewless.compute.engine import Compute, LocalCompute, compute_engine
 from skewless.core.config import SkewlessConfig
 from skewless.core.schema import EVENT_TS
 from skewless.features.offline import OfflineTable
+from skewless.features.statics import StaticTable, static_table
 
 R = TypeVar("R")
 
@@ -151,6 +152,7 @@ class StoreHistory(History):
 
     table: OfflineTable
     read: tuple[str, ...]  # the columns training uses: calendar features are computed again
+    statics: StaticTable | None = None  # joined to every row of its entity
 
     @classmethod
     def of(cls, config: SkewlessConfig, home: Path) -> StoreHistory:
@@ -165,17 +167,25 @@ class StoreHistory(History):
             compute=compute_engine(config.compute),
             table=table,
             read=(table.entity_key, EVENT_TS, *[c for c in used if c in stored]),
+            statics=static_table(config, home),
         )
 
     @property
     def columns(self) -> list[str]:
-        return list(self.read)
+        statics = self.statics.static.columns if self.statics else []
+        return [*self.read, *statics]
 
     def _count_rows(self) -> pd.Series:
         return self.table.row_counts(_py(self.start), _py(self.end))
 
     def rows(self, entities: Sequence[Any], columns: Sequence[str] | None = None) -> pd.DataFrame:
-        return self.table.history(entities, _py(self.start), _py(self.end), columns or self.read)
+        wanted = list(columns or self.columns)
+        stored = [c for c in wanted if c in self.read]
+        if self.statics is None or len(stored) == len(wanted):
+            return self.table.history(entities, _py(self.start), _py(self.end), stored)
+        keyed = stored if self.entity_key in stored else [self.entity_key, *stored]
+        rows = self.table.history(entities, _py(self.start), _py(self.end), keyed)
+        return self.statics.join(rows)[wanted]
 
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         return self.table.time_range(_py(self.start), _py(self.end))

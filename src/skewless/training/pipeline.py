@@ -25,6 +25,7 @@ from skewless.core.schema import CREATED_TS, EVENT_TS
 from skewless.features.facade import FeatureStoreFacade
 from skewless.features.ingest import source_from_path
 from skewless.features.sources import read_source
+from skewless.features.statics import join_statics, read_statics
 from skewless.features.validation import Findings, check_duplicates, parse_rows
 from skewless.models.base import Forecaster
 from skewless.models.factory import create_model
@@ -106,6 +107,10 @@ def load_history(
             check_duplicates(rows, config, findings)
         findings.raise_if_errors(str(csv))
         rows = rows.drop(columns="row")
+        if config.data.static is not None:
+            rows = join_statics(
+                rows, read_statics(config), config.data.entity_key, config.data.static
+            )
     return rows.sort_values([config.data.entity_key, EVENT_TS], kind="stable").reset_index(
         drop=True
     )
@@ -117,13 +122,17 @@ def check_request(config: SkewlessConfig, data: History | pd.DataFrame | None = 
     if data is None:
         return
     history = as_history(config, data)
-    named = [*config.data.variables, *config.preprocessing.categoricals.columns]
+    named = [
+        *config.data.variables,
+        *config.preprocessing.categoricals.columns,
+        *config.data.static_columns,
+    ]
     columns = history.columns
     missing = [c for c in named if c not in columns]
     if missing:
         raise ConfigError(
-            f"data.targets / data.covariates / preprocessing.categoricals.columns name "
-            f"column(s) {missing} that the data does not have; it has "
+            "data.targets / data.covariates / data.static / preprocessing.categoricals.columns "
+            f"name column(s) {missing} that the data does not have; it has "
             f"{[c for c in columns if c not in ('row', EVENT_TS, CREATED_TS)]}"
         )
     counts = history.row_counts()
@@ -188,6 +197,7 @@ def window_batch(
         lookback=config.training.lookback,
         horizon=config.training.horizon,
         targets=targets,
+        statics=preprocessor.static_channels if model.uses_covariates else 0,
     )
 
 

@@ -97,5 +97,10 @@ def input_example(config: SkewlessConfig, data: History | pd.DataFrame) -> pd.Da
     """The last ``lookback`` rows of the first entity, in the format ``predict`` takes."""
     history = as_history(config, data)
     first = history.rows(history.entities()[:1])  # one entity read, not a batch
-    columns = [config.data.entity_key, EVENT_TS, *config.data.variables]
+    columns = [
+        config.data.entity_key,
+        EVENT_TS,
+        *config.data.variables,
+        *config.data.static_columns,
+    ]
     return first[columns].tail(config.training.lookback).reset_index(drop=True)
