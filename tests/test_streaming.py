@@ -382,10 +382,21 @@ def test_two_consumers_share_the_work_without_double_writes(
     try:
         asyncio.run(publish_rows(setup.streaming, rows("2018-01-02", 40), 2))
         wait_for(lambda: len(setup.stored()) == 48 + 80, "every row", 120)
-        texts = [httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=5).text for p in ports]
-        written = [metric(t, "skewless_stream_rows_written_total") for t in texts]
-        assert sum(written) == 80, written
-        assert all(w > 0 for w in written), written  # both worked
+
+        def written() -> list[float]:
+            return [
+                metric(
+                    httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=5).text,
+                    "skewless_stream_rows_written_total",
+                )
+                for p in ports
+            ]
+
+        # Counted once acknowledged, a moment after the write.
+        wait_for(lambda: sum(written()) >= 80, "the counts", 30)
+        time.sleep(1)
+        assert sum(written()) == 80, written()
+        assert all(w > 0 for w in written()), written()  # both worked
     finally:
         for consumer in consumers:
             consumer.send_signal(signal.SIGTERM)
