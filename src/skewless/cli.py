@@ -32,6 +32,7 @@ from rich.table import Table
 from skewless.cli_models import models_app
 from skewless.cli_monitoring import EveryOpt, OutOpt, RetrainOpt, run_monitor, run_report
 from skewless.cli_output import console, errors, number, user_errors
+from skewless.cli_schedule import RunOpt, run_schedule
 from skewless.cli_streaming import (
     FileOpt,
     RowsPerMessageOpt,
@@ -201,6 +202,15 @@ def publish(
     with user_errors():
         loaded = _config(config, set_)
     run_publish_command(loaded, file, entity, rows_per_message)
+
+
+@app.command()
+def schedule(config: ConfigArg, run: RunOpt = None, set_: SetOpt = None) -> None:
+    """Run the jobs under 'schedule:' on their cron expressions (ingest, materialize,
+    compact, monitor), until stopped; with --run JOB, that job once now."""
+    with user_errors():
+        loaded = _config(config, set_)
+    run_schedule(loaded, run)
 
 
 @app.command()

@@ -55,14 +55,20 @@ def run_monitor(config: SkewlessConfig, retrain: bool, every: float | None) -> N
 
 def run_report(config: SkewlessConfig, out: Path | None) -> None:
     from skewless.core.config import skewless_home
+    from skewless.core.monitoring_db import monitoring_engine
+    from skewless.core.stores import request_log_url
     from skewless.monitoring.monitor import assess
     from skewless.monitoring.report import render
+    from skewless.monitoring.store import read_job_runs
 
     quiet_feast_deprecations()
     with user_errors():
         path = out or skewless_home() / "reports" / f"{config.name}.html"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(config, assess(config, skewless_home())))
+        assessment = assess(config, skewless_home())
+        engine = monitoring_engine(request_log_url(config, skewless_home()))
+        runs = read_job_runs(engine, config.name, assessment.observations.since)
+        path.write_text(render(config, assessment, runs))
     console.print(f"report written to {path.resolve()}")
 
 

@@ -713,6 +713,96 @@ class StreamingConfig(_Strict):
         return self.dead_letter_subject or f"{self.subject}.dead"
 
 
+JobAction = Literal["ingest", "materialize", "compact", "monitor", "command"]
+
+
+class ScheduledJob(_Strict):
+    """One recurring job of ``skewless schedule``."""
+
+    action: JobAction = Field(
+        description="ingest: the sources under data.sources; materialize: incremental; "
+        "compact: merge the offline store's parts; monitor: drift, accuracy, alerts "
+        "(retraining with retrain: true); command: run 'command' (e.g. skewless train)"
+    )
+    cron: str = Field(
+        description="5 fields (minute hour day month weekday, crontab's meaning) or 6 with "
+        "seconds first, in schedule.timezone"
+    )
+    retrain: bool = Field(default=False, description="monitor: train and register on an alert")
+    command: list[str] | None = Field(
+        default=None, min_length=1, description="command: the program and its arguments"
+    )
+    retries: int = Field(default=0, ge=0, le=100, description="attempts after a failed one")
+    retry_delay_seconds: float = Field(default=60.0, ge=0, description="between attempts")
+    misfire_grace_seconds: int | None = Field(
+        default=None, ge=1, description="defaults to schedule.misfire_grace_seconds"
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str) -> str:
+        from skewless.core.cron import cron_trigger
+
+        cron_trigger(value)
+        return value
+
+    @model_validator(mode="after")
+    def _command_for_command(self) -> ScheduledJob:
+        if (self.action == "command") != (self.command is not None):
+            raise ValueError("'command' is given with action 'command' and only with it")
+        if self.retrain and self.action != "monitor":
+            raise ValueError("'retrain' applies to action 'monitor' only")
+        return self
+
+
+class ScheduleConfig(_Strict):
+    """Recurring jobs (``skewless schedule``): APScheduler with its jobs in a database, each
+    run claimed in the monitoring database so that several schedulers run it once."""
+
+    jobs: dict[str, ScheduledJob] = Field(default_factory=dict, description="by job name")
+    timezone: str = Field(default="UTC", description="the zone cron expressions are read in")
+    job_store: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of APScheduler's job store; default the monitoring "
+        "database (monitoring.request_log.url, else SQLite under SKEWLESS_HOME)",
+    )
+    misfire_grace_seconds: int = Field(
+        default=300, ge=1, description="a run later than this is not run but recorded as missed"
+    )
+    coalesce: bool = Field(default=True, description="several missed runs are run once")
+    lease_seconds: float = Field(
+        default=60.0,
+        ge=2,
+        description="a running job's claim lapses this long after its scheduler stops renewing "
+        "it (the process died); renewed every third of it",
+    )
+    metrics_port: int | None = Field(
+        default=9109, ge=0, le=65535, description="Prometheus /metrics of the scheduler; null: off"
+    )
+    metrics_host: str = "127.0.0.1"
+
+    @field_validator("jobs")
+    @classmethod
+    def _job_names(cls, jobs: dict[str, ScheduledJob]) -> dict[str, ScheduledJob]:
+        for name in jobs:
+            if not name.replace("_", "").replace("-", "").isalnum() or len(name) > 64:
+                raise ValueError(
+                    f"job name '{name}' must be at most 64 letters, digits, '_' or '-'"
+                )
+        return jobs
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone '{value}' (use an IANA name such as 'UTC')"
+            ) from exc
+        return value
+
+
 class SkewlessConfig(_Strict):
     """The whole experiment config."""
 
@@ -730,6 +820,7 @@ class SkewlessConfig(_Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     streaming: StreamingConfig | None = Field(
         default=None, description="the broker `skewless stream` consumes rows from"
     )

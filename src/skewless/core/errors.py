@@ -115,3 +115,8 @@ class BrokerError(SkewlessError):
 class BrokerUnavailableError(BrokerError):
     """The message broker did not answer: ``skewless stream`` retries with backoff, and gives
     up with this error only after ``streaming.connect_attempts`` tries."""
+
+
+class JobError(SkewlessError):
+    """A scheduled job failed (a command that exited non-zero), or cannot run where it was
+    asked to."""

@@ -1,6 +1,6 @@
 """The monitoring database's tables and engines: every forecast a server answers (SQLite or
-PostgreSQL), the gaps where the request log lost records, and the alerts ``skewless monitor``
-raises.
+PostgreSQL), the gaps where the request log lost records, the alerts ``skewless monitor``
+raises, and the runs of scheduled jobs with the leases that keep each job to one run at a time.
 
 They sit here, below serving and monitoring, so that the servers' writer
 (:mod:`skewless.serving.log_writer`) and monitoring's readers (:mod:`skewless.monitoring.store`)
@@ -9,6 +9,8 @@ share one definition without serving importing monitoring. Times are naive UTC.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,10 +25,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 METADATA = MetaData()
 SERVED = Table(
@@ -75,12 +79,58 @@ GAPS = Table(
     Column("reason", String(256), nullable=False),
 )
 
+JOB_RUNS = Table(
+    "job_runs",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("config", String(64), nullable=False),
+    Column("job", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("scheduled_for", DateTime, nullable=False, doc="the cron time this run is for"),
+    Column("started_at", DateTime, nullable=False, index=True),
+    Column("finished_at", DateTime, nullable=True),
+    Column(
+        "outcome",
+        String(16),
+        nullable=False,
+        doc="running, succeeded, failed, skipped (the previous run still ran), missed (later "
+        "than the misfire grace), abandoned (its scheduler died while it ran)",
+    ),
+    Column("attempts", Integer, nullable=False),
+    Column("detail", Text, nullable=True, doc="the last error, or why it was skipped"),
+    Column("runner", String(256), nullable=False, doc="host:pid of the scheduler"),
+    # One row per (job, cron time): the insert that claims a run fails for a second scheduler.
+    UniqueConstraint("config", "job", "scheduled_for", name="one_run_per_time"),
+)
+JOB_LEASES = Table(
+    "job_leases",
+    METADATA,
+    Column("config", String(64), primary_key=True),
+    Column("job", String(64), primary_key=True),
+    Column("holder", String(256), nullable=True, doc="the run holding the job; null: free"),
+    Column("run_id", Integer, nullable=True),
+    Column("expires_at", DateTime, nullable=True, doc="renewed while the run lives"),
+)
+
 
 def monitoring_engine(url: str) -> Engine:
     """An engine on the monitoring database, its tables created."""
     engine = writer_engine(url)
-    METADATA.create_all(engine)
+    create_racing(lambda: METADATA.create_all(engine))
     return engine
+
+
+def create_racing(create: Callable[[], None], attempts: int = 5) -> None:
+    """Run ``create`` (CREATE TABLE after a check), again when another process created a table
+    between the check and the CREATE (two schedulers or servers starting on a new database)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            create()
+            return
+        except DBAPIError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.1 * attempt)
 
 
 def writer_engine(url: str) -> Engine:

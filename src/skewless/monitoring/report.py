@@ -1,7 +1,7 @@
 """``skewless report``: one self-contained HTML page (plots inlined as PNG) of an assessment:
 forecast against actual with intervals, accuracy per version against its backtest and per day,
 drift per variable and the entities that moved most, latency over time, the version history,
-and the period's alerts."""
+the period's alerts, and the runs of scheduled jobs."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from skewless.monitoring.monitor import Assessment
 from skewless.monitoring.observations import ENTITY, TARGET, VERSION
 
 _ENTITIES_PLOTTED = 4
+_RUNS_SHOWN = 20
+_OUTCOMES = ("succeeded", "failed", "skipped", "missed", "abandoned", "running")
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
 h1 { margin-bottom: 0; } .sub { color: #666; margin-top: .2rem; }
@@ -35,8 +37,11 @@ th { background: #f3f3f3; } img { max-width: 100%; }
 """
 
 
-def render(config: SkewlessConfig, assessment: Assessment) -> str:
-    """The page, as one string of HTML with every image inlined."""
+def render(
+    config: SkewlessConfig, assessment: Assessment, job_runs: pd.DataFrame | None = None
+) -> str:
+    """The page, as one string of HTML with every image inlined; ``job_runs`` (the period's
+    runs of scheduled jobs, from ``read_job_runs``) adds their section."""
     observations = assessment.observations
     sections = [
         ("Alerts", _alerts(assessment.alerts)),
@@ -52,6 +57,11 @@ def render(config: SkewlessConfig, assessment: Assessment) -> str:
         ("Serving latency", _image(_latency_figure(observations.served, config))),
         ("Model versions", _table(_versions(assessment)) + _alias_history(assessment)),
     ]
+    if job_runs is not None:
+        sections += [
+            ("Scheduled jobs", _table(job_summary(job_runs))),
+            (f"Last {_RUNS_SHOWN} runs, newest first", _table(_last_runs(job_runs))),
+        ]
     body = "\n".join(
         (f"<h2>{html.escape(title)}</h2>" if title else "") + content for title, content in sections
     )
@@ -64,6 +74,51 @@ def render(config: SkewlessConfig, assessment: Assessment) -> str:
         f"{len(observations.outcomes)} forecast steps with actuals; drift against version "
         f"{assessment.version}; written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>"
         f"{body}</body></html>"
+    )
+
+
+def job_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per job: its runs by outcome, its last run and how it ended, and its last success."""
+    if runs.empty:
+        return pd.DataFrame()
+    rows = []
+    for job, mine in runs.groupby("job", sort=True):
+        last = mine.sort_values("started_at").iloc[-1]
+        succeeded = mine[mine["outcome"] == "succeeded"]
+        counts = mine["outcome"].value_counts()
+        rows.append(
+            {
+                "job": job,
+                "action": last["action"],
+                **{o: int(counts.get(o, 0)) for o in _OUTCOMES},
+                "last run (UTC)": f"{last['started_at']:%Y-%m-%d %H:%M:%S}",
+                "last outcome": last["outcome"],
+                "last success (UTC)": (
+                    f"{succeeded['finished_at'].max():%Y-%m-%d %H:%M:%S}"
+                    if len(succeeded)
+                    else "never"
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _last_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    if runs.empty:
+        return pd.DataFrame()
+    shown = runs.sort_values("started_at", ascending=False).head(_RUNS_SHOWN)
+    seconds = (shown["finished_at"] - shown["started_at"]).dt.total_seconds()
+    return pd.DataFrame(
+        {
+            "job": shown["job"],
+            "scheduled for (UTC)": shown["scheduled_for"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "started (UTC)": shown["started_at"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "seconds": seconds.round(1),
+            "outcome": shown["outcome"],
+            "attempts": shown["attempts"],
+            "runner": shown["runner"],
+            "detail": shown["detail"].fillna("").str.slice(0, 200),
+        }
     )
 
 

@@ -1,5 +1,5 @@
 """Reading the monitoring database: the forecasts the servers logged, the gaps where their log
-lost records, and any of its tables since a moment (the tables are in
+lost records, the runs of scheduled jobs, and any of its tables since a moment (the tables are in
 :mod:`skewless.core.monitoring_db`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pandas as pd
 from sqlalchemy import Column, Table, select
 from sqlalchemy.engine import Engine
 
-from skewless.core.monitoring_db import GAPS, SERVED, naive_utc
+from skewless.core.monitoring_db import GAPS, JOB_RUNS, SERVED, naive_utc
 
 
 def read_served(engine: Engine, since: datetime | None = None) -> pd.DataFrame:
@@ -22,6 +22,13 @@ def read_served(engine: Engine, since: datetime | None = None) -> pd.DataFrame:
 def read_gaps(engine: Engine, since: datetime | None = None) -> pd.DataFrame:
     """Losses of the request log that lasted until ``since`` or later, oldest first."""
     return read_since(engine, GAPS, GAPS.c.until, since)
+
+
+def read_job_runs(engine: Engine, config: str, since: datetime | None = None) -> pd.DataFrame:
+    """Runs of the scheduled jobs of config ``config`` started at or after ``since``, oldest
+    first (skipped and missed ones included)."""
+    runs = read_since(engine, JOB_RUNS, JOB_RUNS.c.started_at, since)
+    return runs[runs["config"] == config].reset_index(drop=True)
 
 
 def read_since(

@@ -1,0 +1,1 @@
+"""Scheduled jobs: ingest, materialize, compact, monitor (and retrain) on cron expressions."""
