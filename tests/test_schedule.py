@@ -13,10 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psutil
 import pandas as pd
 import pytest
 import yaml
@@ -313,3 +315,84 @@ def test_the_real_jobs_ingest_materialize_compact_monitor_and_show_in_the_report
     assert "Scheduled jobs" in page and "merged 2 part(s)" in page
     with pytest.raises(ConfigError, match="no job 'nightly'"):
         scheduler.run_now("nightly")
+
+
+def test_a_run_whose_scheduler_was_killed_is_abandoned_once_its_lease_lapses(
+    tmp_path: Path,
+) -> None:
+    """`skewless schedule --run` killed (SIGKILL) mid-run: its lease keeps the job taken until
+    it lapses (a run in that time is skipped), then the next run takes the job and records the
+    dead one as abandoned."""
+    jobs = {"slow": {"action": "command", "cron": "0 3 * * *", "command": ["sleep", "30"]}}
+    config_file = tmp_path / "scheduled.yaml"
+    raw = yaml.safe_load(ETTH_CONFIG.read_text())
+    raw["schedule"] = {"jobs": jobs, "lease_seconds": 8, "metrics_port": None}
+    config_file.write_text(yaml.safe_dump(raw))
+    config = scheduled(etth_config(), jobs, lease_seconds=8)
+    home = tmp_path / "home"
+    killed = subprocess.Popen(
+        [SKEWLESS, "schedule", str(config_file), "--run", "slow"],
+        env={**os.environ, "SKEWLESS_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: home.exists() and len(runs(config, home)) == 1, "the run to start", 120)
+    children = psutil.Process(killed.pid).children(recursive=True)  # the job's sleep
+    killed.kill()
+    killed.wait()
+    for child in children:
+        child.kill()
+    scheduler = Scheduler(
+        scheduled(
+            etth_config(), {**jobs, "slow": {**jobs["slow"], "command": ["true"]}}, lease_seconds=8
+        ),
+        home,
+    )
+    time.sleep(1.1)  # run_now names runs by the second
+    assert scheduler.run_now("slow") == "skipped"  # the lease has not lapsed yet
+    time.sleep(8.5)
+    assert scheduler.run_now("slow") == "succeeded"
+    assert list(runs(config, home)["outcome"]) == ["abandoned", "skipped", "succeeded"]
+
+
+@pytest.mark.postgres
+def test_two_schedulers_on_postgresql_run_each_cron_time_once(tmp_path: Path) -> None:
+    """The same claims on a PostgreSQL monitoring database (and job store), with two
+    schedulers firing the same jobs."""
+    import psycopg
+
+    schema = f"sched_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as db:
+        db.execute(f"CREATE SCHEMA {schema}")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    slow_log, quick_log = tmp_path / "slow.jsonl", tmp_path / "quick.jsonl"
+    jobs = {
+        "slow": {
+            "action": "command",
+            "cron": "*/2 * * * * *",
+            "command": stamp_command(slow_log, 3),
+        },
+        "quick": {
+            "action": "command",
+            "cron": "* * * * * *",
+            "command": stamp_command(quick_log, 0.2),
+        },
+    }
+    config = scheduled(etth_config(f"monitoring.request_log.url={url}"), jobs, lease_seconds=6)
+    schedulers = [Scheduler(config, tmp_path / f"home{i}") for i in range(2)]
+    try:
+        for scheduler in schedulers:
+            scheduler.start()
+        time.sleep(12)
+    finally:
+        for scheduler in schedulers:
+            scheduler.stop()
+    recorded = runs(config, tmp_path)
+    for job, log in (("slow", slow_log), ("quick", quick_log)):
+        ran = sorted(json.loads(line) for line in log.read_text().splitlines())
+        mine = recorded[recorded["job"] == job]
+        assert len(ran) == (mine["outcome"] == "succeeded").sum() >= 3, (job, mine)
+        assert mine["scheduled_for"].is_unique
+        for before, after in itertools.pairwise(ran):
+            assert before[1] <= after[0], f"two runs of {job} at once: {before} {after}"
+    assert (recorded.loc[recorded["job"] == "slow", "outcome"] == "skipped").sum() >= 2
