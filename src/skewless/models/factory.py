@@ -8,6 +8,7 @@ from typing import Any
 
 from skewless.core.errors import ConfigError
 from skewless.models.base import Forecaster
+from skewless.models.hybrid import Hybrid
 from skewless.models.naive import NaiveForecaster
 from skewless.models.nlinear import NLinear
 from skewless.models.tft import TemporalFusionTransformer
@@ -18,6 +19,7 @@ MODELS: dict[str, Callable[..., Forecaster]] = {
     "nlinear": NLinear,
     "xgboost": XGBoostForecaster,
     "tft": TemporalFusionTransformer,
+    "hybrid": Hybrid,
 }
 
 

@@ -1,0 +1,342 @@
+"""The hybrid: closed-form NLinear maps over several lookbacks, optionally corrected by trees.
+
+Three choices NLinear leaves fixed are made on the validation windows instead, all from normal
+equations (so each costs a solve, not a pass over the windows): the lookback (every candidate
+up to the windows' length; a candidate uses the last ``L`` values of each window), one map
+shared by all channels or one per channel (the shared equations are the sum of the per-channel
+ones), and the ridge penalty. The forecast is the mean of the ``top`` best lookbacks' forecasts:
+on ETTh1 a small ensemble beats any single lookback (docs/ltsf.md). With ``refit`` the chosen
+maps are solved again on training and validation windows together (least squares is additive),
+so the freshest data shapes the weights.
+
+With ``boost_rounds`` > 0, gradient-boosted trees learn what the linear forecast misses (the
+LTBoost idea): one row per (window, channel) with the last ``boost_lags`` values and the linear
+forecast (both relative to the last value) as inputs, and the residual over the horizon,
+compressed to ``boost_components`` principal components, as label.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import xgboost as xgb
+
+from skewless.compute import threads
+from skewless.models.base import Forecaster, WindowSource, at_least_one
+from skewless.models.nlinear import DEFAULT_ALPHAS
+from skewless.models.normal_equations import (
+    NormalEquations,
+    normal_equations,
+    series_normal_equations,
+    solve_ridge,
+)
+from skewless.models.xgboost import _LabelBasis, _Rounds
+from skewless.preprocessing.running_stats import RowSample
+from skewless.preprocessing.windows import WindowBatch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOOKBACKS = (96, 192, 336, 512, 720)
+
+# Linear forecast steps the trees see: at most this many, evenly spaced over the horizon.
+_FORECAST_POINTS = 12
+
+# How many window values (float32) the tree stage copies out at once: about 100 MB.
+_WINDOW_VALUES = 25_000_000
+
+# Training rows per thread when ``n_jobs`` is not set (as XGBoost's: below this a second
+# thread costs more in waits than it saves).
+_ROWS_PER_THREAD = 20_000
+
+# Equations per candidate lookback: keyed by lookback, one group per channel.
+Equations = dict[int, NormalEquations]
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """One NLinear map: the last ``lookback`` values, centred on the last, to the horizon."""
+
+    lookback: int
+    weight: np.ndarray  # (groups, lookback, horizon); one group shared, or one per channel
+    bias: np.ndarray  # (groups, horizon)
+    alpha: float
+    validation_mse: float | None
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """(windows, horizon, channels) in float64."""
+        last = inputs[:, -1:, :].astype(np.float64)
+        centred = np.moveaxis(inputs[:, -self.lookback :] - last, 2, 0)  # (channels, n, L)
+        out = np.matmul(centred, self.weight) + self.bias[:, None, :]
+        return np.moveaxis(out, 0, 2) + last
+
+
+class Hybrid(Forecaster):
+    """NLinear over lookbacks chosen on validation, averaged, with optional residual trees."""
+
+    fits_side_by_side = True  # no process-wide state; the trees are seeded per fit
+
+    def __init__(
+        self,
+        horizon: int,
+        lookbacks: tuple[int, ...] = DEFAULT_LOOKBACKS,
+        top: int = 2,
+        individual: bool | None = None,
+        alphas: tuple[float, ...] = DEFAULT_ALPHAS,
+        refit: bool = False,
+        boost_rounds: int = 0,
+        boost_lags: int = 48,
+        boost_components: int = 8,
+        max_depth: int = 4,
+        learning_rate: float = 0.05,
+        early_stopping_rounds: int = 30,
+        max_windows: int = 200_000,
+        seed: int = 0,
+        n_jobs: int | None = None,
+    ) -> None:
+        super().__init__(horizon)
+        self.lookbacks = lookbacks
+        self.top = top
+        self.individual = individual
+        self.alphas = alphas
+        self.refit = refit
+        self.boost_rounds = boost_rounds
+        self.boost_lags = boost_lags
+        self.boost_components = boost_components
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.early_stopping_rounds = early_stopping_rounds
+        self.max_windows = max_windows
+        self.seed = seed
+        self.n_jobs = n_jobs
+
+    def validate_params(self) -> None:
+        if not self.lookbacks or min(self.lookbacks) < 1:
+            raise ValueError(
+                f"lookbacks must be a non-empty list of counts >= 1, got {self.lookbacks}"
+            )
+        if not self.alphas or min(self.alphas) < 0:
+            raise ValueError(
+                f"alphas must be a non-empty list of penalties >= 0, got {self.alphas}"
+            )
+        self._require(("individual",), lambda v: isinstance(v, bool), "true or false", True)
+        self._require(("refit",), lambda v: isinstance(v, bool), "true or false")
+        self._require(("boost_rounds",), lambda v: v >= 0, "at least 0")
+        counts = ("top", "boost_lags", "boost_components", "max_depth", "early_stopping_rounds")
+        self._require((*counts, "max_windows"), at_least_one, "at least 1")
+        self._require(("n_jobs",), at_least_one, "at least 1", nullable=True)
+        self._require(("learning_rate",), lambda v: 0 < v <= 1, "in (0, 1]")
+
+    # -- fitting -----------------------------------------------------------------------------
+
+    def _fit(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        val_inputs: np.ndarray | None,
+        val_targets: np.ndarray | None,
+    ) -> None:
+        candidates = self._candidates(inputs.shape[1])
+        train = _window_equations(inputs, targets, candidates)
+        val = None
+        if val_inputs is not None and val_targets is not None:
+            val = _window_equations(val_inputs, val_targets, candidates)
+        self._choose(train, val)
+        if self.boost_rounds:
+            validation = None
+            if val_inputs is not None and val_targets is not None:
+                validation = self._tree_rows(val_inputs, val_targets)
+            self._boost(self._tree_rows(inputs, targets), validation)
+
+    def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
+        """The linear stage adds up each batch's normal equations (no window is copied); the
+        tree stage walks the batches again for a bounded sample of residual rows."""
+        self._choose(self._equations(train), None if val is None else self._equations(val))
+        if self.boost_rounds:
+            self._boost(self._sampled(train), None if val is None else self._sampled(val))
+
+    def _candidates(self, lookback: int) -> list[int]:
+        """Candidate lookbacks the windows are long enough for (their own length if none)."""
+        return sorted({min(c, lookback) for c in self.lookbacks})
+
+    def _equations(self, source: WindowSource) -> Equations:
+        total: Equations | None = None
+        for part in source.map(partial(_batch_equations, lookbacks=tuple(self.lookbacks))):
+            if part is not None:
+                total = part if total is None else {k: total[k] + part[k] for k in total}
+        if total is None:
+            raise ValueError("no windows to learn from")
+        return total
+
+    def _choose(self, train: Equations, val: Equations | None) -> None:
+        """Per candidate lookback the best sharing and penalty on validation; the ``top``
+        lookbacks are kept (without validation: the longest, shared, the first penalty)."""
+        sharing = [False, True] if self.individual is None else [self.individual]
+        if val is None:
+            lookback = max(train)
+            alpha = self.alphas[0]
+            weight, bias = solve_ridge(_grouped(train[lookback], bool(sharing[-1])), alpha)
+            self.maps_ = [LinearMap(lookback, weight, bias, alpha, None)]
+            return
+        best: list[tuple[float, int, bool, float]] = []
+        for lookback, equations in train.items():
+            scores = [
+                (_grouped(val[lookback], individual).mse(*solved), lookback, individual, alpha)
+                for individual in sharing
+                for alpha in self.alphas
+                for solved in [solve_ridge(_grouped(equations, individual), alpha)]
+            ]
+            best.append(min(scores))
+        best.sort()
+        maps = []
+        for score, lookback, individual, alpha in best[: self.top]:
+            equations = train[lookback] + val[lookback] if self.refit else train[lookback]
+            weight, bias = solve_ridge(_grouped(equations, individual), alpha)
+            maps.append(LinearMap(lookback, weight, bias, alpha, score))
+        logger.info(
+            "Hybrid keeps lookbacks %s (validation MSE %s) of %s",
+            [m.lookback for m in maps],
+            [round(s[0], 4) for s in best[: self.top]],
+            sorted(train),
+        )
+        self.maps_ = maps
+
+    # -- trees on residuals ------------------------------------------------------------------
+
+    def _tree_rows(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features and residual labels, one row per (window, channel)."""
+        linear = self._linear(inputs)
+        residual = np.moveaxis(targets - linear, 2, 1).reshape(-1, self.horizon)
+        return self._features(inputs, linear), residual
+
+    def _sampled(self, source: WindowSource) -> tuple[np.ndarray, np.ndarray]:
+        sample: RowSample | None = None
+        for part in source.map(self._batch_sample):
+            if sample is None:
+                sample = part
+            elif part is not None:
+                sample.merge(part)
+        if sample is None or not len(sample.rows):
+            raise ValueError("no windows to learn from")
+        width = sample.rows.shape[1] - self.horizon
+        return sample.rows[:, :width].astype(np.float32), sample.rows[:, width:]
+
+    def _batch_sample(self, batch: WindowBatch) -> RowSample | None:
+        """Tree rows of a batch's windows, at most ``max_windows`` of them, built a bounded
+        number of windows at a time; seeded by the batch's content (the same wherever it runs)."""
+        size = max(1, _WINDOW_VALUES // ((batch.lookback + batch.horizon) * batch.values.shape[1]))
+        sample = None
+        for chunk in batch.chunks(size):
+            features, labels = self._tree_rows(*chunk.windows())
+            if sample is None:
+                seed = [self.seed, zlib.crc32(batch.values[:1].tobytes())]
+                sample = RowSample(features.shape[1] + self.horizon, self.max_windows, seed)
+            sample.add(np.hstack([features, labels]))
+        return sample
+
+    def _boost(
+        self,
+        train: tuple[np.ndarray, np.ndarray],
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
+        features, labels = train
+        self.basis_ = _LabelBasis.fit(labels, self.boost_components)
+        matrix = xgb.DMatrix(features, label=self._encode(labels))
+        evals, stopping = [], None
+        if validation is not None:
+            evals = [(xgb.DMatrix(validation[0], label=self._encode(validation[1])), "validation")]
+            stopping = self.early_stopping_rounds
+        params = {
+            "objective": "reg:squarederror",
+            "tree_method": "hist",
+            "multi_strategy": "one_output_per_tree",
+            "max_bin": 64,
+            "max_depth": self.max_depth,
+            "eta": self.learning_rate,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 20,
+            "seed": self.seed,
+        }
+        most = self.n_jobs or max(1, len(features) // _ROWS_PER_THREAD)
+        with threads.sharing_cores():
+            self.booster_ = xgb.train(
+                params | {"nthread": min(most, threads.share())},
+                matrix,
+                num_boost_round=self.boost_rounds,
+                evals=evals,
+                early_stopping_rounds=stopping,
+                verbose_eval=False,
+                callbacks=[_Rounds(self.boost_rounds, lambda: min(most, threads.share()))],
+            )
+        self.rounds_ = self.booster_.best_iteration + 1 if stopping else self.boost_rounds
+
+    def _encode(self, labels: np.ndarray) -> np.ndarray:
+        return labels if self.basis_ is None else self.basis_.encode(labels)
+
+    def _features(self, inputs: np.ndarray, linear: np.ndarray) -> np.ndarray:
+        """Per (window, channel): the last lags and a few linear forecast steps, both minus
+        the last value. Levels and calendar features are left out: they moved the trees away
+        from the test period on ETTh1 (docs/ltsf.md)."""
+        last = inputs[:, -1:, :]
+        lags = inputs[:, -min(self.boost_lags, inputs.shape[1]) :] - last
+        steps = np.unique(np.linspace(0, self.horizon - 1, _FORECAST_POINTS).astype(int))
+        ahead = linear[:, steps] - last
+        rows = [np.moveaxis(part, 2, 1).reshape(-1, part.shape[1]) for part in (lags, ahead)]
+        return np.hstack(rows).astype(np.float32)
+
+    # -- prediction --------------------------------------------------------------------------
+
+    def _linear(self, inputs: np.ndarray) -> np.ndarray:
+        return np.mean([m.predict(inputs) for m in self.maps_], axis=0)
+
+    def _predict(self, inputs: np.ndarray) -> np.ndarray:
+        if inputs.shape[1] < max(m.lookback for m in self.maps_):
+            raise ValueError(
+                f"inputs have lookback {inputs.shape[1]}, but the model was fitted on "
+                f"{max(m.lookback for m in self.maps_)}"
+            )
+        forecast = self._linear(inputs)
+        if self.boost_rounds:
+            flat = self.booster_.predict(
+                xgb.DMatrix(self._features(inputs, forecast)), iteration_range=(0, self.rounds_)
+            )
+            if self.basis_ is not None:
+                flat = self.basis_.decode(flat.reshape(len(flat), -1))
+            channels = inputs.shape[2]
+            forecast = forecast + np.moveaxis(flat.reshape(len(inputs), channels, -1), 1, 2)
+        return forecast.astype(inputs.dtype)
+
+
+def _grouped(equations: NormalEquations, individual: bool) -> NormalEquations:
+    """Per-channel equations as they are, or summed into one shared map's."""
+    if individual:
+        return equations
+    return NormalEquations(
+        equations.gram.sum(axis=0, keepdims=True),
+        equations.cross.sum(axis=0, keepdims=True),
+        equations.squares.sum(keepdims=True),
+        equations.count,
+    )
+
+
+def _window_equations(inputs: np.ndarray, targets: np.ndarray, lookbacks: list[int]) -> Equations:
+    """Per-channel equations of every candidate lookback: the windows' last ``L`` values."""
+    return {L: normal_equations(inputs[:, -L:], targets, individual=True) for L in lookbacks}
+
+
+def _batch_equations(batch: WindowBatch, lookbacks: tuple[int, ...]) -> Equations | None:
+    """A batch's equations per candidate lookback, from its stretches of consecutive windows:
+    a stretch minus its first ``lookback - L`` rows holds exactly the windows' last ``L``."""
+    total: Equations | None = None
+    candidates = sorted({min(c, batch.lookback) for c in lookbacks})
+    for stretch in batch.stretches():
+        part = {
+            L: series_normal_equations(stretch[batch.lookback - L :], L, batch.horizon, True)
+            for L in candidates
+        }
+        total = part if total is None else {k: total[k] + part[k] for k in total}
+    return total

@@ -1,0 +1,171 @@
+"""The hybrid forecaster: lookbacks, sharing and penalty chosen on validation, residual trees,
+batched fits, parameter checks, and `skewless train` with it through to a served forecast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from skewless.cli import app
+from skewless.compute.batches import InMemory
+from skewless.core.errors import ConfigError
+from skewless.core.schema import EVENT_TS
+from skewless.models.factory import create_model
+from skewless.models.hybrid import Hybrid
+from skewless.models.nlinear import NLinear
+from skewless.preprocessing.windows import WindowBatch, cut_windows
+from tests.conftest import ETTH_CONFIG, VARIABLES, raw_rows
+from tests.test_models import series
+
+LOOKBACK, HORIZON = 48, 12
+
+
+def split(rows: int = 900, channels: int = 3) -> tuple:
+    data = series(rows, channels)
+    cut = int(rows * 0.7)
+    return (
+        data[:cut],
+        data[cut - LOOKBACK :],
+        cut_windows(data[:cut], LOOKBACK, HORIZON),
+        cut_windows(data[cut - LOOKBACK :], LOOKBACK, HORIZON),
+    )
+
+
+def batches(rows: np.ndarray, parts: int) -> InMemory[WindowBatch]:
+    """The windows of ``rows`` as ``parts`` batches of consecutive starts."""
+    starts = np.arange(len(rows) - LOOKBACK - HORIZON + 1)
+    return InMemory(
+        *(
+            WindowBatch(rows, chunk, LOOKBACK, HORIZON, rows.shape[1])
+            for chunk in np.array_split(starts, parts)
+        )
+    )
+
+
+def test_fit_and_predict_shapes_with_and_without_trees() -> None:
+    _, _, train, val = split()
+    for rounds in (0, 20):
+        model = Hybrid(HORIZON, lookbacks=(12, 24, 48), boost_rounds=rounds, boost_lags=8)
+        model.fit(train.inputs, train.targets, val.inputs, val.targets)
+        predicted = model.predict(val.inputs)
+        assert predicted.shape == val.targets.shape and predicted.dtype == val.inputs.dtype
+        assert len(model.maps_) == 2 and {m.lookback for m in model.maps_} <= {12, 24, 48}
+    assert model.rounds_ <= 20
+
+
+def test_one_lookback_shared_unpenalised_is_nlinear() -> None:
+    _, _, train, val = split()
+    mine = Hybrid(HORIZON, lookbacks=(LOOKBACK,), top=1, individual=False, alphas=(1e-3,))
+    theirs = NLinear(HORIZON, alphas=(1e-3,))
+    for model in (mine, theirs):
+        model.fit(train.inputs, train.targets, val.inputs, val.targets)
+    np.testing.assert_allclose(mine.predict(val.inputs), theirs.predict(val.inputs), rtol=1e-5)
+
+
+def test_the_best_lookback_on_validation_is_kept_first() -> None:
+    _, _, train, val = split()
+    model = Hybrid(HORIZON, lookbacks=(4, 24, 48), top=3).fit(
+        train.inputs, train.targets, val.inputs, val.targets
+    )
+    scores = [m.validation_mse for m in model.maps_]
+    assert scores == sorted(scores)
+    for kept in model.maps_:  # each score is that map's own validation MSE
+        alone = Hybrid(
+            HORIZON,
+            lookbacks=(kept.lookback,),
+            top=1,
+            individual=kept.weight.shape[0] > 1,
+            alphas=(kept.alpha,),
+        ).fit(train.inputs, train.targets, val.inputs, val.targets)
+        error = np.mean((alone.predict(val.inputs).astype(np.float64) - val.targets) ** 2)
+        assert kept.validation_mse == pytest.approx(error, rel=1e-4)
+
+
+def test_refit_solves_on_training_and_validation_windows() -> None:
+    _, _, train, val = split()
+    refitted = Hybrid(HORIZON, lookbacks=(24,), top=1, individual=False, refit=True)
+    refitted.fit(train.inputs, train.targets, val.inputs, val.targets)
+    both = np.concatenate([train.inputs, val.inputs]), np.concatenate([train.targets, val.targets])
+    alpha = refitted.maps_[0].alpha
+    reference = Hybrid(HORIZON, lookbacks=(24,), top=1, individual=False, alphas=(alpha,))
+    reference.fit(*both)  # windows that are not one series: float32 products
+    np.testing.assert_allclose(
+        refitted.predict(val.inputs), reference.predict(val.inputs), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_batched_fit_equals_the_fit_on_all_windows() -> None:
+    train_rows, val_rows, train, val = split()
+    params = {"lookbacks": (12, 24, 48), "boost_rounds": 15, "boost_lags": 8, "n_jobs": 1}
+    whole = Hybrid(HORIZON, **params).fit(train.inputs, train.targets, val.inputs, val.targets)
+    batched = Hybrid(HORIZON, **params).fit_batches(batches(train_rows, 3), batches(val_rows, 2))
+    for a, b in zip(whole.maps_, batched.maps_, strict=True):
+        assert (a.lookback, a.alpha) == (b.lookback, b.alpha)
+        np.testing.assert_allclose(a.weight, b.weight, rtol=1e-9, atol=1e-12)
+    # The trees see the same rows (a sample as large as every window keeps them all), in
+    # another order: their forecasts agree to the trees' own float32 precision.
+    np.testing.assert_allclose(
+        whole.predict(val.inputs), batched.predict(val.inputs), rtol=1e-3, atol=1e-3
+    )
+
+
+def test_predicting_needs_the_lookback_it_was_fitted_on() -> None:
+    _, _, train, val = split()
+    model = Hybrid(HORIZON, lookbacks=(48,)).fit(train.inputs, train.targets)
+    with pytest.raises(ValueError, match="fitted on 48"):
+        model.predict(val.inputs[:, -24:])
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"lookbacks": []}, "lookbacks must be"),
+        ({"lookbacks": [0, 24]}, "lookbacks must be"),
+        ({"alphas": [-1.0]}, "alphas must be"),
+        ({"top": 0}, "top must be at least 1"),
+        ({"individual": "yes"}, "individual must be true or false or null"),
+        ({"boost_rounds": -1}, "boost_rounds must be at least 0"),
+        ({"learning_rate": 0}, r"learning_rate must be in \(0, 1\]"),
+        ({"n_jobs": 0}, "n_jobs must be at least 1 or null"),
+        ({"depth": 3}, "not parameters of 'hybrid'"),
+    ],
+)
+def test_bad_parameters_are_refused_by_name(params: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_model("hybrid", HORIZON, params)
+
+
+@pytest.mark.slow
+def test_cli_trains_the_hybrid_and_the_registered_version_forecasts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKEWLESS_HOME", str(tmp_path / "home"))
+    raw = pd.concat([raw_rows(1, "2020-01-01", 400), raw_rows(2, "2020-01-01", 400, seed=3)])
+    raw.to_csv(tmp_path / "history.csv", index=False)
+    trained = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(ETTH_CONFIG),
+            "--csv",
+            str(tmp_path / "history.csv"),
+            *("--set", "training.lookback=48", "--set", "training.horizon=6"),
+            *("--set", "backtest.test_periods=24", "--set", "backtest.folds=2"),
+            *("--set", "training.model=hybrid"),
+            *("--set", "training.params={lookbacks: [12, 24, 48], boost_rounds: 10}"),
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "registered etth_forecaster version 1" in trained.output
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model("models:/etth_forecaster/1")
+    rows = raw.tail(48).astype(dict.fromkeys(VARIABLES, np.float32))  # entity 2, as ingested
+    rows[EVENT_TS] = pd.to_datetime(rows.pop("date"), utc=True)
+    forecast = served.predict(rows)
+    assert len(forecast) == 6 and np.isfinite(forecast["forecast"]).all()
+    assert (forecast["lower_80"] <= forecast["forecast"]).all()
