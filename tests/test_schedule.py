@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import psutil
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
