@@ -6,7 +6,7 @@ CONFIG ?= configs/etth.yaml
 export SKEWLESS_HOME ?= $(CURDIR)/skewless_home
 DEMO_PORT ?= 8000
 
-.PHONY: demo test test-unit lint bench-online bench-ltsf bench-serving bench-scale bench-cli bench-xgboost clean
+.PHONY: demo test test-unit lint bench-online bench-ltsf bench-serving bench-scale bench-cli bench-xgboost bench-streaming clean
 
 # torch first and pinned exactly: a CPU build lies on local disk, anything else downloads GBs.
 $(BIN)/python:
@@ -62,6 +62,9 @@ bench-xgboost: $(VENV)/.installed-dev
 
 bench-scale: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/scale.py
+
+bench-streaming: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/streaming.py
 
 bench-cli: $(VENV)/.installed
 	$(BIN)/python benchmarks/cli_startup.py

@@ -38,8 +38,38 @@ def postgres_answers() -> str | None:
         return " ".join(str(exc).split())[:200]
 
 
+def nats_jetstream_answers(host: str = "127.0.0.1", port: int = 4222) -> bool:
+    """A NATS server greets with an INFO line that says whether JetStream is on."""
+    try:
+        with socket.create_connection((host, port), timeout=3) as connection:
+            greeting = connection.recv(4096)
+    except OSError:
+        return False
+    return greeting.startswith(b"INFO") and b'"jetstream":true' in greeting
+
+
+def rabbitmq_answers(host: str = "127.0.0.1", port: int = 5672) -> bool:
+    """An AMQP 0-9-1 server answers the protocol header with a Connection.Start frame."""
+    try:
+        with socket.create_connection((host, port), timeout=3) as connection:
+            connection.sendall(b"AMQP\x00\x00\x09\x01")
+            return connection.recv(8)[:1] == b"\x01"
+    except OSError:
+        return False
+
+
 def missing() -> list[str]:
     problems = []
+    if not nats_jetstream_answers():
+        problems.append(
+            "NATS with JetStream does not answer at 127.0.0.1:4222: tests/test_streaming.py "
+            "consumes from it (`nats-server -js`; Debian: apt-get install nats-server)"
+        )
+    if not rabbitmq_answers():
+        problems.append(
+            "RabbitMQ does not answer at 127.0.0.1:5672 (user guest/guest): "
+            "tests/test_streaming.py consumes from it (Debian: apt-get install rabbitmq-server)"
+        )
     if not redis_answers():
         problems.append(
             f"Redis does not answer at {REDIS_HOST}:{REDIS_PORT}: start one, e.g. "

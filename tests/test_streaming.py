@@ -1,7 +1,8 @@
 """``skewless stream`` and ``skewless publish`` against the real brokers of this machine (NATS
 JetStream at 127.0.0.1:4222, RabbitMQ at 127.0.0.1:5672) and a NATS server of the test's own
 for the broker lost mid-stream. Every test uses subjects / queues / streams of its own and
-deletes them afterwards; the machine's servers are never stopped."""
+deletes them afterwards; the machine's servers are never stopped. Tests that reach a broker are
+marked ``integration`` by hand (their fixtures are not in conftest's list)."""
 
 from __future__ import annotations
 
@@ -283,6 +284,7 @@ def test_a_batch_keeps_its_good_rows_and_refuses_each_bad_one_with_its_reason(
 # -- through the brokers ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_stream_writes_both_stores_sends_dead_letters_and_counts(
     streamed: Streamed, tmp_path: Path
 ) -> None:
@@ -335,6 +337,7 @@ def test_stream_writes_both_stores_sends_dead_letters_and_counts(
     no_duplicates(streamed.stored())
 
 
+@pytest.mark.integration
 def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(
     streamed_nats: Streamed, tmp_path: Path
 ) -> None:
@@ -369,6 +372,7 @@ def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(
     no_duplicates(stored)
 
 
+@pytest.mark.integration
 def test_two_consumers_share_the_work_without_double_writes(
     streamed_nats: Streamed, tmp_path: Path
 ) -> None:
@@ -424,6 +428,7 @@ def test_a_broker_down_at_start_is_retried_with_a_message_per_try(
     setup.repo.store.teardown()
 
 
+@pytest.mark.slow  # a CLI process of its own, importing Feast
 def test_the_cli_says_why_it_stops_when_the_broker_never_comes(tmp_path: Path) -> None:
     setup = streamed_repo(
         tmp_path / "home",
@@ -442,6 +447,7 @@ def test_the_cli_says_why_it_stops_when_the_broker_never_comes(tmp_path: Path) -
     setup.repo.store.teardown()
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="no nats-server binary")
 def test_a_nats_server_lost_mid_stream_is_reconnected_to_and_nothing_is_lost(
     tmp_path: Path,

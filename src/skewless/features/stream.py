@@ -147,8 +147,9 @@ class BatchWriter:
         result.rows_already_stored += len(raw) - len(unique)
         good, refused = self._split_local(unique)
         for attempt in range(_WRITE_RETRIES):
-            good, more = self._split_contextual(good)
-            refused += more
+            if attempt:  # push refused the batch: split what it refused from the rest
+                good, more = self._split_contextual(good)
+                refused += more
             if good.empty:
                 break
             try:
@@ -160,7 +161,6 @@ class BatchWriter:
             except DataValidationError:
                 if attempt == _WRITE_RETRIES - 1:
                     raise
-                logger.info("rows were stored by another consumer meanwhile; validating again")
                 continue
             self._count(report, result)
             break
@@ -179,16 +179,13 @@ class BatchWriter:
     def _frame(self, messages: Sequence[Decoded]) -> pd.DataFrame:
         """Every row of the batch in one frame of raw columns, with its message and its row
         number in that message (validation's messages name that row)."""
-        parts = []
-        for index, message in enumerate(messages):
-            if message.rows:
-                part = pd.DataFrame.from_records(message.rows)
-                part[MESSAGE] = index
-                part[SOURCE_ROW] = np.arange(1, len(message.rows) + 1)
-                parts.append(part)
-        if not parts:
+        every = [row for m in messages for row in m.rows]
+        if not every:
             return pd.DataFrame()
-        frame = pd.concat(parts, ignore_index=True)
+        frame = pd.DataFrame.from_records(every)
+        counts = [len(m.rows) for m in messages]
+        frame[MESSAGE] = np.repeat(np.arange(len(messages)), counts)
+        frame[SOURCE_ROW] = np.concatenate([np.arange(1, n + 1) for n in counts])
         for column in self.required:  # an absent key is a null: validation names it
             if column not in frame.columns:
                 frame[column] = None
@@ -380,7 +377,7 @@ class StreamMetrics:
         self.messages = Counter("skewless_stream_messages", "messages acknowledged", registry=r)
         self.batch_seconds = Histogram(
             "skewless_stream_batch_seconds",
-            "from a micro-batch's first message to its acknowledgement",
+            "from the start of a micro-batch's write to its acknowledgement",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
             registry=r,
         )
@@ -445,17 +442,25 @@ async def connect(broker: Broker, metrics: StreamMetrics | None, consume: bool =
         return
 
 
-async def collect(broker: Broker, streaming: StreamingConfig) -> list[Decoded]:
+async def collect(
+    broker: Broker, streaming: StreamingConfig, writing: asyncio.Event | None = None
+) -> list[Decoded]:
     """One micro-batch: waits up to batch_seconds for a first message, then gathers until
-    batch_seconds after it, batch_rows rows or batch_messages messages; [] when idle."""
+    batch_seconds after it (longer while the previous batch is still ``writing``), batch_rows
+    rows or batch_messages messages; [] when idle."""
     batch: list[Decoded] = []
     rows, deadline = 0, time.monotonic() + streaming.batch_seconds
     while len(batch) < streaming.batch_messages and rows < streaming.batch_rows:
         remaining = deadline - time.monotonic()
+        busy = bool(batch) and writing is not None and writing.is_set()
         if remaining <= 0:
-            break
+            if not busy:
+                break
+            remaining = 0.05
         deliveries = await broker.fetch(streaming.batch_messages - len(batch), remaining)
         if not deliveries:
+            if busy:
+                continue
             break
         if not batch:
             deadline = time.monotonic() + streaming.batch_seconds
@@ -492,18 +497,29 @@ async def run_stream(
         streaming.dead_letter_target,
     )
     idle_ticks = 0
+    # The next micro-batch gathers while this one is written.
+    writing = asyncio.Event()
+    upcoming = asyncio.create_task(collect(broker, streaming, writing))
     try:
         while not stop.is_set():
-            batch = await collect(broker, streaming)
+            batch = await upcoming
+            upcoming = asyncio.create_task(collect(broker, streaming, writing))
             if not batch:
                 idle_ticks += 1
                 if idle_ticks % 5 == 1:
                     await _update_lag(broker, metrics)
                 continue
             idle_ticks = 0
-            await _handle(broker, writer, batch, metrics, stop)
+            writing.set()
+            try:
+                await _handle(broker, writer, batch, metrics, stop)
+            finally:
+                writing.clear()
             await _update_lag(broker, metrics)
     finally:
+        upcoming.cancel()  # unacknowledged: delivered again, to this group's next consumer
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await upcoming
         await broker.close()
 
 
@@ -531,12 +547,21 @@ async def _handle(
             wait = min(wait * 2, writer.streaming.retry_max_seconds)
     written = time.time()
     letters = dead_letters(batch, result.rejected)
-    for letter, reason in zip(letters, _first_reasons(result.rejected), strict=True):
-        await broker.publish(
-            writer.streaming.dead_letter_target, [letter], {REASON_HEADER: reason[:1000]}
+    try:
+        for letter, reason in zip(letters, _first_reasons(result.rejected), strict=True):
+            await broker.publish(
+                writer.streaming.dead_letter_target, [letter], {REASON_HEADER: reason[:1000]}
+            )
+        for decoded in batch:
+            await broker.ack(decoded.delivery)
+    except Exception as exc:  # the broker went away: what is not acknowledged comes again
+        logger.warning(
+            "could not send the dead letters or acknowledgements of a written micro-batch "
+            "(%s: %s); its messages will come again and add nothing",
+            type(exc).__name__,
+            exc,
         )
-    for decoded in batch:
-        await broker.ack(decoded.delivery)
+        return
     rows_refused = sum(1 for r in result.rejected if r.row is not None)
     whole = sum(len(batch[r.message].rows) or 1 for r in result.rejected if r.row is None)
     metrics.rows_in.inc(result.rows_in)
