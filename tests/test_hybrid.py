@@ -18,6 +18,7 @@ from skewless.core.schema import EVENT_TS
 from skewless.models.factory import create_model
 from skewless.models.hybrid import Hybrid
 from skewless.models.nlinear import NLinear
+from skewless.models.normal_equations import normal_equations, ridge_path, solve_ridge
 from skewless.preprocessing.windows import WindowBatch, cut_windows
 from tests.conftest import ETTH_CONFIG, VARIABLES, raw_rows
 from tests.test_models import series
@@ -169,3 +170,14 @@ def test_cli_trains_the_hybrid_and_the_registered_version_forecasts(
     forecast = served.predict(rows)
     assert len(forecast) == 6 and np.isfinite(forecast["forecast"]).all()
     assert (forecast["lower_80"] <= forecast["forecast"]).all()
+
+
+def test_the_ridge_path_solves_as_each_penalty_alone() -> None:
+    _, _, train, _ = split()
+    for individual in (False, True):
+        equations = normal_equations(train.inputs, train.targets, individual)
+        alphas = (0.0, 1e-4, 1.0)
+        for alpha, (weight, bias) in zip(alphas, ridge_path(equations, alphas), strict=True):
+            expected_weight, expected_bias = solve_ridge(equations, alpha)
+            np.testing.assert_allclose(weight, expected_weight, rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(bias, expected_bias, rtol=1e-6, atol=1e-9)

@@ -31,6 +31,7 @@ from skewless.models.nlinear import DEFAULT_ALPHAS
 from skewless.models.normal_equations import (
     NormalEquations,
     normal_equations,
+    ridge_path,
     series_normal_equations,
     solve_ridge,
 )
@@ -186,8 +187,11 @@ class Hybrid(Forecaster):
             scores = [
                 (_grouped(val[lookback], individual).mse(*solved), lookback, individual, alpha)
                 for individual in sharing
-                for alpha in self.alphas
-                for solved in [solve_ridge(_grouped(equations, individual), alpha)]
+                for alpha, solved in zip(
+                    self.alphas,
+                    ridge_path(_grouped(equations, individual), tuple(self.alphas)),
+                    strict=True,
+                )
             ]
             best.append(min(scores))
         best.sort()
