@@ -185,7 +185,7 @@ def _metrics(port: int) -> str | None:
 
 
 def _sample(metrics: str | None, name: str, job: str, outcome: str) -> float:
-    pattern = rf'{name}\{{job="{job}",outcome="{outcome}"\}} (\S+)'
+    pattern = rf'{name}\{{job_name="{job}",outcome="{outcome}"\}} (\S+)'
     found = re.search(pattern, metrics or "")
     return float(found.group(1)) if found else 0.0
 
@@ -306,6 +306,8 @@ def test_the_real_jobs_ingest_materialize_compact_monitor_and_show_in_the_report
     assert "windows of 1 entities written" in recorded["detail"].iloc[3], details
     assert recorded["detail"].iloc[4] == "merged 2 part(s)", details
     assert "alert(s)" in recorded["detail"].iloc[5], details
+    alerts = scheduler.metrics.monitor_alerts  # by rule, for Prometheus's rules to read
+    assert alerts.labels("drift_psi")._value.get() >= 0 and len(alerts._metrics) >= 6
     repo = FeastRepo(config, home)
     january = pd.Timestamp("2024-01-01", tz="UTC"), pd.Timestamp("2024-02-01", tz="UTC")
     assert len(repo.offline.rows_between([7], *january)) == 424

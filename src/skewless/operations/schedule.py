@@ -65,7 +65,10 @@ logger = logging.getLogger(__name__)
 
 Outcome = Literal["succeeded", "failed", "skipped", "missed"]
 OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "skipped", "missed")
-Action = Callable[[SkewlessConfig, Path, ScheduledJob], str]  # returns what it did, in words
+# Runs a job's action once and returns what it did, in words; sets the metrics it owns.
+Action = Callable[[SkewlessConfig, Path, ScheduledJob, "JobMetrics"], str]
+# The rules of skewless monitor (monitoring/alerts.py), each a series of the alerts gauge.
+MONITOR_RULES = ("drift_psi", "drift_ks", "accuracy", "coverage", "latency_p99", "error_rate")
 _DURATION_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600)
 _COMMAND_OUTPUT_CHARS = 2000
 
@@ -82,15 +85,19 @@ def _naive_utc(moment: datetime) -> datetime:
 # -- the actions ---------------------------------------------------------------------------------
 
 
-def run_action(config: SkewlessConfig, home: Path, job: ScheduledJob) -> str:
-    """Run one job's action once; what it did, in words. Raises on failure."""
+def run_action(config: SkewlessConfig, home: Path, job: ScheduledJob, metrics: JobMetrics) -> str:
+    """Run one job's action once; what it did, in words. Raises on failure. A monitor run
+    sets the alerts gauge: the alerts it raised, by rule."""
     if job.action == "command":
         return _command(job.command or [])
     if job.action == "monitor":
         from skewless.monitoring.monitor import monitor
 
         result = monitor(config, home, retrain=job.retrain)
-        said = f"{len(result.assessment.alerts)} alert(s)"
+        alerts = result.assessment.alerts
+        for rule in {*MONITOR_RULES, *(alert.rule for alert in alerts)}:
+            metrics.monitor_alerts.labels(rule).set(sum(a.rule == rule for a in alerts))
+        said = f"{len(alerts)} alert(s)"
         if result.retraining is not None:
             staged = "staged" if result.retraining.staged else "not staged"
             said += f"; retrained version {result.retraining.version} ({staged})"
@@ -263,7 +270,8 @@ class RunLedger:
 
 
 class JobMetrics:
-    """Prometheus metrics of one scheduler process (its own registry)."""
+    """Prometheus metrics of one scheduler process (its own registry). Jobs are labelled
+    ``job_name``: Prometheus keeps ``job`` for the scrape job."""
 
     def __init__(self, jobs: list[str]) -> None:
         self.registry = CollectorRegistry()
@@ -271,38 +279,44 @@ class JobMetrics:
             "skewless_job_runs",
             "Scheduled runs by job and outcome: succeeded, failed (every attempt failed), "
             "skipped (the job's previous run still ran), missed (later than its misfire grace)",
-            ["job", "outcome"],
+            ["job_name", "outcome"],
             registry=self.registry,
         )
         self.attempt_failures = Counter(
             "skewless_job_attempt_failures",
             "Failed attempts of scheduled runs, retried ones included",
-            ["job"],
+            ["job_name"],
             registry=self.registry,
         )
         self.duration = Histogram(
             "skewless_job_duration_seconds",
             "Wall time of scheduled runs that started, retries and their waits included",
-            ["job"],
+            ["job_name"],
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
         self.running = Gauge(
             "skewless_job_running",
             "Runs of the job this scheduler process is running now (0 or 1)",
-            ["job"],
+            ["job_name"],
             registry=self.registry,
         )
         self.last_success = Gauge(
             "skewless_job_last_success_timestamp_seconds",
             "Unix time the job last succeeded in this scheduler process",
-            ["job"],
+            ["job_name"],
             registry=self.registry,
         )
         self.next_run = Gauge(
             "skewless_job_next_run_timestamp_seconds",
             "Unix time of the job's next cron time",
-            ["job"],
+            ["job_name"],
+            registry=self.registry,
+        )
+        self.monitor_alerts = Gauge(
+            "skewless_monitor_alerts",
+            "Alerts the last scheduled monitor run raised, by rule of monitoring.rules",
+            ["rule"],
             registry=self.registry,
         )
         for job in jobs:  # every series exists from the start, so rates and alerts see zeros
@@ -452,7 +466,8 @@ class Scheduler:
         tries = job.retries + 1
         for attempt in range(1, tries + 1):
             try:
-                return "succeeded", attempt, self.action(self.config, self.home, job)
+                said = self.action(self.config, self.home, job, self.metrics)
+                return "succeeded", attempt, said
             except Exception as exc:
                 detail = f"{type(exc).__name__}: {exc}"
                 self.metrics.attempt_failures.labels(name).inc()
@@ -506,8 +521,8 @@ class Scheduler:
             logger.warning("job %s at %s missed: %s", name, run_time.isoformat(), detail)
 
     def _fire(self, name: str, run_time: datetime) -> None:
+        self._publish_next(name)  # the time after this one: a run still going then is late
         self.run(name, run_time)
-        self._publish_next(name)
 
     # -- the loop --------------------------------------------------------------------------------
 
