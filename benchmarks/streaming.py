@@ -142,7 +142,7 @@ def consumer_metrics(port: int) -> dict[str, float]:
     found: dict[str, float] = {}
     for line in text.splitlines():
         match = re.match(r"(skewless_stream_[a-z_]+?)(_total|_sum|_count)? ([0-9.e+-]+)$", line)
-        if match and match.group(2) != "_created":
+        if match and not match.group(1).endswith("_created"):
             found[match.group(1) + (match.group(2) or "")] = float(match.group(3))
     return found
 
