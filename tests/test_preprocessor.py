@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skewless.core.errors import DataValidationError, NotFittedError
+from skewless.core.errors import ConfigError, DataValidationError, NotFittedError
 from skewless.preprocessing.preprocessor import Preprocessor
 from tests.conftest import VARIABLES, etth_config
 
@@ -107,16 +107,19 @@ def test_forward_fill_never_crosses_entities() -> None:
 
 def test_categoricals_are_encoded_with_a_defined_unseen_behaviour() -> None:
     train = rows(1, "2020-01-01", 6).assign(site=["a", "b", "a", "c", "b", "a"])
-    pre = Preprocessor(etth_config("preprocessing.categoricals.columns=[site]")).fit(train)
+    pre = Preprocessor(etth_config("data.categorical=[site]")).fit(train)
     codes = pre.transform(train.assign(site=["c", "zzz", "a", "b", None, "a"]))["site"].tolist()
     assert codes == [3, 0, 1, 2, 0, 1]
     strict = Preprocessor(
-        etth_config(
-            "preprocessing.categoricals.columns=[site]", "preprocessing.categoricals.unseen=error"
-        )
+        etth_config("data.categorical=[site]", "preprocessing.categoricals.unseen=error")
     ).fit(train)
     with pytest.raises(DataValidationError, match="never seen in training"):
         strict.transform(train.assign(site="zzz"))
+
+
+def test_label_columns_are_declared_under_data_not_preprocessing() -> None:
+    with pytest.raises(ConfigError, match="label columns are declared as data.categorical"):
+        etth_config("preprocessing.categoricals.columns=[site]")
 
 
 def test_calendar_features_match_the_ingestion_function() -> None:

@@ -1,8 +1,10 @@
-"""Static covariates from ingest to a served forecast: daily sales of five stores whose level
-follows a per-store capacity and whose weekly swing follows a region label, both in a table of
-their own; one store has no static row. Ingested, materialized, trained (the TFT, whose static
-encoders read them), served over HTTP and checked for skew; a changed static value reaches the
-online window through an incremental materialize; bad static tables are refused whole.
+"""Static and label covariates from ingest to a served forecast: daily sales of five stores
+whose level follows a per-store capacity and whose weekly swing follows a region label, both in
+a table of their own (one store has no static row), and whose daily promotion is a label column
+of the series (some days unknown). Ingested, materialized, trained (the TFT, whose static
+encoders read the statics), served over HTTP and checked for skew; a changed static value
+reaches the online window through an incremental materialize; bad static tables are refused
+whole.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import yaml
 from skewless.core.config import load_config
 from skewless.core.feed import Feed, feeding_problems
 from skewless.features.facade import FeatureStoreFacade
+from skewless.features.ingest import ingest
 from skewless.features.repo import FeastRepo
 from tests.test_calendar_frequencies import run, serve
 
@@ -45,12 +48,15 @@ def sales() -> pd.DataFrame:
         capacity = float(known.capacity.iloc[0]) if len(known) else 30.0
         region = str(known.region.iloc[0]) if len(known) else "east"
         weekly = swing[region] * np.sin(2 * np.pi * dates.dayofweek / 7)
+        promo = rng.choice(np.array(["none", "bogo", "discount", None], dtype=object), len(dates))
+        lift = np.select([promo == "bogo", promo == "discount"], [15.0, 5.0], 0.0)
         parts.append(
             pd.DataFrame(
                 {
                     "date": dates.strftime("%Y-%m-%d"),
                     "store": store,
-                    "sales": 3 * capacity + weekly + rng.normal(0, 1, len(dates)),
+                    "sales": 3 * capacity + weekly + lift + rng.normal(0, 1, len(dates)),
+                    "promo": promo,
                 }
             )
         )
@@ -69,6 +75,7 @@ def write_config(folder: Path, statics: pd.DataFrame = STATICS) -> Path:
             "timezone": "UTC",
             "frequency": "D",
             "targets": ["sales"],
+            "categorical": ["promo"],
             "static": {
                 "sources": [{"path": str(folder / "stores.csv")}],
                 "numeric": ["capacity"],
@@ -121,6 +128,9 @@ def test_served_windows_carry_each_stores_statics(released: tuple[Path, str]) ->
     windows = FeatureStoreFacade(config, "online", home=home).load_features(None, list(STORES))
     assert windows.windows[2].static == {"capacity": 40.0, "region": "south"}
     assert windows.windows[5].static == {"capacity": None, "region": None}
+    served = windows.windows[1].to_frame("store")
+    stored = sales().query("store == 1").tail(len(served))
+    assert served["promo"].tolist() == [p if p else pd.NA for p in stored["promo"]]
     answer = httpx.post(
         f"{url}/predict/feast/batch",
         json={"entities": list(STORES), "time_point": "latest"},
@@ -155,6 +165,31 @@ def test_the_tft_reads_the_statics_through_its_static_encoders(
     assert network.statics == 2
     assert len(network.network.static_selection.variable_grns) == 2 + 2
     assert len(network.network.past_selection.variable_grns) == len(channels) - 2 + 1
+
+
+def test_labels_are_stored_as_text_and_encoded_by_the_preprocessor(
+    released: tuple[Path, str],
+) -> None:
+    from skewless.registry.registry import ModelRegistry
+
+    config_path, _ = released
+    config = load_config(config_path, environ={})
+    rows = FeastRepo(config, config_path.parent / "home").offline.history([2], None, None)
+    assert set(rows["promo"].dropna()) == {"none", "bogo", "discount"}
+    registry = ModelRegistry(f"sqlite:///{config_path.parent / 'mlflow.db'}")
+    preprocessor = registry.load_bundle(config.model_name, "latest").preprocessor
+    assert preprocessor.categories_["promo"] == ["bogo", "discount", "none"]
+    codes = preprocessor.transform(rows.head(50).assign(capacity=1.0, region="x"))["promo"]
+    expected = rows.head(50)["promo"].map({"bogo": 1, "discount": 2, "none": 3}).fillna(0)
+    assert codes.tolist() == expected.tolist()
+
+
+def test_re_ingesting_the_same_labels_and_statics_adds_nothing(released: tuple[Path, str]) -> None:
+    config_path, _ = released
+    config = load_config(config_path, environ={})
+    reports = ingest(FeastRepo(config, config_path.parent / "home"))
+    counts = {r.origin.rsplit("/", 1)[-1]: (r.rows_written, r.rows_already_stored) for r in reports}
+    assert counts == {"sales.csv": (0, 1000), "static covariates": (0, 4)}
 
 
 def test_a_changed_static_reaches_the_online_window_incrementally(

@@ -149,8 +149,8 @@ def test_horizon_zero_and_unknown_targets_are_refused(history: pd.DataFrame) -> 
         etth_config("training.horizon=0")
     with pytest.raises(ConfigError, match=r"column\(s\) \['TEMP'\] that the data does not have"):
         check_request(etth_config("data.targets=[TEMP]"), history)
-    with pytest.raises(ConfigError, match=r"categoricals.columns name column\(s\) \['kind'\]"):
-        check_request(etth_config("preprocessing.categoricals.columns=[kind]"), history)
+    with pytest.raises(ConfigError, match=r"data.static name column\(s\) \['kind'\]"):
+        check_request(etth_config("data.categorical=[kind]"), history)
 
 
 @pytest.mark.slow

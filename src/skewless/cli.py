@@ -253,7 +253,8 @@ def windows(
             table.add_column(column, justify="right")
         for key in chosen:
             window = result.windows[key]
-            for stamp, row in zip(window.timestamps[-tail:], window.values[-tail:], strict=True):
+            numbers = window.values[-tail:, : len(cfg.data.variables)]  # labels are codes
+            for stamp, row in zip(window.timestamps[-tail:], numbers, strict=True):
                 table.add_row(str(key), f"{stamp:%Y-%m-%d %H:%M}", *(f"{v:.3f}" for v in row))
         console.print(table)
         for key in chosen:

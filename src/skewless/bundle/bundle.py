@@ -75,6 +75,7 @@ class FeatureSpec:
     timezone: str | None = None  # of the calendar; None in bundles from before it was kept
     static_numeric: tuple[str, ...] = ()  # static covariates (data.static), one value per entity
     static_categorical: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()  # label columns of each row (data.categorical)
 
     @classmethod
     def from_config(cls, config: SkewlessConfig) -> FeatureSpec:
@@ -89,6 +90,7 @@ class FeatureSpec:
             timezone=config.data.timezone or "UTC",
             static_numeric=tuple(config.data.static.numeric if config.data.static else ()),
             static_categorical=tuple(config.data.static.categorical if config.data.static else ()),
+            categorical=tuple(config.data.categorical),
         )
 
     @property
@@ -101,7 +103,7 @@ class FeatureSpec:
 
     @property
     def input_columns(self) -> list[str]:
-        return [self.entity_key, EVENT_TS, *self.variables, *self.statics]
+        return [self.entity_key, EVENT_TS, *self.variables, *self.categorical, *self.statics]
 
     @property
     def feed(self) -> Feed:
@@ -110,7 +112,7 @@ class FeatureSpec:
             self.entity_key,
             self.entity_type,
             self.frequency,
-            tuple(self.variables),
+            (*self.variables, *self.categorical),
             self.lookback,
             self.timezone,
             tuple(self.statics),
@@ -235,7 +237,10 @@ class ForecastBundle:
                 column: _numbers(rows[column], column, problems, np.float64)
                 for column in spec.static_numeric
             },
-            **{column: rows[column].astype("string") for column in spec.static_categorical},
+            **{
+                column: rows[column].astype("string")
+                for column in [*spec.categorical, *spec.static_categorical]
+            },
         }
         if problems:
             raise DataValidationError("forecast input has the wrong types", problems)

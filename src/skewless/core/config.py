@@ -163,6 +163,11 @@ class DataConfig(_Strict):
     frequency: str = "h"
     targets: list[str] = Field(min_length=1)
     covariates: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(
+        default_factory=list,
+        description="columns of labels per row (a promotion type, a weather condition), stored "
+        "as text and encoded as integer codes",
+    )
     static: StaticConfig | None = Field(
         default=None, description="per-entity covariates in their own table"
     )
@@ -188,7 +193,14 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _distinct_columns(self) -> DataConfig:
         statics = self.static.columns if self.static else []
-        names = [self.entity_key, self.timestamp_column, *self.targets, *self.covariates, *statics]
+        names = [
+            self.entity_key,
+            self.timestamp_column,
+            *self.targets,
+            *self.covariates,
+            *self.categorical,
+            *statics,
+        ]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"column(s) {repeated} are declared more than once")
@@ -204,6 +216,11 @@ class DataConfig(_Strict):
     def variables(self) -> list[str]:
         """Targets then covariates: the raw numeric columns, in window order."""
         return [*self.targets, *self.covariates]
+
+    @property
+    def window_columns(self) -> list[str]:
+        """The columns of an online window: the variables, then the label columns."""
+        return [*self.variables, *self.categorical]
 
     @property
     def static_columns(self) -> list[str]:
@@ -345,10 +362,22 @@ class ScalingConfig(_Strict):
 
 
 class CategoricalConfig(_Strict):
-    columns: list[str] = Field(default_factory=list)
+    columns: list[str] = Field(
+        default_factory=list, description="replaced by data.categorical; must stay empty"
+    )
     unseen: Literal["unknown", "error"] = Field(
         default="unknown", description="a value not seen in training: code 0, or an error"
     )
+
+    @field_validator("columns")
+    @classmethod
+    def _declared_under_data(cls, value: list[str]) -> list[str]:
+        if value:
+            raise ValueError(
+                f"label columns are declared as data.categorical: {value} (they are stored, "
+                "served and encoded from there); leave preprocessing.categoricals.columns out"
+            )
+        return value
 
 
 class PreprocessingConfig(_Strict):

@@ -34,7 +34,7 @@ class Feed:
             data.entity_key,
             data.entity_type,
             data.frequency,
-            tuple(data.variables),
+            tuple(data.window_columns),
             config.feature_store.window_size,
             data.timezone or "UTC",
             tuple(data.static_columns),

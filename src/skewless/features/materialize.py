@@ -91,7 +91,7 @@ def write_windows(repo: FeastRepo, entities: list[Any], progress: Progress | Non
         tails = repo.offline.tail(config.feature_store.window_size, batch)
         repo.store.write_to_online_store(SERIES_VIEW, tails.groupby(key, sort=False).tail(1))
         statics = None if repo.statics is None else repo.statics.read(batch)
-        windows = pack_windows(tails, key, config.data.variables, statics)
+        windows = pack_windows(tails, key, config.data.variables, statics, config.data.categorical)
         windows[CREATED_TS] = pd.Timestamp.now(tz="UTC")
         repo.store.write_to_online_store(WINDOW_VIEW, windows)
         if progress is not None:

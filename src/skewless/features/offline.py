@@ -56,7 +56,9 @@ class OfflineTable(ABC):
 
     def __init__(self, config: SkewlessConfig) -> None:
         self.entity_key = config.data.entity_key
-        self.value_columns = [*config.data.variables, *engineered_columns(config)]
+        self.number_columns = [*config.data.variables, *engineered_columns(config)]
+        self.label_columns = config.data.categorical  # text
+        self.value_columns = [*self.number_columns, *self.label_columns]
 
     @abstractmethod
     def is_empty(self) -> bool: ...
@@ -240,8 +242,10 @@ class OfflineTable(ABC):
             return pd.DataFrame()
         frame = self._fetch(statement, parameters)
         for column in frame.columns:
-            if column in self.value_columns:
+            if column in self.number_columns:
                 frame[column] = frame[column].astype(VALUE_DTYPE)
+            elif column in self.label_columns:
+                frame[column] = frame[column].astype("string")
             elif column in (EVENT_TS, CREATED_TS, "latest"):
                 frame[column] = pd.to_datetime(frame[column], utc=True)
         return frame
@@ -429,7 +433,10 @@ class PostgresOfflineTable(OfflineTable):
 
     def _create_statement(self) -> sql.Composed:
         values = sql.SQL(", ").join(
-            sql.SQL("{} real").format(sql.Identifier(c)) for c in self.value_columns
+            [
+                *(sql.SQL("{} real").format(sql.Identifier(c)) for c in self.number_columns),
+                *(sql.SQL("{} text").format(sql.Identifier(c)) for c in self.label_columns),
+            ]
         )
         return sql.SQL(
             "CREATE TABLE IF NOT EXISTS {table} ({key} {key_type} NOT NULL, "

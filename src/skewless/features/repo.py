@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlparse
 
 import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, PushSource
-from feast.types import Bytes, Float32, UnixTimestamp
+from feast.types import Bytes, Float32, String, UnixTimestamp
 from feast.value_type import ValueType
 
 from skewless.core.calendar import engineered_columns
@@ -72,7 +72,8 @@ def feast_definitions(config: SkewlessConfig, home: Path) -> list[Any]:
         entities=[entity],
         ttl=timedelta(0),
         schema=[
-            Field(name=c, dtype=Float32) for c in [*data.variables, *engineered_columns(config)]
+            *(Field(name=c, dtype=Float32) for c in [*data.variables, *engineered_columns(config)]),
+            *(Field(name=c, dtype=String) for c in data.categorical),
         ],
         source=source,
         online=True,
@@ -89,7 +90,7 @@ def feast_definitions(config: SkewlessConfig, home: Path) -> list[Any]:
         ],
         source=push,
         online=True,
-        tags={VARIABLES_TAG: ",".join(data.variables)},
+        tags={VARIABLES_TAG: ",".join(data.window_columns)},
         description=f"the last {config.feature_store.window_size} points of every variable, packed",
     )
     service = FeatureService(name=FEATURE_SERVICE, features=[series, window])

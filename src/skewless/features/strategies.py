@@ -129,7 +129,7 @@ class OnlineRetrievalStrategy(RetrievalStrategy):
         super().__init__(repo, time_point)
         self._reader = reader
         config = repo.config
-        self._variables = tuple(config.data.variables)
+        self._variables = tuple(config.data.window_columns)
         # (the time point, the latest window end that is fresh enough for it)
         self._bounds: tuple[pd.Timestamp, pd.Timestamp] | None = None
         if time_point is not None:

@@ -47,9 +47,10 @@ def rows_text(rows: pd.Series | np.ndarray | list[int]) -> str:
 
 
 def parse_rows(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) -> pd.DataFrame:
-    """Typed columns [row, entity, event_timestamp, *variables]; problems go into ``findings``."""
+    """Typed columns [row, entity, event_timestamp, *variables, *labels]; problems go into
+    ``findings``."""
     data = config.data
-    required = [data.entity_key, data.timestamp_column, *data.variables]
+    required = [data.entity_key, data.timestamp_column, *data.window_columns]
     missing = [c for c in required if c not in raw.columns]
     if missing:
         findings.errors.append(
@@ -72,6 +73,8 @@ def parse_rows(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) ->
     parsed[EVENT_TS] = _parse_timestamps(raw[data.timestamp_column], rows, config, findings)
     for column in data.variables:
         parsed[column] = parse_numbers(raw[column], rows, column, config, findings)
+    for column in data.categorical:  # labels as given; a missing one encodes as unseen
+        parsed[column] = raw[column].reset_index(drop=True).astype("string")
     return parsed
 
 
@@ -215,15 +218,18 @@ def check_against_history(
     timestamp before it per entity, so gaps at the seam with old data are found too.
     """
     key = [config.data.entity_key, EVENT_TS]
-    variables = config.data.variables
+    columns = config.data.window_columns
     merged = parsed.merge(
-        stored[key + variables], on=key, how="left", suffixes=("", "__stored"), indicator=True
+        stored[key + columns], on=key, how="left", suffixes=("", "__stored"), indicator=True
     )
     seen = (merged["_merge"] == "both").to_numpy()
     same = np.ones(len(merged), dtype=bool)
-    for column in variables:
+    for column in config.data.variables:
         new, old = merged[column].to_numpy(), merged[f"{column}__stored"].to_numpy()
         same &= (new == old) | (np.isnan(new) & np.isnan(old))
+    for column in config.data.categorical:
+        new, old = merged[column].astype(object), merged[f"{column}__stored"].astype(object)
+        same &= ((new == old).fillna(False).astype(bool) | (new.isna() & old.isna())).to_numpy()
     changed = seen & ~same
     if changed.any():
         findings.errors.append(

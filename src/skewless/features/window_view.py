@@ -6,9 +6,11 @@ as ninefold cheaper than one Array feature per variable. Layout, little-endian:
     b"SKW1" | uint32 rows | uint32 variables | int64[rows] UTC microseconds
            | float32[rows, variables]
 
-With static covariates (``data.static``) the magic is b"SKW2" and the entity's static values
-follow as uint32 length | UTF-8 JSON object (numbers, labels, null where unknown): serving then
-gets them in the same single read as the window.
+With label columns (``data.categorical``) or static covariates (``data.static``) the magic is
+b"SKW2" and a UTF-8 JSON object follows as uint32 length | text: ``labels`` maps each label
+column to the distinct labels of this window (its float32 column holds each row's index into
+them, NaN where missing) and ``static`` holds the entity's static values (numbers, labels, null
+where unknown). Serving gets both in the same single read as the window.
 
 Timestamps are stored, not derived from the end and the frequency, so a window that spans a
 gap in the data is still exact.
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -48,9 +50,10 @@ class Window:
 
     entity: Any
     times_us: np.ndarray  # (rows,) int64 UTC microseconds
-    values: np.ndarray  # (rows, variables) float32
-    variables: tuple[str, ...]
+    values: np.ndarray  # (rows, columns) float32: the variables, then label codes
+    variables: tuple[str, ...]  # the column names: the variables, then the label columns
     static: Mapping[str, Any] | None = None  # the entity's static covariates, if configured
+    labels: Mapping[str, list[str]] | None = None  # per label column, what its codes index
 
     @cached_property
     def timestamps(self) -> pd.DatetimeIndex:
@@ -71,9 +74,7 @@ class Window:
         """The part of the window known at ``time_point`` (point-in-time correct)."""
         point = pd.Timestamp(time_point).value // 1000  # ns -> us
         keep = int(np.searchsorted(self.times_us, point, side="right"))
-        return Window(
-            self.entity, self.times_us[:keep], self.values[:keep], self.variables, self.static
-        )
+        return replace(self, times_us=self.times_us[:keep], values=self.values[:keep])
 
     def to_frame(self, entity_key: str) -> pd.DataFrame:
         """Rows as ingestion wrote them: entity, event_timestamp, variables."""
@@ -94,6 +95,8 @@ def windows_frame(windows: list[Window], entity_key: str, last: int | None = Non
     nanos = (np.concatenate([w.times_us[cut] for w in windows]) * 1000).view("datetime64[ns]")
     frame.insert(0, EVENT_TS, pd.DatetimeIndex(nanos).tz_localize("UTC"))
     frame.insert(0, entity_key, np.repeat(np.array([w.entity for w in windows]), lengths))
+    for column in windows[0].labels or {}:
+        frame[column] = _decoded(frame[column].to_numpy(), windows, column, lengths)
     if windows[0].static is not None:
         for column in windows[0].static:
             values = [(w.static or {}).get(column) for w in windows]
@@ -106,22 +109,39 @@ def windows_frame(windows: list[Window], entity_key: str, last: int | None = Non
     return frame
 
 
+def _decoded(
+    codes: np.ndarray, windows: list[Window], column: str, lengths: list[int]
+) -> pd.arrays.StringArray:
+    """A label column's codes (one window after another) back to its labels."""
+    labels = np.empty(len(codes), dtype=object)
+    at = 0
+    for window, length in zip(windows, lengths, strict=True):
+        known = np.array([*(window.labels or {}).get(column, []), None], dtype=object)
+        part = codes[at : at + length]
+        labels[at : at + length] = known[np.where(np.isnan(part), -1, part).astype(np.int64)]
+        at += length
+    return pd.array(labels, dtype="string")
+
+
 def pack_window(
     timestamps: pd.Series | pd.DatetimeIndex,
     values: np.ndarray,
     static: Mapping[str, Any] | None = None,
+    labels: Mapping[str, list[str]] | None = None,
 ) -> bytes:
-    """Pack one entity's rows (UTC timestamps, float32 matrix) and its static covariates into
-    the window blob."""
+    """Pack one entity's rows (UTC timestamps, float32 matrix with label codes last), its
+    static covariates and its labels into the window blob."""
     times = pd.DatetimeIndex(timestamps).as_unit("us").asi8.astype(_TIMES, copy=False)
     matrix = np.ascontiguousarray(values, dtype=_VALUES)
     if matrix.ndim != 2 or matrix.shape[0] != len(times):
         raise ValueError(f"values of shape {matrix.shape} do not match {len(times)} timestamps")
     body = times.tobytes() + matrix.tobytes()
-    if static is None:
+    if static is None and labels is None:
         return _HEADER.pack(MAGIC, *matrix.shape) + body
-    text = json.dumps(dict(static), allow_nan=False).encode()
-    return _HEADER.pack(MAGIC_STATIC, *matrix.shape) + body + _LENGTH.pack(len(text)) + text
+    extras = {"static": static, "labels": labels}
+    text = json.dumps({k: v for k, v in extras.items() if v is not None}, allow_nan=False)
+    encoded = text.encode()
+    return _HEADER.pack(MAGIC_STATIC, *matrix.shape) + body + _LENGTH.pack(len(encoded)) + encoded
 
 
 def unpack_window(blob: bytes, entity: Any, variables: tuple[str, ...]) -> Window:
@@ -140,12 +160,19 @@ def unpack_window(blob: bytes, entity: Any, variables: tuple[str, ...]) -> Windo
     times = np.frombuffer(blob, dtype=_TIMES, count=rows, offset=offset)
     offset += times.nbytes
     values = np.frombuffer(blob, dtype=_VALUES, count=rows * width, offset=offset)
-    static = None
+    extras: dict[str, Any] = {}
     if magic == MAGIC_STATIC:
         offset += values.nbytes
         (length,) = _LENGTH.unpack_from(blob, offset)
-        static = json.loads(blob[offset + _LENGTH.size : offset + _LENGTH.size + length])
-    return Window(entity, times, values.reshape(rows, width), variables, static)
+        extras = json.loads(blob[offset + _LENGTH.size : offset + _LENGTH.size + length])
+    return Window(
+        entity,
+        times,
+        values.reshape(rows, width),
+        variables,
+        extras.get("static"),
+        extras.get("labels"),
+    )
 
 
 def pack_windows(
@@ -153,22 +180,31 @@ def pack_windows(
     entity_key: str,
     variables: list[str],
     statics: pd.DataFrame | None = None,
+    label_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per entity with its packed window, ready for Feast's online write.
 
     ``tails`` holds the last W rows of each entity, sorted by entity and time; ``statics``
     (when static covariates are configured) one row per entity, and an entity without one
-    gets nulls.
+    gets nulls; ``label_columns`` are packed as codes into the window's own labels.
     """
     table = None if statics is None else statics.set_index(entity_key)
     records = []
     for entity, rows in tails.groupby(entity_key, sort=False):
         end = rows[EVENT_TS].iloc[-1]
         static = None if table is None else _static_values(table, entity)
+        values, labels = rows[variables].to_numpy(np.float32), None
+        if label_columns:
+            labels, codes = {}, []
+            for column in label_columns:
+                code, distinct = pd.factorize(rows[column])
+                labels[column] = [str(label) for label in distinct]
+                codes.append(np.where(code < 0, np.nan, code).astype(np.float32))
+            values = np.column_stack([values, *codes])
         records.append(
             {
                 entity_key: entity,
-                "window": pack_window(rows[EVENT_TS], rows[variables].to_numpy(), static),
+                "window": pack_window(rows[EVENT_TS], values, static, labels),
                 "window_end": end,
                 EVENT_TS: end,
             }

@@ -137,7 +137,7 @@ class Preprocessor:
 
     @property
     def categorical_columns(self) -> list[str]:
-        return self.config.preprocessing.categoricals.columns
+        return self.config.data.categorical
 
     @property
     def static_numeric_columns(self) -> list[str]:

@@ -160,7 +160,7 @@ class StoreHistory(History):
 
         table = FeastRepo(config, home).offline
         stored = [table.entity_key, EVENT_TS, *table.value_columns]
-        used = [*config.data.variables, *config.preprocessing.categoricals.columns]
+        used = config.data.window_columns
         return cls(
             config.data.entity_key,
             config.training.batch_entities,

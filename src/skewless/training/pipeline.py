@@ -122,17 +122,13 @@ def check_request(config: SkewlessConfig, data: History | pd.DataFrame | None = 
     if data is None:
         return
     history = as_history(config, data)
-    named = [
-        *config.data.variables,
-        *config.preprocessing.categoricals.columns,
-        *config.data.static_columns,
-    ]
+    named = [*config.data.window_columns, *config.data.static_columns]
     columns = history.columns
     missing = [c for c in named if c not in columns]
     if missing:
         raise ConfigError(
-            "data.targets / data.covariates / data.static / preprocessing.categoricals.columns "
-            f"name column(s) {missing} that the data does not have; it has "
+            "data.targets / data.covariates / data.categorical / data.static name "
+            f"column(s) {missing} that the data does not have; it has "
             f"{[c for c in columns if c not in ('row', EVENT_TS, CREATED_TS)]}"
         )
     counts = history.row_counts()

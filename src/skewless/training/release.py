@@ -100,7 +100,7 @@ def input_example(config: SkewlessConfig, data: History | pd.DataFrame) -> pd.Da
     columns = [
         config.data.entity_key,
         EVENT_TS,
-        *config.data.variables,
+        *config.data.window_columns,
         *config.data.static_columns,
     ]
     return first[columns].tail(config.training.lookback).reset_index(drop=True)

@@ -49,7 +49,7 @@ def verify_skew(
     online = FeatureStoreFacade(config, "online", home=home)
     offline = FeatureStoreFacade(config, "offline", home=home)
     key, lookback = config.data.entity_key, config.training.lookback
-    columns = [key, EVENT_TS, *config.data.variables, *config.data.static_columns]
+    columns = [key, EVENT_TS, *config.data.window_columns, *config.data.static_columns]
     windows = online.load_features(None, offline.repo.offline.entities()).windows
     # Every time at which an online window holds a full lookback is a candidate.
     candidates = [
