@@ -228,8 +228,9 @@ def check_against_history(
         new, old = merged[column].to_numpy(), merged[f"{column}__stored"].to_numpy()
         same &= (new == old) | (np.isnan(new) & np.isnan(old))
     for column in config.data.categorical:
-        new, old = merged[column].astype(object), merged[f"{column}__stored"].astype(object)
-        same &= ((new == old).fillna(False).astype(bool) | (new.isna() & old.isna())).to_numpy()
+        label, stored_label = merged[column].astype(object), merged[f"{column}__stored"]
+        equal = (label == stored_label.astype(object)).fillna(False).astype(bool)
+        same &= (equal | (label.isna() & stored_label.isna())).to_numpy()
     changed = seen & ~same
     if changed.any():
         findings.errors.append(

@@ -111,7 +111,7 @@ def windows_frame(windows: list[Window], entity_key: str, last: int | None = Non
 
 def _decoded(
     codes: np.ndarray, windows: list[Window], column: str, lengths: list[int]
-) -> pd.arrays.StringArray:
+) -> pd.api.extensions.ExtensionArray:
     """A label column's codes (one window after another) back to its labels."""
     labels = np.empty(len(codes), dtype=object)
     at = 0
