@@ -51,7 +51,7 @@ def batches(rows: np.ndarray, parts: int) -> InMemory[WindowBatch]:
 def test_fit_and_predict_shapes_with_and_without_trees() -> None:
     _, _, train, val = split()
     for rounds in (0, 20):
-        model = Hybrid(HORIZON, lookbacks=(12, 24, 48), boost_rounds=rounds, boost_lags=8)
+        model = Hybrid(HORIZON, (12, 24, 48), top=2, boost_rounds=rounds, boost_lags=8)
         model.fit(train.inputs, train.targets, val.inputs, val.targets)
         predicted = model.predict(val.inputs)
         assert predicted.shape == val.targets.shape and predicted.dtype == val.inputs.dtype
@@ -61,7 +61,7 @@ def test_fit_and_predict_shapes_with_and_without_trees() -> None:
 
 def test_one_lookback_shared_unpenalised_is_nlinear() -> None:
     _, _, train, val = split()
-    mine = Hybrid(HORIZON, lookbacks=(LOOKBACK,), top=1, individual=False, alphas=(1e-3,))
+    mine = Hybrid(HORIZON, (LOOKBACK,), individual=False, alphas=(1e-3,), refit=False)
     theirs = NLinear(HORIZON, alphas=(1e-3,))
     for model in (mine, theirs):
         model.fit(train.inputs, train.targets, val.inputs, val.targets)
@@ -70,7 +70,7 @@ def test_one_lookback_shared_unpenalised_is_nlinear() -> None:
 
 def test_the_best_lookback_on_validation_is_kept_first() -> None:
     _, _, train, val = split()
-    model = Hybrid(HORIZON, lookbacks=(4, 24, 48), top=3).fit(
+    model = Hybrid(HORIZON, lookbacks=(4, 24, 48), top=3, refit=False).fit(
         train.inputs, train.targets, val.inputs, val.targets
     )
     scores = [m.validation_mse for m in model.maps_]
@@ -79,9 +79,9 @@ def test_the_best_lookback_on_validation_is_kept_first() -> None:
         alone = Hybrid(
             HORIZON,
             lookbacks=(kept.lookback,),
-            top=1,
             individual=kept.weight.shape[0] > 1,
             alphas=(kept.alpha,),
+            refit=False,
         ).fit(train.inputs, train.targets, val.inputs, val.targets)
         error = np.mean((alone.predict(val.inputs).astype(np.float64) - val.targets) ** 2)
         assert kept.validation_mse == pytest.approx(error, rel=1e-4)

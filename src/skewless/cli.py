@@ -709,7 +709,7 @@ def benchmark_ltsf(
         str, typer.Option(help="comma-separated forecast lengths")
     ] = "96,192,336,720",
     models: Annotated[
-        str, typer.Option(help="comma-separated: naive, nlinear, nlinear_gd, xgboost, tft")
+        str, typer.Option(help="comma-separated, as in docs/ltsf.md: naive, nlinear, hybrid...")
     ] = "naive,nlinear",
     drop_last_batch: Annotated[
         int | None,
