@@ -16,7 +16,7 @@ import pytest
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.schema import EVENT_TS
-from skewless.features.ingest import ingest
+from skewless.features.ingest import ingest, ingest_frames
 from skewless.features.materialize import materialize
 from skewless.features.repo import FeastRepo
 from tests.conftest import VARIABLES, etth_config, register_copy
@@ -176,3 +176,17 @@ def test_pushes_are_counted_in_the_metrics(api: httpx.Client) -> None:
     assert written is not None and float(written.group(1)) >= 2
     assert 'skewless_pushed_rows_total{outcome="refused"}' in metrics
     assert 'skewless_errors_total{scope="request",type="DataValidationError"}' in metrics
+
+
+def test_rows_stored_offline_only_reach_the_window_when_pushed_again(
+    api: httpx.Client, pushed: Pushed
+) -> None:
+    """A push that stopped between its offline append and its online update (its store failed,
+    its process died): the client sends the rows again, and they go online then."""
+    end = window_end(api, 2)
+    rows = source_rows(2, end, 2, seed=4)
+    (appended,) = ingest_frames(pushed.repo, [("a push cut short", pd.DataFrame(rows))])
+    assert appended.rows_written == 2 and window_end(api, 2) == end  # offline only
+    again = api.post("/push", json={"rows": rows}, headers=ADMIN).json()
+    assert (again["rows_written"], again["rows_already_stored"]) == (0, 2)
+    assert window_end(api, 2) == end + pd.Timedelta(hours=2)

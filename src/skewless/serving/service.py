@@ -45,7 +45,7 @@ from skewless.core.feed import Feed, feeding_problems
 from skewless.core.stores import tracking_uri
 from skewless.core.time_points import parse_time_point
 from skewless.features.ingest import IngestReport
-from skewless.features.materialize import push
+from skewless.features.materialize import materialize, push
 from skewless.features.online import WindowReader, window_reader
 from skewless.features.online_marker import online_marker
 from skewless.features.repo import FeastRepo
@@ -323,13 +323,18 @@ class OnlineWindowFetcher:
         """Raw rows into the offline store and the online windows (``materialize.push``); a
         store that does not answer is a StoreUnavailableError."""
         try:
-            return push(self.repo, rows, origin=PUSH_ORIGIN)
+            report = push(self.repo, rows, origin=PUSH_ORIGIN)
+            if report.rows_already_stored and not report.rows_written:
+                # Sent again after a push that stopped between the offline append and the
+                # online update: bring the windows up now (nothing to do when they are).
+                materialize(self.repo, incremental=True)
+            return report
         except (*STORE_FAILURES, psycopg.Error) as exc:
             logger.error("a push failed in the feature store: %s: %s", type(exc).__name__, exc)
             raise StoreUnavailableError(
                 f"the feature store did not take the pushed rows ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); rows that reached the offline store are recognised when "
-                "pushed again, and the next materialize brings their windows online"
+                f"{str(exc)[:200]}); push the rows again: those already stored are not written "
+                "twice, and their windows are brought online"
             ) from None
 
 
