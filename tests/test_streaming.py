@@ -129,9 +129,11 @@ def streamed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Streame
     setup.repo.store.teardown()
 
 
-@pytest.fixture
-def streamed_nats(tmp_path: Path) -> Iterator[Streamed]:
-    setup = streamed_repo(tmp_path / "home", "nats", ack_wait_seconds=3)
+@pytest.fixture(params=sorted(BROKERS))
+def redelivering(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Streamed]:
+    """A stream whose unacknowledged messages come again soon: NATS after 3 s, RabbitMQ when
+    the consumer's connection drops."""
+    setup = streamed_repo(tmp_path / "home", request.param, ack_wait_seconds=3)
     yield setup
     asyncio.run(delete(setup.streaming))
     setup.repo.store.teardown()
@@ -339,9 +341,9 @@ def test_stream_writes_both_stores_sends_dead_letters_and_counts(
 
 @pytest.mark.integration
 def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(
-    streamed_nats: Streamed, tmp_path: Path
+    redelivering: Streamed, tmp_path: Path
 ) -> None:
-    setup, log = streamed_nats, tmp_path / "stream.log"
+    setup, log = redelivering, tmp_path / "stream.log"
     # A long micro-batch: killed while it holds delivered, unacknowledged messages.
     consumer = setup.start(log, "streaming.batch_seconds=30")
     asyncio.run(publish_rows(setup.streaming, rows("2018-01-02", 10), 4))
@@ -374,9 +376,9 @@ def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(
 
 @pytest.mark.integration
 def test_two_consumers_share_the_work_without_double_writes(
-    streamed_nats: Streamed, tmp_path: Path
+    redelivering: Streamed, tmp_path: Path
 ) -> None:
-    setup = streamed_nats
+    setup = redelivering
     ports = [free_port(), free_port()]
     small = ("streaming.batch_messages=2", "streaming.batch_seconds=0.2")
     consumers = [
@@ -483,6 +485,75 @@ def test_a_nats_server_lost_mid_stream_is_reconnected_to_and_nothing_is_lost(
         consumer.wait(60)
         server.kill()
         server.wait()
+        setup.repo.store.teardown()
+    no_duplicates(setup.stored())
+
+
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not RABBITMQ_SERVER.exists(), reason="no rabbitmq-server to start")
+def test_a_rabbitmq_server_lost_mid_stream_is_reconnected_to_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    """A RabbitMQ node of the test's own (its name, ports, data and logs under tmp_path, no
+    plugins), killed and started again on the same data."""
+    port, data = free_port(), tmp_path / "rabbitmq"
+    (data / "logs").mkdir(parents=True)
+    (data / "plugins").write_text("[].")
+    (data / "env").write_text("")
+    (data / "rabbitmq.conf").write_text("")
+    environment = {
+        **os.environ,
+        "HOME": str(data),
+        "RABBITMQ_NODENAME": f"skewless_test_{port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(free_port()),
+        "RABBITMQ_MNESIA_BASE": str(data / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(data / "logs"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(data / "plugins"),
+        "RABBITMQ_CONF_ENV_FILE": str(data / "env"),
+        "RABBITMQ_CONFIG_FILE": str(data / "rabbitmq.conf"),
+        "RABBITMQ_PID_FILE": str(data / "pid"),
+    }
+
+    def rabbitmq_server() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(
+            [str(RABBITMQ_SERVER)],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(lambda: _listens(port), "our RabbitMQ node", 120)
+        return server
+
+    def kill(server: subprocess.Popen[bytes]) -> None:
+        os.killpg(server.pid, signal.SIGKILL)  # the node and its helpers, nothing else
+        server.wait()
+
+    server = rabbitmq_server()
+    setup = streamed_repo(tmp_path / "home", "rabbitmq", f"amqp://guest:guest@127.0.0.1:{port}/")
+    log = tmp_path / "stream.log"
+    consumer = setup.start(log)
+    try:
+        asyncio.run(publish_rows(setup.streaming, rows("2018-01-02", 5), 2))
+        wait_for(lambda: len(setup.stored()) == 48 + 10, "the first rows", 60)
+        kill(server)
+        time.sleep(2)
+        assert consumer.poll() is None
+        server = rabbitmq_server()
+        asyncio.run(publish_rows(setup.streaming, rows("2018-01-02 05:00", 5), 2))
+        wait_for(lambda: len(setup.stored()) == 48 + 20, "the rows after the loss", 90)
+        said = log.read_text()
+        assert said.count("lost RabbitMQ") == 1 and "reconnected to RabbitMQ" in said
+        assert "error when creating transport" not in said  # one line per outage
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        consumer.wait(60)
+        kill(server)
         setup.repo.store.teardown()
     no_duplicates(setup.stored())
 

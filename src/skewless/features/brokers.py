@@ -275,6 +275,9 @@ class RabbitBroker(Broker):
         self._channel: Any = None
         self._queue: Any = None
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._ack_failing = False
+        self._closing = False
+        self._lost = False
 
     async def connect(self, consume: bool) -> None:
         import aio_pika
@@ -287,6 +290,9 @@ class RabbitBroker(Broker):
             raise BrokerUnavailableError(
                 f"RabbitMQ at {self.where} did not answer ({type(exc).__name__}: {exc})"
             ) from exc
+        # One line per outage of our own instead of aiormq's error on every reconnect try.
+        logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
+        self._connection.close_callbacks.add(self._on_close)
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         self._channel = await self._connection.channel(publisher_confirms=True)
         await self._channel.set_qos(prefetch_count=self.config.batch_messages)
@@ -309,7 +315,15 @@ class RabbitBroker(Broker):
         try:
             await delivery.handle.ack()
         except Exception as exc:  # its channel closed: the broker delivers it again
-            logger.warning("could not acknowledge a message (%s); it will come again", exc)
+            if not self._ack_failing:
+                logger.warning(
+                    "could not acknowledge messages received before the connection was lost "
+                    "(%s); they will come again and add nothing",
+                    type(exc).__name__,
+                )
+            self._ack_failing = True
+        else:
+            self._ack_failing = False
 
     async def publish(
         self, subject: str, payloads: Sequence[bytes], headers: Mapping[str, str] | None = None
@@ -346,15 +360,21 @@ class RabbitBroker(Broker):
 
     async def close(self) -> None:
         if self._connection is not None and not self._connection.is_closed:
+            self._closing = True
             await self._connection.close()
 
     async def delete(self) -> None:
         for queue in (self.config.subject, self.config.dead_letter_target):
             await self._channel.queue_delete(queue)
 
+    def _on_close(self, *_: object) -> None:
+        if not self._closing and not self._lost:  # called again on every failed try
+            logger.warning("lost RabbitMQ at %s; reconnecting", self.where)
+        self._lost = True
+
     def _on_reconnect(self, *_: object) -> None:
-        # Messages received on the lost channel can no longer be acknowledged; the broker
-        # delivers them again on the new one.
-        while not self._inbox.empty():
-            self._inbox.get_nowait()
+        # Messages received on the lost channel stay in the inbox: written again they add
+        # nothing, and their acknowledgement fails; the broker delivers them again on the new
+        # channel (it may already have, so nothing in the inbox is dropped).
+        self._lost = False
         logger.warning("reconnected to RabbitMQ at %s", self.where)
