@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 MESSAGE = "__message"  # the column of each row's message (its place in the micro-batch)
 _WRITE_RETRIES = 3  # validations of a batch when another consumer wrote meanwhile
 _LOCK_FILE = "stream.lock"
+_KNOWN_SECONDS = 10.0  # closed entities: how often an unknown one makes the store be asked again
 
 
 class BadMessage(ValueError):
@@ -121,7 +122,8 @@ class BatchWriter:
         self.repo, self.streaming = repo, streaming
         data = repo.config.data
         self.required = [data.entity_key, data.timestamp_column, *data.variables]
-        self._known: set[Any] | None = None
+        self._known: set[Any] | None = None  # entities the offline store holds
+        self._known_at = -np.inf
 
     def catch_up(self) -> None:
         """Bring the online windows up to the offline store: a consumer killed between its
@@ -303,9 +305,12 @@ class BatchWriter:
         if self.streaming.entities != "closed":
             return
         key = self.repo.config.data.entity_key
-        if self._known is None:
+        unknown = ~parsed[key].isin(self._known or ())
+        if unknown.any() and time.monotonic() - self._known_at > _KNOWN_SECONDS:
+            # Entities another consumer or an ingest added since: read them again, not often.
             self._known = set(self.repo.offline.entities())
-        unknown = ~parsed[key].isin(self._known)
+            self._known_at = time.monotonic()
+            unknown = ~parsed[key].isin(self._known)
         if unknown.any():
             findings.errors.append(
                 f"unknown {key} {_plain(parsed.loc[unknown, key].iloc[0])!r} at "
