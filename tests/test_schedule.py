@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from skewless.core.config import SkewlessConfig
-from skewless.core.errors import ConfigError
+from skewless.core.errors import ConfigError, StoreUnavailableError
 from skewless.core.monitoring_db import monitoring_engine
 from skewless.core.stores import request_log_url
 from skewless.features.repo import FeastRepo
@@ -85,6 +85,20 @@ def test_a_cron_expression_that_does_not_parse_is_refused_naming_the_job(
     assert started.returncode == 1
     assert "schedule.jobs.hourly.cron" in started.stderr and "every hour" in started.stderr
     assert not (tmp_path / "monitoring.db").exists()  # refused before anything started
+    no_sources = scheduled(
+        etth_config("data.sources=[]"), {"hourly": {"action": "ingest", "cron": "5 * * * *"}}
+    )
+    with pytest.raises(ConfigError, match=r"schedule\.jobs\.hourly ingests data\.sources"):
+        Scheduler(no_sources, tmp_path)
+    with pytest.raises(ConfigError, match="no jobs under schedule.jobs"):
+        Scheduler(scheduled(etth_config(), {}), tmp_path)
+    unreachable = scheduled(
+        etth_config("monitoring.request_log.url=postgresql+psycopg://u:secret@127.0.0.1:1/x"),
+        {"nightly": {"action": "compact", "cron": "0 3 * * *"}},
+    )
+    with pytest.raises(StoreUnavailableError, match=r"monitoring database \(.*u:\*\*\*@") as caught:
+        Scheduler(unreachable, tmp_path)
+    assert "secret" not in str(caught.value)
 
 
 def test_crontab_weekday_numbers_mean_what_crontab_says() -> None:

@@ -45,13 +45,13 @@ from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from sqlalchemy import and_, insert, or_, update
+from sqlalchemy import and_, insert, make_url, or_, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from skewless.core.config import ScheduledJob, SkewlessConfig
 from skewless.core.cron import cron_trigger
-from skewless.core.errors import ConfigError, JobError, SkewlessError
+from skewless.core.errors import ConfigError, JobError, SkewlessError, StoreUnavailableError
 from skewless.core.monitoring_db import (
     JOB_LEASES,
     JOB_RUNS,
@@ -76,6 +76,11 @@ _COMMAND_OUTPUT_CHARS = 2000
 def _now() -> datetime:
     """The tables' time: naive UTC."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def describe_url(url: str) -> str:
+    """A database URL as logs may show it: without its password."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -396,8 +401,20 @@ class Scheduler:
                 self.triggers[name] = cron_trigger(job.cron, self.settings.timezone)
             except ValueError as exc:
                 raise ConfigError(f"schedule.jobs.{name}.cron: {exc}") from None
+        ingesting = [n for n, j in self.settings.jobs.items() if j.action == "ingest"]
+        if ingesting and not config.data.sources:
+            raise ConfigError(
+                f"schedule.jobs.{ingesting[0]} ingests data.sources, but the config lists none"
+            )
         url = request_log_url(config, home)
-        self.ledger = RunLedger(monitoring_engine(url), config.name, self.settings.lease_seconds)
+        try:
+            engine = monitoring_engine(url)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailableError(
+                f"the monitoring database ({describe_url(url)}) does not answer, and every run "
+                f"is claimed and recorded there: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+        self.ledger = RunLedger(engine, config.name, self.settings.lease_seconds)
         self.metrics = JobMetrics(list(self.settings.jobs))
         self._stopping = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
