@@ -6,7 +6,7 @@ CONFIG ?= configs/etth.yaml
 export SKEWLESS_HOME ?= $(CURDIR)/skewless_home
 DEMO_PORT ?= 8000
 
-.PHONY: demo test test-unit lint bench-online bench-ltsf bench-serving bench-scale bench-cli bench-xgboost bench-streaming clean
+.PHONY: demo test test-unit lint bench-online bench-ltsf bench-serving bench-shedding bench-scale bench-cli bench-xgboost bench-streaming clean
 
 # torch first and pinned exactly: a CPU build lies on local disk, anything else downloads GBs.
 $(BIN)/python:
@@ -56,6 +56,9 @@ bench-online: $(VENV)/.installed-dev
 
 bench-serving: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/serving.py
+
+bench-shedding: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/shedding.py
 
 bench-xgboost: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/xgboost_formulations.py

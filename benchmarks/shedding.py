@@ -1,0 +1,110 @@
+"""Which `serving.max_in_flight` a FastAPI worker should shed at: a sweep in one run.
+
+For each limit, one `skewless serve` worker answers closed-loop load of 10 entities per request
+at concurrency 8 and 64 (the saturating cell of benchmarks/serving.py). Recorded per cell: the
+throughput and p50/p99 of the answered requests, and how many were shed (503 at once). A lower
+limit sheds earlier but keeps fewer requests contending for the worker's GIL, so the answered
+ones are faster and often more numerous.
+
+The goal of issue 18 is judged for the shipped default (the config's `serving.max_in_flight`):
+at concurrency 64 the p99 of accepted requests stays within 2x the p99 at concurrency 8. The
+sweep shows what other limits would give. Results: benchmarks/results/shedding.json.
+
+    python benchmarks/shedding.py [--seconds 4] [--limits 2,4,8,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from machine import report
+from serving import BIN, CONFIG, SATURATING, TIME_POINT, closed_loop, free_port, prepare, start
+from serving import warm_up as warmed
+from skewless.core.config import load_config
+from synthetic import ROOT
+
+RESULTS = ROOT / "benchmarks" / "results" / "shedding.json"
+ENTITIES = 10
+CONCURRENCY = (8, SATURATING)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="load per cell")
+    parser.add_argument("--limits", default="2,4,8,16", help="max_in_flight values to sweep")
+    args = parser.parse_args()
+    default = load_config(CONFIG, environ={}).serving.max_in_flight
+    limits = sorted({int(v) for v in args.limits.split(",")} | {default or 0} - {0})
+    body = json.dumps({"entities": list(range(1, ENTITIES + 1)), "time_point": TIME_POINT}).encode()
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        home = Path(folder)
+        uri, _ = prepare(home)
+        env = {**os.environ, "SKEWLESS_HOME": str(home), "MLFLOW_TRACKING_URI": uri}
+        for limit in limits:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            command = [
+                str(BIN / "skewless"),
+                "serve",
+                str(CONFIG),
+                "--port",
+                str(port),
+                "--set",
+                "feature_store.project=bench_serve",
+                "--set",
+                f"tracking.uri={uri}",
+                "--set",
+                f"serving.max_in_flight={limit}",
+            ]
+            process = start(command, env, f"GET {url}/health", home / "server.log")
+            try:
+                warmed(f"{url}/predict/feast/batch", body)
+                for concurrency in CONCURRENCY:
+                    result = closed_loop(
+                        f"{url}/predict/feast/batch", body, concurrency, args.seconds
+                    )
+                    records.append({"max_in_flight": limit, "concurrency": concurrency} | result)
+                    print(
+                        f"max_in_flight {limit:3d} concurrency {concurrency:2d}: "
+                        f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                        f"{result['throughput_rps']:6.1f} req/s  {result['shed']} shed",
+                        flush=True,
+                    )
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+    results = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds_per_cell": args.seconds,
+        "entities": ENTITIES,
+        "default_max_in_flight": default,
+        "results": records,
+    }
+    report(goals(records, default), results, RESULTS)
+
+
+def goals(records: list[dict[str, Any]], default: int | None) -> list[dict[str, object]]:
+    """The load-shedding goal for the shipped default limit, a ratio of two cells of this run."""
+    cells = {(r["max_in_flight"], r["concurrency"]): r for r in records}
+    calm, saturated = cells[(default, 8)], cells[(default, SATURATING)]
+    tail = saturated["p99_ms"] / calm["p99_ms"]
+    return [
+        {
+            "goal": f"max_in_flight {default} (the default): at concurrency {SATURATING}, "
+            "p99 of accepted requests <= 2x the p99 at 8",
+            "measured": f"{tail:.2f}x ({saturated['p99_ms']:.1f} vs {calm['p99_ms']:.1f} ms; "
+            f"{saturated['shed']:.0f} shed)",
+            "pass": tail <= 2.0,
+        }
+    ]
+
+
+if __name__ == "__main__":
+    main()
