@@ -94,15 +94,20 @@ HEAVY = {"feast", "torch", "ray"}
 @pytest.mark.parametrize(
     ("args", "unused", "says"),
     [
-        (["--help"], HEAVY | {"mlflow", "pandas"}, "Usage"),
+        (["--help"], HEAVY | {"mlflow", "pandas", "nats", "aio_pika"}, "Usage"),
         (["models", "list", "nothing_here"], HEAVY, "no registered model 'nothing_here'"),
         (
             ["windows", str(ETTH_CONFIG), "--set", "feature_store.window_size=-1"],
             HEAVY | {"mlflow"},
             "feature_store.window_size",
         ),
+        (
+            ["publish", str(ETTH_CONFIG), "--file", "rows.csv"],
+            HEAVY | {"mlflow", "nats", "aio_pika"},
+            "no 'streaming' section",
+        ),
     ],
-    ids=["help", "models-list", "bad-config"],
+    ids=["help", "models-list", "bad-config", "publish-without-streaming"],
 )
 def test_commands_import_only_what_they_use(
     home: Path, args: list[str], unused: set[str], says: str

@@ -28,7 +28,7 @@ import pytest
 from skewless.core.config import SkewlessConfig, StreamingConfig
 from skewless.core.errors import BrokerUnavailableError
 from skewless.core.schema import EVENT_TS
-from skewless.features.brokers import REASON_HEADER, Delivery, make_broker
+from skewless.features.brokers import REASON_HEADER, Delivery, make_broker, publish_rows
 from skewless.features.materialize import push
 from skewless.features.online import window_reader
 from skewless.features.repo import FeastRepo
@@ -37,7 +37,6 @@ from skewless.features.stream import (
     BatchWriter,
     Decoded,
     decode,
-    publish_rows,
     run_stream,
 )
 from skewless.features.window_view import unpack_window

@@ -15,7 +15,7 @@ from skewless.core.errors import ConfigError
 from skewless.core.library_notices import quiet_feast_deprecations
 
 if TYPE_CHECKING:
-    from skewless.core.config import SkewlessConfig, StreamingConfig
+    from skewless.core.config import SkewlessConfig, SourceConfig, StreamingConfig
 
 FileOpt = Annotated[Path, typer.Option(help="CSV or Parquet file whose rows to publish")]
 RowsPerMessageOpt = Annotated[
@@ -72,19 +72,32 @@ def run_stream_command(config: SkewlessConfig) -> None:
 def run_publish_command(
     config: SkewlessConfig, file: Path, entity: str | None, rows_per_message: int
 ) -> None:
-    from skewless.features.ingest import source_from_path
-    from skewless.features.sources import read_source
-    from skewless.features.stream import publish_rows
-
     with user_errors():
         streaming = streaming_of(config)
-        source = source_from_path(file, _entity(entity, config), config.data)
-        rows = read_source(source, config.data)
+        from skewless.features.brokers import publish_rows
+        from skewless.features.sources import read_source
+
+        rows = read_source(_source(file, _entity(entity, config), config), config.data)
         sent = asyncio.run(publish_rows(streaming, rows, rows_per_message))
         console.print(
             f"published {len(rows)} rows of {file} in {sent} messages to '{streaming.subject}'",
             highlight=False,
         )
+
+
+def _source(file: Path, entity: int | str | None, config: SkewlessConfig) -> SourceConfig:
+    """The file as ``ingest --source`` reads it (a wide file melts as the config's sources
+    do), without importing Feast as ``features.ingest`` does: publishing needs no store."""
+    from skewless.core.config import SourceConfig
+    from skewless.features.sources import file_columns
+
+    path = file.resolve()
+    melts = [source.melt for source in config.data.sources]
+    melt = melts[0] if melts and all(m == melts[0] for m in melts) else None
+    wide = melt is not None and path.is_file() and config.data.entity_key not in file_columns(path)
+    if entity is None and wide:
+        return SourceConfig(path=path, melt=melt)
+    return SourceConfig(path=path, entity=entity)
 
 
 def _entity(value: str | None, config: SkewlessConfig) -> int | str | None:

@@ -22,13 +22,16 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
+import pandas as pd
+
 from skewless.core.config import StreamingConfig
 from skewless.core.errors import BrokerError, BrokerUnavailableError
+from skewless.features.validation import SOURCE_ROW
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +119,66 @@ def _published(headers: Mapping[str, Any] | None) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+async def connect(
+    broker: Broker, consume: bool = True, on_failure: Callable[[], object] | None = None
+) -> None:
+    """Connect, retrying with a doubling wait and one warning per failed try; after
+    ``streaming.connect_attempts`` tries (if set) give up with BrokerUnavailableError."""
+    streaming = broker.config
+    wait, attempt = streaming.retry_seconds, 0
+    while True:
+        attempt += 1
+        try:
+            await broker.connect(consume)
+        except BrokerUnavailableError as exc:
+            if on_failure is not None:
+                on_failure()
+            limit = streaming.connect_attempts
+            if limit is not None and attempt >= limit:
+                raise BrokerUnavailableError(
+                    f"{exc}; gave up after {attempt} tries. Start the broker or fix streaming.url"
+                ) from exc
+            of = f"/{limit}" if limit is not None else ""
+            logger.warning("try %d%s: %s; trying again in %.1f s", attempt, of, exc, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, streaming.retry_max_seconds)
+            continue
+        if attempt > 1:
+            logger.warning("reached %s after %d tries", broker.where, attempt)
+        return
+
+
+# -- publishing ------------------------------------------------------------------------------
+
+
+def payloads(rows: pd.DataFrame, rows_per_message: int) -> list[bytes]:
+    """``rows`` as JSON messages of ``rows_per_message`` rows each, in their own column names;
+    timestamps as ISO 8601 text, missing values as null."""
+    frame = rows.drop(columns=[SOURCE_ROW], errors="ignore")
+    for column in frame.columns:
+        if pd.api.types.is_datetime64_any_dtype(frame[column]):
+            frame[column] = frame[column].map(lambda t: None if pd.isna(t) else t.isoformat())
+    out = []
+    for first in range(0, len(frame), rows_per_message):
+        chunk = frame.iloc[first : first + rows_per_message]
+        out.append(chunk.to_json(orient="records", double_precision=15).encode())
+    return out
+
+
+async def publish_rows(
+    streaming: StreamingConfig, rows: pd.DataFrame, rows_per_message: int
+) -> int:
+    """Publish ``rows`` to the configured subject; returns how many messages went."""
+    broker = make_broker(streaming)
+    await connect(broker, consume=False)
+    try:
+        messages = payloads(rows, rows_per_message)
+        await broker.publish(streaming.subject, messages)
+    finally:
+        await broker.close()
+    return len(messages)
 
 
 class NatsBroker(Broker):

@@ -39,13 +39,12 @@ import pandas as pd
 
 from skewless.core.config import StreamingConfig
 from skewless.core.errors import (
-    BrokerUnavailableError,
     ConfigError,
     DataValidationError,
     SkewlessError,
 )
 from skewless.core.schema import EVENT_TS
-from skewless.features.brokers import REASON_HEADER, Broker, Delivery, make_broker
+from skewless.features.brokers import REASON_HEADER, Broker, Delivery, connect, make_broker
 from skewless.features.ingest import IngestReport, validate_frame
 from skewless.features.materialize import materialize, push
 from skewless.features.validation import ENTITY_ROW, SOURCE_ROW, Findings, parse_rows, rows_text
@@ -420,33 +419,6 @@ class StreamMetrics:
             ) from exc
 
 
-async def connect(broker: Broker, metrics: StreamMetrics | None, consume: bool = True) -> None:
-    """Connect, retrying with a doubling wait and one warning per failed try; after
-    ``streaming.connect_attempts`` tries (if set) give up with BrokerUnavailableError."""
-    streaming = broker.config
-    wait, attempt = streaming.retry_seconds, 0
-    while True:
-        attempt += 1
-        try:
-            await broker.connect(consume)
-        except BrokerUnavailableError as exc:
-            if metrics is not None:
-                metrics.connect_failures.inc()
-            limit = streaming.connect_attempts
-            if limit is not None and attempt >= limit:
-                raise BrokerUnavailableError(
-                    f"{exc}; gave up after {attempt} tries. Start the broker or fix streaming.url"
-                ) from exc
-            of = f"/{limit}" if limit is not None else ""
-            logger.warning("try %d%s: %s; trying again in %.1f s", attempt, of, exc, wait)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, streaming.retry_max_seconds)
-            continue
-        if attempt > 1:
-            logger.warning("reached %s after %d tries", broker.where, attempt)
-        return
-
-
 async def collect(
     broker: Broker, streaming: StreamingConfig, writing: asyncio.Event | None = None
 ) -> list[Decoded]:
@@ -491,7 +463,7 @@ async def run_stream(
     metrics = metrics or StreamMetrics()
     stop = stop or asyncio.Event()
     broker = make_broker(streaming)
-    await connect(broker, metrics)
+    await connect(broker, on_failure=metrics.connect_failures.inc)
     writer = BatchWriter(repo, streaming)
     await asyncio.to_thread(writer.catch_up)
     logger.info(
@@ -609,34 +581,3 @@ async def _update_lag(broker: Broker, metrics: StreamMetrics) -> None:
     lag = await broker.lag()
     if lag is not None:
         metrics.lag.set(lag)
-
-
-# -- publishing ------------------------------------------------------------------------------
-
-
-def payloads(rows: pd.DataFrame, rows_per_message: int) -> list[bytes]:
-    """``rows`` as JSON messages of ``rows_per_message`` rows each, in their own column names;
-    timestamps as ISO 8601 text, missing values as null."""
-    frame = rows.drop(columns=[SOURCE_ROW], errors="ignore")
-    for column in frame.columns:
-        if pd.api.types.is_datetime64_any_dtype(frame[column]):
-            frame[column] = frame[column].map(lambda t: None if pd.isna(t) else t.isoformat())
-    out = []
-    for first in range(0, len(frame), rows_per_message):
-        chunk = frame.iloc[first : first + rows_per_message]
-        out.append(chunk.to_json(orient="records", double_precision=15).encode())
-    return out
-
-
-async def publish_rows(
-    streaming: StreamingConfig, rows: pd.DataFrame, rows_per_message: int
-) -> int:
-    """Publish ``rows`` to the configured subject; returns how many messages went."""
-    broker = make_broker(streaming)
-    await connect(broker, None, consume=False)
-    try:
-        messages = payloads(rows, rows_per_message)
-        await broker.publish(streaming.subject, messages)
-    finally:
-        await broker.close()
-    return len(messages)
