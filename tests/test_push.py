@@ -129,6 +129,8 @@ def test_bad_rows_are_refused_with_every_reason_and_nothing_is_written(
     problems = "\n".join(body["problems"])
     assert "'OT' must be numeric but has 'warm' at row 2" in problems, problems
     assert "'date' is empty or not a timestamp at row 3" in problems, problems
+    assert [(r["row"], len(r["reasons"])) for r in body["rows"]] == [(2, 1), (3, 1)]
+    assert body["rows"][0]["reasons"][0].startswith("'OT' must be numeric but has 'warm'")
     assert window_end(api, 2) == end
     assert len(stored(pushed.repo, 2, end + pd.Timedelta(hours=1))) == 0
     # The values are fine now; the changed stored row alone is still refused, by its row.
@@ -136,6 +138,7 @@ def test_bad_rows_are_refused_with_every_reason_and_nothing_is_written(
     conflict = api.post("/push", json={"rows": [*rows, changed]}, headers=ADMIN)
     assert conflict.status_code == 422
     assert "1 rows were ingested before with different values: row 5" in conflict.text
+    assert conflict.json()["rows"] == []  # no row is wrong alone: the reason names row 5
     assert window_end(api, 2) == end
     assert len(stored(pushed.repo, 2, end + pd.Timedelta(hours=1))) == 0
     missing = api.post("/push", json={"rows": [{"station_id": 2, "OT": 1.0}]}, headers=ADMIN)

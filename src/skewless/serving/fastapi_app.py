@@ -39,10 +39,11 @@ from skewless.serving.schemas import (
     PushRefusal,
     PushRequest,
     PushResponse,
+    RowProblems,
     RowsRequest,
     status_of,
 )
-from skewless.serving.service import PUSH_ORIGIN, Served, ServiceCore
+from skewless.serving.service import PUSH_ORIGIN, Served, ServiceCore, row_problems
 from skewless.serving.workers import ReloadSignal
 
 logger = logging.getLogger(__name__)
@@ -300,12 +301,18 @@ def _operations_router() -> APIRouter:
         validated as ingestion validates them; if any is refused nothing is written and the
         answer (422) lists every reason with the rows it concerns. Rows sent before are not
         written twice. Needs the admin token, as /admin/reload does."""
+        rows = pd.DataFrame.from_records(body.rows)
         try:
-            report = service.push(pd.DataFrame.from_records(body.rows))
+            report = service.push(rows)
         except DataValidationError as exc:
             metrics.errors.labels(type(exc).__name__, "request").inc()
             refusal = PushRefusal(
-                detail=f"{PUSH_ORIGIN} was refused; nothing was written", problems=exc.problems
+                detail=f"{PUSH_ORIGIN} was refused; nothing was written",
+                problems=exc.problems,
+                rows=[
+                    RowProblems(row=row, reasons=reasons)
+                    for row, reasons in row_problems(service.config, rows)
+                ],
             )
             return JSONResponse(refusal.model_dump(), 422)
         answer = PushResponse(

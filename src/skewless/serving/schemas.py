@@ -110,11 +110,22 @@ class PushResponse(BaseModel):
     warnings: list[str] = Field(description="what validation noticed and let through (gaps)")
 
 
+class RowProblems(BaseModel):
+    row: int = Field(description="the row's number, from 1 in the order sent")
+    reasons: list[str]
+
+
 class PushRefusal(BaseModel):
     detail: str
     problems: list[str] = Field(
         description="every reason, each naming the rows it concerns (numbered from 1 in the "
         "order sent)"
+    )
+    rows: list[RowProblems] = Field(
+        default_factory=list,
+        description="each row refused for its own values (not a number, not a timestamp, an "
+        "id of the wrong type), with its reasons; the first 50 such rows. Reasons that come "
+        "from rows together or from stored rows (duplicates, conflicts, gaps) are in problems",
     )
 
 

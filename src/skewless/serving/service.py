@@ -50,6 +50,7 @@ from skewless.features.online import WindowReader, window_reader
 from skewless.features.online_marker import online_marker
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
+from skewless.features.validation import SOURCE_ROW, Findings, parse_rows
 from skewless.features.window_view import windows_frame
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
@@ -62,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 PUSH_ORIGIN = "POST /push"
+ROWS_EXPLAINED = 50  # rows of a refused push whose own problems are listed one by one
 # How long a push waits for the one before it (in this process) to finish before a 503.
 _PUSH_WAIT_SECONDS = 30.0
 
@@ -343,6 +345,37 @@ def load_model(registry: ModelRegistry, name: str, alias: str, version: int) -> 
     bundle = registry.load_bundle(name, version)
     metrics = next(v.metrics for v in registry.versions(name) if v.version == version)
     return LoadedModel(name, alias, version, bundle, metrics)
+
+
+def row_problems(
+    config: SkewlessConfig, rows: pd.DataFrame, limit: int = ROWS_EXPLAINED
+) -> list[tuple[int, list[str]]]:
+    """(row number from 1, reasons) of the first ``limit`` rows that validation's own parser
+    refuses on their own values, found by halving (a part that parses is skipped whole, so a
+    few bad rows among many cost a few dozen parses). Empty when a column is missing
+    altogether: that is one reason for every row, already said once."""
+    data = config.data
+    if any(
+        c not in rows.columns for c in [data.entity_key, data.timestamp_column, *data.variables]
+    ):
+        return []
+    found: list[tuple[int, list[str]]] = []
+
+    def visit(part: pd.DataFrame) -> None:
+        if len(found) >= limit or part.empty:
+            return
+        findings = Findings()
+        parse_rows(part, config, findings)
+        if not findings.errors:
+            return
+        if len(part) == 1:
+            found.append((int(part[SOURCE_ROW].iloc[0]), findings.errors))
+            return
+        visit(part.iloc[: len(part) // 2])
+        visit(part.iloc[len(part) // 2 :])
+
+    visit(rows.assign(**{SOURCE_ROW: np.arange(1, len(rows) + 1)}))
+    return found
 
 
 def check_entities(config: SkewlessConfig, entities: Sequence[Any]) -> list[Any]:
