@@ -95,12 +95,21 @@ class ConformalIntervals:
         covered = pd.DataFrame(inside.T, columns=list(self.levels)).groupby(entities).sum()
         return covered.div(pd.Series(known).groupby(entities).sum(), axis=0).rename_axis("entity")
 
+    def in_spread_units(self, errors: np.ndarray, spreads: np.ndarray | None) -> np.ndarray:
+        """Absolute ``errors`` (windows, horizon, targets) in the units of the half-widths:
+        divided by their windows' ``spreads``."""
+        return _in_spread_units(errors, self._checked(spreads), self.flat_spread)
+
+    def window_scale(self, spreads: np.ndarray | None) -> np.ndarray:
+        """(windows, targets) what each window's half-widths are multiplied by."""
+        return self._scale(spreads)
+
     def _inside(
         self, errors: np.ndarray, spreads: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per level and window, how many finite errors fall inside; per window, how many are
         finite."""
-        scaled = _in_spread_units(errors, self._checked(spreads), self.flat_spread)
+        scaled = self.in_spread_units(errors, spreads)
         inside = np.stack(
             [np.sum(scaled <= width[None], axis=(1, 2)) for width in self.half_widths]
         )
@@ -144,3 +153,46 @@ def _mean_spread(spreads: np.ndarray) -> np.ndarray:
 def _has_spread(spreads: np.ndarray) -> np.ndarray:
     """A flat lookback has no spread of its own: a zero width would never cover."""
     return np.isfinite(spreads) & (spreads > 0)
+
+
+@dataclass(frozen=True)
+class AdaptiveConformal:
+    """Adaptive conformal inference (Gibbs & Candès, 2021): split conformal intervals whose
+    level moves with the errors seen so far, so coverage holds when the errors drift.
+
+    Windows are forecast in time order. Before each forecast, the miss or hit of every step
+    whose actual value is known by then (step h of the window h + 1 forecasts back) moves that
+    step's miscoverage rate: ``alpha += gamma * (nominal_alpha - missed)``. The half-width is
+    the calibration scores' conformal quantile at ``1 - alpha`` (the largest score when that
+    asks for more than they hold, none when alpha reaches 1). ``gamma`` trades how fast it
+    follows a drift against how much the widths wobble; 0.005 is the paper's choice.
+    """
+
+    gamma: float = 0.005
+
+    def run(
+        self, calibration: np.ndarray, scores: np.ndarray, level: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(covered, half_widths), each (windows, horizon, targets), for the ``scores``
+        (windows in time order) of one ``level``, from ``calibration`` scores (windows,
+        horizon, targets); both in the same units (errors over spreads)."""
+        ranked = np.sort(calibration, axis=0)  # missing (NaN) last
+        count = np.sum(np.isfinite(ranked), axis=0)
+        if np.any(count == 0):
+            raise ValueError("no calibration score to adapt the intervals from")
+        windows, horizon, _ = scores.shape
+        target = 1.0 - level
+        alpha = np.full(scores.shape[1:], target)
+        covered = np.zeros(scores.shape, dtype=bool)
+        widths = np.zeros(scores.shape)
+        steps = np.arange(horizon)
+        for window in range(windows):
+            known = window - 1 - steps  # the window whose step h is observed by now
+            fed = known >= 0
+            missed = ~covered[known[fed], steps[fed]] & np.isfinite(scores[known[fed], steps[fed]])
+            alpha[fed] += self.gamma * (target - missed)
+            rank = np.ceil((count + 1) * (1.0 - alpha)).astype(int)
+            quantile = np.take_along_axis(ranked, np.clip(rank, 1, count)[None] - 1, axis=0)[0]
+            widths[window] = np.where(alpha >= 1.0, 0.0, quantile)
+            covered[window] = scores[window] <= widths[window]
+        return covered, widths
