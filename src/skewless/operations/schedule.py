@@ -441,7 +441,12 @@ class Scheduler:
             return "taken"
         if claim == "running":
             detail = "the job's previous run was still running"
-            if self.ledger.record(name, job.action, scheduled_for, "skipped", detail):
+            try:
+                recorded = self.ledger.record(name, job.action, scheduled_for, "skipped", detail)
+            except Exception as exc:  # the database went between the claim and the record
+                logger.error("job %s: could not record a skipped run: %s", name, exc)
+                recorded = True
+            if recorded:
                 self.metrics.runs.labels(name, "skipped").inc()
                 logger.warning("job %s at %s skipped: %s", name, scheduled_for.isoformat(), detail)
             return "skipped"
