@@ -86,3 +86,54 @@ def test_unreachable_server_is_explained(make_repo: MakeRepo) -> None:
     )
     with pytest.raises(FeatureStoreError, match="cannot reach the PostgreSQL offline store"):
         repo.offline.is_empty()
+
+
+def test_static_covariates_and_labels_in_postgresql(make_repo: MakeRepo, tmp_path) -> None:
+    """Statics in a table of their own (upsert: a new row replaces the old), labels as text in
+    the series table, both read back and packed into the online windows."""
+    from skewless.features.ingest import ingest
+    from skewless.features.online import window_reader
+    from skewless.features.statics import PostgresStaticTable
+    from skewless.features.window_view import unpack_window
+
+    stations, source = tmp_path / "stations.csv", tmp_path / "rows.csv"
+    pd.DataFrame({"station_id": [1, 2], "capacity": [5.5, 9.0], "kind": ["a", "b"]}).to_csv(
+        stations, index=False
+    )
+    rows = raw_rows(1, "2020-01-01", 30).assign(mode=["x", "y", None] * 10)
+    rows.to_csv(source, index=False)
+    repo = make_repo(
+        *PG_OFFLINE,
+        f"data.sources=[{{path: {source}}}]",
+        "data.categorical=[mode]",
+        f"data.static.sources=[{{path: {stations}}}]",
+        "data.static.numeric=[capacity]",
+        "data.static.categorical=[kind]",
+    )
+    statics = repo.statics
+    assert isinstance(statics, PostgresStaticTable)
+    try:
+        reports = ingest(repo)
+        assert [r.rows_written for r in reports] == [30, 2]
+        stored = repo.offline.history([1], None, None)
+        assert stored["mode"].fillna("-").tolist() == rows["mode"].fillna("-").tolist()
+        assert statics.read().sort_values("station_id").to_dict("list") == {
+            "station_id": [1, 2],
+            "capacity": [5.5, 9.0],
+            "kind": ["a", "b"],
+        }
+        statics.upsert(pd.DataFrame({"station_id": [2], "capacity": [1.0], "kind": ["c"]}))
+        assert statics.read([2]).to_dict("list") == {
+            "station_id": [2],
+            "capacity": [1.0],
+            "kind": ["c"],
+        }
+        materialize(repo)
+        (blob,) = window_reader(repo).read([1])
+        window = unpack_window(blob, 1, tuple(repo.config.data.window_columns))
+        assert window.static == {"capacity": 5.5, "kind": "a"}
+        assert window.to_frame("station_id")["mode"].fillna("-").tolist()[-3:] == ["x", "y", "-"]
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP TABLE IF EXISTS "{repo.offline.table}"')
+            conn.execute(psycopg.sql.SQL("DROP TABLE IF EXISTS {}").format(statics.ident))
