@@ -334,6 +334,18 @@ def test_the_real_jobs_ingest_materialize_compact_monitor_and_show_in_the_report
     assert set(summary["job"]) == {"ingest", "materialize", "compact", "monitor"}
     page = render(config, assess(config, home), recorded)
     assert "Scheduled jobs" in page and "merged 2 part(s)" in page
+    config_file, out = tmp_path / "scheduled.yaml", tmp_path / "report.html"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    reported = subprocess.run(
+        [SKEWLESS, "report", str(config_file), "--out", str(out)],
+        env={**os.environ, "SKEWLESS_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert reported.returncode == 0, reported.stderr
+    written = out.read_text()
+    assert "Last 20 runs, newest first" in written and "400 new row(s) from 1 source(s)" in written
     with pytest.raises(ConfigError, match="no job 'nightly'"):
         scheduler.run_now("nightly")
 
