@@ -87,13 +87,21 @@ def test_the_best_lookback_on_validation_is_kept_first() -> None:
         assert kept.validation_mse == pytest.approx(error, rel=1e-4)
 
 
+def test_a_shorter_lookback_learns_from_every_training_window_of_its_length() -> None:
+    train_rows, _, train, _ = split()
+    mine = Hybrid(HORIZON, (24,), alphas=(1e-3,), refit=False).fit(train.inputs, train.targets)
+    shorter = cut_windows(train_rows, 24, HORIZON)  # 24 more windows than the 48-step ones
+    theirs = NLinear(HORIZON, alphas=(1e-3,)).fit(shorter.inputs, shorter.targets)
+    np.testing.assert_allclose(mine.maps_[0].weight, theirs.weight_, rtol=1e-9, atol=1e-12)
+
+
 def test_refit_solves_on_training_and_validation_windows() -> None:
     _, _, train, val = split()
-    refitted = Hybrid(HORIZON, lookbacks=(24,), top=1, individual=False, refit=True)
+    refitted = Hybrid(HORIZON, lookbacks=(LOOKBACK,), individual=False, refit=True)
     refitted.fit(train.inputs, train.targets, val.inputs, val.targets)
     both = np.concatenate([train.inputs, val.inputs]), np.concatenate([train.targets, val.targets])
     alpha = refitted.maps_[0].alpha
-    reference = Hybrid(HORIZON, lookbacks=(24,), top=1, individual=False, alphas=(alpha,))
+    reference = Hybrid(HORIZON, lookbacks=(LOOKBACK,), individual=False, alphas=(alpha,))
     reference.fit(*both)  # windows that are not one series: float32 products
     np.testing.assert_allclose(
         refitted.predict(val.inputs), reference.predict(val.inputs), rtol=1e-4, atol=1e-4
@@ -102,9 +110,11 @@ def test_refit_solves_on_training_and_validation_windows() -> None:
 
 def test_batched_fit_equals_the_fit_on_all_windows() -> None:
     train_rows, val_rows, train, val = split()
-    params = {"lookbacks": (12, 24, 48), "boost_rounds": 15, "boost_lags": 8, "n_jobs": 1}
+    params = {"lookbacks": (12, 24, 48), "top": 3, "boost_rounds": 15, "boost_lags": 8}
     whole = Hybrid(HORIZON, **params).fit(train.inputs, train.targets, val.inputs, val.targets)
-    batched = Hybrid(HORIZON, **params).fit_batches(batches(train_rows, 3), batches(val_rows, 2))
+    # Training windows in one batch (batches are whole entities, so never share rows);
+    # validation windows in two.
+    batched = Hybrid(HORIZON, **params).fit_batches(batches(train_rows, 1), batches(val_rows, 2))
     for a, b in zip(whole.maps_, batched.maps_, strict=True):
         assert (a.lookback, a.alpha) == (b.lookback, b.alpha)
         np.testing.assert_allclose(a.weight, b.weight, rtol=1e-9, atol=1e-12)
@@ -113,6 +123,16 @@ def test_batched_fit_equals_the_fit_on_all_windows() -> None:
     np.testing.assert_allclose(
         whole.predict(val.inputs), batched.predict(val.inputs), rtol=1e-3, atol=1e-3
     )
+
+
+def test_runs_of_one_batch_count_each_shorter_window_once() -> None:
+    rows = series(300)
+    starts = np.r_[0:100, 105:200]  # two runs whose shorter windows would overlap
+    batch = WindowBatch(rows, starts, LOOKBACK, HORIZON, rows.shape[1])
+    model = Hybrid(HORIZON, (24,), alphas=(1e-3,), refit=False).fit_batches(InMemory(batch))
+    every = cut_windows(rows[: 199 + LOOKBACK + HORIZON], 24, HORIZON)
+    reference = NLinear(HORIZON, alphas=(1e-3,)).fit(every.inputs, every.targets)
+    np.testing.assert_allclose(model.maps_[0].weight, reference.weight_, rtol=1e-9, atol=1e-12)
 
 
 def test_predicting_needs_the_lookback_it_was_fitted_on() -> None:

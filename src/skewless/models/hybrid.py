@@ -30,6 +30,7 @@ from skewless.models.base import Forecaster, WindowSource, at_least_one
 from skewless.models.nlinear import DEFAULT_ALPHAS
 from skewless.models.normal_equations import (
     NormalEquations,
+    as_series,
     normal_equations,
     ridge_path,
     series_normal_equations,
@@ -141,7 +142,12 @@ class Hybrid(Forecaster):
         val_targets: np.ndarray | None,
     ) -> None:
         candidates = self._candidates(inputs.shape[1])
-        train = _window_equations(inputs, targets, candidates)
+        series = as_series(inputs, targets)
+        if series is not None:  # one series: every window of each candidate length in it
+            horizon = targets.shape[1]
+            train = {L: series_normal_equations(series, L, horizon, True) for L in candidates}
+        else:
+            train = _window_equations(inputs, targets, candidates)
         val = None
         if val_inputs is not None and val_targets is not None:
             val = _window_equations(val_inputs, val_targets, candidates)
@@ -155,7 +161,10 @@ class Hybrid(Forecaster):
     def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
         """The linear stage adds up each batch's normal equations (no window is copied); the
         tree stage walks the batches again for a bounded sample of residual rows."""
-        self._choose(self._equations(train), None if val is None else self._equations(val))
+        self._choose(
+            self._equations(train, whole=True),
+            None if val is None else self._equations(val, whole=False),
+        )
         if self.boost_rounds:
             self._boost(self._sampled(train), None if val is None else self._sampled(val))
 
@@ -163,9 +172,10 @@ class Hybrid(Forecaster):
         """Candidate lookbacks the windows are long enough for (their own length if none)."""
         return sorted({min(c, lookback) for c in self.lookbacks})
 
-    def _equations(self, source: WindowSource) -> Equations:
+    def _equations(self, source: WindowSource, whole: bool) -> Equations:
         total: Equations | None = None
-        for part in source.map(partial(_batch_equations, lookbacks=tuple(self.lookbacks))):
+        learn = partial(_batch_equations, lookbacks=tuple(self.lookbacks), whole=whole)
+        for part in source.map(learn):
             if part is not None:
                 total = part if total is None else {k: total[k] + part[k] for k in total}
         if total is None:
@@ -332,15 +342,33 @@ def _window_equations(inputs: np.ndarray, targets: np.ndarray, lookbacks: list[i
     return {L: normal_equations(inputs[:, -L:], targets, individual=True) for L in lookbacks}
 
 
-def _batch_equations(batch: WindowBatch, lookbacks: tuple[int, ...]) -> Equations | None:
-    """A batch's equations per candidate lookback, from its stretches of consecutive windows:
-    a stretch minus its first ``lookback - L`` rows holds exactly the windows' last ``L``."""
+def _batch_equations(
+    batch: WindowBatch, lookbacks: tuple[int, ...], whole: bool
+) -> Equations | None:
+    """A batch's per-channel equations per candidate lookback, from its runs of consecutive
+    windows. Without ``whole`` (validation), a candidate sees exactly the last ``L`` values of
+    each window: no window forecasts a step before the validation period. With ``whole``
+    (training), also the shorter windows that start before a run's first one, inside its
+    rows (a shorter lookback has more windows; ETTh1 at H = 720 with L = 336 of 720: MSE 0.441
+    from the tails, 0.431 from every window), after the last one the run before counted."""
     total: Equations | None = None
     candidates = sorted({min(c, batch.lookback) for c in lookbacks})
-    for stretch in batch.stretches():
-        part = {
-            L: series_normal_equations(stretch[batch.lookback - L :], L, batch.horizon, True)
-            for L in candidates
-        }
+    length = batch.lookback + batch.horizon
+    breaks = np.flatnonzero(np.diff(batch.starts) != 1) + 1
+    before: int | None = None  # the last window start of the run before
+    for run in np.split(batch.starts, breaks) if len(batch.starts) else []:
+        part = {}
+        for L in candidates:
+            first = int(run[0]) + batch.lookback - L  # the first window's last L values
+            if whole:  # back to the run's first row, past the last L-window counted
+                first = (
+                    int(run[0])
+                    if before is None
+                    else max(int(run[0]), before + batch.lookback - L + 1)
+                )
+            part[L] = series_normal_equations(
+                batch.values[first : run[-1] + length], L, batch.horizon, True
+            )
+        before = int(run[-1])
         total = part if total is None else {k: total[k] + part[k] for k in total}
     return total

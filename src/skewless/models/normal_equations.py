@@ -46,7 +46,7 @@ class NormalEquations:
 
 def normal_equations(inputs: np.ndarray, targets: np.ndarray, individual: bool) -> NormalEquations:
     """Normal equations of (windows, lookback, channels) → (windows, horizon, channels)."""
-    series = _as_series(inputs, targets)
+    series = as_series(inputs, targets)
     if series is not None:
         return _from_series(series, inputs.shape[1], targets.shape[1], individual)
     return _from_windows(inputs, targets, individual)
@@ -107,7 +107,7 @@ def ridge_path(
     return [(np.stack(w), np.stack(b)) for w, b in zip(weights, biases, strict=True)]
 
 
-def _as_series(inputs: np.ndarray, targets: np.ndarray) -> np.ndarray | None:
+def as_series(inputs: np.ndarray, targets: np.ndarray) -> np.ndarray | None:
     """The series (rows, channels) whose stride-1 windows these are, if they are."""
     if len(inputs) < 2 or targets.shape[1] == 0:
         return None
