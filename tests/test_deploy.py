@@ -7,6 +7,8 @@ import configparser
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,23 @@ def test_the_services_run_skewless_commands_that_exist() -> None:
         assert argv[0] == "skewless" and argv[1] == name and name in commands
     environment = (DEPLOY / "systemd" / "skewless.env").read_text()
     assert "SKEWLESS_HOME=" in environment and "SKEWLESS_ADMIN_TOKEN=" in environment
+
+
+def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
+    """Prometheus's own checker on the rule file and scrape configs, and its rule unit tests
+    (deploy/prometheus/alerts.test.yml): the alerts fire on the series the services export
+    and stay silent on healthy ones."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    folder = DEPLOY / "prometheus"
+    for command in (
+        ["check", "rules", "alerts.yml"],
+        ["check", "config", "prometheus.yml"],
+        ["check", "config", "compose-prometheus.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ):
+        checked = subprocess.run(
+            [promtool, *command], cwd=folder, capture_output=True, text=True, timeout=120
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
