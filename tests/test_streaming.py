@@ -247,12 +247,15 @@ def test_a_batch_keeps_its_good_rows_and_refuses_each_bad_one_with_its_reason(
                     row("2018-01-01 00:00:00", OT=float(first["OT"]) + 1),  # conflicts
                     row("2099-01-01 00:00:00", entity=2),  # far future
                     row("2000-01-01 00:00:00", entity=2),  # stale
+                    row("2018-01-02 04:00:00", entity=1.5),  # not an integer id
+                    {**row("x", entity=2), "date": 1514851200},  # a number, not ISO text
+                    row("2018-01-02 05:00:00", entity=2, OT=True),  # a boolean, not a number
                 ]
             ).encode()
         ),
     ]
     result = writer.write(batch)
-    assert result.rows_in == 6 + 6
+    assert result.rows_in == 6 + 9
     assert result.rows_written == 7
     reasons = {
         (r.message, None if r.row is None else r.row["station_id"], r.row and r.row["date"]): (
@@ -266,7 +269,10 @@ def test_a_batch_keeps_its_good_rows_and_refuses_each_bad_one_with_its_reason(
     assert "ingested before with different values" in reasons[(2, 1, "2018-01-01 00:00:00")]
     assert "in the future" in reasons[(2, 2, "2099-01-01 00:00:00")]
     assert "stale" in reasons[(2, 2, "2000-01-01 00:00:00")]
-    assert len(result.rejected) == 6
+    assert "could not be validated" in reasons[(2, 1.5, "2018-01-02 04:00:00")]
+    assert "'date' must be ISO 8601 text" in reasons[(2, 2, 1514851200)]
+    assert "'OT' must be numeric but has 'true'" in reasons[(2, 2, "2018-01-02 05:00:00")]
+    assert len(result.rejected) == 9
     after = setup.stored()
     assert len(after) == 48 + 7
     no_duplicates(after)
@@ -277,7 +283,7 @@ def test_a_batch_keeps_its_good_rows_and_refuses_each_bad_one_with_its_reason(
     # Delivered again (at least once): nothing new, nothing refused but what was bad.
     again = writer.write(batch)
     assert (again.rows_written, again.rows_already_stored) == (0, 7)
-    assert len(again.rejected) == 6
+    assert len(again.rejected) == 9
     assert len(setup.stored()) == 48 + 7
     setup.repo.store.teardown()
 

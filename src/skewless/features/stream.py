@@ -111,6 +111,8 @@ def decode(payload: bytes) -> list[dict[str, Any]]:
         for key, item in row.items():
             if isinstance(item, dict | list):
                 raise BadMessage(f"row {number}: '{key}' holds a JSON {type(item).__name__}")
+            if isinstance(item, bool):  # not a number: validation refuses it as the text it is
+                row[key] = json.dumps(item)
     return rows
 
 
@@ -273,14 +275,32 @@ class BatchWriter:
         return []
 
     def _local_problems(self, raw: pd.DataFrame) -> list[str]:
-        """Validation's parse of the rows, then the stream's limits on what it parsed."""
+        """Validation's parse of the rows, then the stream's limits on what it parsed. A row
+        that makes the parse itself fail is a problem of that row, never the stream's end."""
         findings = Findings()
-        parsed = parse_rows(raw, self.repo.config, findings)
+        self._check_timestamp_text(raw, findings)
+        if findings.errors:
+            return findings.errors
+        try:
+            parsed = parse_rows(raw, self.repo.config, findings)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return [f"could not be validated ({type(exc).__name__}: {exc})"]
         if findings.errors:
             return findings.errors
         self._check_times(parsed, findings)
         self._check_entities(parsed, findings)
         return findings.errors
+
+    def _check_timestamp_text(self, raw: pd.DataFrame, findings: Findings) -> None:
+        """JSON has no time type: a number would be read as nanoseconds since 1970."""
+        column = self.repo.config.data.timestamp_column
+        values = raw[column]
+        bad = values.map(lambda v: not isinstance(v, str) and not _missing(v)).to_numpy(bool)
+        if bad.any():
+            findings.errors.append(
+                f"'{column}' must be ISO 8601 text such as 2024-01-31T13:00:00+00:00, not "
+                f"{_plain(values[bad].iloc[0])!r}, at {rows_text(raw.loc[bad, SOURCE_ROW])}"
+            )
 
     def _check_times(self, parsed: pd.DataFrame, findings: Findings) -> None:
         now = pd.Timestamp.now(tz="UTC")
