@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,9 +103,12 @@ def rows(start: str, hours: int, entities: tuple[int, ...] = (1, 2), seed: int =
     )
 
 
-def streamed_repo(home: Path, broker: str, url: str | None = None, **settings: Any) -> Streamed:
+def streamed_repo(
+    home: Path, broker: str, url: str | None = None, store: Sequence[str] = (), **settings: Any
+) -> Streamed:
     name = uuid.uuid4().hex[:10]
     overrides = [
+        *store,
         f"feature_store.project=t{name}",
         f"streaming.broker={broker}",
         f"streaming.url={url or BROKERS[broker]}",
@@ -492,6 +495,55 @@ def test_a_nats_server_lost_mid_stream_is_reconnected_to_and_nothing_is_lost(
         server.wait()
         setup.repo.store.teardown()
     no_duplicates(setup.stored())
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
+def test_an_online_store_lost_mid_stream_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+    """A Redis online store of the test's own, killed while rows arrive: the micro-batch is not
+    acknowledged but tried again until Redis is back (empty: every window is rewritten)."""
+    port, folder = free_port(), tmp_path / "redis"
+    folder.mkdir()
+
+    def redis_server() -> subprocess.Popen[bytes]:
+        command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(folder), "--save", "", "--appendonly", "no"]
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_for(lambda: _listens(port), "our redis-server", 20)
+        return server
+
+    server = redis_server()
+    store = ["feature_store.online_store.type=redis"]
+    store.append(f"feature_store.online_store.url=redis://127.0.0.1:{port}/0")
+    setup = streamed_repo(tmp_path / "home", "nats", store=store, retry_seconds=0.5)
+    metrics = free_port()
+    log = tmp_path / "stream.log"
+    consumer = setup.start(log, f"streaming.metrics_port={metrics}")
+    try:
+        asyncio.run(publish_rows(setup.streaming, rows("2018-01-02", 2), 2))
+        wait_for(lambda: len(setup.stored()) == 48 + 4, "the first rows", 60)
+        server.kill()
+        server.wait()
+        asyncio.run(publish_rows(setup.streaming, rows("2018-01-02 02:00", 3), 2))
+        wait_for(lambda: "writing a micro-batch failed" in log.read_text(), "a failed write", 60)
+        assert consumer.poll() is None
+        server = redis_server()
+        wait_for(
+            lambda: set(setup.window_ends().values()) == {pd.Timestamp("2018-01-02 04:00Z")},
+            "the online windows, rewritten",
+            60,
+        )
+        text = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).text
+        assert metric(text, "skewless_stream_write_failures_total") >= 1
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        consumer.wait(60)
+        asyncio.run(delete(setup.streaming))
+        server.kill()
+        server.wait()
+    stored = setup.stored()
+    assert len(stored) == 48 + 10
+    no_duplicates(stored)
 
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")

@@ -485,7 +485,10 @@ async def run_stream(
     broker = make_broker(streaming)
     await connect(broker, on_failure=metrics.connect_failures.inc)
     writer = BatchWriter(repo, streaming)
-    await asyncio.to_thread(writer.catch_up)
+    try:
+        await asyncio.to_thread(writer.catch_up)
+    except Exception as exc:  # the next micro-batch's write catches up instead
+        logger.warning("could not bring the online windows up to date at start: %s", exc)
     logger.info(
         "consuming %s on %s (group %s); dead letters to %s",
         streaming.subject,
@@ -535,9 +538,10 @@ async def _handle(
         try:
             result = await asyncio.to_thread(writer.write, batch)
             break
-        except (SkewlessError, OSError) as exc:
+        except Exception as exc:  # a store down, or worse: said, counted, tried again
             metrics.write_failures.inc()
-            logger.error("writing a micro-batch failed: %s; trying again in %.1f s", exc, wait)
+            shown = exc if isinstance(exc, SkewlessError) else f"{type(exc).__name__}: {exc}"
+            logger.error("writing a micro-batch failed: %s; trying again in %.1f s", shown, wait)
             if stop.is_set():
                 return  # not acknowledged: the broker delivers it again
             await asyncio.sleep(wait)
