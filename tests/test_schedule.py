@@ -112,6 +112,7 @@ def test_crontab_weekday_numbers_mean_what_crontab_says() -> None:
     assert every_day == datetime(2026, 12, 2, 3, tzinfo=UTC)
 
 
+@pytest.mark.slow  # real schedulers, seconds of cron times
 def test_two_scheduler_processes_run_each_cron_time_once_and_a_job_never_twice_at_once(
     tmp_path: Path,
 ) -> None:
@@ -209,6 +210,7 @@ def _sample(metrics: str | None, name: str, job: str, outcome: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+@pytest.mark.slow  # real schedulers, seconds of cron times
 def test_a_failing_job_is_retried_counted_and_the_others_keep_running(tmp_path: Path) -> None:
     config = scheduled(
         etth_config(),
@@ -245,6 +247,7 @@ def test_a_failing_job_is_retried_counted_and_the_others_keep_running(tmp_path: 
     assert scheduler.metrics.attempt_failures.labels("broken")._value.get() == 3 * len(broken)
 
 
+@pytest.mark.slow  # real schedulers, seconds of cron times
 def test_missed_runs_follow_the_misfire_grace_and_coalesce(tmp_path: Path) -> None:
     """A scheduler stopped while its job's cron times pass: a new one finds the job (its next
     run time kept in the job store) late; past the grace it is recorded as missed, once for all
@@ -350,6 +353,7 @@ def test_the_real_jobs_ingest_materialize_compact_monitor_and_show_in_the_report
         scheduler.run_now("nightly")
 
 
+@pytest.mark.slow  # real schedulers, seconds of cron times
 def test_a_run_whose_scheduler_was_killed_is_abandoned_once_its_lease_lapses(
     tmp_path: Path,
 ) -> None:
