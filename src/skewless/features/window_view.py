@@ -33,7 +33,7 @@ from skewless.core.errors import FeatureStoreError
 from skewless.core.schema import EVENT_TS
 
 MAGIC = b"SKW1"
-MAGIC_STATIC = b"SKW2"
+MAGIC_EXTRAS = b"SKW2"
 _HEADER = struct.Struct("<4sII")
 _LENGTH = struct.Struct("<I")
 _TIMES = np.dtype("<i8")
@@ -141,13 +141,13 @@ def pack_window(
     extras = {"static": static, "labels": labels}
     text = json.dumps({k: v for k, v in extras.items() if v is not None}, allow_nan=False)
     encoded = text.encode()
-    return _HEADER.pack(MAGIC_STATIC, *matrix.shape) + body + _LENGTH.pack(len(encoded)) + encoded
+    return _HEADER.pack(MAGIC_EXTRAS, *matrix.shape) + body + _LENGTH.pack(len(encoded)) + encoded
 
 
 def unpack_window(blob: bytes, entity: Any, variables: tuple[str, ...]) -> Window:
     """Inverse of :func:`pack_window`; refuses blobs written for other variables."""
     magic, rows, width = _HEADER.unpack_from(blob)
-    if magic not in (MAGIC, MAGIC_STATIC):
+    if magic not in (MAGIC, MAGIC_EXTRAS):
         raise FeatureStoreError(
             f"the online window of {entity!r} is not in skewless format; re-run materialize"
         )
@@ -161,7 +161,7 @@ def unpack_window(blob: bytes, entity: Any, variables: tuple[str, ...]) -> Windo
     offset += times.nbytes
     values = np.frombuffer(blob, dtype=_VALUES, count=rows * width, offset=offset)
     extras: dict[str, Any] = {}
-    if magic == MAGIC_STATIC:
+    if magic == MAGIC_EXTRAS:
         offset += values.nbytes
         (length,) = _LENGTH.unpack_from(blob, offset)
         extras = json.loads(blob[offset + _LENGTH.size : offset + _LENGTH.size + length])

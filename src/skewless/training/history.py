@@ -180,7 +180,8 @@ class StoreHistory(History):
 
     def rows(self, entities: Sequence[Any], columns: Sequence[str] | None = None) -> pd.DataFrame:
         wanted = list(columns or self.columns)
-        stored = [c for c in wanted if c in self.read]
+        statics = self.statics.static.columns if self.statics else []
+        stored = [c for c in wanted if c not in statics]
         if self.statics is None or len(stored) == len(wanted):
             return self.table.history(entities, _py(self.start), _py(self.end), stored)
         keyed = stored if self.entity_key in stored else [self.entity_key, *stored]
