@@ -28,13 +28,7 @@ from skewless.core.config import PostgresOfflineStore, SkewlessConfig, StaticCon
 from skewless.core.errors import FeatureStoreError
 from skewless.core.schema import CREATED_TS
 from skewless.features.sources import describe_source, read_source
-from skewless.features.validation import (
-    SOURCE_ROW,
-    Findings,
-    parse_entities,
-    parse_numbers,
-    rows_text,
-)
+from skewless.features.validation import SOURCE_ROW, Findings, parse_entities, rows_text
 
 STATIC_TABLE = "static"
 
@@ -82,12 +76,11 @@ def parse_statics(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings)
         return pd.DataFrame()
     rows = raw[SOURCE_ROW].to_numpy(np.int64) if SOURCE_ROW in raw else np.arange(1, len(raw) + 1)
     parsed = pd.DataFrame({key: parse_entities(raw[key], rows, config, findings)})
-    for column in static.numeric:
-        # A missing number is the imputer's (training mean), never a refusal.
-        parsed[column] = parse_numbers(raw[column], rows, column, config, Findings()).astype(
-            np.float64
-        )
-        _refuse_non_numeric(raw[column], parsed[column], rows, column, findings)
+    for column in static.numeric:  # float64 as given; a missing one is the imputer's
+        values = raw[column].reset_index(drop=True)
+        numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
+        _refuse_non_numeric(values, numbers, rows, column, findings)
+        parsed[column] = numbers
     for column in static.categorical:
         parsed[column] = raw[column].reset_index(drop=True).astype("string")
     return parsed
@@ -96,7 +89,6 @@ def parse_statics(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings)
 def _refuse_non_numeric(
     raw: pd.Series, parsed: pd.Series, rows: np.ndarray, column: str, findings: Findings
 ) -> None:
-    raw = raw.reset_index(drop=True)
     bad = (parsed.isna() & raw.notna()) | np.isinf(parsed.to_numpy())
     if bad.any():
         findings.errors.append(
