@@ -122,6 +122,22 @@ def test_label_columns_are_declared_under_data_not_preprocessing() -> None:
         etth_config("preprocessing.categoricals.columns=[site]")
 
 
+def test_a_preprocessor_pickled_before_a_config_key_existed_still_transforms() -> None:
+    """Bundles in a registry were pickled with the config of their day: keys added since
+    (here data.categorical and data.static) take their defaults when loaded."""
+    train = rows(1, "2020-01-01", 6)
+    pre = Preprocessor(etth_config()).fit(train)
+    state = pickle.dumps(pre)
+    data = pre.config.data
+    for key in ("categorical", "static"):  # as a DataConfig pickled before them holds it
+        del data.__dict__[key]
+    old = pickle.dumps(pre)
+    assert old != state
+    loaded = pickle.loads(old)
+    assert loaded.config.data.categorical == [] and loaded.config.data.static is None
+    pd.testing.assert_frame_equal(loaded.transform(train), pickle.loads(state).transform(train))
+
+
 def test_calendar_features_match_the_ingestion_function() -> None:
     from skewless.core.calendar import engineer
 

@@ -312,6 +312,9 @@ class Preprocessor:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        # A config pickled by an older skewless lacks the keys added since (its bundle would
+        # fail on the first one read): read again, they take their defaults.
+        self.config = SkewlessConfig.model_validate(self.config.model_dump(mode="json"))
         if hasattr(self, "global_stats_"):
             self._table = self._build_lookup()
 
