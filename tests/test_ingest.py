@@ -94,7 +94,16 @@ def _bad(frame: pd.DataFrame, row: int, column: str, value: object) -> pd.DataFr
         (lambda f: _bad(f, 1, "station_id", None), ["'station_id' is empty at row 2"]),
         (
             lambda f: _bad(f, 1, "station_id", "north"),
-            ["'station_id' must hold integers", "'north'"],
+            ["'station_id' must hold 64-bit integers", "'north'"],
+        ),
+        (
+            lambda f: _bad(f, 1, "station_id", 1.5),
+            ["(data.entity_type is int64) but has 1.5 at row 2"],
+        ),
+        (lambda f: _bad(f, 1, "station_id", 2**70), ["but has 1180591620717411303424 at row 2"]),
+        (
+            lambda f: _bad(f, 2, "OT", 1e300),
+            ["'OT' has 1e+300, beyond what float32 holds, at row 3"],
         ),
         (
             lambda f: pd.concat([f, f.iloc[[4]]], ignore_index=True),

@@ -272,7 +272,7 @@ def test_a_batch_keeps_its_good_rows_and_refuses_each_bad_one_with_its_reason(
     assert "ingested before with different values" in reasons[(2, 1, "2018-01-01 00:00:00")]
     assert "in the future" in reasons[(2, 2, "2099-01-01 00:00:00")]
     assert "stale" in reasons[(2, 2, "2000-01-01 00:00:00")]
-    assert "could not be validated" in reasons[(2, 1.5, "2018-01-02 04:00:00")]
+    assert "must hold 64-bit integers" in reasons[(2, 1.5, "2018-01-02 04:00:00")]
     assert "'date' must be ISO 8601 text" in reasons[(2, 2, 1514851200)]
     assert "'OT' must be numeric but has 'true'" in reasons[(2, 2, "2018-01-02 05:00:00")]
     assert len(result.rejected) == 9

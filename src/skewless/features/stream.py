@@ -122,7 +122,7 @@ class BatchWriter:
     def __init__(self, repo: FeastRepo, streaming: StreamingConfig) -> None:
         self.repo, self.streaming = repo, streaming
         data = repo.config.data
-        self.required = [data.entity_key, data.timestamp_column, *data.variables]
+        self.required = [data.entity_key, data.timestamp_column, *data.window_columns]
         self._known: set[Any] | None = None  # entities the offline store holds
         self._known_at = -np.inf
 

@@ -91,13 +91,21 @@ def parse_entities(
     if config.data.entity_type == "string":
         return values.astype("string")
     numbers = pd.to_numeric(values, errors="coerce")
-    bad = (numbers.isna() & ~null) | (numbers.notna() & (numbers % 1 != 0))
+    whole = numbers.astype("float64")
+    flags = values.map(lambda value: isinstance(value, bool | np.bool_)).astype(bool)
+    bad = (
+        (numbers.isna() & ~null)
+        | (numbers.notna() & ((whole % 1 != 0) | (whole.abs() >= 2.0**63)))
+        | flags  # true is not entity 1
+    )
     if bad.any():
+        first = values[bad].iloc[0]
+        first = first.item() if isinstance(first, np.generic) else first
         findings.errors.append(
-            f"'{key}' must hold integers (data.entity_type is int64) but has "
-            f"{values[bad].iloc[0]!r} at {rows_text(row_numbers[np.flatnonzero(bad)])}"
+            f"'{key}' must hold 64-bit integers (data.entity_type is int64) but has "
+            f"{first!r} at {rows_text(row_numbers[np.flatnonzero(bad)])}"
         )
-    return numbers.astype("Int64")
+    return numbers.where(~bad).astype("Int64")
 
 
 # A time of day followed by a UTC offset or Z: the timestamp carries its own time zone.
@@ -175,10 +183,17 @@ def parse_numbers(
             f"'{column}' must be numeric but has {values[not_numeric].iloc[0]!r} at "
             f"{rows_text(row_numbers[np.flatnonzero(not_numeric)])}"
         )
-    infinite = np.isinf(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
+    wide = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    infinite = np.isinf(wide)
     if infinite.any():
         findings.errors.append(
             f"'{column}' is infinite at {rows_text(row_numbers[np.flatnonzero(infinite)])}"
+        )
+    beyond = np.isfinite(wide) & (np.abs(wide) > np.finfo(VALUE_DTYPE).max)
+    if beyond.any():  # it would be stored as infinity
+        findings.errors.append(
+            f"'{column}' has {wide[beyond][0]:g}, beyond what float32 holds, at "
+            f"{rows_text(row_numbers[np.flatnonzero(beyond)])}"
         )
     empty = values.isna()
     if empty.any():
@@ -190,7 +205,7 @@ def parse_numbers(
             findings.errors.append(message + "; validation.on_missing is 'error'")
         else:
             findings.warnings.append(message + "; they are kept as NaN for the imputer")
-    return numbers.astype(VALUE_DTYPE)
+    return numbers.mask(beyond).astype(VALUE_DTYPE)  # refused anyway; no overflow
 
 
 def check_duplicates(parsed: pd.DataFrame, config: SkewlessConfig, findings: Findings) -> None:

@@ -356,7 +356,8 @@ def row_problems(
     altogether: that is one reason for every row, already said once."""
     data = config.data
     if any(
-        c not in rows.columns for c in [data.entity_key, data.timestamp_column, *data.variables]
+        c not in rows.columns
+        for c in [data.entity_key, data.timestamp_column, *data.window_columns]
     ):
         return []
     found: list[tuple[int, list[str]]] = []
