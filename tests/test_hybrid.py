@@ -20,7 +20,8 @@ from skewless.models.hybrid import Hybrid
 from skewless.models.nlinear import NLinear
 from skewless.models.normal_equations import normal_equations, ridge_path, solve_ridge
 from skewless.preprocessing.windows import WindowBatch, cut_windows
-from tests.conftest import ETTH_CONFIG, VARIABLES, raw_rows
+from skewless.training.tuning import trial_config
+from tests.conftest import ETTH_CONFIG, VARIABLES, etth_config, raw_rows
 from tests.test_models import series
 
 LOOKBACK, HORIZON = 48, 12
@@ -159,6 +160,15 @@ def test_predicting_needs_the_lookback_it_was_fitted_on() -> None:
 def test_bad_parameters_are_refused_by_name(params: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         create_model("hybrid", HORIZON, params)
+
+
+def test_a_tuning_trial_reaches_the_hybrid_through_its_config() -> None:
+    config = etth_config("training.model=hybrid", "training.params={lookbacks: [96, 336]}")
+    trial = trial_config(config, {"params.top": 1, "params.refit": True})
+    training = trial.training
+    model = create_model(training.model, training.horizon, training.params)
+    assert isinstance(model, Hybrid)
+    assert (model.lookbacks, model.top, model.refit) == ([96, 336], 1, True)
 
 
 @pytest.mark.slow

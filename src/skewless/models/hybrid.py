@@ -69,7 +69,7 @@ class LinearMap:
     weight: np.ndarray  # (groups, lookback, horizon); one group shared, or one per channel
     bias: np.ndarray  # (groups, horizon)
     alpha: float
-    validation_mse: float | None
+    validation_mse: float | None  # of the map fitted on training windows (before any refit)
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """(windows, horizon, channels) in float64."""
