@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pandas as pd
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -55,6 +56,17 @@ def _count(value: Any) -> Any:
 
 
 Periods = Annotated[int, BeforeValidator(_count)]
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone '{value}' (use an IANA name such as 'UTC')") from exc
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_known_zone)]
 
 
 class _Strict(BaseModel):
@@ -156,7 +168,7 @@ class DataConfig(_Strict):
     entity_key: str = "entity_id"
     entity_type: Literal["int64", "string"] = "int64"
     timestamp_column: str = "timestamp"
-    timezone: str | None = Field(
+    timezone: TimeZone | None = Field(
         default=None,
         description="zone of naive timestamps; aware ones are converted to UTC",
     )
@@ -176,18 +188,6 @@ class DataConfig(_Strict):
     @classmethod
     def _known_frequency(cls, value: str) -> str:
         frequency(value)
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise ValueError(
-                    f"unknown time zone '{value}' (use an IANA name such as 'UTC')"
-                ) from exc
         return value
 
     @model_validator(mode="after")
@@ -789,7 +789,7 @@ class ScheduleConfig(_Strict):
     run claimed in the monitoring database so that several schedulers run it once."""
 
     jobs: dict[str, ScheduledJob] = Field(default_factory=dict, description="by job name")
-    timezone: str = Field(default="UTC", description="the zone cron expressions are read in")
+    timezone: TimeZone = Field(default="UTC", description="the zone cron expressions are read in")
     job_store: str | None = Field(
         default=None,
         description="SQLAlchemy URL of APScheduler's job store; default the monitoring "
@@ -819,17 +819,6 @@ class ScheduleConfig(_Strict):
                     f"job name '{name}' must be at most 64 letters, digits, '_' or '-'"
                 )
         return jobs
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"unknown time zone '{value}' (use an IANA name such as 'UTC')"
-            ) from exc
-        return value
 
 
 class SkewlessConfig(_Strict):
