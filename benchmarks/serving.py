@@ -202,6 +202,16 @@ def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> dict
     }
 
 
+def show(cell: str, result: dict[str, float]) -> None:
+    """One line per measured cell, as it is measured."""
+    print(
+        f"{cell}: p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+        f"{result['throughput_rps']:7.1f} req/s  ({result['shed']} shed, "
+        f"{result['failed']} failed)",
+        flush=True,
+    )
+
+
 def raw_rows_body(rows: pd.DataFrame, entities: int) -> bytes:
     chosen = rows[rows["station_id"] <= entities].groupby("station_id").tail(LOOKBACK)
     frame = pd.DataFrame(
@@ -321,12 +331,8 @@ def main() -> None:
                         {"server": server, "entities": entities, "concurrency": concurrency}
                         | result
                     )
-                    print(
-                        f"{server:45s} entities {entities:3d} concurrency {concurrency:2d}: "
-                        f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
-                        f"{result['throughput_rps']:7.1f} req/s  ({result['shed']} shed, "
-                        f"{result['failed']} failed)",
-                        flush=True,
+                    show(
+                        f"{server:45s} entities {entities:3d} concurrency {concurrency:2d}", result
                     )
             finally:
                 process.terminate()

@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from machine import report
-from serving import BIN, CONFIG, SATURATING, TIME_POINT, closed_loop, free_port, prepare, start
+from serving import (
+    BIN,
+    CONFIG,
+    SATURATING,
+    TIME_POINT,
+    closed_loop,
+    free_port,
+    prepare,
+    show,
+    start,
+)
 from serving import warm_up as warmed
 from skewless.core.config import load_config
 from synthetic import ROOT
@@ -71,12 +81,7 @@ def main() -> None:
                         f"{url}/predict/feast/batch", body, concurrency, args.seconds
                     )
                     records.append({"max_in_flight": limit, "concurrency": concurrency} | result)
-                    print(
-                        f"max_in_flight {limit:3d} concurrency {concurrency:2d}: "
-                        f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
-                        f"{result['throughput_rps']:6.1f} req/s  {result['shed']} shed",
-                        flush=True,
-                    )
+                    show(f"max_in_flight {limit:3d} concurrency {concurrency:2d}", result)
             finally:
                 process.terminate()
                 process.wait(timeout=60)
