@@ -2,10 +2,11 @@
 
 Three choices NLinear leaves fixed are made on the validation windows instead, all from normal
 equations (so each costs a solve, not a pass over the windows): the lookback (every candidate
-up to the windows' length; a candidate uses the last ``L`` values of each window), one map
-shared by all channels or one per channel (the shared equations are the sum of the per-channel
-ones), and the ridge penalty. The forecast is the mean of the ``top`` best lookbacks' forecasts
-(two by default: on ETTh1 and ETTh2 the pair never lost to NLinear, the best one alone did).
+up to the windows' length; it learns from every training window of its length and is scored on
+the last ``L`` values of each validation window), one map shared by all channels or one per
+channel (the shared equations are the sum of the per-channel ones), and the ridge penalty.
+The forecast is the mean of the ``top`` best lookbacks' forecasts (two by default: on ETTh1
+and ETTh2 the pair never lost to NLinear, the best one alone did).
 With ``refit`` the chosen maps are solved again on training and validation windows together
 (least squares is additive): on ETTh1 the largest gain, on ETTh2 a loss at long horizons, so it
 is off by default (docs/ltsf.md).
@@ -188,13 +189,13 @@ class Hybrid(Forecaster):
     def _choose(self, train: Equations, val: Equations | None) -> None:
         """Per candidate lookback the best sharing and penalty on validation; the ``top``
         lookbacks are kept (without validation: the longest, shared, the first penalty)."""
-        sharing = [False, True] if self.individual is None else [self.individual]
         if val is None:
             lookback = max(train)
             alpha = self.alphas[0]
-            weight, bias = solve_ridge(_grouped(train[lookback], bool(sharing[-1])), alpha)
+            weight, bias = solve_ridge(_grouped(train[lookback], bool(self.individual)), alpha)
             self.maps_ = [LinearMap(lookback, weight, bias, alpha, None)]
             return
+        sharing = [False, True] if self.individual is None else [self.individual]
         best: list[tuple[float, int, bool, float]] = []
         for lookback, equations in train.items():
             scores = [
