@@ -109,12 +109,12 @@ def test_lagged_product_path_equals_the_matrix_path(individual: bool) -> None:
     windows = cut_windows(series(300, channels=4), 30, 10)
     fast = ne.normal_equations(windows.inputs, windows.targets, individual)
     slow = ne._from_windows(windows.inputs, windows.targets, individual)
-    assert ne._as_series(windows.inputs, windows.targets) is not None
+    assert ne.as_series(windows.inputs, windows.targets) is not None
     for name in ("gram", "cross", "squares"):
         np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-5, atol=1e-3)
     assert fast.count == slow.count
     shuffled = windows.inputs[::-1].copy(), windows.targets[::-1].copy()
-    assert ne._as_series(*shuffled) is None  # not stride-1 windows: the matrix path is used
+    assert ne.as_series(*shuffled) is None  # not stride-1 windows: the matrix path is used
 
 
 @pytest.mark.slow
