@@ -128,7 +128,7 @@ def test_sliding_window_and_bad_fold_layouts(history: pd.DataFrame) -> None:
     [
         (
             ["training.model=prophet"],
-            "unknown model 'prophet'; available: ['naive', 'nlinear', 'tft', 'xgboost']",
+            "unknown model 'prophet'; available: ['hybrid', 'naive', 'nlinear', 'tft', 'xgboost']",
         ),
         (["training.params={depth: 3}"], "['depth'] are not parameters of 'nlinear'"),
         (["training.params={solver: magic}"], "unknown solver 'magic'"),
