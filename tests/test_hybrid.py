@@ -113,9 +113,8 @@ def test_batched_fit_equals_the_fit_on_all_windows() -> None:
     train_rows, val_rows, train, val = split()
     params = {"lookbacks": (12, 24, 48), "top": 3, "boost_rounds": 15, "boost_lags": 8}
     whole = Hybrid(HORIZON, **params).fit(train.inputs, train.targets, val.inputs, val.targets)
-    # Training windows in one batch (batches are whole entities, so never share rows);
-    # validation windows in two.
-    batched = Hybrid(HORIZON, **params).fit_batches(batches(train_rows, 1), batches(val_rows, 2))
+    # One batch each (batches are whole entities, so never share rows).
+    batched = Hybrid(HORIZON, **params).fit_batches(batches(train_rows, 1), batches(val_rows, 1))
     for a, b in zip(whole.maps_, batched.maps_, strict=True):
         assert (a.lookback, a.alpha) == (b.lookback, b.alpha)
         np.testing.assert_allclose(a.weight, b.weight, rtol=1e-9, atol=1e-12)
@@ -136,6 +135,33 @@ def test_runs_of_one_batch_count_each_shorter_window_once() -> None:
     np.testing.assert_allclose(model.maps_[0].weight, reference.weight_, rtol=1e-9, atol=1e-12)
 
 
+def test_auto_refits_when_the_first_validation_half_helps_forecast_the_second() -> None:
+    # The series changes its season after training: newer rows help, and auto sees it.
+    rng = np.random.default_rng(1)
+    t = np.arange(900)[:, None]
+    period = np.where(t < 500, 24, 12)
+    rows = (np.sin(2 * np.pi * t / period) + 0.1 * rng.normal(size=(900, 2))).astype(np.float32)
+    train, val = cut_windows(rows[:630], 48, 12), cut_windows(rows[630 - 48 :], 48, 12)
+    fits = {
+        refit: Hybrid(12, (48,), refit=refit).fit(
+            train.inputs, train.targets, val.inputs, val.targets
+        )
+        for refit in ("auto", False, True)
+    }
+    assert fits["auto"].maps_[0].refitted and not fits[False].maps_[0].refitted
+    np.testing.assert_allclose(fits["auto"].maps_[0].weight, fits[True].maps_[0].weight)
+    # The decision, made by hand: train (+ first half) -> second half.
+    first, second = np.array_split(np.arange(len(val)), 2)
+    alpha = fits["auto"].maps_[0].alpha
+    errors = []
+    for extra in (first[:0], first):
+        inputs = np.concatenate([train.inputs, val.inputs[extra]])
+        targets = np.concatenate([train.targets, val.targets[extra]])
+        model = Hybrid(12, (48,), alphas=(alpha,), refit=False).fit(inputs, targets)
+        errors.append(np.mean((model.predict(val.inputs[second]) - val.targets[second]) ** 2))
+    assert errors[1] < errors[0]
+
+
 def test_predicting_needs_the_lookback_it_was_fitted_on() -> None:
     _, _, train, val = split()
     model = Hybrid(HORIZON, lookbacks=(48,)).fit(train.inputs, train.targets)
@@ -151,6 +177,7 @@ def test_predicting_needs_the_lookback_it_was_fitted_on() -> None:
         ({"alphas": [-1.0]}, "alphas must be"),
         ({"top": 0}, "top must be at least 1"),
         ({"individual": "yes"}, "individual must be true or false or null"),
+        ({"refit": "maybe"}, "refit must be true, false or auto"),
         ({"boost_rounds": -1}, "boost_rounds must be at least 0"),
         ({"learning_rate": 0}, r"learning_rate must be in \(0, 1\]"),
         ({"n_jobs": 0}, "n_jobs must be at least 1 or null"),

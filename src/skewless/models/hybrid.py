@@ -8,8 +8,10 @@ channel (the shared equations are the sum of the per-channel ones), and the ridg
 The forecast is the mean of the ``top`` best lookbacks' forecasts (two by default: on ETTh1
 and ETTh2 the pair never lost to NLinear, the best one alone did).
 With ``refit`` the chosen maps are solved again on training and validation windows together
-(least squares is additive): on ETTh1 the largest gain, on ETTh2 a loss at long horizons, so it
-is off by default (docs/ltsf.md).
+(least squares is additive): on ETTh1 the largest gain, on ETTh2 a loss. ``"auto"`` (the
+default) refits a map when, fitted on the training windows and the first half of the
+validation windows, it forecasts the second half better than from the training windows alone:
+whether newer rows help, asked of the newest rows (docs/ltsf.md).
 
 With ``boost_rounds`` > 0, gradient-boosted trees learn what the linear forecast misses (the
 LTBoost idea): one row per (window, channel) with the last ``boost_lags`` values and the linear
@@ -23,6 +25,7 @@ import logging
 import zlib
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import xgboost as xgb
@@ -60,6 +63,9 @@ _ROWS_PER_THREAD = 20_000
 
 # Equations per candidate lookback: keyed by lookback, one group per channel.
 Equations = dict[int, NormalEquations]
+# Validation equations per candidate lookback: of the first and the second half of each run of
+# windows (None where a half has none).
+Halves = dict[int, list[NormalEquations | None]]
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class LinearMap:
     bias: np.ndarray  # (groups, horizon)
     alpha: float
     validation_mse: float | None  # of the map fitted on training windows (before any refit)
+    refitted: bool  # solved again on training and validation windows
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """(windows, horizon, channels) in float64."""
@@ -92,7 +99,7 @@ class Hybrid(Forecaster):
         top: int = 2,
         individual: bool | None = False,
         alphas: tuple[float, ...] = DEFAULT_ALPHAS,
-        refit: bool = False,
+        refit: bool | Literal["auto"] = "auto",
         boost_rounds: int = 0,
         boost_lags: int = 48,
         boost_components: int = 8,
@@ -129,7 +136,9 @@ class Hybrid(Forecaster):
                 f"alphas must be a non-empty list of penalties >= 0, got {self.alphas}"
             )
         self._require(("individual",), lambda v: isinstance(v, bool), "true or false", True)
-        self._require(("refit",), lambda v: isinstance(v, bool), "true or false")
+        self._require(
+            ("refit",), lambda v: v == "auto" or isinstance(v, bool), "true, false or auto"
+        )
         self._require(("boost_rounds",), lambda v: v >= 0, "at least 0")
         counts = ("top", "boost_lags", "boost_components", "max_depth", "early_stopping_rounds")
         self._require((*counts, "max_windows"), at_least_one, "at least 1")
@@ -154,7 +163,11 @@ class Hybrid(Forecaster):
             train = _window_equations(inputs, targets, candidates)
         val = None
         if val_inputs is not None and val_targets is not None:
-            val = _window_equations(val_inputs, val_targets, candidates)
+            parts = [  # one run of windows, halved as a batch's runs are
+                _window_equations(val_inputs[at], val_targets[at], candidates) if len(at) else None
+                for at in np.array_split(np.arange(len(val_inputs)), 2)
+            ]
+            val = {L: [None if p is None else p[L] for p in parts] for L in candidates}
         self._choose(train, val)
         if self.boost_rounds:
             validation = None
@@ -165,8 +178,9 @@ class Hybrid(Forecaster):
     def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
         """The linear stage adds up each batch's normal equations (no window is copied); the
         tree stage walks the batches again for a bounded sample of residual rows."""
+        learned = self._equations(train, whole=True)
         self._choose(
-            self._equations(train, whole=True),
+            {L: equations[0] for L, equations in learned.items() if equations[0] is not None},
             None if val is None else self._equations(val, whole=False),
         )
         if self.boost_rounds:
@@ -176,25 +190,26 @@ class Hybrid(Forecaster):
         """Candidate lookbacks the windows are long enough for (their own length if none)."""
         return sorted({min(c, lookback) for c in self.lookbacks})
 
-    def _equations(self, source: WindowSource, whole: bool) -> Equations:
-        total: Equations | None = None
+    def _equations(self, source: WindowSource, whole: bool) -> Halves:
+        total: Halves | None = None
         learn = partial(_batch_equations, lookbacks=tuple(self.lookbacks), whole=whole)
         for part in source.map(learn):
             if part is not None:
-                total = part if total is None else {k: total[k] + part[k] for k in total}
+                total = part if total is None else _add(total, part)
         if total is None:
             raise ValueError("no windows to learn from")
         return total
 
-    def _choose(self, train: Equations, val: Equations | None) -> None:
+    def _choose(self, train: Equations, halves: Halves | None) -> None:
         """Per candidate lookback the best sharing and penalty on validation; the ``top``
         lookbacks are kept (without validation: the longest, shared, the first penalty)."""
-        if val is None:
+        if halves is None:
             lookback = max(train)
             alpha = self.alphas[0]
             weight, bias = solve_ridge(_grouped(train[lookback], bool(self.individual)), alpha)
-            self.maps_ = [LinearMap(lookback, weight, bias, alpha, None)]
+            self.maps_ = [LinearMap(lookback, weight, bias, alpha, None, False)]
             return
+        val = {L: _total(parts) for L, parts in halves.items()}
         sharing = [False, True] if self.individual is None else [self.individual]
         best: list[tuple[float, int, bool, float]] = []
         for lookback, equations in train.items():
@@ -211,13 +226,17 @@ class Hybrid(Forecaster):
         best.sort()
         maps = []
         for score, lookback, individual, alpha in best[: self.top]:
-            equations = train[lookback] + val[lookback] if self.refit else train[lookback]
+            refit = self.refit
+            if refit == "auto":
+                refit = _newer_rows_help(train[lookback], halves[lookback], individual, alpha)
+            equations = train[lookback] + val[lookback] if refit else train[lookback]
             weight, bias = solve_ridge(_grouped(equations, individual), alpha)
-            maps.append(LinearMap(lookback, weight, bias, alpha, score))
+            maps.append(LinearMap(lookback, weight, bias, alpha, score, bool(refit)))
         logger.info(
-            "Hybrid keeps lookbacks %s (validation MSE %s) of %s",
+            "Hybrid keeps lookbacks %s (validation MSE %s, refitted %s) of %s",
             [m.lookback for m in maps],
             [round(s[0], 4) for s in best[: self.top]],
+            [m.refitted for m in maps],
             sorted(train),
         )
         self.maps_ = maps
@@ -329,6 +348,35 @@ class Hybrid(Forecaster):
         return forecast.astype(inputs.dtype)
 
 
+def _newer_rows_help(
+    train: NormalEquations, halves: list[NormalEquations | None], individual: bool, alpha: float
+) -> bool:
+    """Does the map fitted on training and the first validation half forecast the second half
+    better than the map fitted on training alone? (No when a half has no windows.)"""
+    first, second = halves
+    if first is None or second is None:
+        return False
+    later = _grouped(second, individual)
+    alone = later.mse(*solve_ridge(_grouped(train, individual), alpha))
+    return later.mse(*solve_ridge(_grouped(train + first, individual), alpha)) < alone
+
+
+def _total(parts: list[NormalEquations | None]) -> NormalEquations:
+    present = [p for p in parts if p is not None]
+    total = present[0]
+    for part in present[1:]:
+        total = total + part
+    return total
+
+
+def _add(a: Halves, b: Halves) -> Halves:
+    """Two batches' equations together, part by part."""
+    return {
+        L: [x if y is None else y if x is None else x + y for x, y in zip(a[L], b[L], strict=True)]
+        for L in a
+    }
+
+
 def _grouped(equations: NormalEquations, individual: bool) -> NormalEquations:
     """Per-channel equations as they are, or summed into one shared map's."""
     if individual:
@@ -346,33 +394,39 @@ def _window_equations(inputs: np.ndarray, targets: np.ndarray, lookbacks: list[i
     return {L: normal_equations(inputs[:, -L:], targets, individual=True) for L in lookbacks}
 
 
-def _batch_equations(
-    batch: WindowBatch, lookbacks: tuple[int, ...], whole: bool
-) -> Equations | None:
+def _batch_equations(batch: WindowBatch, lookbacks: tuple[int, ...], whole: bool) -> Halves | None:
     """A batch's per-channel equations per candidate lookback, from its runs of consecutive
     windows. Without ``whole`` (validation), a candidate sees exactly the last ``L`` values of
-    each window: no window forecasts a step before the validation period. With ``whole``
-    (training), also the shorter windows that start before a run's first one, inside its
-    rows (a shorter lookback has more windows; ETTh1 at H = 720 with L = 336 of 720: MSE 0.441
-    from the tails, 0.431 from every window), after the last one the run before counted."""
-    total: Equations | None = None
+    each window (no window forecasts a step before the validation period), in two parts: the
+    first and the second half of each run. With ``whole`` (training; one part), also the
+    shorter windows that start before a run's first one, inside its rows (a shorter lookback
+    has more windows; ETTh1 at H = 720 with L = 336 of 720: MSE 0.441 from the tails, 0.431
+    from every window), after the last one the run before counted."""
+    if not len(batch.starts):
+        return None
     candidates = sorted({min(c, batch.lookback) for c in lookbacks})
     length = batch.lookback + batch.horizon
     breaks = np.flatnonzero(np.diff(batch.starts) != 1) + 1
+    total: Halves | None = None
     before: int | None = None  # the last window start of the run before
-    for run in np.split(batch.starts, breaks) if len(batch.starts) else []:
-        part = {}
+    for run in np.split(batch.starts, breaks):
+        pieces = [run] if whole else np.array_split(run, 2)
+        part: Halves = {}
         for L in candidates:
-            first = int(run[0]) + batch.lookback - L  # the first window's last L values
-            if whole:  # back to the run's first row, past the last L-window counted
-                first = (
-                    int(run[0])
-                    if before is None
-                    else max(int(run[0]), before + batch.lookback - L + 1)
-                )
-            part[L] = series_normal_equations(
-                batch.values[first : run[-1] + length], L, batch.horizon, True
-            )
+            part[L] = []
+            for piece in pieces:
+                if not len(piece):
+                    part[L].append(None)
+                    continue
+                first = int(piece[0]) + batch.lookback - L  # the first window's last L values
+                if whole:  # back to the run's first row, past the last L-window counted
+                    first = (
+                        int(piece[0])
+                        if before is None
+                        else max(int(piece[0]), before + batch.lookback - L + 1)
+                    )
+                rows = batch.values[first : piece[-1] + length]
+                part[L].append(series_normal_equations(rows, L, batch.horizon, True))
         before = int(run[-1])
-        total = part if total is None else {k: total[k] + part[k] for k in total}
+        total = part if total is None else _add(total, part)
     return total

@@ -54,11 +54,15 @@ MODELS: dict[str, tuple[str, dict[str, object]]] = {
     "xgboost_defaults": ("xgboost", {}),  # the model's own defaults (docs/training.md)
     # The hybrid with its defaults, then its routes one at a time (docs/ltsf.md).
     "hybrid": ("hybrid", {}),
+    "hybrid_no_refit": ("hybrid", {"refit": False}),
     "hybrid_refit": ("hybrid", {"top": 1, "refit": True}),
-    "hybrid_top1": ("hybrid", {"top": 1}),
-    "hybrid_short": ("hybrid", {"lookbacks": (96, 192, 336, 512, 720), "top": 1}),
-    "hybrid_sharing": ("hybrid", {"individual": None}),
-    "hybrid_boost": ("hybrid", {"boost_rounds": 300}),
+    "hybrid_top1": ("hybrid", {"top": 1, "refit": False}),
+    "hybrid_short": (
+        "hybrid",
+        {"lookbacks": (96, 192, 336, 512, 720), "top": 1, "refit": False},
+    ),
+    "hybrid_sharing": ("hybrid", {"individual": None, "refit": False}),
+    "hybrid_boost": ("hybrid", {"boost_rounds": 300, "refit": False}),
     "tft": (
         "tft",
         {
