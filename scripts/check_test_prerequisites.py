@@ -94,6 +94,11 @@ def missing() -> list[str]:
             "Chromium is not on the PATH: the monitoring report test opens the report in it "
             "(Debian: apt-get install chromium)"
         )
+    if shutil.which("promtool") is None:
+        problems.append(
+            "promtool is not on the PATH: tests/test_deploy.py checks the alert rules, their "
+            "unit tests and the dashboard's queries with it (Debian: apt-get install prometheus)"
+        )
     return problems
 
 
