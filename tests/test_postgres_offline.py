@@ -92,8 +92,8 @@ def test_static_covariates_and_labels_in_postgresql(make_repo: MakeRepo, tmp_pat
     """Statics in a table of their own (upsert: a new row replaces the old), labels as text in
     the series table, both read back and packed into the online windows."""
     from skewless.features.ingest import ingest
+    from skewless.features.keyed_table import PostgresKeyedTable
     from skewless.features.online import window_reader
-    from skewless.features.statics import PostgresStaticTable
     from skewless.features.window_view import unpack_window
 
     stations, source = tmp_path / "stations.csv", tmp_path / "rows.csv"
@@ -111,7 +111,7 @@ def test_static_covariates_and_labels_in_postgresql(make_repo: MakeRepo, tmp_pat
         "data.static.categorical=[kind]",
     )
     statics = repo.statics
-    assert isinstance(statics, PostgresStaticTable)
+    assert isinstance(statics.table, PostgresKeyedTable)
     try:
         reports = ingest(repo)
         assert [r.rows_written for r in reports] == [30, 2]

@@ -33,11 +33,16 @@ TARGET = "target"
 
 
 def forecast(
-    preprocessor: Preprocessor, model: Forecaster, inputs: np.ndarray, entities: np.ndarray
+    preprocessor: Preprocessor,
+    model: Forecaster,
+    inputs: np.ndarray,
+    entities: np.ndarray,
+    future: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(windows, horizon, targets) in original units from preprocessed windows."""
+    """(windows, horizon, targets) in original units from preprocessed windows (and what the
+    model reads over the horizon: ``future_channels``)."""
     targets = len(preprocessor.config.data.targets)
-    scaled = model.predict(model_inputs(model, inputs, targets))[:, :, :targets]
+    scaled = model.predict(model_inputs(model, inputs, targets), future)[:, :, :targets]
     return preprocessor.inverse_transform_targets(entities, scaled.astype(np.float64))
 
 
@@ -61,6 +66,14 @@ def model_inputs(model: Forecaster, inputs: np.ndarray, targets: int) -> np.ndar
     return inputs if model.uses_covariates else inputs[:, :, :targets]
 
 
+def future_channels(preprocessor: Preprocessor, model: Forecaster) -> tuple[int, ...]:
+    """The preprocessed channels ``model`` reads over the forecast steps (it sees every
+    channel when it reads any ahead)."""
+    if not model.uses_covariates:
+        return ()
+    return preprocessor.future_channels(model.future_inputs)
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """What the bundle reads: which features, at what frequency, how far back and ahead."""
@@ -76,6 +89,7 @@ class FeatureSpec:
     static_numeric: tuple[str, ...] = ()  # static covariates (data.static), one value per entity
     static_categorical: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()  # label columns of each row (data.categorical)
+    known: tuple[str, ...] = ()  # covariates known ahead (data.known): needed over the horizon
 
     @classmethod
     def from_config(cls, config: SkewlessConfig) -> FeatureSpec:
@@ -91,6 +105,7 @@ class FeatureSpec:
             static_numeric=tuple(config.data.static.numeric if config.data.static else ()),
             static_categorical=tuple(config.data.static.categorical if config.data.static else ()),
             categorical=tuple(config.data.categorical),
+            known=tuple(config.data.known_columns),
         )
 
     @property
@@ -126,6 +141,7 @@ class PreparedWindows:
     inputs: np.ndarray  # (entities, lookback, channels)
     entities: np.ndarray
     last_times: pd.DatetimeIndex  # each entity's last observed timestamp
+    future: np.ndarray | None = None  # (entities, horizon, channels) the model reads ahead
 
 
 @dataclass(frozen=True)
@@ -191,16 +207,22 @@ class ForecastBundle:
 
         Returns one row per (entity, forecast timestamp, target): the point forecast and the
         bounds ``lower_<level>`` / ``upper_<level>`` (level in percent) of every interval.
+
+        With known-future covariates (``spec.known``), an entity's rows after its last row with
+        a target value are its plan: their known columns over the forecast steps.
         """
         return self.forecasts(self.prepare(rows)).frame(self.spec)
 
     def prepare(self, rows: pd.DataFrame) -> PreparedWindows:
         """The first stage of ``predict``: checked rows, preprocessed and cut into windows."""
-        return self._windows(self._checked(rows))
+        history, plans = self._split_plans(self._checked(rows))
+        return self._windows(history, plans)
 
     def forecasts(self, prepared: PreparedWindows) -> Forecasts:
         """The second stage of ``predict``: the model, original units, timestamps, intervals."""
-        point = forecast(self.preprocessor, self.model, prepared.inputs, prepared.entities)
+        point = forecast(
+            self.preprocessor, self.model, prepared.inputs, prepared.entities, prepared.future
+        )
         spread = target_spread(self.preprocessor, prepared.inputs, prepared.entities)
         steps = np.arange(1, point.shape[1] + 1)
         return Forecasts(
@@ -250,7 +272,19 @@ class ForecastBundle:
             return typed
         return typed.sort_values([spec.entity_key, EVENT_TS], kind="stable")
 
-    def _windows(self, history: pd.DataFrame) -> PreparedWindows:
+    def _split_plans(self, typed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """(history, plan rows): each entity's rows after its last row with a target value are
+        its plan, when the model reads known-future covariates."""
+        if not self.spec.known:
+            return typed, None
+        observed = typed[list(self.spec.targets)].notna().any(axis=1).to_numpy()
+        codes = pd.factorize(typed[self.spec.entity_key])[0]
+        position = np.arange(len(typed))
+        last = pd.Series(np.where(observed, position, -1)).groupby(codes).transform("max")
+        planned = position > last.to_numpy()
+        return typed[~planned], typed[planned]
+
+    def _windows(self, history: pd.DataFrame, plans: pd.DataFrame | None) -> PreparedWindows:
         """Each entity's last ``lookback`` rows, checked, preprocessed and cut by THE windowing."""
         spec = self.spec
         keys = history[spec.entity_key].to_numpy()
@@ -267,7 +301,57 @@ class ForecastBundle:
         inputs = windows_at(values, starts, spec.lookback, 0).inputs
         entities = tails[spec.entity_key].to_numpy()[starts]
         last_times = pd.DatetimeIndex(tails[EVENT_TS].iloc[starts + spec.lookback - 1])
-        return PreparedWindows(inputs, entities, last_times.as_unit("ns"))
+        future = self._future(tails.iloc[starts], last_times, plans)
+        return PreparedWindows(inputs, entities, last_times.as_unit("ns"), future)
+
+    def _future(
+        self, firsts: pd.DataFrame, last_times: pd.DatetimeIndex, plans: pd.DataFrame | None
+    ) -> np.ndarray | None:
+        """(entities, horizon, channels): what the model reads over each entity's forecast
+        steps, preprocessed like the history (None: it reads nothing ahead). ``firsts`` is
+        each entity's first window row (its static covariates)."""
+        channels = future_channels(self.preprocessor, self.model)
+        if not channels:
+            return None
+        spec, horizon = self.spec, self.model.horizon
+        times = self.frequency.ahead(last_times, np.arange(1, horizon + 1))
+        steps = firsts.loc[firsts.index.repeat(horizon)].reset_index(drop=True)
+        steps[EVENT_TS] = pd.to_datetime(times.ravel(), utc=True)
+        for column in spec.variables:
+            steps[column] = np.float32(np.nan)
+        for column in spec.categorical:
+            steps[column] = pd.NA
+        if spec.known:
+            self._fill_known(steps, plans)
+        values = self.preprocessor.transform(steps).to_numpy(np.float32)[:, list(channels)]
+        return values.reshape(len(firsts), horizon, len(channels))
+
+    def _fill_known(self, steps: pd.DataFrame, plans: pd.DataFrame | None) -> None:
+        """The known covariates of every forecast step, from the plan rows (the last row of
+        an entity and time wins); an entity whose plan misses a step is refused, by name."""
+        key, known = self.spec.entity_key, list(self.spec.known)
+        if plans is None or plans.empty:
+            found = pd.DataFrame(np.nan, index=steps.index, columns=known)
+        else:
+            latest = plans.drop_duplicates([key, EVENT_TS], keep="last").set_index([key, EVENT_TS])
+            at = pd.MultiIndex.from_frame(steps[[key, EVENT_TS]])
+            found = latest[known].reindex(at).set_axis(steps.index)
+        steps[known] = found.to_numpy(np.float32)
+        missing = found.isna().to_numpy()
+        if not missing.any():
+            return
+        problems = []
+        for entity, rows in steps[missing.any(axis=1)].groupby(key, sort=False):
+            short = missing[rows.index.to_numpy()].any(axis=0).tolist()
+            gaps = [column for column, bad in zip(known, short, strict=True) if bad]
+            shown = entity.item() if isinstance(entity, np.generic) else entity
+            problems.append(
+                f"entity {shown!r}: no known value of {gaps} for {len(rows)} of the "
+                f"{self.model.horizon} forecast steps, the first at "
+                f"{rows[EVENT_TS].iloc[0].isoformat()}; send them as rows after the history "
+                "(or in the request's 'known'), or ingest the plan (data.known.sources)"
+            )
+        raise DataValidationError("the known-future covariates do not cover the horizon", problems)
 
     def _history_problems(self, tails: pd.DataFrame) -> list[str]:
         """Per entity: too few rows, a gap or duplicate, or NaN in its lookback (vectorized:

@@ -161,6 +161,27 @@ class StaticConfig(_Strict):
         return [*self.numeric, *self.categorical]
 
 
+class KnownConfig(_Strict):
+    """Covariates whose values are known ahead of time (planned prices, promotions, a weather
+    forecast): their history arrives with the series, and models that can read them see their
+    values over the forecast steps too. Values for times after the series ends (the plan) come
+    from ``sources`` (their own table, the newest row per entity and time wins) or from the
+    request at serving time."""
+
+    columns: list[str] = Field(min_length=1, description="covariates (data.covariates) known ahead")
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="files or PostgreSQL tables of planned values: the entity key, the "
+        "timestamp column and the known columns (a missing value is not planned yet)",
+    )
+
+    @model_validator(mode="after")
+    def _read_as_they_are(self) -> KnownConfig:
+        if any(source.melt is not None for source in self.sources):
+            raise ValueError("known-future sources are read as they are (no melt)")
+        return self
+
+
 class DataConfig(_Strict):
     """What the raw data looks like."""
 
@@ -183,6 +204,9 @@ class DataConfig(_Strict):
     static: StaticConfig | None = Field(
         default=None, description="per-entity covariates in their own table"
     )
+    known: KnownConfig | None = Field(
+        default=None, description="covariates whose values are known over the horizon"
+    )
 
     @field_validator("frequency")
     @classmethod
@@ -204,6 +228,15 @@ class DataConfig(_Strict):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"column(s) {repeated} are declared more than once")
+        unknown = [
+            c for c in (self.known.columns if self.known else []) if c not in self.covariates
+        ]
+        if unknown:
+            raise ValueError(
+                f"data.known names {unknown}, which are not among data.covariates "
+                f"{self.covariates}: a known-future covariate is a covariate whose values are "
+                "also known ahead"
+            )
         for source in self.sources:
             if source.melt is not None and source.melt.value not in self.variables:
                 raise ValueError(
@@ -221,6 +254,11 @@ class DataConfig(_Strict):
     def window_columns(self) -> list[str]:
         """The columns of an online window: the variables, then the label columns."""
         return [*self.variables, *self.categorical]
+
+    @property
+    def known_columns(self) -> list[str]:
+        """The covariates known ahead, none when not configured."""
+        return self.known.columns if self.known else []
 
     @property
     def static_columns(self) -> list[str]:
@@ -515,8 +553,15 @@ class DeploymentScaling(_Strict):
 
 
 class RayServingConfig(_Strict):
-    """The Ray Serve application: one ingress and three deployments that scale on their own."""
+    """The Ray Serve application: one ingress and the three stages, in deployments that scale
+    on their own or fused into one (``topology``)."""
 
+    topology: Literal["staged", "fused"] = Field(
+        default="staged",
+        description="staged: features, preprocessing and model in deployments of their own, "
+        "each scaling on its own (clusters); fused: the three in one deployment, one hop from "
+        "the ingress (small clusters), sized by `model`",
+    )
     ingress: DeploymentScaling = Field(default_factory=DeploymentScaling)
     features: DeploymentScaling = Field(default_factory=DeploymentScaling)
     preprocessing: DeploymentScaling = Field(default_factory=DeploymentScaling)

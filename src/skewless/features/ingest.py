@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from skewless.core.calendar import engineer
 from skewless.core.config import DataConfig, MeltConfig, SourceConfig
 from skewless.core.errors import ConfigError, SourceError
 from skewless.core.schema import EVENT_TS
+from skewless.features.keyed_table import KeyedTable
+from skewless.features.plans import read_plans
 from skewless.features.repo import FeastRepo
 from skewless.features.sources import SourceReader, file_columns
 from skewless.features.statics import read_statics
@@ -72,8 +75,9 @@ def ingest(
     chosen = list(sources) if sources is not None else repo.config.data.sources
     if not chosen:
         raise ConfigError("no sources to ingest: list them under data.sources or pass --source")
-    # Read and checked first: refused static covariates leave the series unwritten too.
+    # Read and checked first: refused static covariates or plans leave the series unwritten.
     statics = read_statics(repo.config) if sources is None and repo.statics else None
+    plans = read_plans(repo.config) if sources is None and repo.plans else None
     with ExitStack() as stack:
         readers = [stack.enter_context(SourceReader(s, repo.config.data)) for s in chosen]
         found = {reader.origin: reader.entities() for reader in readers}
@@ -97,6 +101,8 @@ def ingest(
         )
     if statics is not None:
         reports["static covariates"] = _store_statics(repo, statics)
+    if plans is not None:
+        reports["known-future plans"] = _store_plans(repo, plans)
     repo.apply()
     return list(reports.values())
 
@@ -104,29 +110,42 @@ def ingest(
 def _store_statics(repo: FeastRepo, statics: pd.DataFrame) -> IngestReport:
     """Upsert validated static covariates: an entity's new row replaces its old one."""
     assert repo.statics is not None
+    return _upsert(repo, repo.statics.table, statics, "static covariates")
+
+
+def _store_plans(repo: FeastRepo, plans: pd.DataFrame) -> IngestReport:
+    """Upsert validated plans: a revised (entity, time) row replaces the one it revises."""
+    assert repo.plans is not None
+    return _upsert(repo, repo.plans, plans, "known-future plans")
+
+
+def _upsert(repo: FeastRepo, table: KeyedTable, rows: pd.DataFrame, what: str) -> IngestReport:
+    """Write the rows of ``rows`` that differ from the stored ones (re-ingesting adds nothing)."""
     key = repo.config.data.entity_key
-    stored = repo.statics.read(statics[key].tolist())
-    unchanged = _same_rows(statics, stored, key)
-    written = len(statics) - len(unchanged)
-    if written:
+    stored = table.read(rows[key].unique().tolist())
+    changed = rows[~_stored_unchanged(rows, stored, table.keys)]
+    if len(changed):
         with repo.offline.write_lock():
-            repo.statics.upsert(statics[~statics[key].isin(unchanged)])
-    logger.info("wrote the static covariates of %d entities", written)
+            table.upsert(changed)
+    logger.info("wrote %d rows of %s", len(changed), what)
     return IngestReport(
-        "static covariates", len(statics), written, len(unchanged), statics[key].tolist()
+        what, len(rows), len(changed), len(rows) - len(changed), rows[key].unique().tolist()
     )
 
 
-def _same_rows(new: pd.DataFrame, stored: pd.DataFrame, key: str) -> list[Any]:
-    """Entities whose static row is already stored exactly so (re-ingesting adds nothing)."""
+def _stored_unchanged(new: pd.DataFrame, stored: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Whether each row of ``new`` is already stored exactly so."""
     if stored.empty:
-        return []
-    both = new.merge(stored, on=key, suffixes=("", "_stored"))
-    same = pd.Series(True, index=both.index)
-    for column in new.columns.drop(key):
+        return np.zeros(len(new), dtype=bool)
+    both = new.reset_index(drop=True).merge(
+        stored, on=keys, how="left", suffixes=("", "_stored"), indicator=True
+    )
+    same = (both["_merge"] == "both").to_numpy()
+    for column in new.columns.drop(keys):
         left, right = both[column].astype(object), both[f"{column}_stored"].astype(object)
-        same &= (left == right).fillna(False).astype(bool) | (left.isna() & right.isna())
-    return both.loc[same, key].tolist()
+        equal = (left == right).fillna(False).astype(bool) | (left.isna() & right.isna())
+        same &= equal.to_numpy()
+    return same
 
 
 def ingest_frames(

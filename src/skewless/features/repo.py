@@ -24,7 +24,9 @@ from skewless.core.calendar import engineered_columns
 from skewless.core.config import RedisOnlineStore, SkewlessConfig, SqliteOnlineStore, skewless_home
 from skewless.core.schema import SERIES_VIEW
 from skewless.features.atomic_file import write_if_changed
+from skewless.features.keyed_table import KeyedTable
 from skewless.features.offline import OfflineTable, offline_table
+from skewless.features.plans import plan_table
 from skewless.features.statics import StaticTable, static_table
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,11 @@ class FeastRepo:
     def statics(self) -> StaticTable | None:
         """The static covariates' table, when ``data.static`` is configured."""
         return static_table(self.config, self.home)
+
+    @cached_property
+    def plans(self) -> KeyedTable | None:
+        """The known-future covariates' plans, when ``data.known.sources`` are configured."""
+        return plan_table(self.config, self.home)
 
     def write(self) -> None:
         """Write feature_store.yaml, repo.py and the config snapshot repo.py reads, each only

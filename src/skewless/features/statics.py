@@ -11,22 +11,17 @@ preprocessor, fitted on training data like every other learned state.
 
 from __future__ import annotations
 
-import os
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
-import psycopg
-from psycopg import sql
 
-from skewless.core.config import PostgresOfflineStore, SkewlessConfig, StaticConfig
+from skewless.core.config import SkewlessConfig, StaticConfig
 from skewless.core.errors import FeatureStoreError
-from skewless.core.schema import CREATED_TS
+from skewless.features.keyed_table import KeyedTable, keyed_table
 from skewless.features.sources import describe_source, read_source
 from skewless.features.validation import SOURCE_ROW, Findings, parse_entities, rows_text
 
@@ -97,26 +92,26 @@ def _refuse_non_numeric(
         )
 
 
-class StaticTable(ABC):
-    """The stored static covariates of one project."""
+class StaticTable:
+    """The stored static covariates of one project: one row per entity."""
 
-    def __init__(self, config: SkewlessConfig) -> None:
-        self.config = config
+    def __init__(self, config: SkewlessConfig, table: KeyedTable) -> None:
         self.entity_key = config.data.entity_key
         self.static = statics_of(config)
+        self.table = table
 
-    @abstractmethod
     def upsert(self, rows: pd.DataFrame) -> None:
         """Store ``rows`` (from :func:`read_statics`), replacing the entities' old rows."""
+        self.table.upsert(rows)
 
-    @abstractmethod
     def read(self, entities: Sequence[Any] | None = None) -> pd.DataFrame:
         """[entity, numeric..., categorical...] of ``entities`` (all when None) that have a
         row; entities without one are simply absent."""
+        return self.table.read(entities)
 
-    @abstractmethod
     def updated_at(self) -> datetime | None:
         """When rows were last written (None: never), for incremental materialize."""
+        return self.table.updated_at()
 
     def join(self, rows: pd.DataFrame) -> pd.DataFrame:
         """``rows`` with their entity's static columns (missing where an entity has none)."""
@@ -142,143 +137,10 @@ def join_statics(
     return joined
 
 
-class ParquetStaticTable(StaticTable):
-    """One Parquet file, rewritten whole (statics are one row per entity: small) and renamed
-    into place, so a reader sees the old table or the new one."""
-
-    def __init__(self, config: SkewlessConfig, path: Path) -> None:
-        super().__init__(config)
-        self.path = path
-
-    def upsert(self, rows: pd.DataFrame) -> None:
-        merged = rows.assign(**{CREATED_TS: pd.Timestamp.now(tz="UTC")})
-        if self.path.exists():
-            old = pd.read_parquet(self.path)
-            kept = old[~old[self.entity_key].isin(rows[self.entity_key])]
-            merged = pd.concat([kept, merged], ignore_index=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        merged.to_parquet(temporary, index=False)
-        os.replace(temporary, self.path)
-
-    def read(self, entities: Sequence[Any] | None = None) -> pd.DataFrame:
-        columns = [self.entity_key, *self.static.columns]
-        if not self.path.exists():
-            return pd.DataFrame(columns=columns)
-        frame = pd.read_parquet(self.path, columns=columns)
-        return frame if entities is None else frame[frame[self.entity_key].isin(entities)]
-
-    def updated_at(self) -> datetime | None:
-        if not self.path.exists():
-            return None
-        with duckdb.connect() as connection:
-            found = connection.execute(
-                f"SELECT max({CREATED_TS}) FROM read_parquet(?)", [str(self.path)]
-            ).fetchone()
-        return None if found is None or found[0] is None else pd.Timestamp(found[0]).to_pydatetime()
-
-
-class PostgresStaticTable(StaticTable):
-    """One PostgreSQL table keyed by entity; an upsert is one transaction."""
-
-    def __init__(self, config: SkewlessConfig, store: PostgresOfflineStore) -> None:
-        super().__init__(config)
-        self.store = store
-        self.ident = sql.Identifier(store.db_schema, f"{config.project}_{STATIC_TABLE}")
-
-    def upsert(self, rows: pd.DataFrame) -> None:
-        key = "bigint" if self.config.data.entity_type == "int64" else "text"
-        columns = [
-            sql.SQL("{} {} PRIMARY KEY").format(sql.Identifier(self.entity_key), sql.SQL(key)),
-            *[
-                sql.SQL("{} double precision").format(sql.Identifier(c))
-                for c in self.static.numeric
-            ],
-            *[sql.SQL("{} text").format(sql.Identifier(c)) for c in self.static.categorical],
-            sql.SQL("{} timestamptz NOT NULL").format(sql.Identifier(CREATED_TS)),
-        ]
-        names = [self.entity_key, *self.static.columns, CREATED_TS]
-        insert = sql.SQL(
-            "INSERT INTO {table} ({names}) VALUES ({values}) "
-            "ON CONFLICT ({key}) DO UPDATE SET {updates}"
-        ).format(
-            table=self.ident,
-            names=sql.SQL(", ").join(map(sql.Identifier, names)),
-            values=sql.SQL(", ").join(sql.Placeholder() * len(names)),
-            key=sql.Identifier(self.entity_key),
-            updates=sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in names[1:]
-            ),
-        )
-        now = pd.Timestamp.now(tz="UTC").to_pydatetime()
-        records = [
-            [_plain(v) for v in record] + [now]
-            for record in rows[[self.entity_key, *self.static.columns]].itertuples(index=False)
-        ]
-        with self._connect() as conn, conn.transaction():
-            conn.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-                    self.ident, sql.SQL(", ").join(columns)
-                )
-            )
-            with conn.cursor() as cursor:
-                cursor.executemany(insert, records)
-
-    def read(self, entities: Sequence[Any] | None = None) -> pd.DataFrame:
-        names = [self.entity_key, *self.static.columns]
-        statement = sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, names)), self.ident
-        )
-        parameters: list[Any] = []
-        if entities is not None:
-            statement += sql.SQL(" WHERE {} = ANY(%s)").format(sql.Identifier(self.entity_key))
-            parameters.append([_plain(e) for e in entities])
-        with self._connect() as conn:
-            if not self._exists(conn):
-                return pd.DataFrame(columns=names)
-            frame = pd.DataFrame(conn.execute(statement, parameters).fetchall(), columns=names)
-        for column in self.static.numeric:
-            frame[column] = frame[column].astype(np.float64)
-        return frame
-
-    def updated_at(self) -> datetime | None:
-        with self._connect() as conn:
-            if not self._exists(conn):
-                return None
-            found = conn.execute(
-                sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(CREATED_TS), self.ident)
-            ).fetchone()
-        return None if found is None else found[0]
-
-    def _exists(self, conn: psycopg.Connection[Any]) -> bool:
-        found = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", [self.ident.as_string(conn)]
-        ).fetchone()
-        return bool(found and found[0])
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(self.store.dsn, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            raise FeatureStoreError(
-                f"cannot reach the PostgreSQL offline store for static covariates: {exc}"
-            ) from exc
-
-
-def _plain(value: Any) -> Any:
-    """A value psycopg can adapt: numpy and pandas scalars as Python ones, NA as None."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def static_table(config: SkewlessConfig, home: Path) -> StaticTable | None:
     """The configured static table of ``config`` under ``home`` (None: no statics)."""
     if config.data.static is None:
         return None
-    store = config.feature_store.offline_store
-    if isinstance(store, PostgresOfflineStore):
-        return PostgresStaticTable(config, store)
-    return ParquetStaticTable(
-        config, home / "offline" / config.project / STATIC_TABLE / "static.parquet"
-    )
+    static, key = config.data.static, config.data.entity_key
+    table = keyed_table(config, home, STATIC_TABLE, [key], static.numeric, static.categorical)
+    return StaticTable(config, table)

@@ -70,7 +70,7 @@ def parse_rows(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) ->
     )
     parsed = pd.DataFrame({ENTITY_ROW: rows})
     parsed[data.entity_key] = parse_entities(raw[data.entity_key], rows, config, findings)
-    parsed[EVENT_TS] = _parse_timestamps(raw[data.timestamp_column], rows, config, findings)
+    parsed[EVENT_TS] = parse_timestamps(raw[data.timestamp_column], rows, config, findings)
     for column in data.variables:
         parsed[column] = parse_numbers(raw[column], rows, column, config, findings)
     for column in data.categorical:  # labels as given; a missing one encodes as unseen
@@ -112,7 +112,7 @@ def parse_entities(
 _ZONED = r"\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$"
 
 
-def _parse_timestamps(
+def parse_timestamps(
     values: pd.Series, row_numbers: np.ndarray, config: SkewlessConfig, findings: Findings
 ) -> pd.Series:
     column, zone = config.data.timestamp_column, config.data.timezone

@@ -6,6 +6,11 @@ or early stopping, and returns ``self``. ``predict(inputs)`` returns (windows, h
 and never changes the fitted state. Constructors only store parameters; fitted attributes end in
 ``_``. The base class owns the checks (parameters, shapes, fitted or not); a model implements
 ``validate_params``, ``_fit`` and ``_predict``.
+
+A model may also read values known ahead over the horizon (``future``: (windows, horizon,
+channels)), as its ``future_inputs`` says: "known" for known-future covariates (planned prices,
+promotions: ``data.known``), "known+calendar" for those and the calendar features of the
+forecast steps. The width it was fitted with is the width ``predict`` needs.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 
 from skewless.compute.batches import Batches
 from skewless.core.errors import NotFittedError
-from skewless.preprocessing.windows import WindowBatch
+from skewless.preprocessing.windows import FutureInputs, WindowBatch
 
 # Window batches, each made (and a function of it run) where the compute engine puts it.
 WindowSource = Batches[WindowBatch]
@@ -38,6 +43,7 @@ class Forecaster(ABC):
 
     uses_covariates = False
     fits_side_by_side = False
+    future_inputs: FutureInputs = "none"
 
     def __init__(self, horizon: int) -> None:
         if horizon < 1:
@@ -50,15 +56,19 @@ class Forecaster(ABC):
         targets: np.ndarray,
         val_inputs: np.ndarray | None = None,
         val_targets: np.ndarray | None = None,
+        future: np.ndarray | None = None,
+        val_future: np.ndarray | None = None,
     ) -> Self:
         """Check parameters and shapes, learn, and mark the model fitted."""
         self.validate_params()
+        future = self._future_for(inputs, future, fitting=True)
         self._check_windows(inputs, targets)
         if val_inputs is not None and val_targets is not None:
             self._check_windows(val_inputs, val_targets)
+            val_future = self._future_for(val_inputs, val_future)
         else:
-            val_inputs = val_targets = None
-        self._fit(inputs, targets, val_inputs, val_targets)
+            val_inputs = val_targets = val_future = None
+        self._fit(inputs, targets, val_inputs, val_targets, future, val_future)
         self.fitted_ = True
         return self
 
@@ -75,19 +85,16 @@ class Forecaster(ABC):
         return self
 
     def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
-        inputs, targets = gather(train)
-        val_inputs, val_targets = gather(val) if val is not None else (None, None)
-        self._check_windows(inputs, targets)
-        if val_inputs is not None and val_targets is not None:
-            self._check_windows(val_inputs, val_targets)
-        self._fit(inputs, targets, val_inputs, val_targets)
+        inputs, targets, future = gather(train)
+        val_inputs, val_targets, val_future = gather(val) if val is not None else (None,) * 3
+        self.fit(inputs, targets, val_inputs, val_targets, future, val_future)
 
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
+    def predict(self, inputs: np.ndarray, future: np.ndarray | None = None) -> np.ndarray:
         """(windows, horizon, channels) forecasts; never changes the fitted state."""
         if not getattr(self, "fitted_", False):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit first")
         self._check_windows(inputs)
-        return self._predict(inputs)
+        return self._predict(inputs, self._future_for(inputs, future))
 
     @abstractmethod
     def _fit(
@@ -96,11 +103,31 @@ class Forecaster(ABC):
         targets: np.ndarray,
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
+        future: np.ndarray,
+        val_future: np.ndarray | None,
     ) -> None:
-        """Learn from checked windows; validation windows are both given or both None."""
+        """Learn from checked windows; validation windows are both given or both None, and
+        ``future`` is (windows, horizon, 0) for a model that reads nothing ahead."""
 
     @abstractmethod
-    def _predict(self, inputs: np.ndarray) -> np.ndarray: ...
+    def _predict(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray: ...
+
+    def _future_for(
+        self, inputs: np.ndarray, future: np.ndarray | None, fitting: bool = False
+    ) -> np.ndarray:
+        """``future`` checked against ``inputs`` and the width fitted with; empty for a model
+        that reads nothing ahead."""
+        if self.future_inputs == "none" or future is None:
+            future = np.empty((len(inputs), self.horizon, 0), dtype=np.float32)
+        if fitting:
+            self.future_width_ = future.shape[2]
+        width = getattr(self, "future_width_", 0)
+        if future.shape != (len(inputs), self.horizon, width):
+            raise ValueError(
+                f"future must be (windows, {self.horizon}, {width}): the values known over the "
+                f"horizon that {type(self).__name__} was fitted with; got {future.shape}"
+            )
+        return future
 
     @abstractmethod
     def validate_params(self) -> None:
@@ -147,10 +174,10 @@ def positive(value: Any) -> bool:
     return bool(value > 0)
 
 
-def gather(source: WindowSource) -> tuple[np.ndarray, np.ndarray]:
-    """Every window of ``source`` in two arrays (inputs, targets)."""
-    parts = list(source.map(WindowBatch.windows))
+def gather(source: WindowSource) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every window of ``source`` in three arrays (inputs, targets, future)."""
+    parts = list(source.map(lambda batch: (*batch.windows(), batch.future())))
     if not parts:
         raise ValueError("no windows to learn from")
-    inputs, targets = zip(*parts, strict=True)
-    return np.concatenate(inputs), np.concatenate(targets)
+    inputs, targets, future = zip(*parts, strict=True)
+    return np.concatenate(inputs), np.concatenate(targets), np.concatenate(future)

@@ -153,6 +153,8 @@ class Hybrid(Forecaster):
         targets: np.ndarray,
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
+        future: np.ndarray,
+        val_future: np.ndarray | None,
     ) -> None:
         candidates = self._candidates(inputs.shape[1])
         series = as_series(inputs, targets)
@@ -330,7 +332,7 @@ class Hybrid(Forecaster):
     def _linear(self, inputs: np.ndarray) -> np.ndarray:
         return np.mean([m.predict(inputs) for m in self.maps_], axis=0)
 
-    def _predict(self, inputs: np.ndarray) -> np.ndarray:
+    def _predict(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray:
         if inputs.shape[1] < max(m.lookback for m in self.maps_):
             raise ValueError(
                 f"inputs have lookback {inputs.shape[1]}, but the model was fitted on "

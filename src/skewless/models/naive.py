@@ -19,8 +19,10 @@ class NaiveForecaster(Forecaster):
         targets: np.ndarray,
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
+        future: np.ndarray,
+        val_future: np.ndarray | None,
     ) -> None:
         """Nothing to learn."""
 
-    def _predict(self, inputs: np.ndarray) -> np.ndarray:
+    def _predict(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray:
         return np.repeat(inputs[:, -1:, :], self.horizon, axis=1)

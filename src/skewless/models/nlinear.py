@@ -68,6 +68,8 @@ class NLinear(Forecaster):
         targets: np.ndarray,
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
+        future: np.ndarray,
+        val_future: np.ndarray | None,
     ) -> None:
         if self.solver == "closed_form":
             self._fit_closed_form(inputs, targets, val_inputs, val_targets)
@@ -104,7 +106,7 @@ class NLinear(Forecaster):
         self._require(("epochs", "batch_size", "patience"), at_least_one, "at least 1")
         self._require(("learning_rate",), positive, "positive")
 
-    def _predict(self, inputs: np.ndarray) -> np.ndarray:
+    def _predict(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray:
         last = inputs[:, -1:, :]
         centered = np.moveaxis(inputs - last, 2, 0).astype(np.float64)  # (channels, n, lookback)
         # weight_: (groups, lookback, horizon); one group shared by all channels, or one each.

@@ -8,7 +8,9 @@ What the network sees for one window (the paper's three kinds of input):
   channels of a window, taken from its last step and kept out of the past inputs);
 - past (observed): every channel of the last ``encoder_length`` steps, targets normalised, plus
   the known input below;
-- known (past and future): the relative time index, which is what is known of the future here.
+- known (past and future): the relative time index, and over the horizon the values known ahead
+  (``data.known`` covariates and the calendar features of each forecast step); their past
+  values are among the observed inputs.
 
 It forecasts ``quantiles`` of every target for every horizon step, trained with the quantile
 (pinball) loss; ``predict`` returns the median, ``predict_quantiles`` all of them. Neuralforecast
@@ -25,6 +27,7 @@ from torch import nn
 from skewless.models.base import Forecaster, WindowSource, at_least_one, positive
 from skewless.models.tft_layers import TemporalFusionNetwork
 from skewless.models.torch_training import RowWindows, TensorWindows, TrainingLoop, WindowData
+from skewless.preprocessing.windows import FutureInputs
 
 _EPSILON = 1e-5
 
@@ -33,6 +36,7 @@ class TemporalFusionTransformer(Forecaster):
     """TFT with quantile outputs; the median is the point forecast."""
 
     uses_covariates = True
+    future_inputs: FutureInputs = "known+calendar"
 
     def __init__(
         self,
@@ -88,16 +92,19 @@ class TemporalFusionTransformer(Forecaster):
         targets: np.ndarray,
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
+        future: np.ndarray,
+        val_future: np.ndarray | None,
     ) -> None:
-        validation = TensorWindows.optional(val_inputs, val_targets)
-        train = TensorWindows.of(inputs, targets)
+        validation = TensorWindows.optional(val_inputs, val_targets, val_future)
+        train = TensorWindows.of(inputs, targets, future)
         self._train(train, validation, inputs.shape[1], inputs.shape[2], targets.shape[2], 0)
 
     def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
         """Mini-batches are drawn from the rows by window index (a Dataset over rows), never
         from a tensor of every window: memory is O(rows)."""
-        rows = RowWindows.gather(train)
-        validation = None if val is None else RowWindows.gather(val)
+        rows = RowWindows.gather(train, future=True)
+        validation = None if val is None else RowWindows.gather(val, future=True)
+        self.future_width_ = len(rows.future_channels or ())
         self._train(rows, validation, rows.lookback, rows.channels, rows.targets, rows.statics)
 
     def _train(
@@ -117,7 +124,7 @@ class TemporalFusionTransformer(Forecaster):
             TemporalFusionNetwork(
                 statics=2 * self.targets_ + statics,
                 past_variables=channels - statics + 1,
-                future_variables=1,
+                future_variables=1 + self.future_width_,
                 outputs=self.targets_,
                 quantiles=len(self.quantiles),
                 hidden_size=self.hidden_size,
@@ -142,18 +149,24 @@ class TemporalFusionTransformer(Forecaster):
         )
         loop.run(self.network_, self._loss, train, validation)
 
-    def _predict(self, inputs: np.ndarray) -> np.ndarray:
+    def _predict(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray:
         median = self.quantiles.index(0.5)
-        return self.predict_quantiles(inputs)[..., median]
+        return self.predict_quantiles(inputs, future)[..., median]
 
-    def predict_quantiles(self, inputs: np.ndarray) -> np.ndarray:
+    def predict_quantiles(self, inputs: np.ndarray, future: np.ndarray | None = None) -> np.ndarray:
         """(windows, horizon, targets, quantiles), in the order of ``quantiles``."""
         self._check_windows(inputs)
+        future = self._future_for(inputs, future)
         self.network_.eval()
-        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        x, ahead = (
+            torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (inputs, future)
+        )
         chunk = self._chunk_size()
         with torch.no_grad():
-            parts = [self.network_(x[i : i + chunk]) for i in range(0, len(x), chunk)]
+            parts = [
+                self.network_(x[i : i + chunk], ahead[i : i + chunk])
+                for i in range(0, len(x), chunk)
+            ]
         return torch.cat(parts).numpy().astype(inputs.dtype)
 
     def _chunk_size(self) -> int:
@@ -195,7 +208,8 @@ class _WindowTFT(nn.Module):
         state.setdefault("statics", 0)  # pickled before static covariates existed
         super().__setstate__(state)
 
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
+    def forward(self, window: torch.Tensor, ahead: torch.Tensor | None = None) -> torch.Tensor:
+        """``ahead``: (batch, horizon, channels) known over the horizon, if the model reads any."""
         observed = window.shape[-1] - self.statics
         covariates = window[:, -1, observed:]  # constant over the window: its last step
         window = window[..., :observed]
@@ -210,6 +224,8 @@ class _WindowTFT(nn.Module):
         known = self.time_index.expand(batch, -1).unsqueeze(-1)
         past = torch.cat([normalised, known[:, : self.encoder_length]], dim=-1)
         future = known[:, self.encoder_length :]
+        if ahead is not None:
+            future = torch.cat([future, ahead], dim=-1)
         static = torch.cat([location.squeeze(1), torch.log(scale).squeeze(1), covariates], dim=-1)
         quantiles = self.network(static, past, future)
         return quantiles * scale.unsqueeze(-1) + location.unsqueeze(-1)

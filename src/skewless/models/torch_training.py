@@ -27,7 +27,9 @@ from skewless.preprocessing.windows import WindowBatch, windows_at
 
 logger = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+# (what the module is called with: the inputs, and the known future where the model reads it;
+# the targets)
+Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -35,36 +37,41 @@ class WindowData(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: torch.Tensor | slice) -> Batch:
-        """(inputs, targets) of the chosen windows."""
+        """((inputs[, future]), targets) of the chosen windows."""
         ...
 
 
 @dataclass(frozen=True)
 class TensorWindows:
-    """Windows already cut, as two tensors."""
+    """Windows already cut, as tensors (``future`` only for a model that reads it)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
+    future: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, inputs: np.ndarray, targets: np.ndarray) -> TensorWindows:
-        return cls(
-            torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),
-            torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)),
-        )
+    def of(
+        cls, inputs: np.ndarray, targets: np.ndarray, future: np.ndarray | None = None
+    ) -> TensorWindows:
+        return cls(_tensor(inputs), _tensor(targets), None if future is None else _tensor(future))
 
     @classmethod
     def optional(
-        cls, inputs: np.ndarray | None, targets: np.ndarray | None
+        cls,
+        inputs: np.ndarray | None,
+        targets: np.ndarray | None,
+        future: np.ndarray | None = None,
     ) -> TensorWindows | None:
         """Validation windows, when both halves were given."""
-        return None if inputs is None or targets is None else cls.of(inputs, targets)
+        return None if inputs is None or targets is None else cls.of(inputs, targets, future)
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, index: torch.Tensor | slice) -> Batch:
-        return self.inputs[index], self.targets[index]
+        if self.future is None:
+            return (self.inputs[index],), self.targets[index]
+        return (self.inputs[index], self.future[index]), self.targets[index]
 
 
 @dataclass(frozen=True)
@@ -78,9 +85,10 @@ class RowWindows:
     horizon: int
     targets: int
     statics: int
+    future_channels: tuple[int, ...] | None = None  # None: the model reads nothing ahead
 
     @classmethod
-    def gather(cls, source: WindowSource) -> RowWindows:
+    def gather(cls, source: WindowSource, future: bool = False) -> RowWindows:
         """The rows of every batch of ``source`` end to end, starts shifted to match."""
         batches: list[WindowBatch] = [b for b in source.map(_trimmed) if len(b)]
         if not batches:
@@ -94,6 +102,7 @@ class RowWindows:
             first.horizon,
             first.targets,
             first.statics,
+            first.future_channels if future else None,
         )
 
     @property
@@ -106,10 +115,11 @@ class RowWindows:
     def __getitem__(self, index: torch.Tensor | slice) -> Batch:
         chosen = self.starts[index.numpy() if isinstance(index, torch.Tensor) else index]
         cut = windows_at(self.values, chosen, self.lookback, self.horizon)
-        return (
-            torch.from_numpy(np.ascontiguousarray(cut.inputs)),
-            torch.from_numpy(np.ascontiguousarray(cut.targets[:, :, : self.targets])),
-        )
+        inputs, targets = _tensor(cut.inputs), _tensor(cut.targets[:, :, : self.targets])
+        if self.future_channels is None:
+            return (inputs,), targets
+        channels = list(self.future_channels)
+        return (inputs, _tensor(cut.targets[:, :, channels])), targets
 
 
 def _trimmed(batch: WindowBatch) -> WindowBatch:
@@ -124,7 +134,12 @@ def _trimmed(batch: WindowBatch) -> WindowBatch:
         batch.horizon,
         batch.targets,
         batch.statics,
+        batch.future_channels,
     )
+
+
+def _tensor(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
 
 
 @dataclass(frozen=True)
@@ -176,7 +191,7 @@ class TrainingLoop:
             for begin in range(0, len(order), self.batch_size):
                 x, y = train[order[begin : begin + self.batch_size]]
                 optimizer.zero_grad()
-                loss(module(x), y).backward()
+                loss(module(*x), y).backward()
                 if self.gradient_clip:
                     torch.nn.utils.clip_grad_norm_(module.parameters(), self.gradient_clip)
                 optimizer.step()
@@ -217,7 +232,7 @@ class TrainingLoop:
         with torch.no_grad():
             for begin in range(0, len(data), self.evaluation_batch_size):
                 x, y = data[slice(begin, begin + self.evaluation_batch_size)]
-                total += float(loss(module(x), y)) * len(x)
+                total += float(loss(module(*x), y)) * len(y)
         return total / len(data)
 
 

@@ -31,7 +31,7 @@ from skewless.compute import threads
 from skewless.core.progress import report
 from skewless.models.base import Forecaster, WindowSource, at_least_one
 from skewless.preprocessing.running_stats import RowSample
-from skewless.preprocessing.windows import WindowBatch
+from skewless.preprocessing.windows import FutureInputs, WindowBatch
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class XGBoostForecaster(Forecaster):
     """Multi-horizon XGBoost over windows of every channel."""
 
     uses_covariates = True
+    future_inputs: FutureInputs = "known"
     fits_side_by_side = True  # seeded per booster and per batch sample
 
     def __init__(
@@ -140,12 +141,17 @@ class XGBoostForecaster(Forecaster):
         targets: np.ndarray,
         val_inputs: np.ndarray | None,
         val_targets: np.ndarray | None,
+        future: np.ndarray,
+        val_future: np.ndarray | None,
     ) -> None:
         self.targets_ = targets.shape[2]
         validation = None
-        if val_inputs is not None and val_targets is not None:
-            validation = self._features(val_inputs), self._labels(val_inputs, val_targets)
-        self._train(self._features(inputs), self._labels(inputs, targets), validation)
+        if val_inputs is not None and val_targets is not None and val_future is not None:
+            validation = (
+                self._features(val_inputs, val_future),
+                self._labels(val_inputs, val_targets),
+            )
+        self._train(self._features(inputs, future), self._labels(inputs, targets), validation)
 
     def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
         """Features are the last few rows of each window, so they are built batch by batch
@@ -156,8 +162,8 @@ class XGBoostForecaster(Forecaster):
 
     def _sampled(self, source: WindowSource) -> tuple[np.ndarray, np.ndarray]:
         sample: RowSample | None = None
-        for targets, part in source.map(self._batch_sample):
-            self.targets_ = targets
+        for (targets, future_width), part in source.map(self._batch_sample):
+            self.targets_, self.future_width_ = targets, future_width
             if sample is None:
                 sample = part
             elif part is not None:
@@ -167,7 +173,7 @@ class XGBoostForecaster(Forecaster):
         width = sample.rows.shape[1] - self.horizon * self.targets_
         return sample.rows[:, :width].astype(np.float32), sample.rows[:, width:]
 
-    def _batch_sample(self, batch: WindowBatch) -> tuple[int, RowSample | None]:
+    def _batch_sample(self, batch: WindowBatch) -> tuple[tuple[int, int], RowSample | None]:
         """Features and labels of a batch's windows, at most ``max_windows`` of them, built a
         bounded number of window tails at a time. The sample's seed comes from the batch's
         content, so it is the same wherever the batch runs."""
@@ -177,12 +183,13 @@ class XGBoostForecaster(Forecaster):
         sample = None
         for chunk in batch.chunks(size):
             inputs, targets = chunk.tails(span)
-            rows = np.hstack([self._features(inputs), self._labels(inputs, targets)])
+            features = self._features(inputs, chunk.future())
+            rows = np.hstack([features, self._labels(inputs, targets)])
             if sample is None:
                 seed = [self.seed, zlib.crc32(batch.values[:1].tobytes())]
                 sample = RowSample(rows.shape[1], self.max_windows, seed)
             sample.add(rows)
-        return batch.targets, sample
+        return (batch.targets, len(batch.future_channels)), sample
 
     def _train(
         self,
@@ -228,8 +235,8 @@ class XGBoostForecaster(Forecaster):
                 self.rounds_,
             )
 
-    def _predict(self, inputs: np.ndarray) -> np.ndarray:
-        features = xgb.DMatrix(self._features(inputs))
+    def _predict(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray:
+        features = xgb.DMatrix(self._features(inputs, future))
         flat = self.booster_.predict(features, iteration_range=(0, self.rounds_))
         if self.basis_ is not None:
             flat = self.basis_.decode(flat.reshape(len(inputs), -1))
@@ -240,15 +247,16 @@ class XGBoostForecaster(Forecaster):
         """(windows, 1, targets): the last observed target values."""
         return inputs[:, -1:, : self.targets_]
 
-    def _features(self, inputs: np.ndarray) -> np.ndarray:
-        """Target lags relative to the level, the level, and short lags of the other channels."""
+    def _features(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray:
+        """Target lags relative to the level, the level, short lags of the other channels, and
+        the known-future covariates of every forecast step."""
         last = self._last(inputs)
         targets = inputs[:, -min(self.lags, inputs.shape[1]) :, : self.targets_] - last
         others = inputs[:, -min(self.covariate_lags, inputs.shape[1]) :, self.targets_ :]
-        return np.concatenate(
-            [targets.reshape(len(inputs), -1), last[:, 0, :], others.reshape(len(inputs), -1)],
-            axis=1,
-        ).astype(np.float32)
+        parts = [targets, last, others, future]
+        return np.concatenate([p.reshape(len(inputs), -1) for p in parts], axis=1).astype(
+            np.float32
+        )
 
     def _labels(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return (targets - self._last(inputs)).reshape(len(inputs), -1)

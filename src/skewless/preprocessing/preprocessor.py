@@ -31,6 +31,7 @@ from skewless.core.config import SkewlessConfig
 from skewless.core.errors import DataValidationError, NotFittedError
 from skewless.core.schema import EVENT_TS
 from skewless.preprocessing.running_stats import Moments, RowSample, batch_seed
+from skewless.preprocessing.windows import FutureInputs
 
 _UNSEEN = 0
 
@@ -165,6 +166,17 @@ class Preprocessor:
             *self.static_numeric_columns,
             *self.static_categorical_columns,
         ]
+
+    def future_channels(self, reads: FutureInputs) -> tuple[int, ...]:
+        """The output channels a model that ``reads`` them sees over the forecast steps: the
+        known-future covariates, then (for "known+calendar") the calendar features."""
+        if reads == "none":
+            return ()
+        names = list(self.config.data.known_columns)
+        if reads == "known+calendar":
+            names += engineered_columns(self.config)
+        columns = self.output_columns
+        return tuple(columns.index(name) for name in names)
 
     @property
     def expected_columns(self) -> list[str]:

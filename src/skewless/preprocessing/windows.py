@@ -7,13 +7,18 @@ missing period), and a window must lie inside one segment.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from skewless.core.frequency import Frequency
+
+# What a model reads over the forecast steps: nothing, the known-future covariates
+# (``data.known``), or those and the calendar features of each step.
+FutureInputs = Literal["none", "known", "known+calendar"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,17 @@ def windows_at(values: np.ndarray, starts: np.ndarray, lookback: int, horizon: i
     return Windows(inputs=chosen[:, :lookback], targets=chosen[:, lookback:], starts=starts)
 
 
+def future_values(
+    values: np.ndarray, starts: np.ndarray, lookback: int, horizon: int, channels: Sequence[int]
+) -> np.ndarray:
+    """(windows, horizon, len(channels)): the ``channels`` of each window's horizon rows, which
+    a model may read because they are known ahead (planned prices, the calendar)."""
+    if not channels:
+        return np.empty((len(starts), horizon, 0), dtype=np.float32)
+    cut = windows_at(np.asarray(values)[:, list(channels)], starts + lookback, horizon, 0)
+    return cut.inputs
+
+
 @dataclass(frozen=True)
 class WindowBatch:
     """The windows of one batch of rows, not yet copied out: the rows and where windows start.
@@ -98,6 +114,7 @@ class WindowBatch:
     horizon: int
     targets: int  # the first ``targets`` channels are forecast
     statics: int = 0  # the last ``statics`` channels are static covariates (constant per entity)
+    future_channels: tuple[int, ...] = ()  # channels known over the horizon (known covariates)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -106,6 +123,12 @@ class WindowBatch:
         """(inputs, targets): (windows, lookback, channels), (windows, horizon, targets)."""
         cut = windows_at(self.values, self.starts, self.lookback, self.horizon)
         return cut.inputs, cut.targets[:, :, : self.targets]
+
+    def future(self) -> np.ndarray:
+        """(windows, horizon, future channels): the values known ahead over each horizon."""
+        return future_values(
+            self.values, self.starts, self.lookback, self.horizon, self.future_channels
+        )
 
     def chunks(self, size: int) -> Iterator[WindowBatch]:
         """This batch's windows, ``size`` at a time (a batch of long series holds millions)."""

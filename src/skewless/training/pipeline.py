@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skewless.bundle.bundle import forecast, target_spread
+from skewless.bundle.bundle import forecast, future_channels, target_spread
 from skewless.compute.batches import Mapped
 from skewless.compute.engine import Compute, LocalCompute
 from skewless.core.config import SkewlessConfig, skewless_home
@@ -32,6 +32,7 @@ from skewless.models.factory import create_model
 from skewless.preprocessing.preprocessor import Preprocessor
 from skewless.preprocessing.windows import (
     WindowBatch,
+    future_values,
     segment_ids,
     window_starts,
     windows_at,
@@ -52,6 +53,7 @@ class WindowSet:
     actual: np.ndarray  # (windows, horizon, targets), original units
     entities: np.ndarray  # entity of each window
     first_target: pd.DatetimeIndex  # timestamp of each window's first forecast step
+    future: np.ndarray  # (windows, horizon, channels): what the model reads over the horizon
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -150,15 +152,18 @@ def window_sets(
     last_target: pd.Timestamp | None = None,
     size: int | None = None,
     channels: int | None = None,
+    future_channels: tuple[int, ...] = (),
 ) -> Iterator[WindowSet]:
     """The windows of ``rows`` whose forecast steps lie within [first_target, last_target],
     copied out ``size`` at a time (all at once when None): a
     batch of a hundred long series holds millions of windows, but scoring needs a few at once.
     Only the first ``channels`` input channels are copied when given (a model that sees only
-    the targets needs no more). Always yields at least one (possibly empty) set."""
+    the targets needs no more), and ``future_channels`` over each horizon. Always yields at
+    least one (possibly empty) set."""
     training = config.training
     starts, first = _starts(config, rows, first_target, last_target)
-    values = preprocessor.transform(rows).to_numpy(np.float32)[:, :channels]
+    every = preprocessor.transform(rows).to_numpy(np.float32)
+    values = every[:, :channels]
     raw = rows[config.data.targets].to_numpy(np.float64)
     keys = rows[config.data.entity_key].to_numpy()
     size = size or max(len(starts), 1)
@@ -172,6 +177,9 @@ def window_sets(
             actual=actual.targets,
             entities=keys[chosen],
             first_target=first[at : at + size],
+            future=future_values(
+                every, chosen, training.lookback, training.horizon, future_channels
+            ),
         )
 
 
@@ -194,6 +202,7 @@ def window_batch(
         horizon=config.training.horizon,
         targets=targets,
         statics=preprocessor.static_channels if model.uses_covariates else 0,
+        future_channels=future_channels(preprocessor, model),
     )
 
 
@@ -264,7 +273,7 @@ def naive_scales(config: SkewlessConfig, history: History) -> dict[Any, float]:
 
 def predict(preprocessor: Preprocessor, model: Forecaster, windows: WindowSet) -> np.ndarray:
     """Forecasts of ``windows`` in original units, through the bundle's one forecast path."""
-    return forecast(preprocessor, model, windows.inputs, windows.entities)
+    return forecast(preprocessor, model, windows.inputs, windows.entities, windows.future)
 
 
 def naive_forecaster(config: SkewlessConfig) -> Forecaster:
@@ -312,7 +321,14 @@ def score_batches(
         result = BatchScore(ErrorSums(), ErrorSums(), 0, None, [])
         kept: list[WindowErrors] = []
         for windows in window_sets(
-            config, preprocessor, rows, first_target, last_target, size, channels
+            config,
+            preprocessor,
+            rows,
+            first_target,
+            last_target,
+            size,
+            channels,
+            future_channels(preprocessor, model),
         ):
             if not len(windows):
                 continue
