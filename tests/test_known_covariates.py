@@ -23,6 +23,7 @@ from skewless.core.errors import DataValidationError
 from skewless.core.schema import EVENT_TS
 from skewless.features.ingest import ingest
 from skewless.features.repo import FeastRepo
+from skewless.models.exogenous import StepEquations, exogenous_terms
 from skewless.training.backtest import backtest
 from skewless.training.packaging import package
 from skewless.training.pipeline import fit, window_batch
@@ -50,6 +51,7 @@ def sales(seed: int = 0) -> pd.DataFrame:
 
 def settings(model: str = "xgboost", **data: object) -> dict:
     params = {
+        "nlinear": {},
         "xgboost": {"n_estimators": 80, "lags": 7},
         "tft": {"hidden_size": 8, "attention_heads": 2, "epochs": 1, "windows_per_epoch": 64},
     }[model]
@@ -82,6 +84,12 @@ def xgboost_bundle() -> ForecastBundle:
     return trained(config, sales())
 
 
+@pytest.fixture(scope="module")
+def nlinear_bundle() -> ForecastBundle:
+    config = SkewlessConfig.model_validate(settings("nlinear"))
+    return trained(config, sales())
+
+
 def with_plan(history: pd.DataFrame, promotions: dict[int, list[float]]) -> pd.DataFrame:
     """``history`` and, per store, rows after its end with the planned promotion (no sales)."""
     plans = []
@@ -94,13 +102,16 @@ def with_plan(history: pd.DataFrame, promotions: dict[int, list[float]]) -> pd.D
     return pd.concat([history, *plans], ignore_index=True)
 
 
+@pytest.mark.parametrize("model", ["xgboost_bundle", "nlinear_bundle"])
 def test_a_promotion_schedule_moves_the_forecast_on_the_promoted_days(
-    xgboost_bundle: ForecastBundle,
+    model: str, request: pytest.FixtureRequest
 ) -> None:
+    """XGBoost reads the plan as features; NLinear adds a linear term per step."""
+    bundle: ForecastBundle = request.getfixturevalue(model)
     history = sales().query("store in (1, 2)")
     schedule = [0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
-    quiet = xgboost_bundle.predict(with_plan(history, {1: [0.0] * 7, 2: [0.0] * 7}))
-    promoted = xgboost_bundle.predict(with_plan(history, {1: schedule, 2: [0.0] * 7}))
+    quiet = bundle.predict(with_plan(history, {1: [0.0] * 7, 2: [0.0] * 7}))
+    promoted = bundle.predict(with_plan(history, {1: schedule, 2: [0.0] * 7}))
     lift = promoted["forecast"].to_numpy() - quiet["forecast"].to_numpy()
     store_one = (promoted["store"] == 1).to_numpy()
     assert np.allclose(lift[~store_one], 0)  # store 2's plan did not change
@@ -218,3 +229,19 @@ def test_a_bad_plan_refuses_the_whole_ingest(
     with pytest.raises(DataValidationError, match=re.escape(reason)):
         ingest(repo)
     assert repo.offline.is_empty()  # the series were not written either
+
+
+def test_exogenous_terms_add_up_over_batches_and_recover_each_steps_effect() -> None:
+    """Per step, residual = effect[h] x known + offset[h]: the terms solved from two halves'
+    equations added together are the exact effects."""
+    rng = np.random.default_rng(1)
+    known = rng.normal(size=(500, 7, 2))
+    effect, offset = rng.normal(size=(7, 2, 1)), rng.normal(size=(7, 1))
+    residuals = np.einsum("nhk,hkc->nhc", known, effect) + offset
+    halves = [
+        StepEquations.of(known[:200], residuals[:200]),
+        StepEquations.of(known[200:], residuals[200:]),
+    ]
+    coefficients = (halves[0] + halves[1]).solve()
+    np.testing.assert_allclose(coefficients[:, :-1], effect, atol=1e-5)
+    np.testing.assert_allclose(exogenous_terms(coefficients, known), residuals, atol=1e-5)

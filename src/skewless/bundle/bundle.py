@@ -67,10 +67,7 @@ def model_inputs(model: Forecaster, inputs: np.ndarray, targets: int) -> np.ndar
 
 
 def future_channels(preprocessor: Preprocessor, model: Forecaster) -> tuple[int, ...]:
-    """The preprocessed channels ``model`` reads over the forecast steps (it sees every
-    channel when it reads any ahead)."""
-    if not model.uses_covariates:
-        return ()
+    """The preprocessed channels ``model`` reads over the forecast steps."""
     return preprocessor.future_channels(model.future_inputs)
 
 

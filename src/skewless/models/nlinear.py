@@ -5,6 +5,9 @@ Subtract the window's last value, map the lookback to the horizon with one linea
 this is a least-squares problem, so the default solver fits it in closed form: ridge regression
 with the penalty chosen on the validation windows. The gradient solver trains the same model with
 Adam as the paper did, for comparison.
+
+With known-future covariates (``data.known``), each forecast step adds a linear term of the
+values known for that step, fitted on the map's residuals (see ``exogenous``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from skewless.models.base import Forecaster, WindowSource, at_least_one, positive
+from skewless.models.exogenous import StepEquations, exogenous_terms
 from skewless.models.normal_equations import (
     NormalEquations,
     normal_equations,
@@ -24,17 +28,21 @@ from skewless.models.normal_equations import (
     solve_ridge,
 )
 from skewless.models.torch_training import RowWindows, TensorWindows, TrainingLoop, WindowData
-from skewless.preprocessing.windows import WindowBatch
+from skewless.preprocessing.windows import FutureInputs, WindowBatch
 
 logger = logging.getLogger(__name__)
 
 # Ridge penalties, as fractions of the mean diagonal of the Gram matrix. The smallest is plain
 # least squares in all but name, without its singular corner cases.
 DEFAULT_ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# Windows copied at a time to take the residuals the known covariates' terms are fitted on.
+_RESIDUAL_WINDOWS = 4096
 
 
 class NLinear(Forecaster):
     """NLinear fitted in closed form (``solver="closed_form"``) or by Adam (``"gradient"``)."""
+
+    future_inputs: FutureInputs = "known"
 
     def __init__(
         self,
@@ -75,6 +83,10 @@ class NLinear(Forecaster):
             self._fit_closed_form(inputs, targets, val_inputs, val_targets)
         else:
             self._fit_gradient(inputs, targets, val_inputs, val_targets)
+        self.exogenous_ = None
+        if future.shape[2]:
+            residuals = targets - self._map(inputs)
+            self.exogenous_ = StepEquations.of(future, residuals).solve()
 
     def _fit_batches(self, train: WindowSource, val: WindowSource | None) -> None:
         """Closed form: the normal equations of each batch add up, so no window is copied and
@@ -82,10 +94,31 @@ class NLinear(Forecaster):
         mini-batch's windows when it draws them: O(rows)."""
         if self.solver == "closed_form":
             self._solve(self._equations(train), None if val is None else self._equations(val))
-            return
-        rows = RowWindows.gather(train)
-        validation = None if val is None else RowWindows.gather(val)
-        self._descend(rows, validation, rows.lookback, rows.channels)
+        else:
+            rows = RowWindows.gather(train)
+            validation = None if val is None else RowWindows.gather(val)
+            self._descend(rows, validation, rows.lookback, rows.channels)
+        self._fit_exogenous(train)
+
+    def _fit_exogenous(self, train: WindowSource) -> None:
+        """The known covariates' terms, on the fitted map's residuals, a batch at a time."""
+        self.exogenous_, self.future_width_, total = None, 0, None
+        for width, part in train.map(self._residual_equations):
+            self.future_width_ = width
+            if part is not None:
+                total = part if total is None else total + part
+        if total is not None:
+            self.exogenous_ = total.solve()
+
+    def _residual_equations(self, batch: WindowBatch) -> tuple[int, StepEquations | None]:
+        if not batch.future_width or not len(batch):
+            return batch.future_width, None
+        total = None
+        for chunk in batch.chunks(_RESIDUAL_WINDOWS):
+            inputs, targets = chunk.windows()
+            part = StepEquations.of(chunk.future(), targets - self._map(inputs))
+            total = part if total is None else total + part
+        return batch.future_width, total
 
     def _equations(self, source: WindowSource) -> NormalEquations:
         total = None
@@ -107,6 +140,14 @@ class NLinear(Forecaster):
         self._require(("learning_rate",), positive, "positive")
 
     def _predict(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray:
+        forecast = self._map(inputs)
+        exogenous = getattr(self, "exogenous_", None)  # absent from models pickled before it
+        if exogenous is not None:
+            forecast += exogenous_terms(exogenous, future).astype(inputs.dtype)
+        return forecast
+
+    def _map(self, inputs: np.ndarray) -> np.ndarray:
+        """The lookback mapped to the horizon, per channel."""
         last = inputs[:, -1:, :]
         centered = np.moveaxis(inputs - last, 2, 0).astype(np.float64)  # (channels, n, lookback)
         # weight_: (groups, lookback, horizon); one group shared by all channels, or one each.

@@ -104,7 +104,7 @@ class TemporalFusionTransformer(Forecaster):
         from a tensor of every window: memory is O(rows)."""
         rows = RowWindows.gather(train, future=True)
         validation = None if val is None else RowWindows.gather(val, future=True)
-        self.future_width_ = len(rows.future_channels or ())
+        self.future_width_ = 0 if rows.ahead is None else rows.ahead.shape[1]
         self._train(rows, validation, rows.lookback, rows.channels, rows.targets, rows.statics)
 
     def _train(

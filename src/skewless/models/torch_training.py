@@ -23,7 +23,7 @@ import torch
 from skewless.compute import threads
 from skewless.core.progress import report
 from skewless.models.base import WindowSource
-from skewless.preprocessing.windows import WindowBatch, windows_at
+from skewless.preprocessing.windows import WindowBatch, future_values, windows_at
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class RowWindows:
     horizon: int
     targets: int
     statics: int
-    future_channels: tuple[int, ...] | None = None  # None: the model reads nothing ahead
+    ahead: np.ndarray | None = None  # (rows, channels) read over each horizon; None: nothing
 
     @classmethod
     def gather(cls, source: WindowSource, future: bool = False) -> RowWindows:
@@ -102,7 +102,7 @@ class RowWindows:
             first.horizon,
             first.targets,
             first.statics,
-            first.future_channels if future else None,
+            np.concatenate([_ahead(b) for b in batches]) if future else None,
         )
 
     @property
@@ -116,10 +116,10 @@ class RowWindows:
         chosen = self.starts[index.numpy() if isinstance(index, torch.Tensor) else index]
         cut = windows_at(self.values, chosen, self.lookback, self.horizon)
         inputs, targets = _tensor(cut.inputs), _tensor(cut.targets[:, :, : self.targets])
-        if self.future_channels is None:
+        if self.ahead is None:
             return (inputs,), targets
-        channels = list(self.future_channels)
-        return (inputs, _tensor(cut.targets[:, :, channels])), targets
+        future = future_values(self.ahead, chosen, self.lookback, self.horizon)
+        return (inputs, _tensor(future)), targets
 
 
 def _trimmed(batch: WindowBatch) -> WindowBatch:
@@ -134,8 +134,13 @@ def _trimmed(batch: WindowBatch) -> WindowBatch:
         batch.horizon,
         batch.targets,
         batch.statics,
-        batch.future_channels,
+        None if batch.ahead is None else np.ascontiguousarray(batch.ahead[first:last]),
     )
+
+
+def _ahead(batch: WindowBatch) -> np.ndarray:
+    """The batch's rows known ahead, no columns where it has none."""
+    return np.empty((len(batch.values), 0), np.float32) if batch.ahead is None else batch.ahead
 
 
 def _tensor(values: np.ndarray) -> torch.Tensor:

@@ -189,7 +189,7 @@ class XGBoostForecaster(Forecaster):
                 seed = [self.seed, zlib.crc32(batch.values[:1].tobytes())]
                 sample = RowSample(rows.shape[1], self.max_windows, seed)
             sample.add(rows)
-        return (batch.targets, len(batch.future_channels)), sample
+        return (batch.targets, batch.future_width), sample
 
     def _train(
         self,

@@ -7,7 +7,7 @@ missing period), and a window must lie inside one segment.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -89,14 +89,13 @@ def windows_at(values: np.ndarray, starts: np.ndarray, lookback: int, horizon: i
 
 
 def future_values(
-    values: np.ndarray, starts: np.ndarray, lookback: int, horizon: int, channels: Sequence[int]
+    ahead: np.ndarray | None, starts: np.ndarray, lookback: int, horizon: int
 ) -> np.ndarray:
-    """(windows, horizon, len(channels)): the ``channels`` of each window's horizon rows, which
-    a model may read because they are known ahead (planned prices, the calendar)."""
-    if not channels:
+    """(windows, horizon, channels): each window's horizon rows of ``ahead`` (rows x channels
+    known ahead: planned prices, the calendar), which a model may read; no channels when None."""
+    if ahead is None:
         return np.empty((len(starts), horizon, 0), dtype=np.float32)
-    cut = windows_at(np.asarray(values)[:, list(channels)], starts + lookback, horizon, 0)
-    return cut.inputs
+    return windows_at(ahead, starts + lookback, horizon, 0).inputs
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class WindowBatch:
     horizon: int
     targets: int  # the first ``targets`` channels are forecast
     statics: int = 0  # the last ``statics`` channels are static covariates (constant per entity)
-    future_channels: tuple[int, ...] = ()  # channels known over the horizon (known covariates)
+    ahead: np.ndarray | None = None  # (rows, channels) known ahead, read over each horizon
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -126,9 +125,12 @@ class WindowBatch:
 
     def future(self) -> np.ndarray:
         """(windows, horizon, future channels): the values known ahead over each horizon."""
-        return future_values(
-            self.values, self.starts, self.lookback, self.horizon, self.future_channels
-        )
+        return future_values(self.ahead, self.starts, self.lookback, self.horizon)
+
+    @property
+    def future_width(self) -> int:
+        """How many channels a model reads over each horizon."""
+        return 0 if self.ahead is None else self.ahead.shape[1]
 
     def chunks(self, size: int) -> Iterator[WindowBatch]:
         """This batch's windows, ``size`` at a time (a batch of long series holds millions)."""

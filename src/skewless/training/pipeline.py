@@ -152,18 +152,19 @@ def window_sets(
     last_target: pd.Timestamp | None = None,
     size: int | None = None,
     channels: int | None = None,
-    future_channels: tuple[int, ...] = (),
+    ahead_channels: tuple[int, ...] = (),
 ) -> Iterator[WindowSet]:
     """The windows of ``rows`` whose forecast steps lie within [first_target, last_target],
     copied out ``size`` at a time (all at once when None): a
     batch of a hundred long series holds millions of windows, but scoring needs a few at once.
     Only the first ``channels`` input channels are copied when given (a model that sees only
-    the targets needs no more), and ``future_channels`` over each horizon. Always yields at
+    the targets needs no more), and ``ahead_channels`` over each horizon. Always yields at
     least one (possibly empty) set."""
     training = config.training
     starts, first = _starts(config, rows, first_target, last_target)
     every = preprocessor.transform(rows).to_numpy(np.float32)
     values = every[:, :channels]
+    ahead = every[:, list(ahead_channels)] if ahead_channels else None
     raw = rows[config.data.targets].to_numpy(np.float64)
     keys = rows[config.data.entity_key].to_numpy()
     size = size or max(len(starts), 1)
@@ -177,9 +178,7 @@ def window_sets(
             actual=actual.targets,
             entities=keys[chosen],
             first_target=first[at : at + size],
-            future=future_values(
-                every, chosen, training.lookback, training.horizon, future_channels
-            ),
+            future=future_values(ahead, chosen, training.lookback, training.horizon),
         )
 
 
@@ -195,6 +194,7 @@ def window_batch(
     targets = len(config.data.targets)
     starts, _ = _starts(config, rows, first_target, last_target)
     values = preprocessor.transform(rows).to_numpy(np.float32)
+    read_ahead = future_channels(preprocessor, model)
     return WindowBatch(
         values=values if model.uses_covariates else values[:, :targets],
         starts=starts,
@@ -202,7 +202,7 @@ def window_batch(
         horizon=config.training.horizon,
         targets=targets,
         statics=preprocessor.static_channels if model.uses_covariates else 0,
-        future_channels=future_channels(preprocessor, model),
+        ahead=values[:, list(read_ahead)] if read_ahead else None,
     )
 
 
