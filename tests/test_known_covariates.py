@@ -9,10 +9,12 @@ own table, validated whole, and a re-ingest adds nothing.
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -22,11 +24,14 @@ from skewless.core.config import SkewlessConfig, load_config
 from skewless.core.errors import DataValidationError
 from skewless.core.schema import EVENT_TS
 from skewless.features.ingest import ingest
+from skewless.features.offline import PostgresOfflineTable
+from skewless.features.plans import PLAN_TABLE
 from skewless.features.repo import FeastRepo
 from skewless.models.exogenous import StepEquations, exogenous_terms
 from skewless.training.backtest import backtest
 from skewless.training.packaging import package
 from skewless.training.pipeline import fit, window_batch
+from tests.services import POSTGRES_DSN
 
 STORES = (1, 2, 3)
 DAYS = 240
@@ -168,7 +173,7 @@ def test_known_columns_must_be_covariates() -> None:
         SkewlessConfig.model_validate(raw)
 
 
-def write_plans(folder: Path, plans: pd.DataFrame) -> dict:
+def write_plans(folder: Path, plans: pd.DataFrame, **store: object) -> dict:
     history = sales()
     history.assign(day=history[EVENT_TS].dt.strftime("%Y-%m-%d")).drop(columns=EVENT_TS).to_csv(
         folder / "sales.csv", index=False
@@ -179,6 +184,7 @@ def write_plans(folder: Path, plans: pd.DataFrame) -> dict:
         timestamp_column="day",
         known={"columns": ["promo"], "sources": [{"path": str(folder / "plans.csv")}]},
     )
+    raw["feature_store"] |= {"project": f"k{uuid.uuid4().hex[:10]}", **store}
     (folder / "shops.yaml").write_text(yaml.safe_dump(raw))
     return raw
 
@@ -192,11 +198,35 @@ PLANS = pd.DataFrame(
 )
 
 
+@pytest.fixture(params=["file", "postgres"])
+def plan_store(request: pytest.FixtureRequest) -> dict:
+    """The offline store the series and plans go to."""
+    if request.param == "file":
+        return {}
+    return {"offline_store": {"type": "postgres", "dsn": POSTGRES_DSN, "sslmode": "disable"}}
+
+
+def drop_postgres_tables(repo: FeastRepo) -> None:
+    """The series and plan tables a PostgreSQL test made."""
+    if not isinstance(repo.offline, PostgresOfflineTable):
+        return
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE IF EXISTS "{repo.offline.table}"')
+        conn.execute(f'DROP TABLE IF EXISTS "{repo.config.project}_{PLAN_TABLE}"')
+
+
 def test_plans_are_ingested_into_their_own_table_and_a_reingest_adds_nothing(
-    tmp_path: Path,
+    tmp_path: Path, plan_store: dict
 ) -> None:
-    write_plans(tmp_path, PLANS)
+    write_plans(tmp_path, PLANS, **plan_store)
     repo = FeastRepo(load_config(tmp_path / "shops.yaml", environ={}), tmp_path / "home")
+    try:
+        check_plan_ingest(tmp_path, repo)
+    finally:
+        drop_postgres_tables(repo)
+
+
+def check_plan_ingest(tmp_path: Path, repo: FeastRepo) -> None:
     reports = {r.origin: r for r in ingest(repo)}
     planned = reports["known-future plans"]
     assert (planned.rows_read, planned.rows_written) == (3, 3)

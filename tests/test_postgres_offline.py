@@ -136,4 +136,4 @@ def test_static_covariates_and_labels_in_postgresql(make_repo: MakeRepo, tmp_pat
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
             conn.execute(f'DROP TABLE IF EXISTS "{repo.offline.table}"')
-            conn.execute(psycopg.sql.SQL("DROP TABLE IF EXISTS {}").format(statics.ident))
+            conn.execute(psycopg.sql.SQL("DROP TABLE IF EXISTS {}").format(statics.table.ident))
