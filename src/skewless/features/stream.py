@@ -17,20 +17,20 @@ Delivery is at least once and writes are idempotent: a row already stored with t
 adds nothing (a redelivered message, a consumer killed after its write but before its
 acknowledgement), while a row stored with other values is a conflict and a dead letter.
 Several consumers (one durable group on NATS, one queue on RabbitMQ) share the work; writes are
-serialised by the offline store's lock and the online update by a lock of the stream's own, so
-that two consumers never interleave one entity's window.
+serialised by the offline store's lock and the online update by the online windows' lock, which
+``materialize`` and POST /push take too (:func:`skewless.features.materialize.online_lock`), so
+that no two writers interleave one entity's window. A consumer killed between its offline
+append and its online update leaves a pending mark: the next write catches up first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 MESSAGE = "__message"  # the column of each row's message (its place in the micro-batch)
 _WRITE_RETRIES = 3  # validations of a batch when another consumer wrote meanwhile
-_LOCK_FILE = "stream.lock"
 _KNOWN_SECONDS = 10.0  # closed entities: how often an unknown one makes the store be asked again
 
 
@@ -130,8 +129,7 @@ class BatchWriter:
         """Bring the online windows up to the offline store: a consumer killed between its
         offline append and its online update left rows only offline."""
         if not self.repo.offline.is_empty():
-            with self._online_lock():
-                materialize(self.repo, incremental=True)
+            materialize(self.repo, incremental=True)
 
     def write(self, messages: Sequence[Decoded]) -> BatchResult:
         """Validate every row of ``messages``, write the good ones to both stores, and return
@@ -156,11 +154,7 @@ class BatchWriter:
             if good.empty:
                 break
             try:
-                with self._online_lock():
-                    report = push(self.repo, good, origin=f"stream {self.streaming.subject}")
-                    if report.rows_already_stored and not report.rows_written:
-                        # Rows written by a consumer that died before its online update.
-                        materialize(self.repo, incremental=True)
+                report = push(self.repo, good, origin=f"stream {self.streaming.subject}")
             except DataValidationError:
                 if attempt == _WRITE_RETRIES - 1:
                     raise
@@ -336,17 +330,6 @@ class BatchWriter:
                 f"{rows_text(parsed.loc[unknown, ENTITY_ROW])}: streaming.entities is closed, "
                 "so only entities already in the store are accepted"
             )
-
-    @contextlib.contextmanager
-    def _online_lock(self) -> Iterator[None]:
-        """One writer of the online windows at a time among the consumers of this home."""
-        self.repo.folder.mkdir(parents=True, exist_ok=True)
-        handle = os.open(self.repo.folder / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(handle)
 
 
 def _missing(value: Any) -> bool:

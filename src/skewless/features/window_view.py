@@ -175,6 +175,43 @@ def unpack_window(blob: bytes, entity: Any, variables: tuple[str, ...]) -> Windo
     )
 
 
+def window_end_us(blob: bytes, width: int) -> int | None:
+    """The last timestamp (UTC microseconds) of a packed window of ``width`` columns; None
+    when the blob is no such window (another format or width, or no rows): rebuild it."""
+    magic, rows, columns = _HEADER.unpack_from(blob)
+    if magic not in (MAGIC, MAGIC_EXTRAS) or columns != width or rows == 0:
+        return None
+    return int(np.frombuffer(blob, _TIMES, count=1, offset=_HEADER.size + (rows - 1) * 8)[0])
+
+
+def append_to_window(blob: bytes, times_us: np.ndarray, values: np.ndarray, size: int) -> bytes:
+    """``blob`` with rows appended (each later than its end) and cut to its last ``size``
+    rows: the bytes :func:`pack_window` makes of the same rows. The extras part is kept byte
+    for byte, unread: it is the entity's, not its rows'."""
+    magic, rows, width = _HEADER.unpack_from(blob)
+    matrix = np.ascontiguousarray(values, dtype=_VALUES)
+    if matrix.ndim != 2 or matrix.shape != (len(times_us), width):
+        raise ValueError(f"values of shape {matrix.shape} do not fit {width} columns")
+    offset = _HEADER.size
+    old_times = np.frombuffer(blob, _TIMES, count=rows, offset=offset)
+    offset += old_times.nbytes
+    old_values = np.frombuffer(blob, _VALUES, count=rows * width, offset=offset)
+    extras = blob[offset + old_values.nbytes :]
+    times = np.concatenate([old_times, np.asarray(times_us, dtype=_TIMES)])[-size:]
+    kept = np.concatenate([old_values.reshape(rows, width), matrix])[-size:]
+    return _HEADER.pack(magic, *kept.shape) + times.tobytes() + kept.tobytes() + extras
+
+
+def window_records(
+    entity_key: str, entities: Sequence[Any], blobs: Sequence[bytes], ends: Sequence[Any]
+) -> pd.DataFrame:
+    """One row per entity with its packed window and its end (the features of the window view)."""
+    return pd.DataFrame(
+        {entity_key: entities, "window": blobs, "window_end": ends},
+        columns=[entity_key, "window", "window_end"],
+    )
+
+
 def pack_windows(
     tails: pd.DataFrame,
     entity_key: str,
@@ -182,16 +219,15 @@ def pack_windows(
     statics: pd.DataFrame | None = None,
     label_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """One row per entity with its packed window, ready for Feast's online write.
+    """One row per entity with its packed window and its end.
 
     ``tails`` holds the last W rows of each entity, sorted by entity and time; ``statics``
     (when static covariates are configured) one row per entity, and an entity without one
     gets nulls; ``label_columns`` are packed as codes into the window's own labels.
     """
     table = None if statics is None else statics.set_index(entity_key)
-    records = []
+    entities, blobs, ends = [], [], []
     for entity, rows in tails.groupby(entity_key, sort=False):
-        end = rows[EVENT_TS].iloc[-1]
         static = None if table is None else _static_values(table, entity)
         values, labels = rows[variables].to_numpy(np.float32), None
         if label_columns:
@@ -201,15 +237,10 @@ def pack_windows(
                 labels[column] = [str(label) for label in distinct]
                 codes.append(np.where(code < 0, np.nan, code).astype(np.float32))
             values = np.column_stack([values, *codes])
-        records.append(
-            {
-                entity_key: entity,
-                "window": pack_window(rows[EVENT_TS], values, static, labels),
-                "window_end": end,
-                EVENT_TS: end,
-            }
-        )
-    return pd.DataFrame.from_records(records)
+        entities.append(entity)
+        blobs.append(pack_window(rows[EVENT_TS], values, static, labels))
+        ends.append(rows[EVENT_TS].iloc[-1])
+    return window_records(entity_key, entities, blobs, ends)
 
 
 def _static_values(table: pd.DataFrame, entity: Any) -> dict[str, Any]:
