@@ -7,7 +7,9 @@ this process publishing messages of 100 rows (one hour of every entity) at a ste
 it polls the online store: a message is "online" when every entity's window ends at its hour.
 Goal (issue 19): 10,000 rows/s sustained with publish-to-online p99 under 2 s. When the goal
 rate is not held, a second phase runs at 80% of the rate that was sustained, so the latency is
-also reported at a rate the machine holds.
+also reported at a rate the machine holds. Then, the consumer stopped, the same store times
+``push`` (rows appended to the windows) against the incremental materialize that rebuilds the
+windows from the offline store, as every micro-batch did before: a ratio within one run.
 
     python benchmarks/streaming.py [--rate 10000] [--seconds 20] [--broker nats|rabbitmq]
 
@@ -38,7 +40,7 @@ import pandas as pd
 from machine import report
 from skewless.core.config import load_config
 from skewless.features.brokers import make_broker, stamp
-from skewless.features.materialize import push
+from skewless.features.materialize import materialize, push
 from skewless.features.online import window_reader
 from skewless.features.repo import FeastRepo
 from skewless.features.window_view import unpack_window
@@ -52,6 +54,7 @@ SEED_HOURS = 512
 GOAL_ROWS_PER_SECOND = 10_000
 GOAL_P99_SECONDS = 2.0
 POLL_SECONDS = 0.1
+COMPARED_BATCHES, COMPARED_HOURS = 5, 50  # push against materialize: 5 batches of 5,000 rows
 URLS = {"nats": "nats://127.0.0.1:4222", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/"}
 
 
@@ -137,6 +140,35 @@ async def load(
     }
 
 
+def append_versus_rebuild(repo: FeastRepo, first_hour: pd.Timestamp) -> dict[str, Any]:
+    """In this process, the consumer stopped: ``push`` of a 5,000-row batch (validate, append
+    offline, append to the windows), against the incremental materialize that rebuilds the same
+    100 windows from the offline store, which every micro-batch ran before windows were
+    appended to. Both on this run's store and host, so their ratio holds across hosts."""
+    rng = np.random.default_rng(2)
+    pushes, rebuilds = [], []
+    for batch in range(COMPARED_BATCHES):
+        start = first_hour + pd.Timedelta(hours=batch * COMPARED_HOURS)
+        rows = pd.concat(
+            [hour_rows(start + pd.Timedelta(hours=h), rng) for h in range(COMPARED_HOURS)],
+            ignore_index=True,
+        )
+        began = time.perf_counter()
+        push(repo, rows)
+        pushes.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        materialize(repo, incremental=True)
+        rebuilds.append(time.perf_counter() - began)
+    push_s, rebuild_s = float(np.median(pushes)), float(np.median(rebuilds))
+    return {
+        "batch_rows": COMPARED_HOURS * ENTITIES,
+        "batches": COMPARED_BATCHES,
+        "push_append_seconds_median": round(push_s, 3),
+        "materialize_rebuild_seconds_median": round(rebuild_s, 3),
+        "rebuild_over_push": round(rebuild_s / push_s, 2),
+    }
+
+
 def consumer_metrics(port: int) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     found: dict[str, float] = {}
@@ -209,12 +241,18 @@ def main() -> None:
             phases.append(asyncio.run(load(repo, next_hour, rate, args.seconds)))
             print(json.dumps(phases[-1]), flush=True)
         metrics = consumer_metrics(port)
+        next_hour += pd.Timedelta(hours=phases[-1]["messages"])
     finally:
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(60)
         asyncio.run(_delete(repo))
+    try:
+        stored = len(repo.offline.history(None, None, None, columns=["station_id"]))
+        print("in process: push (append) against materialize (rebuild)", flush=True)
+        compared = append_versus_rebuild(repo, next_hour)
+        print(json.dumps(compared), flush=True)
+    finally:
         repo.store.teardown()
-    stored = len(repo.offline.history(None, None, None, columns=["station_id"]))
     expected = len(seed) + sum(p["rows"] for p in phases)
     verdicts = [
         {
@@ -246,6 +284,7 @@ def main() -> None:
         "window_size": config.feature_store.window_size,
         "phases": phases,
         "consumer_metrics": metrics,
+        "append_versus_rebuild": compared,
     }
     report(verdicts, results, RESULTS)
 
