@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import psycopg
@@ -32,6 +34,7 @@ from skewless.training.backtest import backtest
 from skewless.training.packaging import package
 from skewless.training.pipeline import fit, window_batch
 from tests.services import POSTGRES_DSN
+from tests.test_calendar_frequencies import run, serve
 
 STORES = (1, 2, 3)
 DAYS = 240
@@ -275,3 +278,72 @@ def test_exogenous_terms_add_up_over_batches_and_recover_each_steps_effect() -> 
     coefficients = (halves[0] + halves[1]).solve()
     np.testing.assert_allclose(coefficients[:, :-1], effect, atol=1e-5)
     np.testing.assert_allclose(exogenous_terms(coefficients, known), residuals, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def served_plans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """Sales and their plans ingested and materialized, XGBoost trained, a FastAPI server."""
+    folder = tmp_path_factory.mktemp("plans")
+    last = sales()[EVENT_TS].max()
+    ahead = pd.date_range(last + pd.Timedelta(days=1), periods=7, freq="D")
+    plans = pd.DataFrame(
+        {
+            "store": np.repeat(STORES, 7),
+            "day": np.tile(ahead.strftime("%Y-%m-%d"), len(STORES)),
+            "promo": 0.0,
+        }
+    )
+    raw = write_plans(folder, plans)
+    raw["training"]["params"] = {"n_estimators": 80, "lags": 7}
+    raw["tracking"] = {"uri": f"sqlite:///{folder / 'mlflow.db'}"}
+    raw["serving"] = {"alias": "latest"}
+    config = folder / "shops.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    home = folder / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SKEWLESS_HOME", str(home))
+        assert "known-future plans" in run("ingest", str(config))
+        run("materialize", str(config))
+        run("train", str(config))
+        server, url = serve(config, home)
+        yield config, url
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def forecasts(url: str, **request: object) -> dict[int, list[float]]:
+    answer = httpx.post(
+        f"{url}/predict/feast/batch",
+        json={"entities": list(STORES), "time_point": "latest", **request},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    return {item["entity"]: item["forecast"]["sales"] for item in answer.json()["predictions"]}
+
+
+def test_the_stored_plan_reaches_the_served_forecast_and_a_revision_moves_it(
+    served_plans: tuple[Path, str],
+) -> None:
+    config, url = served_plans
+    quiet = forecasts(url)
+    plans = pd.read_csv(config.parent / "plans.csv")
+    plans.loc[(plans.store == 2) & plans.index.isin([8, 10]), "promo"] = 1.0  # days 2 and 4
+    plans.to_csv(config.parent / "plans.csv", index=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SKEWLESS_HOME", str(config.parent / "home"))
+        assert "known-future plans" in run("ingest", str(config))
+        run("materialize", str(config), "--incremental")
+    promoted = forecasts(url)
+    lift = np.array(promoted[2]) - np.array(quiet[2])
+    assert (lift[[1, 3]] > LIFT / 2).all() and (np.abs(lift[[0, 2, 4, 5, 6]]) < LIFT / 4).all()
+    assert promoted[1] == quiet[1] and promoted[3] == quiet[3]
+
+
+def test_the_skew_check_gives_both_inputs_the_same_plan_and_finds_no_difference(
+    served_plans: tuple[Path, str],
+) -> None:
+    config, _ = served_plans
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SKEWLESS_HOME", str(config.parent / "home"))
+        checked = run("verify-skew", str(config), "--alias", "latest", "--samples", "50")
+    assert "50 pairs compared, 0 differ; largest absolute difference 0" in checked

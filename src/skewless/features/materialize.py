@@ -44,9 +44,11 @@ from skewless.core.errors import FeatureStoreError
 from skewless.core.schema import CREATED_TS, EVENT_TS, SERIES_VIEW
 from skewless.features.atomic_file import write_atomically
 from skewless.features.ingest import IngestReport, _ingest_batch
+from skewless.features.keyed_table import KeyedTable
 from skewless.features.online import WindowReader, window_reader
 from skewless.features.online_marker import online_marker
 from skewless.features.repo import WINDOW_VIEW, FeastRepo
+from skewless.features.statics import StaticTable
 from skewless.features.window_view import (
     append_to_window,
     pack_windows,
@@ -110,18 +112,20 @@ def _materialize(
             "without its data?); rewriting every entity's window"
         )
         watermark = None
-    if incremental and watermark is not None and _statics_changed_since(repo, watermark):
+    if incremental and watermark is not None and _written_since(repo.statics, watermark):
         logger.info("static covariates changed since the last run; rewriting every window")
         watermark = None
     if incremental and watermark is not None:
         # By ingestion time, not event time: late rows older than the last run still count.
         entities, start = repo.offline.changed_since(watermark)
+        entities += _replanned_since(repo, watermark, entities)
     else:
         incremental, entities, start = False, repo.offline.entities(), first
     write_windows(repo, entities, progress)
-    statics_updated = None if repo.statics is None else repo.statics.updated_at()
-    if statics_updated is not None:
-        ingested_until = max(pd.Timestamp(ingested_until), pd.Timestamp(statics_updated))
+    for table in (repo.statics, repo.plans):
+        updated = None if table is None else table.updated_at()
+        if updated is not None:
+            ingested_until = max(pd.Timestamp(ingested_until), pd.Timestamp(updated))
     marker.write(ingested_until)
     _write_watermark(repo, ingested_until)
     _pending(repo).unlink(missing_ok=True)
@@ -138,7 +142,10 @@ def write_windows(repo: FeastRepo, entities: list[Any], progress: Progress | Non
         tails = repo.offline.tail(config.feature_store.window_size, batch)
         repo.store.write_to_online_store(SERIES_VIEW, tails.groupby(key, sort=False).tail(1))
         statics = None if repo.statics is None else repo.statics.read(batch)
-        windows = pack_windows(tails, key, config.data.variables, statics, config.data.categorical)
+        plans = None if repo.plans is None else repo.plans.read(batch)
+        windows = pack_windows(
+            tails, key, config.data.variables, statics, config.data.categorical, plans
+        )
         _write_online(repo, tails.groupby(key, sort=False).tail(1), windows)
         if progress is not None:
             progress(begin + len(batch), len(entities))
@@ -247,15 +254,27 @@ def _behind(repo: FeastRepo) -> str | None:
     """Why the online windows may lack what the stores hold, which an append cannot mend."""
     if _pending(repo).exists():
         return "a writer stored rows offline but not online (it failed or was killed)"
-    if repo.statics is not None and _statics_changed_since(repo, _read_watermark(repo)):
+    watermark = _read_watermark(repo)
+    if _written_since(repo.statics, watermark):
         return "static covariates changed since the windows were materialized"
+    if _written_since(repo.plans, watermark):
+        return "known-future plans changed since the windows were materialized"
     return None
 
 
-def _statics_changed_since(repo: FeastRepo, watermark: datetime | None) -> bool:
-    """Whether static covariates were written after ``watermark`` (they ride in every window;
-    None: never materialized)."""
-    updated = None if repo.statics is None else repo.statics.updated_at()
+def _replanned_since(repo: FeastRepo, watermark: datetime, already: list[Any]) -> list[Any]:
+    """Entities not in ``already`` whose plans were written after ``watermark`` (plans ride in
+    their windows)."""
+    if repo.plans is None:
+        return []
+    chosen = set(already)
+    return [e for e in repo.plans.changed_since(watermark) if e not in chosen]
+
+
+def _written_since(table: StaticTable | KeyedTable | None, watermark: datetime | None) -> bool:
+    """Whether ``table`` (static covariates or plans: they ride in the windows) was written
+    after ``watermark`` (None: never materialized)."""
+    updated = None if table is None else table.updated_at()
     if updated is None:
         return False
     return watermark is None or pd.Timestamp(updated) > pd.Timestamp(watermark)

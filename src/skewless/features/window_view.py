@@ -9,8 +9,10 @@ as ninefold cheaper than one Array feature per variable. Layout, little-endian:
 With label columns (``data.categorical``) or static covariates (``data.static``) the magic is
 b"SKW2" and a UTF-8 JSON object follows as uint32 length | text: ``labels`` maps each label
 column to the distinct labels of this window (its float32 column holds each row's index into
-them, NaN where missing) and ``static`` holds the entity's static values (numbers, labels, null
-where unknown). Serving gets both in the same single read as the window.
+them, NaN where missing), ``static`` holds the entity's static values (numbers, labels, null
+where unknown) and ``plan`` its planned known-future covariates (``data.known``) after the
+window's end: ``times_us`` and a list per known column. Serving gets them in the same single
+read as the window.
 
 Timestamps are stored, not derived from the end and the frequency, so a window that spans a
 gap in the data is still exact.
@@ -54,6 +56,7 @@ class Window:
     variables: tuple[str, ...]  # the column names: the variables, then the label columns
     static: Mapping[str, Any] | None = None  # the entity's static covariates, if configured
     labels: Mapping[str, list[str]] | None = None  # per label column, what its codes index
+    plan: Mapping[str, list[Any]] | None = None  # times_us and known columns ahead, if planned
 
     @cached_property
     def timestamps(self) -> pd.DatetimeIndex:
@@ -71,10 +74,12 @@ class Window:
         return len(self.times_us)
 
     def until(self, time_point: datetime) -> Window:
-        """The part of the window known at ``time_point`` (point-in-time correct)."""
+        """The part of the window known at ``time_point`` (point-in-time correct; the plan is
+        the one made for after the whole window, so it is left out)."""
         point = pd.Timestamp(time_point).value // 1000  # ns -> us
         keep = int(np.searchsorted(self.times_us, point, side="right"))
-        return replace(self, times_us=self.times_us[:keep], values=self.values[:keep])
+        cut = replace(self, times_us=self.times_us[:keep], values=self.values[:keep])
+        return cut if self.plan is None else replace(cut, plan={"times_us": []})
 
     def to_frame(self, entity_key: str) -> pd.DataFrame:
         """Rows as ingestion wrote them: entity, event_timestamp, variables."""
@@ -106,7 +111,31 @@ def windows_frame(windows: list[Window], entity_key: str, last: int | None = Non
             else:
                 numbers = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
                 frame[column] = np.repeat(numbers, lengths)
+    if any(w.plan for w in windows):
+        frame = pd.concat([frame, _planned_rows(frame, windows, entity_key)], ignore_index=True)
     return frame
+
+
+def _planned_rows(frame: pd.DataFrame, windows: list[Window], entity_key: str) -> pd.DataFrame:
+    """Each window's plan after its last row, as rows with no target values (what the bundle
+    reads as an entity's plan), in ``frame``'s columns."""
+    parts = []
+    for window in windows:
+        plan = window.plan or {}
+        times = np.asarray(plan.get("times_us", []), dtype=np.int64)
+        ahead = times > window.times_us[-1] if len(window) else times >= 0
+        if not ahead.any():
+            continue
+        part = pd.DataFrame({entity_key: np.repeat(window.entity, ahead.sum())})
+        part[EVENT_TS] = pd.to_datetime(times[ahead], unit="us", utc=True).as_unit("ns")
+        for column, values in plan.items():
+            if column != "times_us":
+                part[column] = np.array(values, dtype=np.float64)[ahead].astype(np.float32)
+        for column, value in (window.static or {}).items():
+            part[column] = value
+        parts.append(part)
+    planned = pd.concat(parts, ignore_index=True) if parts else frame.iloc[:0]
+    return planned.reindex(columns=frame.columns).astype(frame.dtypes.to_dict())
 
 
 def _decoded(
@@ -128,17 +157,18 @@ def pack_window(
     values: np.ndarray,
     static: Mapping[str, Any] | None = None,
     labels: Mapping[str, list[str]] | None = None,
+    plan: Mapping[str, list[Any]] | None = None,
 ) -> bytes:
     """Pack one entity's rows (UTC timestamps, float32 matrix with label codes last), its
-    static covariates and its labels into the window blob."""
+    static covariates, its labels and its plan into the window blob."""
     times = pd.DatetimeIndex(timestamps).as_unit("us").asi8.astype(_TIMES, copy=False)
     matrix = np.ascontiguousarray(values, dtype=_VALUES)
     if matrix.ndim != 2 or matrix.shape[0] != len(times):
         raise ValueError(f"values of shape {matrix.shape} do not match {len(times)} timestamps")
     body = times.tobytes() + matrix.tobytes()
-    if static is None and labels is None:
+    if static is None and labels is None and plan is None:
         return _HEADER.pack(MAGIC, *matrix.shape) + body
-    extras = {"static": static, "labels": labels}
+    extras = {"static": static, "labels": labels, "plan": plan}
     text = json.dumps({k: v for k, v in extras.items() if v is not None}, allow_nan=False)
     encoded = text.encode()
     return _HEADER.pack(MAGIC_EXTRAS, *matrix.shape) + body + _LENGTH.pack(len(encoded)) + encoded
@@ -172,6 +202,7 @@ def unpack_window(blob: bytes, entity: Any, variables: tuple[str, ...]) -> Windo
         variables,
         extras.get("static"),
         extras.get("labels"),
+        extras.get("plan"),
     )
 
 
@@ -218,17 +249,27 @@ def pack_windows(
     variables: list[str],
     statics: pd.DataFrame | None = None,
     label_columns: Sequence[str] = (),
+    plans: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per entity with its packed window and its end.
 
     ``tails`` holds the last W rows of each entity, sorted by entity and time; ``statics``
     (when static covariates are configured) one row per entity, and an entity without one
-    gets nulls; ``label_columns`` are packed as codes into the window's own labels.
+    gets nulls; ``label_columns`` are packed as codes into the window's own labels; ``plans``
+    (when known-future plans are configured) rows of entity, time and known columns, of which
+    each window keeps those after its end.
     """
     table = None if statics is None else statics.set_index(entity_key)
+    planned = None if plans is None else dict(list(plans.groupby(entity_key, sort=False)))
+    known = [] if plans is None else [c for c in plans.columns if c not in (entity_key, EVENT_TS)]
     entities, blobs, ends = [], [], []
     for entity, rows in tails.groupby(entity_key, sort=False):
         static = None if table is None else _static_values(table, entity)
+        plan = (
+            None
+            if planned is None
+            else _plan_values(planned.get(entity), rows[EVENT_TS].iloc[-1], known)
+        )
         values, labels = rows[variables].to_numpy(np.float32), None
         if label_columns:
             labels, codes = {}, []
@@ -238,9 +279,23 @@ def pack_windows(
                 codes.append(np.where(code < 0, np.nan, code).astype(np.float32))
             values = np.column_stack([values, *codes])
         entities.append(entity)
-        blobs.append(pack_window(rows[EVENT_TS], values, static, labels))
+        blobs.append(pack_window(rows[EVENT_TS], values, static, labels, plan))
         ends.append(rows[EVENT_TS].iloc[-1])
     return window_records(entity_key, entities, blobs, ends)
+
+
+def _plan_values(
+    plan: pd.DataFrame | None, end: pd.Timestamp, known: list[str]
+) -> dict[str, list[Any]]:
+    """An entity's plan after ``end`` as JSON values: times, and per ``known`` column numbers
+    or None where a value is not planned yet."""
+    ahead = plan[plan[EVENT_TS] > end] if plan is not None else pd.DataFrame(columns=[EVENT_TS])
+    values = {
+        column: [None if np.isnan(v) else float(v) for v in ahead[column].to_numpy(np.float64)]
+        for column in known
+        if column in ahead
+    }
+    return {"times_us": pd.DatetimeIndex(ahead[EVENT_TS]).as_unit("us").asi8.tolist(), **values}
 
 
 def _static_values(table: pd.DataFrame, entity: Any) -> dict[str, Any]:

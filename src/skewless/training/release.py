@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from skewless.core.config import SkewlessConfig
@@ -94,7 +95,9 @@ def key_params(config: SkewlessConfig) -> dict[str, Any]:
 
 
 def input_example(config: SkewlessConfig, data: History | pd.DataFrame) -> pd.DataFrame:
-    """The last ``lookback`` rows of the first entity, in the format ``predict`` takes."""
+    """The last ``lookback`` rows of the first entity, in the format ``predict`` takes; with
+    known-future covariates, followed by a plan: the next ``horizon`` rows with their known
+    values only, as they were."""
     history = as_history(config, data)
     first = history.rows(history.entities()[:1])  # one entity read, not a batch
     columns = [
@@ -103,4 +106,10 @@ def input_example(config: SkewlessConfig, data: History | pd.DataFrame) -> pd.Da
         *config.data.window_columns,
         *config.data.static_columns,
     ]
-    return first[columns].tail(config.training.lookback).reset_index(drop=True)
+    training = config.training
+    if not config.data.known_columns:
+        return first[columns].tail(training.lookback).reset_index(drop=True)
+    example = first[columns].tail(training.lookback + training.horizon).reset_index(drop=True)
+    unknown = [c for c in config.data.variables if c not in config.data.known_columns]
+    example.loc[example.index[training.lookback :], unknown] = np.nan
+    return example

@@ -51,11 +51,13 @@ def verify_skew(
     key, lookback = config.data.entity_key, config.training.lookback
     columns = [key, EVENT_TS, *config.data.window_columns, *config.data.static_columns]
     windows = online.load_features(None, offline.repo.offline.entities()).windows
-    # Every time at which an online window holds a full lookback is a candidate.
+    # Every time at which an online window holds a full lookback is a candidate (with known
+    # covariates, one whose next horizon rows are stored too: they are its plan).
+    ahead = config.training.horizon if config.data.known_columns else 0
     candidates = [
         (entity, time)
         for entity, window in windows.items()
-        for time in window.timestamps[lookback - 1 :]
+        for time in window.timestamps[lookback - 1 : len(window) - ahead]
     ]
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(candidates), size=min(samples, len(candidates)), replace=False)
@@ -64,9 +66,28 @@ def verify_skew(
         entity, time = candidates[index]
         served = windows[entity].until(time).to_frame(key).tail(lookback)
         history = offline.load_features(time, [entity])[columns].tail(lookback)
-        both = [bundle.predict(rows.reset_index(drop=True)) for rows in (served, history)]
+        plan = _known_after(config, offline, entity, time)
+        both = [
+            bundle.predict(pd.concat([rows, plan], ignore_index=True)) for rows in (served, history)
+        ]
         numbers = [frame.select_dtypes("number").to_numpy(np.float64) for frame in both]
         same_steps = both[0][EVENT_TS].equals(both[1][EVENT_TS])
         difference = float(np.max(np.abs(numbers[0] - numbers[1]))) if same_steps else np.inf
         results.append(PairResult(entity, pd.Timestamp(time), difference))
     return SkewReport(results)
+
+
+def _known_after(
+    config: SkewlessConfig, offline: FeatureStoreFacade, entity: Any, time: pd.Timestamp
+) -> pd.DataFrame:
+    """The plan both inputs get with known-future covariates: the stored values of the next
+    ``horizon`` rows (what was known ahead at ``time``), every other variable missing."""
+    data = config.data
+    if not data.known_columns:
+        return pd.DataFrame()
+    horizon = config.training.horizon
+    end = data.parsed_frequency.shift(pd.DatetimeIndex([time]), horizon)[0]
+    later = offline.repo.offline.history([entity], time + pd.Timedelta(1, "ns"), end)
+    columns = [data.entity_key, EVENT_TS, *data.window_columns, *data.static_columns]
+    unknown = [c for c in data.variables if c not in data.known_columns]
+    return later.reindex(columns=columns).assign(**{c: np.nan for c in unknown})
