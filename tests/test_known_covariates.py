@@ -311,32 +311,44 @@ def served_plans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
         server.wait(timeout=60)
 
 
-def forecasts(url: str, **request: object) -> dict[int, list[float]]:
+def answers(url: str) -> dict[int, dict]:
     answer = httpx.post(
         f"{url}/predict/feast/batch",
-        json={"entities": list(STORES), "time_point": "latest", **request},
+        json={"entities": list(STORES), "time_point": "latest"},
         timeout=120,
     )
     assert answer.status_code == 200, answer.text
-    return {item["entity"]: item["forecast"]["sales"] for item in answer.json()["predictions"]}
+    return {item["entity"]: item for item in answer.json()["predictions"]}
 
 
-def test_the_stored_plan_reaches_the_served_forecast_and_a_revision_moves_it(
-    served_plans: tuple[Path, str],
-) -> None:
-    config, url = served_plans
-    quiet = forecasts(url)
-    plans = pd.read_csv(config.parent / "plans.csv")
-    plans.loc[(plans.store == 2) & plans.index.isin([8, 10]), "promo"] = 1.0  # days 2 and 4
+def replan(config: Path, plans: pd.DataFrame) -> None:
+    """Ingest ``plans`` and bring the online windows up to date."""
     plans.to_csv(config.parent / "plans.csv", index=False)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SKEWLESS_HOME", str(config.parent / "home"))
         assert "known-future plans" in run("ingest", str(config))
         run("materialize", str(config), "--incremental")
-    promoted = forecasts(url)
+
+
+def test_a_revised_stored_plan_moves_the_served_forecast_and_a_gap_is_refused_by_name(
+    served_plans: tuple[Path, str],
+) -> None:
+    config, url = served_plans
+    quiet = {store: item["forecast"]["sales"] for store, item in answers(url).items()}
+    plans = pd.read_csv(config.parent / "plans.csv")
+    plans.loc[(plans.store == 2) & plans.index.isin([8, 10]), "promo"] = 1.0  # days 2 and 4
+    replan(config, plans)
+    promoted = {store: item["forecast"]["sales"] for store, item in answers(url).items()}
     lift = np.array(promoted[2]) - np.array(quiet[2])
     assert (lift[[1, 3]] > LIFT / 2).all() and (np.abs(lift[[0, 2, 4, 5, 6]]) < LIFT / 4).all()
     assert promoted[1] == quiet[1] and promoted[3] == quiet[3]
+
+    plans.loc[plans.index == 18, "promo"] = np.nan  # store 3, day 5: not planned (yet)
+    replan(config, plans)
+    served = answers(url)
+    assert "forecast" in served[1] and "forecast" in served[2]
+    day = pd.Timestamp(plans["day"].iloc[18], tz="UTC").isoformat()
+    assert "entity 3" in served[3]["error"] and day in served[3]["error"], served[3]
 
 
 def test_the_skew_check_gives_both_inputs_the_same_plan_and_finds_no_difference(
