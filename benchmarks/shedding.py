@@ -1,10 +1,10 @@
 """Which `serving.max_in_flight` a FastAPI worker should shed at: a sweep in one run.
 
 For each limit, one `skewless serve` worker answers closed-loop load of 10 entities per request
-at concurrency 8 and 64 (the saturating cell of benchmarks/serving.py). Recorded per cell: the
-throughput and p50/p99 of the answered requests, and how many were shed (503 at once). A lower
-limit sheds earlier but keeps fewer requests contending for the worker's GIL, so the answered
-ones are faster and often more numerous.
+at concurrency 8 and 64 (far above the default limit). Recorded per cell: the throughput and
+p50/p99 of the answered requests, and how many were shed (503 at once). A lower limit sheds
+earlier but keeps fewer requests contending for the worker's GIL, so the answered ones are
+faster and often more numerous.
 
 The goal of issue 18 is judged for the shipped default (the config's `serving.max_in_flight`):
 at concurrency 64 the p99 of accepted requests stays within 2x the p99 at concurrency 8. The
@@ -16,31 +16,20 @@ sweep shows what other limits would give. Results: benchmarks/results/shedding.j
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from machine import report
-from serving import (
-    BIN,
-    CONFIG,
-    SATURATING,
-    TIME_POINT,
-    closed_loop,
-    free_port,
-    prepare,
-    show,
-    start,
-)
-from serving import warm_up as warmed
+from servers import closed_loop, post, running, show, warm_up
+from serving import CONFIG, batch_body, prepare, skewless_serve
 from skewless.core.config import load_config
 from synthetic import ROOT
 
 RESULTS = ROOT / "benchmarks" / "results" / "shedding.json"
 ENTITIES = 10
+SATURATING = 64  # far above the default serving.max_in_flight (16)
 CONCURRENCY = (8, SATURATING)
 
 
@@ -48,43 +37,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="load per cell")
     parser.add_argument("--limits", default="2,4,8,16", help="max_in_flight values to sweep")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     default = load_config(CONFIG, environ={}).serving.max_in_flight
     limits = sorted({int(v) for v in args.limits.split(",")} | {default or 0} - {0})
-    body = json.dumps({"entities": list(range(1, ENTITIES + 1)), "time_point": TIME_POINT}).encode()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
-        home = Path(folder)
-        uri, _ = prepare(home)
-        env = {**os.environ, "SKEWLESS_HOME": str(home), "MLFLOW_TRACKING_URI": uri}
+        bench = prepare(Path(folder))
         for limit in limits:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            command = [
-                str(BIN / "skewless"),
-                "serve",
-                str(CONFIG),
-                "--port",
-                str(port),
-                "--set",
-                "feature_store.project=bench_serve",
-                "--set",
-                f"tracking.uri={uri}",
-                "--set",
-                f"serving.max_in_flight={limit}",
-            ]
-            process = start(command, env, f"GET {url}/health", home / "server.log")
-            try:
-                warmed(f"{url}/predict/feast/batch", body)
+            server = skewless_serve(bench, f"--set=serving.max_in_flight={limit}")
+            send = post(f"{server.url}/predict/feast/batch", batch_body(ENTITIES))
+            probe = f"GET {server.url}/health"
+            with running(server.command, bench.env, probe, bench.home / "server.log"):
+                warm_up(send)
                 for concurrency in CONCURRENCY:
-                    result = closed_loop(
-                        f"{url}/predict/feast/batch", body, concurrency, args.seconds
-                    )
+                    result = closed_loop(send, concurrency, args.seconds).summary()
                     records.append({"max_in_flight": limit, "concurrency": concurrency} | result)
                     show(f"max_in_flight {limit:3d} concurrency {concurrency:2d}", result)
-            finally:
-                process.terminate()
-                process.wait(timeout=60)
     results = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds_per_cell": args.seconds,
@@ -92,7 +61,7 @@ def main() -> None:
         "default_max_in_flight": default,
         "results": records,
     }
-    report(goals(records, default), results, RESULTS)
+    report(goals(records, default), results, args.out)
 
 
 def goals(records: list[dict[str, Any]], default: int | None) -> list[dict[str, object]]:
