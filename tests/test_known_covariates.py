@@ -359,3 +359,21 @@ def test_the_skew_check_gives_both_inputs_the_same_plan_and_finds_no_difference(
         patch.setenv("SKEWLESS_HOME", str(config.parent / "home"))
         checked = run("verify-skew", str(config), "--alias", "latest", "--samples", "50")
     assert "50 pairs compared, 0 differ; largest absolute difference 0" in checked
+
+
+def test_a_request_sends_its_own_plan_as_rows_after_the_history(
+    served_plans: tuple[Path, str],
+) -> None:
+    _, url = served_plans
+    history = sales().query("store == 1").tail(14)
+    with_schedule = with_plan(history, {1: [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]})
+    rows = with_schedule.assign(**{EVENT_TS: with_schedule[EVENT_TS].map(pd.Timestamp.isoformat)})
+    body = {"rows": rows.astype(object).where(rows.notna(), None).to_dict("records")}
+    answer = httpx.post(f"{url}/predict", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    (item,) = answer.json()["predictions"]
+    forecast = np.array(item["forecast"]["sales"])
+    assert forecast[0] - forecast[1] > LIFT / 2 and forecast[2] - forecast[3] > LIFT / 2
+    short = {"rows": body["rows"][:-2]}  # the last two steps unplanned
+    refused = httpx.post(f"{url}/predict", json=short, timeout=120)
+    assert refused.status_code == 422 and "entity 1" in refused.text, refused.text
