@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from skewless.core.config import KnownConfig, SkewlessConfig
@@ -21,11 +20,11 @@ from skewless.core.schema import EVENT_TS
 from skewless.features.keyed_table import KeyedTable, keyed_table
 from skewless.features.sources import describe_source, read_source
 from skewless.features.validation import (
-    SOURCE_ROW,
     Findings,
     parse_entities,
     parse_numbers,
     parse_timestamps,
+    source_rows,
 )
 
 PLAN_TABLE = "plan"
@@ -72,17 +71,9 @@ def read_plans(config: SkewlessConfig) -> pd.DataFrame:
 def parse_plan(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) -> pd.DataFrame:
     """Typed columns [entity, event_timestamp, known...]; problems go into ``findings``."""
     data, columns = config.data, known_of(config).columns
-    missing = [c for c in [data.entity_key, data.timestamp_column, *columns] if c not in raw]
-    if missing:
-        findings.errors.append(
-            f"missing column(s) {missing}; the source has "
-            f"{[c for c in raw.columns if c != SOURCE_ROW]}"
-        )
+    rows = source_rows(raw, [data.entity_key, data.timestamp_column, *columns], findings)
+    if rows is None:
         return pd.DataFrame()
-    if raw.empty:
-        findings.errors.append("the source has no rows")
-        return pd.DataFrame()
-    rows = raw[SOURCE_ROW].to_numpy(np.int64) if SOURCE_ROW in raw else np.arange(1, len(raw) + 1)
     parsed = pd.DataFrame(
         {data.entity_key: parse_entities(raw[data.entity_key], rows, config, findings)}
     )

@@ -23,7 +23,7 @@ from skewless.core.config import SkewlessConfig, StaticConfig
 from skewless.core.errors import FeatureStoreError
 from skewless.features.keyed_table import KeyedTable, keyed_table
 from skewless.features.sources import describe_source, read_source
-from skewless.features.validation import SOURCE_ROW, Findings, parse_entities, rows_text
+from skewless.features.validation import Findings, parse_entities, rows_text, source_rows
 
 STATIC_TABLE = "static"
 
@@ -59,17 +59,9 @@ def read_statics(config: SkewlessConfig) -> pd.DataFrame:
 def parse_statics(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) -> pd.DataFrame:
     """Typed columns [entity, numeric..., categorical...]; problems go into ``findings``."""
     static, key = statics_of(config), config.data.entity_key
-    missing = [c for c in [key, *static.columns] if c not in raw.columns]
-    if missing:
-        findings.errors.append(
-            f"missing column(s) {missing}; the source has "
-            f"{[c for c in raw.columns if c != SOURCE_ROW]}"
-        )
+    rows = source_rows(raw, [key, *static.columns], findings)
+    if rows is None:
         return pd.DataFrame()
-    if raw.empty:
-        findings.errors.append("the source has no rows")
-        return pd.DataFrame()
-    rows = raw[SOURCE_ROW].to_numpy(np.int64) if SOURCE_ROW in raw else np.arange(1, len(raw) + 1)
     parsed = pd.DataFrame({key: parse_entities(raw[key], rows, config, findings)})
     for column in static.numeric:  # float64 as given; a missing one is the imputer's
         values = raw[column].reset_index(drop=True)

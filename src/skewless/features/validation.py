@@ -51,23 +51,10 @@ def parse_rows(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) ->
     ``findings``."""
     data = config.data
     required = [data.entity_key, data.timestamp_column, *data.window_columns]
-    missing = [c for c in required if c not in raw.columns]
-    if missing:
-        findings.errors.append(
-            f"missing column(s) {missing}; the source has "
-            f"{[c for c in raw.columns if c != SOURCE_ROW]}. "
-            "Fix the source or the column names under 'data' in the config"
-        )
+    advice = ". Fix the source or the column names under 'data' in the config"
+    rows = source_rows(raw, required, findings, advice)
+    if rows is None:
         return pd.DataFrame()
-    if raw.empty:
-        findings.errors.append("the source has no rows")
-        return pd.DataFrame()
-    # Row numbers in the source: given by a reader that hands out part of it, else positions.
-    rows = (
-        raw[SOURCE_ROW].to_numpy(np.int64)
-        if SOURCE_ROW in raw.columns
-        else np.arange(1, len(raw) + 1)
-    )
     parsed = pd.DataFrame({ENTITY_ROW: rows})
     parsed[data.entity_key] = parse_entities(raw[data.entity_key], rows, config, findings)
     parsed[EVENT_TS] = parse_timestamps(raw[data.timestamp_column], rows, config, findings)
@@ -76,6 +63,27 @@ def parse_rows(raw: pd.DataFrame, config: SkewlessConfig, findings: Findings) ->
     for column in data.categorical:  # labels as given; a missing one encodes as unseen
         parsed[column] = raw[column].reset_index(drop=True).astype("string")
     return parsed
+
+
+def source_rows(
+    raw: pd.DataFrame, required: list[str], findings: Findings, advice: str = ""
+) -> np.ndarray | None:
+    """Each row's number in its source (given by a reader that hands out part of it, else its
+    position), or None with the reason in ``findings`` when a ``required`` column is missing or
+    there is no row."""
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        findings.errors.append(
+            f"missing column(s) {missing}; the source has "
+            f"{[c for c in raw.columns if c != SOURCE_ROW]}{advice}"
+        )
+        return None
+    if raw.empty:
+        findings.errors.append("the source has no rows")
+        return None
+    if SOURCE_ROW in raw.columns:
+        return raw[SOURCE_ROW].to_numpy(np.int64)
+    return np.arange(1, len(raw) + 1)
 
 
 def parse_entities(
