@@ -13,7 +13,8 @@ Pushed and streamed rows (:func:`push`) take a shorter way: after the offline ap
 touched entities' windows are read (one online read), the new rows appended to them and the
 oldest dropped, and written back (one online write), with no offline read. An entity whose new
 rows do not all come after its window's end (late rows), or that has no window yet, is rebuilt
-from the offline store as materialize does, so the windows are the same bytes either way.
+from the offline store as materialize does, so the windows are the same bytes either way; so
+are all windows that carry labels or known-future plans, which change with the window's rows.
 
 Every writer of the online windows (materialize, push, ``skewless stream``, POST /push) holds
 one lock per home (:func:`online_lock`), across processes: two read-append-write cycles at once
@@ -140,7 +141,6 @@ def write_windows(repo: FeastRepo, entities: list[Any], progress: Progress | Non
     for begin in range(0, len(entities), size):
         batch = entities[begin : begin + size]
         tails = repo.offline.tail(config.feature_store.window_size, batch)
-        repo.store.write_to_online_store(SERIES_VIEW, tails.groupby(key, sort=False).tail(1))
         statics = None if repo.statics is None else repo.statics.read(batch)
         plans = None if repo.plans is None else repo.plans.read(batch)
         windows = pack_windows(
@@ -212,11 +212,13 @@ def _update_windows(repo: FeastRepo, written: pd.DataFrame) -> None:
     values = rows[data.variables].to_numpy(np.float32)
     width = len(data.window_columns)
     blobs = _reader(repo).read(entities)
+    # Label codes index the labels of the window's own rows, and a plan is packed from the
+    # window's end on: both change with the rows, so such windows are always rebuilt.
+    rebuilt_whole = bool(data.categorical) or repo.plans is not None
     appended: dict[int, bytes] = {}  # row index of the entity's latest row -> its new window
     rebuild = []
     for first, last, entity, blob in zip(bounds[:-1], bounds[1:], entities, blobs, strict=True):
-        # Label codes index labels of the window's own rows: such windows are always rebuilt.
-        end = None if blob is None or data.categorical else window_end_us(blob, width)
+        end = None if blob is None or rebuilt_whole else window_end_us(blob, width)
         if blob is None or end is None or times[first] <= end:
             rebuild.append(entity)
         else:
