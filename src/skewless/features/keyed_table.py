@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,22 @@ from skewless.core.errors import FeatureStoreError
 from skewless.core.schema import CREATED_TS, EVENT_TS
 
 
-class KeyedTable(ABC):
-    """Rows keyed by ``keys`` (the entity key first), with number and label columns."""
+@dataclass(frozen=True)
+class KeyedColumns:
+    """A keyed table's columns: ``keys`` (the entity key first), then numbers and labels."""
 
-    def __init__(
-        self, config: SkewlessConfig, keys: list[str], numeric: list[str], labels: list[str]
-    ) -> None:
+    keys: list[str]
+    numeric: list[str]
+    labels: list[str]
+
+
+class KeyedTable(ABC):
+    """Rows keyed by their key columns, with number and label columns."""
+
+    def __init__(self, config: SkewlessConfig, layout: KeyedColumns) -> None:
         self.config = config
         self.entity_key = config.data.entity_key
-        self.keys, self.numeric, self.labels = keys, numeric, labels
+        self.keys, self.numeric, self.labels = layout.keys, layout.numeric, layout.labels
 
     @property
     def columns(self) -> list[str]:
@@ -60,15 +68,8 @@ class KeyedTable(ABC):
 class ParquetKeyedTable(KeyedTable):
     """One Parquet file, rewritten whole and renamed into place."""
 
-    def __init__(
-        self,
-        config: SkewlessConfig,
-        keys: list[str],
-        numeric: list[str],
-        labels: list[str],
-        path: Path,
-    ) -> None:
-        super().__init__(config, keys, numeric, labels)
+    def __init__(self, config: SkewlessConfig, layout: KeyedColumns, path: Path) -> None:
+        super().__init__(config, layout)
         self.path = path
 
     def upsert(self, rows: pd.DataFrame) -> None:
@@ -118,15 +119,9 @@ class PostgresKeyedTable(KeyedTable):
     """One PostgreSQL table with the keys as its primary key; an upsert is one transaction."""
 
     def __init__(
-        self,
-        config: SkewlessConfig,
-        keys: list[str],
-        numeric: list[str],
-        labels: list[str],
-        store: PostgresOfflineStore,
-        name: str,
+        self, config: SkewlessConfig, layout: KeyedColumns, store: PostgresOfflineStore, name: str
     ) -> None:
-        super().__init__(config, keys, numeric, labels)
+        super().__init__(config, layout)
         self.store = store
         self.name = f"{config.project}_{name}"
         self.ident = sql.Identifier(store.db_schema, self.name)
@@ -239,17 +234,10 @@ def plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def keyed_table(
-    config: SkewlessConfig,
-    home: Path,
-    name: str,
-    keys: list[str],
-    numeric: list[str],
-    labels: list[str],
-) -> KeyedTable:
+def keyed_table(config: SkewlessConfig, home: Path, name: str, layout: KeyedColumns) -> KeyedTable:
     """The table ``name`` of ``config``'s project, in its offline store's backend."""
     store = config.feature_store.offline_store
     if isinstance(store, PostgresOfflineStore):
-        return PostgresKeyedTable(config, keys, numeric, labels, store, name)
+        return PostgresKeyedTable(config, layout, store, name)
     path = home / "offline" / config.project / name / f"{name}.parquet"
-    return ParquetKeyedTable(config, keys, numeric, labels, path)
+    return ParquetKeyedTable(config, layout, path)

@@ -17,7 +17,7 @@ import pandas as pd
 from skewless.core.config import KnownConfig, SkewlessConfig
 from skewless.core.errors import FeatureStoreError
 from skewless.core.schema import EVENT_TS
-from skewless.features.keyed_table import KeyedTable, keyed_table
+from skewless.features.keyed_table import KeyedColumns, KeyedTable, keyed_table
 from skewless.features.sources import describe_source, read_source
 from skewless.features.validation import (
     Findings,
@@ -41,8 +41,8 @@ def plan_table(config: SkewlessConfig, home: Path) -> KeyedTable | None:
     known = config.data.known
     if known is None or not known.sources:
         return None
-    keys = [config.data.entity_key, EVENT_TS]
-    return keyed_table(config, home, PLAN_TABLE, keys, known.columns, [])
+    layout = KeyedColumns([config.data.entity_key, EVENT_TS], known.columns, [])
+    return keyed_table(config, home, PLAN_TABLE, layout)
 
 
 def read_plans(config: SkewlessConfig) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from skewless.core.config import SkewlessConfig, StaticConfig
 from skewless.core.errors import FeatureStoreError
-from skewless.features.keyed_table import KeyedTable, keyed_table
+from skewless.features.keyed_table import KeyedColumns, KeyedTable, keyed_table
 from skewless.features.sources import describe_source, read_source
 from skewless.features.validation import Findings, parse_entities, rows_text, source_rows
 
@@ -134,5 +134,6 @@ def static_table(config: SkewlessConfig, home: Path) -> StaticTable | None:
     if config.data.static is None:
         return None
     static, key = config.data.static, config.data.entity_key
-    table = keyed_table(config, home, STATIC_TABLE, [key], static.numeric, static.categorical)
+    layout = KeyedColumns([key], static.numeric, static.categorical)
+    table = keyed_table(config, home, STATIC_TABLE, layout)
     return StaticTable(config, table)
