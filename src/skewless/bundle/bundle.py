@@ -345,8 +345,8 @@ class ForecastBundle:
             problems.append(
                 f"entity {shown!r}: no known value of {gaps} for {len(rows)} of the "
                 f"{self.model.horizon} forecast steps, the first at "
-                f"{rows[EVENT_TS].iloc[0].isoformat()}; send them as rows after the history "
-                "(or in the request's 'known'), or ingest the plan (data.known.sources)"
+                f"{rows[EVENT_TS].iloc[0].isoformat()}; send them as rows after the history, or "
+                "ingest the plan (data.known.sources)"
             )
         raise DataValidationError("the known-future covariates do not cover the horizon", problems)
 
