@@ -10,14 +10,16 @@ from pathlib import Path
 
 
 def describe_machine() -> dict[str, object]:
-    """Cores, Python, the CPU's model name, and the best of five timings of a fixed pure-Python
-    loop: hosts of one kind differ (the serving benchmark's ceiling, a constant over HTTP, took
-    0.8 ms on one and 1.4 ms on another)."""
+    """Cores, Python, the CPU's model name, the best of five timings of a fixed pure-Python
+    loop (hosts of one kind differ: the serving benchmark's ceiling, a constant over HTTP, took
+    0.8 ms on one and 1.4 ms on another), and the load averages over 1, 5 and 15 minutes as the
+    run ends (whether anything else ran beside it)."""
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
         "python_loop_ms": round(min(_loop_ms() for _ in range(5)), 1),
+        "load_average": [round(load, 1) for load in os.getloadavg()],
     }
 
 
