@@ -71,17 +71,23 @@ class Streamed:
         sets = [f"--set={o}" for o in [*self.overrides, *extra]]
         return [str(SKEWLESS), verb, str(ETTH_CONFIG), *sets]
 
-    def start(self, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-        """``skewless stream`` in a process of its own, its output in ``log``; returns once
-        it consumes."""
+    def launch(self, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+        """``skewless stream`` in a process of its own, its output in ``log`` (a new file)."""
         env = {**os.environ, "SKEWLESS_HOME": str(self.home)}
-        with log.open("ab") as out:
-            process = subprocess.Popen(
+        with log.open("xb") as out:
+            return subprocess.Popen(
                 self.command("stream", *extra), env=env, stdout=out, stderr=subprocess.STDOUT
             )
-        wait_for(lambda: "consuming" in log.read_text() or process.poll() is not None, "start")
-        assert process.poll() is None, log.read_text()
+
+    def start(self, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+        """:meth:`launch`, returning once the consumer consumes."""
+        process = self.launch(log, *extra)
+        consuming(process, log)
         return process
+
+    def undelivered(self) -> int:
+        """Messages the broker holds that no consumer has been given yet."""
+        return asyncio.run(_undelivered(self.streaming))
 
     def stored(self) -> pd.DataFrame:
         return self.repo.offline.history(None, None, None)
@@ -94,6 +100,30 @@ class Streamed:
             for entity, blob in zip([1, 2], blobs, strict=True)
             if blob is not None
         }
+
+
+def consuming(process: subprocess.Popen[bytes], log: Path) -> None:
+    """Returns once the consumer writing ``log`` consumes; fails if it stopped."""
+    wait_for(lambda: "consuming" in log.read_text() or process.poll() is not None, "start")
+    assert process.poll() is None, log.read_text()
+
+
+async def _undelivered(streaming: StreamingConfig) -> int:
+    if streaming.broker == "nats":
+        import nats
+
+        client = await nats.connect(streaming.url)
+        jetstream = client.jetstream()
+        stream = await jetstream.find_stream_name_by_subject(streaming.subject)
+        info = await jetstream.consumer_info(stream, streaming.group)
+        await client.close()
+        return int(info.num_pending)
+    import aio_pika
+
+    connection = await aio_pika.connect(streaming.url)
+    queue = await (await connection.channel()).declare_queue(streaming.subject, passive=True)
+    await connection.close()
+    return int(queue.declaration_result.message_count or 0)
 
 
 def rows(start: str, hours: int, entities: tuple[int, ...] = (1, 2), seed: int = 1) -> pd.DataFrame:
@@ -133,9 +163,9 @@ def streamed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Streame
 
 @pytest.fixture(params=sorted(BROKERS))
 def redelivering(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Streamed]:
-    """A stream whose unacknowledged messages come again soon: NATS after 3 s, RabbitMQ when
+    """A stream whose unacknowledged messages come again soon: NATS after 1 s, RabbitMQ when
     the consumer's connection drops."""
-    setup = streamed_repo(tmp_path / "home", request.param, ack_wait_seconds=3)
+    setup = streamed_repo(tmp_path / "home", request.param, ack_wait_seconds=1)
     yield setup
     asyncio.run(delete(setup.streaming))
     setup.repo.store.teardown()
@@ -351,21 +381,23 @@ def test_stream_writes_both_stores_sends_dead_letters_and_counts(
 def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(
     redelivering: Streamed, tmp_path: Path
 ) -> None:
-    setup, log = redelivering, tmp_path / "stream.log"
-    # A long micro-batch: killed while it holds delivered, unacknowledged messages.
-    consumer = setup.start(log, "streaming.batch_seconds=30")
+    setup = redelivering
+    # A long micro-batch: killed while it holds every message, delivered and unacknowledged.
+    consumer = setup.start(tmp_path / "stream1.log", "streaming.batch_seconds=30")
     asyncio.run(publish_rows(setup.streaming, rows("2018-01-02", 10), 4))
-    time.sleep(2)
+    wait_for(lambda: setup.undelivered() == 0, "every message delivered", 30)
     consumer.kill()
     consumer.wait()
     assert len(setup.stored()) == 48
     # Small micro-batches, killed again at some moment of its writing, then left to finish.
-    consumer = setup.start(log, "streaming.batch_messages=1", "streaming.batch_seconds=0.1")
+    small = ("streaming.batch_messages=1", "streaming.batch_seconds=0.1")
+    consumer = setup.launch(tmp_path / "stream2.log", *small)
     asyncio.run(publish_rows(setup.streaming, rows("2018-01-02 10:00", 20), 2))
     wait_for(lambda: len(setup.stored()) > 48 + 4, "a first write", 60)
     consumer.kill()
     consumer.wait()
-    consumer = setup.start(log)
+    log = tmp_path / "stream3.log"
+    consumer = setup.launch(log)
     try:
         wait_for(lambda: len(setup.stored()) == 48 + 60, "every row", 90)
         wait_for(
@@ -389,11 +421,14 @@ def test_two_consumers_share_the_work_without_double_writes(
     setup = redelivering
     ports = [free_port(), free_port()]
     small = ("streaming.batch_messages=2", "streaming.batch_seconds=0.2")
-    consumers = [
-        setup.start(tmp_path / f"stream{i}.log", f"streaming.metrics_port={port}", *small)
-        for i, port in enumerate(ports)
+    logs = [tmp_path / f"stream{i}.log" for i in range(len(ports))]
+    consumers = [  # started side by side: each start imports Feast
+        setup.launch(log, f"streaming.metrics_port={port}", *small)
+        for log, port in zip(logs, ports, strict=True)
     ]
     try:
+        for consumer, log in zip(consumers, logs, strict=True):
+            consuming(consumer, log)
         asyncio.run(publish_rows(setup.streaming, rows("2018-01-02", 40), 2))
         wait_for(lambda: len(setup.stored()) == 48 + 80, "every row", 120)
 
@@ -482,7 +517,7 @@ def test_a_nats_server_lost_mid_stream_is_reconnected_to_and_nothing_is_lost(
         wait_for(lambda: len(setup.stored()) == 48 + 10, "the first rows", 60)
         server.kill()
         server.wait()
-        time.sleep(2)
+        wait_for(lambda: "lost NATS" in log.read_text(), "the loss noticed", 30)
         assert consumer.poll() is None
         server = nats_server()
         asyncio.run(publish_rows(setup.streaming, rows("2018-01-02 05:00", 5), 2))
@@ -599,7 +634,7 @@ def test_a_rabbitmq_server_lost_mid_stream_is_reconnected_to_and_nothing_is_lost
         asyncio.run(publish_rows(setup.streaming, rows("2018-01-02", 5), 2))
         wait_for(lambda: len(setup.stored()) == 48 + 10, "the first rows", 60)
         kill(server)
-        time.sleep(2)
+        wait_for(lambda: "lost RabbitMQ" in log.read_text(), "the loss noticed", 30)
         assert consumer.poll() is None
         server = rabbitmq_server()
         asyncio.run(publish_rows(setup.streaming, rows("2018-01-02 05:00", 5), 2))
