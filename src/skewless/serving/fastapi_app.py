@@ -159,12 +159,13 @@ def _excerpt(error: Any) -> dict[str, Any]:
     }
 
 
-def _service(request: Request) -> ServiceCore:
+# Coroutines: FastAPI would run a plain function dependency in a worker thread.
+async def _service(request: Request) -> ServiceCore:
     service: ServiceCore = request.app.state.service
     return service
 
 
-def _metrics(request: Request) -> ServingMetrics:
+async def _metrics(request: Request) -> ServingMetrics:
     metrics: ServingMetrics = request.app.state.metrics
     return metrics
 
@@ -177,18 +178,18 @@ def _predictions_router() -> APIRouter:
     router = APIRouter(tags=["predictions"], responses=_ERRORS)
 
     @router.post("/predict", response_model=PredictionResponse)
-    def predict_rows(body: RowsRequest, service: Service, request: Request) -> Response:
+    async def predict_rows(body: RowsRequest, service: Service, request: Request) -> Response:
         """Forecast after each entity's last row, from raw rows sent in the request."""
-        served = service.predict_rows(pd.DataFrame.from_records(body.rows))
+        served = await service.predict_rows(pd.DataFrame.from_records(body.rows))
         return _response(served, request)
 
     @router.post("/predict/feast", response_model=PredictionResponse)
-    def predict_entity(
+    async def predict_entity(
         body: EntityRequest, service: Service, metrics: Metrics, request: Request
     ) -> Response:
         """Forecast one entity from its online window; its error is the response's status."""
         _check_key(service, body.entity_key)
-        served = service.predict_entities([body.entity], body.time_point, "/predict/feast")
+        served = await service.predict_entities([body.entity], body.time_point, "/predict/feast")
         item = served.items[0]
         if isinstance(item, FailedPrediction):
             request.state.model_version = served.model.version
@@ -196,10 +197,11 @@ def _predictions_router() -> APIRouter:
         return _response(served, request)
 
     @router.post("/predict/feast/batch", response_model=PredictionResponse)
-    def predict_batch(body: BatchRequest, service: Service, request: Request) -> Response:
+    async def predict_batch(body: BatchRequest, service: Service, request: Request) -> Response:
         """Forecast many entities; each succeeds or carries its own error, in request order."""
         _check_key(service, body.entity_key)
-        return _response(service.predict_entities(body.entities, body.time_point), request)
+        served = await service.predict_entities(body.entities, body.time_point)
+        return _response(served, request)
 
     return router
 
@@ -213,7 +215,7 @@ def _operations_router() -> APIRouter:
         return {"status": "alive"}
 
     @router.get("/ready", responses={503: {"model": ErrorResponse}})
-    def ready(service: Service) -> JSONResponse:
+    async def ready(service: Service) -> JSONResponse:
         """A model is loaded and the online store answers (else 503). "degraded" (still 200,
         for a load balancer to ignore or act on): the request log lost records lately or its
         writer is restarting. A failed or refused reload is reported too."""
@@ -224,7 +226,7 @@ def _operations_router() -> APIRouter:
             "request_log": log,
         }
         try:
-            service.feature_store_ready()
+            await service.feature_store_ready()
         except Exception as exc:  # any failure of the store means not ready
             reachable = isinstance(exc, SkewlessError) and not isinstance(
                 exc, StoreUnavailableError

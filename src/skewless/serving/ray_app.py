@@ -1,6 +1,7 @@
-"""The Ray Serve server: the FastAPI routes in an ingress deployment, and the three stages in
-deployments of their own (features, preprocessing, model), each with its replicas, CPU share and
-autoscaling from ``serving.ray``.
+"""The Ray Serve server: the FastAPI routes in an ingress deployment that awaits the three
+stages (features, preprocessing, model), either in deployments of their own, each with its
+replicas, CPU share and autoscaling from ``serving.ray`` (``topology: staged``), or together in
+one deployment, one hop from the ingress (``topology: fused``).
 
 Requests carry the model version the ingress chose when they started; the preprocessing and
 model replicas load versions on first use and keep the last few, so a swap never mixes the
@@ -9,8 +10,12 @@ preprocessor of one version with the model of another, and never needs a broadca
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 from collections import OrderedDict
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,10 +34,17 @@ from skewless.core.stores import tracking_uri
 from skewless.features.ingest import IngestReport
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
-from skewless.serving.fastapi_app import create_app
-from skewless.serving.service import LoadedModel, OnlineWindowFetcher, ServiceCore
+from skewless.serving.fastapi_app import ADMIN_TOKEN_ENV, create_app
+from skewless.serving.service import (
+    Forecasted,
+    LoadedModel,
+    LocalStages,
+    OnlineWindowFetcher,
+    ServiceCore,
+    Windows,
+    forecast_entities,
+)
 
-APP_NAME = "skewless"
 _VERSIONS_KEPT = 3
 
 
@@ -41,20 +53,23 @@ def _config(config_json: dict[str, Any]) -> SkewlessConfig:
 
 
 class _Bundles:
-    """Bundles by version, loaded on first use; the last few stay."""
+    """Bundles by version, loaded on first use; the last few stay. Thread-safe: Ray Serve runs
+    a replica's plain methods in a thread pool."""
 
     def __init__(self, config: SkewlessConfig, home: Path) -> None:
         self.name = config.model_name
         self.registry = ModelRegistry(tracking_uri(config, home))
         self.loaded: OrderedDict[int, ForecastBundle] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, version: int) -> ForecastBundle:
-        if version not in self.loaded:
-            self.loaded[version] = self.registry.load_bundle(self.name, version)
-            while len(self.loaded) > _VERSIONS_KEPT:
-                self.loaded.popitem(last=False)
-        self.loaded.move_to_end(version)
-        return self.loaded[version]
+        with self._lock:
+            if version not in self.loaded:
+                self.loaded[version] = self.registry.load_bundle(self.name, version)
+                while len(self.loaded) > _VERSIONS_KEPT:
+                    self.loaded.popitem(last=False)
+            self.loaded.move_to_end(version)
+            return self.loaded[version]
 
 
 @serve.deployment
@@ -78,7 +93,7 @@ class Features:
 
 
 class _BundleStage:
-    """A deployment that runs one stage of the bundle, for whichever version a request names."""
+    """A deployment that runs bundle stages, for whichever version a request names."""
 
     def __init__(self, config_json: dict[str, Any], home: str) -> None:
         keep_freed_memory()
@@ -106,8 +121,70 @@ class Model(_BundleStage):
         return self.bundles.get(version).forecasts(prepared)
 
 
-class RayForecastService(ServiceCore):
-    """The shared service core, with its stages behind deployment handles."""
+@serve.deployment
+class Fused(_BundleStage):
+    """All three stages in one deployment (``topology: fused``): one hop from the ingress, as
+    the one-machine server runs them."""
+
+    def __init__(self, config_json: dict[str, Any], home: str) -> None:
+        super().__init__(config_json, home)
+        self.stages = LocalStages(_config(config_json), Path(home))
+
+    async def forecast_entities(
+        self, version: int, entities: list[Any], point: datetime | None
+    ) -> Forecasted:
+        bundle = await asyncio.to_thread(self.bundles.get, version)
+        return await self.stages.forecast_entities(bundle, entities, point)
+
+    async def predict(self, version: int, rows: pd.DataFrame) -> Forecasts:
+        bundle = await asyncio.to_thread(self.bundles.get, version)
+        return await self.stages.predict(bundle, rows)
+
+    async def ready(self) -> bool:
+        return await self.stages.ready()
+
+    def push(self, rows: pd.DataFrame) -> IngestReport:
+        return self.stages.push(rows)
+
+
+class _RayService(ServiceCore):
+    """The shared service core with its stages behind deployment handles: requests await
+    them; a reload (from the alias poller's thread or a worker thread) waits on them."""
+
+    def __init__(
+        self,
+        config: SkewlessConfig,
+        home: Path,
+        alias: str | None,
+        store: DeploymentHandle,
+        loaders: tuple[DeploymentHandle, ...],
+    ) -> None:
+        self.store, self.loaders = store, loaders
+        self._constructed = False
+        super().__init__(config, home, alias)
+        self._constructed = True
+
+    def _load(self, version: int) -> LoadedModel:
+        """Load here, then, on a reload, have a replica of each deployment that runs bundle
+        stages load it too before the swap. (The constructor runs in the replica's event loop,
+        where waiting on a handle is not allowed; those replicas load the first version on
+        first use.)"""
+        loaded = super()._load(version)
+        if self._constructed:
+            for loader in self.loaders:
+                _result(loader.warm.remote(version))
+        return loaded
+
+    async def feature_store_ready(self) -> bool:
+        return bool(await _answer(self.store.ready.remote()))
+
+    def _push(self, rows: pd.DataFrame) -> IngestReport:
+        report: IngestReport = _result(self.store.push.remote(rows))
+        return report
+
+
+class StagedService(_RayService):
+    """Features, preprocessing and model in deployments of their own (``topology: staged``)."""
 
     def __init__(
         self,
@@ -119,47 +196,83 @@ class RayForecastService(ServiceCore):
         model: DeploymentHandle,
     ) -> None:
         self.features, self.preprocessing, self.model = features, preprocessing, model
-        self._constructed = False
-        super().__init__(config, home, alias)
-        self._constructed = True
+        super().__init__(config, home, alias, features, (preprocessing, model))
 
-    def _load(self, version: int) -> LoadedModel:
-        """Load here, then, on a reload, have a stage replica of each kind load it too before
-        the swap. (The constructor runs in the replica's event loop, where waiting on a handle
-        is not allowed; stage replicas load the first version on first use.)"""
-        loaded = super()._load(version)
-        if self._constructed:
-            _result(self.preprocessing.warm.remote(version))
-            _result(self.model.warm.remote(version))
-        return loaded
+    async def _forecast_entities(
+        self, model: LoadedModel, entities: list[Any], point: datetime | None
+    ) -> Forecasted:
+        return await forecast_entities(
+            self._fetch, partial(self._predict, model), model.bundle.spec, entities, point
+        )
 
-    def feature_store_ready(self) -> bool:
-        return bool(_result(self.features.ready.remote()))
+    async def _fetch(self, entities: list[Any], point: datetime | None, lookback: int) -> Windows:
+        windows: Windows = await _answer(self.features.fetch.remote(entities, point, lookback))
+        return windows
 
-    def _fetch(
-        self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
-        rows, problems = _result(self.features.fetch.remote(entities, point, lookback))
-        return rows, problems
-
-    def _push(self, rows: pd.DataFrame) -> IngestReport:
-        report: IngestReport = _result(self.features.push.remote(rows))
-        return report
-
-    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
+    async def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
+        # The prepared windows go from the preprocessing replica to the model replica directly.
         prepared = self.preprocessing.prepare.remote(model.version, rows)
-        forecasts: Forecasts = _result(self.model.forecasts.remote(model.version, prepared))
+        forecasts: Forecasts = await _answer(self.model.forecasts.remote(model.version, prepared))
         return forecasts
 
 
-def _result(response: DeploymentResponse | DeploymentResponseGenerator) -> Any:
-    """The deployment's answer; its own exception (not Ray's wrapper) when it raised one."""
+class FusedService(_RayService):
+    """The three stages in one deployment, one hop away (``topology: fused``)."""
+
+    def __init__(
+        self, config: SkewlessConfig, home: Path, alias: str | None, fused: DeploymentHandle
+    ) -> None:
+        self.fused = fused
+        super().__init__(config, home, alias, fused, (fused,))
+
+    async def _forecast_entities(
+        self, model: LoadedModel, entities: list[Any], point: datetime | None
+    ) -> Forecasted:
+        done: Forecasted = await _answer(
+            self.fused.forecast_entities.remote(model.version, entities, point)
+        )
+        return done
+
+    async def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
+        forecasts: Forecasts = await _answer(self.fused.predict.remote(model.version, rows))
+        return forecasts
+
+
+def _ray_service(
+    config: SkewlessConfig, home: Path, alias: str | None, stages: tuple[DeploymentHandle, ...]
+) -> _RayService:
+    """The service of ``serving.ray.topology`` over the handles ``build_application`` bound."""
+    if config.serving.ray.topology == "fused":
+        (fused,) = stages
+        return FusedService(config, home, alias, fused)
+    features, preprocessing, model = stages
+    return StagedService(config, home, alias, features, preprocessing, model)
+
+
+# What ``handle.method.remote`` is typed to return; ours are all unary (DeploymentResponse).
+_Call = DeploymentResponse | DeploymentResponseGenerator
+
+
+async def _answer(response: _Call) -> Any:
+    """The deployment's answer, awaited; its own exception when it raised one."""
+    try:
+        return await cast(DeploymentResponse, response)
+    except RayTaskError as exc:
+        raise _own(exc) from None
+
+
+def _result(response: _Call) -> Any:
+    """The deployment's answer, waited for (outside the event loop); its own exception when it
+    raised one."""
     try:
         return cast(DeploymentResponse, response).result()
     except RayTaskError as exc:
-        if isinstance(exc.cause, SkewlessError):
-            raise exc.cause from None
-        raise
+        raise _own(exc) from None
+
+
+def _own(exc: RayTaskError) -> BaseException:
+    """Our error that the deployment raised, rather than Ray's wrapper; else the wrapper."""
+    return exc.cause if isinstance(exc.cause, SkewlessError) else exc
 
 
 @serve.deployment
@@ -172,22 +285,18 @@ class Ingress:
         config_json: dict[str, Any],
         home: str,
         alias: str | None,
-        features: DeploymentHandle,
-        preprocessing: DeploymentHandle,
-        model: DeploymentHandle,
+        *stages: DeploymentHandle,
     ) -> None:
         quiet_library_notices()  # MLflow's, when it loads versions
-        self.service = RayForecastService(
-            _config(config_json), Path(home), alias, features, preprocessing, model
-        )
+        self.service = _ray_service(_config(config_json), Path(home), alias, stages)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.service)
 
 
-def _options(scaling: DeploymentScaling) -> dict[str, Any]:
+def _options(scaling: DeploymentScaling, **actor: Any) -> dict[str, Any]:
     return {
-        "ray_actor_options": {"num_cpus": scaling.num_cpus},
+        "ray_actor_options": {"num_cpus": scaling.num_cpus, **actor},
         "autoscaling_config": {
             "min_replicas": scaling.min_replicas,
             "initial_replicas": max(scaling.min_replicas, 1),
@@ -202,15 +311,29 @@ def build_application(config: SkewlessConfig, home: Path, alias: str | None) -> 
     settings = config.serving.ray
     arguments = (config.model_dump(mode="json"), str(home))
 
-    def sized(deployment: object, scaling: DeploymentScaling) -> Deployment:
+    def sized(deployment: object, scaling: DeploymentScaling, **actor: Any) -> Deployment:
         # The decorators return Deployments; type checkers still see the classes.
-        return cast(Deployment, deployment).options(**_options(scaling))
+        return cast(Deployment, deployment).options(**_options(scaling, **actor))
 
-    features = sized(Features, settings.features).bind(*arguments)
-    preprocessing = sized(Preprocessing, settings.preprocessing).bind(*arguments)
-    model = sized(Model, settings.model).bind(*arguments)
-    ingress = sized(Ingress, settings.ingress).options(**_admission(config.serving.max_in_flight))
-    return ingress.bind(*arguments, alias, features, preprocessing, model)
+    if settings.topology == "fused":  # sized as the model stage, its heaviest part
+        stages = [sized(Fused, settings.model).bind(*arguments)]
+    else:
+        stages = [
+            sized(Features, settings.features).bind(*arguments),
+            sized(Preprocessing, settings.preprocessing).bind(*arguments),
+            sized(Model, settings.model).bind(*arguments),
+        ]
+    ingress = sized(Ingress, settings.ingress, **_environment()).options(
+        **_admission(config.serving.max_in_flight)
+    )
+    return ingress.bind(*arguments, alias, *stages)
+
+
+def _environment() -> dict[str, Any]:
+    """The admin token of the server deploying the application, for its ingress: replicas
+    have their node's environment, which on a cluster the server joined is not the server's."""
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    return {"runtime_env": {"env_vars": {ADMIN_TOKEN_ENV: token}}} if token else {}
 
 
 def _admission(max_in_flight: int | None) -> dict[str, Any]:

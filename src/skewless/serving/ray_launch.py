@@ -16,6 +16,8 @@ from pathlib import Path
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import ConfigError
 
+APP_NAME = "skewless"
+
 
 def ray_serve_settings() -> dict[str, str]:
     """Ray Serve's lower-latency settings (docs/serving.md). HAProxy only where its binary is:
@@ -33,7 +35,8 @@ def ray_serve_settings() -> dict[str, str]:
 @contextmanager
 def ray_cluster(address: str | None) -> Iterator[threading.Event]:
     """Ray started here (``address`` None) or joined; yields an event set on SIGINT or SIGTERM.
-    On exit Serve and Ray shut down, and so does every process a cluster started here left."""
+    On exit, a cluster started here stops whole (Serve, Ray, every process it left); on a
+    cluster joined, only this server's application goes: Serve keeps serving the others."""
     # Ray 2.60 turns token auth on by default; a local cluster started here needs none.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # gRPC between replicas, HAProxy in front of the ingress replicas instead of the Python
@@ -60,18 +63,35 @@ def ray_cluster(address: str | None) -> Iterator[threading.Event]:
     try:
         yield stop
     finally:
-        cluster = started_here() if address is None else []  # a cluster we joined stays up
-        ray_serve.shutdown()
-        ray.shutdown()
-        stop_leftovers(cluster)
+        if address is None:
+            cluster = started_here()
+            ray_serve.shutdown()
+            ray.shutdown()
+            stop_leftovers(cluster)
+        else:
+            _delete_application()
+            ray.shutdown()
+
+
+def _delete_application() -> None:
+    """This server's application off the cluster (waits until its replicas are gone)."""
+    from ray import serve as ray_serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        ray_serve.delete(APP_NAME)
+    except RayServeException:  # Serve never started: nothing of ours is there
+        return
 
 
 def deploy(config: SkewlessConfig, home: Path, alias: str | None, host: str, port: int) -> str:
-    """Run the Serve application (ingress, features, preprocessing, model) on the cluster
-    ``ray_cluster`` opened; returns the application's name."""
+    """Run the Serve application (the ingress and the stages of ``serving.ray.topology``) on
+    the cluster ``ray_cluster`` opened; returns the application's name. On a cluster where
+    Serve runs already, its HTTP options stay as they are: the application answers on its
+    port."""
     from ray import serve as ray_serve
 
-    from skewless.serving.ray_app import APP_NAME, build_application
+    from skewless.serving.ray_app import build_application
 
     ray_serve.start(
         http_options={

@@ -2,8 +2,10 @@
 
 ``ServiceCore`` holds what every server shares: request checks, per-entity error isolation, the
 response items (typed: a ``Prediction``, or a ``FailedPrediction`` that carries the entity's
-error as data), and model versions. ``ForecastService`` runs the stages in-process (the FastAPI
-server); the Ray Serve server runs the same core with the stages in separate deployments.
+error as data), and model versions. Its forecasts are coroutines: the stages are awaited, so a
+server's event loop never waits on them. ``ForecastService`` runs the stages in this process
+(``LocalStages``, in worker threads: the FastAPI server); the Ray Serve server runs the same core
+with the stages behind deployment handles, and its fused deployment runs ``LocalStages`` too.
 
 Every answered request is measured (``ServingMetrics``) and appended to the request log here,
 once for both servers.
@@ -15,14 +17,16 @@ reference only after the new version loaded, so a failed load leaves the old one
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from skewless.bundle.bundle import ForecastBundle, Forecasts, forecast_isolated
+from skewless.bundle.bundle import FeatureSpec, ForecastBundle, Forecasts
 from skewless.bundle.reference import DECILES
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import (
@@ -114,23 +118,23 @@ class ServiceCore(ABC):
             self.request_log.close()
 
     @abstractmethod
-    def feature_store_ready(self) -> bool:
+    async def feature_store_ready(self) -> bool:
         """Raise if the online store does not answer."""
 
     @abstractmethod
-    def _fetch(
-        self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
-        """The last ``lookback`` online rows at the time point of every entity that has them
-        (one frame; None if none has), and the problem of each entity that has not."""
+    async def _forecast_entities(
+        self, model: LoadedModel, entities: list[Any], point: datetime | None
+    ) -> Forecasted:
+        """``forecast_entities`` over the stages, wherever they run."""
 
     @abstractmethod
-    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
+    async def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
         """The bundle's two stages on ``rows``, wherever they run."""
 
     @abstractmethod
     def _push(self, rows: pd.DataFrame) -> IngestReport:
-        """Validate and store raw rows in both stores, wherever the feature store is held."""
+        """Validate and store raw rows in both stores, wherever the feature store is held.
+        (Blocking: pushes are rare admin writes, run in a worker thread of the server.)"""
 
     # -- pushed rows ---------------------------------------------------------------------------
 
@@ -195,13 +199,13 @@ class ServiceCore(ABC):
 
     # -- forecasts -----------------------------------------------------------------------------
 
-    def predict_rows(self, rows: pd.DataFrame, endpoint: str = "/predict") -> Served:
+    async def predict_rows(self, rows: pd.DataFrame, endpoint: str = "/predict") -> Served:
         """Forecasts after each entity's last row; bad rows raise for the whole request."""
         started, model = time.perf_counter(), self.current
-        items = list(_items(self._predict(model, rows), model).values())
+        items = list(_items(await self._predict(model, rows), model).values())
         return self._served(endpoint, model, items, None, started)
 
-    def predict_entities(
+    async def predict_entities(
         self,
         entities: Sequence[Any],
         time_point: str = "now",
@@ -212,16 +216,11 @@ class ServiceCore(ABC):
         entities = check_entities(self.config, entities)
         point = check_time_point(self.config, time_point)
         self.metrics.entities.observe(len(entities))
-        with self.metrics.feature_fetch.time():
-            rows, problems = self._fetch(
-                list(dict.fromkeys(entities)), point, model.bundle.spec.lookback
-            )
-        made: dict[Any, Prediction] = {}
-        if rows is not None:
-            made, refused = self._forecast_each(model, rows)
-            problems = {**problems, **refused}
+        done = await self._forecast_entities(model, list(dict.fromkeys(entities)), point)
+        self.metrics.feature_fetch.observe(done.fetch_seconds)
+        made = {e: p for forecasts in done.forecasts for e, p in _items(forecasts, model).items()}
         items = [
-            made[entity] if entity in made else FailedPrediction.of(entity, problems[entity])
+            made[entity] if entity in made else FailedPrediction.of(entity, done.problems[entity])
             for entity in entities
         ]
         return self._served(endpoint, model, items, point, started)
@@ -249,15 +248,82 @@ class ServiceCore(ABC):
             )
         return Served(request_id, model, items)
 
-    def _forecast_each(
-        self, model: LoadedModel, rows: pd.DataFrame
-    ) -> tuple[dict[Any, Prediction], dict[Any, DataValidationError]]:
-        """All entities in one bundle call; if that is refused, each alone to name who failed.
-        Returns the forecasts and the refusals, by entity."""
-        made, refused = forecast_isolated(
-            lambda part: self._predict(model, part), rows, _key(model)
+
+Windows = tuple[pd.DataFrame | None, dict[Any, SkewlessError]]
+Fetch = Callable[[list[Any], datetime | None, int], Awaitable[Windows]]
+Predict = Callable[[pd.DataFrame], Awaitable[Forecasts]]
+
+
+@dataclass(frozen=True)
+class Forecasted:
+    """The forecasts of a request's entities, the error of each entity without one, and how
+    long reading their windows took (the stages may run where the request's metrics are not)."""
+
+    forecasts: list[Forecasts]
+    problems: dict[Any, SkewlessError]
+    fetch_seconds: float
+
+
+async def forecast_entities(
+    fetch: Fetch, predict: Predict, spec: FeatureSpec, entities: list[Any], point: datetime | None
+) -> Forecasted:
+    """The entities' online windows (``fetch``: the last ``lookback`` rows at the time point of
+    each entity that has them, one frame, and the problem of each that has not), then their
+    forecasts (``predict``), every server's one path whichever process runs the stages."""
+    started = time.perf_counter()
+    rows, problems = await fetch(entities, point, spec.lookback)
+    fetched = time.perf_counter() - started
+    if rows is None:
+        return Forecasted([], problems, fetched)
+    made, refused = await forecast_isolated(predict, rows, spec.entity_key)
+    return Forecasted(made, {**problems, **refused}, fetched)
+
+
+async def forecast_isolated(
+    predict: Predict, rows: pd.DataFrame, entity_key: str
+) -> tuple[list[Forecasts], dict[Any, DataValidationError]]:
+    """``predict`` on all entities' rows in one call; if that is refused, on each entity alone,
+    concurrently, to name who failed (``bundle.forecast_isolated`` awaited: the calls may be
+    hops to other processes). Returns the forecasts made and each refused entity's error."""
+    try:
+        return [await predict(rows)], {}
+    except DataValidationError as exc:
+        groups = rows.groupby(entity_key, sort=False)
+        if groups.ngroups == 1:
+            return [], {rows[entity_key].iloc[0]: exc}
+    alone = await asyncio.gather(
+        *(forecast_isolated(predict, part, entity_key) for _, part in groups)
+    )
+    made = [forecasts for each, _ in alone for forecasts in each]
+    return made, {entity: error for _, errors in alone for entity, error in errors.items()}
+
+
+class LocalStages:
+    """The three stages in this process, each call in a worker thread: reading windows waits on
+    the online store, and the bundle's work would hold up every other request of the event
+    loop (health checks and refusals included)."""
+
+    def __init__(self, config: SkewlessConfig, home: Path) -> None:
+        self.windows = OnlineWindowFetcher(config, home)
+
+    async def ready(self) -> bool:
+        return await asyncio.to_thread(self.windows.ready)
+
+    async def fetch(self, entities: list[Any], point: datetime | None, lookback: int) -> Windows:
+        return await asyncio.to_thread(self.windows.fetch, entities, point, lookback)
+
+    async def predict(self, bundle: ForecastBundle, rows: pd.DataFrame) -> Forecasts:
+        return await asyncio.to_thread(lambda: bundle.forecasts(bundle.prepare(rows)))
+
+    async def forecast_entities(
+        self, bundle: ForecastBundle, entities: list[Any], point: datetime | None
+    ) -> Forecasted:
+        return await forecast_entities(
+            self.fetch, partial(self.predict, bundle), bundle.spec, entities, point
         )
-        return {e: p for forecasts in made for e, p in _items(forecasts, model).items()}, refused
+
+    def push(self, rows: pd.DataFrame) -> IngestReport:
+        return self.windows.push(rows)
 
 
 class ForecastService(ServiceCore):
@@ -265,21 +331,21 @@ class ForecastService(ServiceCore):
 
     def __init__(self, config: SkewlessConfig, home: Path, alias: str | None = None) -> None:
         super().__init__(config, home, alias)
-        self.windows = OnlineWindowFetcher(config, home)
+        self.stages = LocalStages(config, home)
 
-    def feature_store_ready(self) -> bool:
-        return self.windows.ready()
+    async def feature_store_ready(self) -> bool:
+        return await self.stages.ready()
 
-    def _fetch(
-        self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
-        return self.windows.fetch(entities, point, lookback)
+    async def _forecast_entities(
+        self, model: LoadedModel, entities: list[Any], point: datetime | None
+    ) -> Forecasted:
+        return await self.stages.forecast_entities(model.bundle, entities, point)
 
-    def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
-        return model.bundle.forecasts(model.bundle.prepare(rows))
+    async def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
+        return await self.stages.predict(model.bundle, rows)
 
     def _push(self, rows: pd.DataFrame) -> IngestReport:
-        return self.windows.push(rows)
+        return self.stages.push(rows)
 
 
 class OnlineWindowFetcher:
@@ -310,9 +376,7 @@ class OnlineWindowFetcher:
             )
         return True
 
-    def fetch(
-        self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
+    def fetch(self, entities: list[Any], point: datetime | None, lookback: int) -> Windows:
         with self._outage.guard():
             windows = OnlineRetrievalStrategy(self.repo, point, reader=self._reader).retrieve(
                 entities
@@ -420,10 +484,6 @@ def _target_deciles(bundle: ForecastBundle) -> list[float]:
     """The training deciles of every target: bucket edges for the forecast-value histogram."""
     references = [bundle.reference[t] for t in bundle.spec.targets if t in bundle.reference]
     return [float(q) for reference in references for q in reference.at(DECILES)]
-
-
-def _key(model: LoadedModel) -> str:
-    return model.bundle.spec.entity_key
 
 
 def _items(forecasts: Forecasts, model: LoadedModel) -> dict[Any, Prediction]:
