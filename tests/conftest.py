@@ -7,11 +7,13 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from skewless.core.config import SkewlessConfig, load_config
@@ -19,6 +21,8 @@ from skewless.features.ingest import ingest
 from skewless.features.materialize import materialize
 from skewless.features.repo import FeastRepo
 from skewless.registry.registry import ModelRegistry
+from skewless.serving.ray_launch import ray_serve_settings
+from skewless.serving.ray_processes import stop_leftovers
 from skewless.training.pipeline import load_history
 from skewless.training.release import Release, train_and_register
 
@@ -30,10 +34,10 @@ MakeRepo = Callable[..., FeastRepo]
 
 
 # The fixtures under every service, live server, Ray cluster and trained release: ETTh in a
-# Feast store (the release and the servers stand on it), a Ray cluster, Redis servers of the
+# Feast store (the release and the servers stand on it), Ray clusters, Redis servers of the
 # test's own, the monitoring loop's release. A test that uses one, directly or through other
 # fixtures, is marked ``integration``.
-INTEGRATION_FIXTURES = frozenset({"etth_sqlite", "cluster", "own_redis", "loop"})
+INTEGRATION_FIXTURES = frozenset({"etth_sqlite", "cluster", "serve_cluster", "own_redis", "loop"})
 NOT_UNIT = frozenset({"integration", "slow", "redis", "postgres", "chaos"})
 
 
@@ -201,3 +205,57 @@ def own_release(etth_release: tuple) -> SkewlessConfig:
     adding versions."""
     config, released, _ = etth_release
     return register_copy(config, released.version)
+
+
+def ray_serve_test_env() -> dict[str, str]:
+    """Ray Serve's settings for a test's cluster, besides ``serve``'s own: free ports for the
+    stats and metrics listeners of its HAProxy, fixed otherwise (8404, 9101: the HAProxy of a
+    second Ray Serve on the machine, another test run's or a benchmark's, could not bind them
+    and crashed); and a short drain before an ingress replica stops (30 s by default, for load
+    balancers to let go of it: no test has one)."""
+    return {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
+
+
+@dataclass(frozen=True)
+class ServeCluster:
+    """A Ray cluster that Ray Serve servers join (``skewless serve --address``): each deploys
+    its application there, answers on Serve's one HTTP port, and deletes it when stopped."""
+
+    address: str
+    port: int
+
+
+@pytest.fixture(scope="session")
+def serve_cluster() -> Iterator[ServeCluster]:
+    """The session's one Ray cluster for Ray Serve servers, its own (started here, never a
+    machine-wide one): starting a cluster and Serve took a third of each server's start-up.
+    Its nodes start with Ray Serve's settings in their environment, as ``skewless serve``
+    gives a cluster of its own; at the end, every process it started is stopped. A test
+    about a server's whole life (its stop, what it leaves) starts one with a cluster of its
+    own instead."""
+    from ray.cluster_utils import Cluster
+
+    before = set(psutil.Process().children())
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "disabled")
+        for setting, value in {**ray_serve_settings(), **ray_serve_test_env()}.items():
+            env.setenv(setting, value)
+        nodes = Cluster(initialize_head=True, head_node_args={"include_dashboard": False})
+    roots = [p for p in psutil.Process().children() if p not in before]
+    try:
+        yield ServeCluster(nodes.address, free_port())
+    finally:
+        family = roots + [child for root in roots for child in _children(root)]
+        nodes.shutdown()
+        stop_leftovers(family)
+
+
+def _children(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []

@@ -20,7 +20,7 @@ from skewless.features.ingest import ingest, ingest_frames
 from skewless.features.materialize import materialize
 from skewless.features.repo import FeastRepo
 from tests.conftest import VARIABLES, etth_config, register_copy
-from tests.test_serving import TIMEOUT, TOKEN, start_server, stop_server
+from tests.test_serving import SERVERS, TIMEOUT, TOKEN, start_kind, stop_server
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -33,7 +33,7 @@ class Pushed:
     repo: FeastRepo
 
 
-@pytest.fixture(scope="module", params=["fastapi", "ray"])
+@pytest.fixture(scope="module", params=SERVERS)
 def pushed(
     request: pytest.FixtureRequest,
     etth_sqlite: FeastRepo,
@@ -49,8 +49,8 @@ def pushed(
     config: SkewlessConfig = released.model_copy(
         update={"feature_store": repo.config.feature_store}
     )
-    process, url = start_server(
-        repo, config, "serving.poll_seconds=3600", "serving.max_entities=5", engine=request.param
+    process, url = start_kind(
+        request.param, request, repo, config, "serving.poll_seconds=3600", "serving.max_entities=5"
     )
     yield Pushed(url, repo)
     stop_server(process)

@@ -35,8 +35,10 @@ from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.ray_launch import ray_serve_settings
 from tests.conftest import (
     ETTH_CONFIG,
+    ServeCluster,
     copy_version,
     free_port,
+    ray_serve_test_env,
     register_copy,
     wait_for,
     wait_until_healthy,
@@ -45,12 +47,22 @@ from tests.conftest import (
 TOKEN = "test-admin-token"
 LAST = "2018-06-26T19:00:00Z"  # the last hour of both ETTh files
 TIMEOUT = 120.0  # seconds for one answer: Ray Serve's hops on a busy two-core machine
+# The servers the HTTP contract holds for: FastAPI, and Ray Serve in each topology.
+SERVERS = ["fastapi", "ray-staged", "ray-fused"]
 
 
 def start_server(
-    etth_sqlite: FeastRepo, config, *overrides: str, engine: str = "fastapi", workers: int = 1
+    etth_sqlite: FeastRepo,
+    config,
+    *overrides: str,
+    engine: str = "fastapi",
+    workers: int = 1,
+    cluster: ServeCluster | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    """A ``skewless serve`` process, answering; a Ray Serve one on ``cluster`` if given, else
+    on a cluster of its own."""
+    port = cluster.port if cluster else free_port()
+    joined = ["--address", cluster.address] if cluster else []
     command = [
         str(Path(sys.executable).parent / "skewless"),
         "serve",
@@ -61,6 +73,7 @@ def start_server(
         str(port),
         "--workers",
         str(workers),
+        *joined,
         "--set",
         f"feature_store.project={config.project}",
         "--set",
@@ -70,6 +83,8 @@ def start_server(
         *[part for override in overrides for part in ("--set", override)],
     ]
     env = {**os.environ, "SKEWLESS_HOME": str(etth_sqlite.home), "SKEWLESS_ADMIN_TOKEN": TOKEN}
+    if engine == "ray" and not cluster:  # a cluster of its own, started with this environment
+        env.update(ray_serve_test_env())
     log = server_log(etth_sqlite, port)  # a file: a pipe nobody reads could fill up
     with log.open("wb") as sink:
         server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
@@ -88,6 +103,22 @@ def stop_server(server: subprocess.Popen) -> None:
     server.wait(timeout=60)
 
 
+def start_kind(
+    kind: str, request: pytest.FixtureRequest, etth_sqlite: FeastRepo, config, *overrides: str
+) -> tuple[subprocess.Popen, str]:
+    """A server of ``kind`` (one of SERVERS); Ray Serve ones on the session's cluster."""
+    if kind == "fastapi":
+        return start_server(etth_sqlite, config, *overrides)
+    return start_server(
+        etth_sqlite,
+        config,
+        *overrides,
+        f"serving.ray.topology={kind.removeprefix('ray-')}",
+        engine="ray",
+        cluster=request.getfixturevalue("serve_cluster"),
+    )
+
+
 @pytest.fixture(scope="module")
 def served(etth_release: tuple) -> SkewlessConfig:
     """The release under a name of this module's own: its alias test moves it."""
@@ -95,17 +126,18 @@ def served(etth_release: tuple) -> SkewlessConfig:
     return register_copy(config, released.version)
 
 
-@pytest.fixture(scope="module", params=["fastapi", "ray"])
+@pytest.fixture(scope="module", params=SERVERS)
 def server(
     request: pytest.FixtureRequest, etth_sqlite: FeastRepo, served: SkewlessConfig
 ) -> Iterator[str]:
     """The same contract, against the one-machine server and the Ray Serve application."""
-    process, url = start_server(
+    process, url = start_kind(
+        request.param,
+        request,
         etth_sqlite,
         served,
         "serving.max_entities=5",
         "serving.poll_seconds=3600",
-        engine=request.param,
     )
     yield url
     stop_server(process)

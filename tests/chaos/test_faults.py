@@ -38,34 +38,48 @@ from tests.chaos.conftest import (
     scrape,
 )
 from tests.conftest import wait_for
-from tests.test_serving import TIMEOUT, TOKEN, request_body, server_log, start_server, stop_server
+from tests.test_serving import (
+    SERVERS,
+    TIMEOUT,
+    TOKEN,
+    request_body,
+    server_log,
+    start_kind,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.chaos
 
 
-def _server(
-    repo: FeastRepo, config: SkewlessConfig, engine: str = "fastapi", *overrides: str
-) -> tuple[subprocess.Popen, str]:
+def _settings(config: SkewlessConfig) -> list[str]:
+    """A server's settings over the chaos store (its Redis is the tests' own)."""
     online = config.feature_store.online_store
-    return start_server(
-        repo,
-        config,
+    return [
         "feature_store.online_store.type=redis",
         f"feature_store.online_store.url={online.url}",  # type: ignore[union-attr]
         "serving.poll_seconds=3600",
-        *overrides,
-        engine=engine,
-    )
+    ]
 
 
-@pytest.fixture(params=["fastapi", "ray"])
+def _server(
+    repo: FeastRepo, config: SkewlessConfig, engine: str = "fastapi"
+) -> tuple[subprocess.Popen, str]:
+    return start_server(repo, config, *_settings(config), engine=engine)
+
+
+@pytest.fixture(params=SERVERS)
 def live(
     request: pytest.FixtureRequest, chaos_repo: tuple[FeastRepo, SkewlessConfig]
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """A server on each engine; stopped with SIGTERM, it must leave no process behind (Ray's
-    agents outlived it once)."""
+    """A server of each kind; stopped with SIGTERM, it must leave no process behind (Ray's
+    agents outlived it once). The staged Ray server starts a cluster of its own, so that its
+    stop is a whole Ray server's; the fused one joins the session's."""
     repo, config = chaos_repo
-    process, url = _server(repo, config, request.param)
+    if request.param == "ray-staged":
+        process, url = _server(repo, config, "ray")
+    else:
+        process, url = start_kind(request.param, request, repo, config, *_settings(config))
     family = psutil.Process(process.pid).children(recursive=True)
     yield process, url
     if process.poll() is None:
