@@ -103,8 +103,9 @@ class Streamed:
 
 
 def consuming(process: subprocess.Popen[bytes], log: Path) -> None:
-    """Returns once the consumer writing ``log`` consumes; fails if it stopped."""
-    wait_for(lambda: "consuming" in log.read_text() or process.poll() is not None, "start")
+    """Returns once the consumer writing ``log`` consumes (importing Feast takes a minute on a
+    loaded 2-core machine); fails if it stopped."""
+    wait_for(lambda: "consuming" in log.read_text() or process.poll() is not None, "start", 180)
     assert process.poll() is None, log.read_text()
 
 
