@@ -168,6 +168,13 @@ RAY_TOPOLOGIES = (
         deployments=("ingress", "features", "preprocessing", "model"),
         scaled="model",
     ),
+    Topology(  # the Fused deployment is sized by serving.ray.model
+        "fused",
+        hops=1,
+        deployments=("ingress", "model"),
+        scaled="model",
+        settings=("serving.ray.topology=fused",),
+    ),
 )
 
 # entities -> one request of that many entities
