@@ -1,7 +1,7 @@
 """Pushed and streamed rows are appended to the online windows, not rebuilt from the offline
 store: the windows after any sequence of pushes (in order, late, repeated, new entities, two
 writers at once, a writer that failed half way) are the bytes a full materialize writes, on
-SQLite and on Redis, with static covariates riding in the blobs' extras."""
+SQLite and on Redis, with static covariates or known-future plans riding in the blobs' extras."""
 
 from __future__ import annotations
 
@@ -45,8 +45,10 @@ def expected_windows(repo: FeastRepo) -> list[bytes]:
     data = repo.config.data
     tails = repo.offline.tail(repo.config.feature_store.window_size, ENTITIES)
     statics = None if repo.statics is None else repo.statics.read(ENTITIES)
-    packed = pack_windows(tails, data.entity_key, data.variables, statics, data.categorical)
-    found = dict(zip(packed[data.entity_key], packed["window"], strict=True))
+    plans = None if repo.plans is None else repo.plans.read(ENTITIES)
+    key = data.entity_key
+    packed = pack_windows(tails, key, data.variables, statics, data.categorical, plans)
+    found = dict(zip(packed[key], packed["window"], strict=True))
     return [found.get(e) for e in ENTITIES]
 
 
@@ -74,22 +76,25 @@ def make(make_repo: MakeRepo, store: list[str], *extra: str, window: int = WINDO
     return make_repo(f"feature_store.window_size={window}", *store, *extra)
 
 
-def with_statics(make_repo: MakeRepo, store: list[str], folder: Path) -> FeastRepo:
-    """A repo whose entities 1..3 are ingested from a file, with static covariates of 1 and 2,
-    and materialized."""
-    statics, source = folder / "stations.csv", folder / "rows.csv"
-    pd.DataFrame({"station_id": [1, 2], "capacity": [5.5, 9.0], "kind": ["a", "b"]}).to_csv(
-        statics, index=False
-    )
+def with_extras(make_repo: MakeRepo, store: list[str], folder: Path, extras: str) -> FeastRepo:
+    """A repo whose entities 1..3 are ingested from a file and materialized, with static
+    covariates of 1 and 2 or a plan of HUFL ahead for 1 and 3 (``extras``)."""
+    source, table = folder / "rows.csv", folder / f"{extras}.csv"
     pd.concat([rows(e, 0, 6) for e in (1, 2, 3)]).to_csv(source, index=False)
-    repo = make(
-        make_repo,
-        store,
-        f"data.sources=[{{path: {source}}}]",
-        f"data.static.sources=[{{path: {statics}}}]",
-        "data.static.numeric=[capacity]",
-        "data.static.categorical=[kind]",
-    )
+    if extras == "statics":
+        stations = {"station_id": [1, 2], "capacity": [5.5, 9.0], "kind": ["a", "b"]}
+        pd.DataFrame(stations).to_csv(table, index=False)
+        settings = [
+            f"data.static.sources=[{{path: {table}}}]",
+            "data.static.numeric=[capacity]",
+            "data.static.categorical=[kind]",
+        ]
+    else:
+        pd.concat([rows(e, 8, 30)[["station_id", "date", "HUFL"]] for e in (1, 3)]).to_csv(
+            table, index=False
+        )
+        settings = ["data.known.columns=[HUFL]", f"data.known.sources=[{{path: {table}}}]"]
+    repo = make(make_repo, store, f"data.sources=[{{path: {source}}}]", *settings)
     ingest(repo)
     materialize(repo)
     return repo
@@ -107,24 +112,27 @@ BATCHES: list[tuple[str, Callable[[], pd.DataFrame], list[list[int]]]] = [
 
 
 @pytest.mark.parametrize("store", STORES)
-@pytest.mark.parametrize("statics", [False, True], ids=["plain", "statics"])
+@pytest.mark.parametrize("extras", ["plain", "statics", "plans"])
 def test_pushed_windows_are_the_bytes_of_a_full_materialize(
     make_repo: MakeRepo,
     store: list[str],
-    statics: bool,
+    extras: str,
     tmp_path: Path,
     rebuilt: list[list[Any]],
 ) -> None:
-    if statics:
-        repo = with_statics(make_repo, store, tmp_path)
-    else:
+    if extras == "plain":
         repo = make(make_repo, store)
         push(repo, pd.concat([rows(e, 0, 6) for e in (1, 2, 3)]))
+    else:
+        repo = with_extras(make_repo, store, tmp_path, extras)
     assert rebuilt == [[1, 2, 3]]  # no windows yet: built from the offline store
     reader = window_reader(repo)
     for what, batch, rebuilds in BATCHES:
         rebuilt.clear()
-        push(repo, batch())
+        pushed = batch()
+        push(repo, pushed)
+        if extras == "plans":  # a plan starts at the window's end: rebuilt with the rows
+            rebuilds = [sorted(pushed["station_id"].unique().tolist())]
         assert rebuilt == rebuilds, what
         assert reader.read(ENTITIES) == expected_windows(repo), what
     pushed, latest = reader.read(ENTITIES), latest_rows(repo)
