@@ -377,3 +377,31 @@ def test_a_request_sends_its_own_plan_as_rows_after_the_history(
     short = {"rows": body["rows"][:-2]}  # the last two steps unplanned
     refused = httpx.post(f"{url}/predict", json=short, timeout=120)
     assert refused.status_code == 422 and "entity 1" in refused.text, refused.text
+
+
+def test_a_request_plan_wins_over_the_stored_one_for_its_entities(
+    served_plans: tuple[Path, str],
+) -> None:
+    _, url = served_plans
+    stored = answers(url)
+    first = pd.Timestamp(stored[1]["timestamps"][0])
+    days = [(first + pd.Timedelta(days=k)).isoformat() for k in range(7)]
+    plan = [
+        {"store": 1, "event_timestamp": day, "promo": float(k in (0, 6))}
+        for k, day in enumerate(days)
+    ]
+    answer = httpx.post(
+        f"{url}/predict/feast/batch",
+        json={"entities": [1, 2], "time_point": "latest", "known": plan},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    sent = {item["entity"]: item["forecast"]["sales"] for item in answer.json()["predictions"]}
+    lift = np.array(sent[1]) - np.array(stored[1]["forecast"]["sales"])
+    assert (lift[[0, 6]] > LIFT / 2).all() and (np.abs(lift[1:6]) < LIFT / 4).all()
+    assert sent[2] == stored[2]["forecast"]["sales"]  # no request plan: the stored one
+    for wrong in ([{**plan[0], "promo": "lots"}], [{"store": 1, "promo": 1.0}]):
+        refused = httpx.post(
+            f"{url}/predict/feast", json={"entity": 1, "known": wrong}, timeout=120
+        )
+        assert refused.status_code == 422 and "'known' rows" in refused.text, refused.text

@@ -13,6 +13,7 @@ import sqlalchemy
 import xgboost as xgb
 from typer.testing import CliRunner
 
+from skewless.bundle.bundle import future_channels
 from skewless.cli import app
 from skewless.core.config import SkewlessConfig
 from skewless.features.repo import FeastRepo
@@ -216,10 +217,12 @@ def test_xgboost_learns_from_window_tails_batch_by_batch(rows: pd.DataFrame) -> 
     assert model.rounds_ <= 20
     np.testing.assert_allclose(
         model.booster_.predict(
-            xgb.DMatrix(model._features(train.inputs[:50])), iteration_range=(0, 1)
+            xgb.DMatrix(model._features(train.inputs[:50], train.future[:50])),
+            iteration_range=(0, 1),
         ),
         gathered.booster_.predict(
-            xgb.DMatrix(gathered._features(train.inputs[:50])), iteration_range=(0, 1)
+            xgb.DMatrix(gathered._features(train.inputs[:50], train.future[:50])),
+            iteration_range=(0, 1),
         ),
         rtol=1e-6,
     )
@@ -240,23 +243,32 @@ def test_xgboost_learns_from_window_tails_batch_by_batch(rows: pd.DataFrame) -> 
 def test_gradient_models_draw_windows_from_rows_as_from_a_tensor_of_windows(
     rows: pd.DataFrame, model: str, params: str
 ) -> None:
-    """Mini-batches cut from the rows when drawn are the mini-batches of the copied windows:
-    the same weights, with memory O(rows) instead of O(windows x lookback)."""
+    """Mini-batches cut from the rows when drawn are the mini-batches of the copied windows
+    (and of what the model reads ahead: the TFT, the calendar of the forecast steps): the same
+    weights, with memory O(rows) instead of O(windows x lookback)."""
     config = etth_config(*SMALL, f"training.model={model}", f"training.params={params}")
     from_rows = fit(config, batched(config, rows, 3))
     first, last = rows["event_timestamp"].min(), rows["event_timestamp"].max()
     split = first + (last - first) * (1 - config.training.validation_fraction)
     pre = from_rows.preprocessor
-    train = next(window_sets(config, pre, rows[rows["event_timestamp"] <= split]))
-    val = next(window_sets(config, pre, rows, first_target=split + pd.Timedelta(hours=1)))
+    ahead = {"ahead_channels": future_channels(pre, from_rows.model)}
+    train = next(window_sets(config, pre, rows[rows["event_timestamp"] <= split], **ahead))
+    val = next(window_sets(config, pre, rows, split + pd.Timedelta(hours=1), **ahead))
     channels = None if from_rows.model.uses_covariates else 1
     same = {k: v for k, v in from_rows.model.get_params().items() if k != "horizon"}
     gathered = create_model(model, 12, same)
     gathered.fit(
-        train.inputs[:, :, :channels], train.targets, val.inputs[:, :, :channels], val.targets
+        train.inputs[:, :, :channels],
+        train.targets,
+        val.inputs[:, :, :channels],
+        val.targets,
+        train.future,
+        val.future,
     )
-    probe = val.inputs[:64, :, :channels]
-    np.testing.assert_allclose(from_rows.model.predict(probe), gathered.predict(probe), rtol=1e-5)
+    probe, future = val.inputs[:64, :, :channels], val.future[:64]
+    np.testing.assert_allclose(
+        from_rows.model.predict(probe, future), gathered.predict(probe, future), rtol=1e-5
+    )
 
 
 @pytest.mark.postgres

@@ -189,7 +189,9 @@ def _predictions_router() -> APIRouter:
     ) -> Response:
         """Forecast one entity from its online window; its error is the response's status."""
         _check_key(service, body.entity_key)
-        served = await service.predict_entities([body.entity], body.time_point, "/predict/feast")
+        served = await service.predict_entities(
+            [body.entity], body.time_point, "/predict/feast", body.known
+        )
         item = served.items[0]
         if isinstance(item, FailedPrediction):
             request.state.model_version = served.model.version
@@ -200,7 +202,7 @@ def _predictions_router() -> APIRouter:
     async def predict_batch(body: BatchRequest, service: Service, request: Request) -> Response:
         """Forecast many entities; each succeeds or carries its own error, in request order."""
         _check_key(service, body.entity_key)
-        served = await service.predict_entities(body.entities, body.time_point)
+        served = await service.predict_entities(body.entities, body.time_point, known=body.known)
         return _response(served, request)
 
     return router

@@ -40,6 +40,7 @@ from skewless.serving.service import (
     LoadedModel,
     LocalStages,
     OnlineWindowFetcher,
+    Plan,
     ServiceCore,
     Windows,
     forecast_entities,
@@ -131,10 +132,10 @@ class Fused(_BundleStage):
         self.stages = LocalStages(_config(config_json), Path(home))
 
     async def forecast_entities(
-        self, version: int, entities: list[Any], point: datetime | None
+        self, version: int, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
         bundle = await asyncio.to_thread(self.bundles.get, version)
-        return await self.stages.forecast_entities(bundle, entities, point)
+        return await self.stages.forecast_entities(bundle, entities, point, plan)
 
     async def predict(self, version: int, rows: pd.DataFrame) -> Forecasts:
         bundle = await asyncio.to_thread(self.bundles.get, version)
@@ -199,10 +200,10 @@ class StagedService(_RayService):
         super().__init__(config, home, alias, features, (preprocessing, model))
 
     async def _forecast_entities(
-        self, model: LoadedModel, entities: list[Any], point: datetime | None
+        self, model: LoadedModel, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
         return await forecast_entities(
-            self._fetch, partial(self._predict, model), model.bundle.spec, entities, point
+            self._fetch, partial(self._predict, model), model.bundle.spec, entities, point, plan
         )
 
     async def _fetch(self, entities: list[Any], point: datetime | None, lookback: int) -> Windows:
@@ -226,10 +227,10 @@ class FusedService(_RayService):
         super().__init__(config, home, alias, fused, (fused,))
 
     async def _forecast_entities(
-        self, model: LoadedModel, entities: list[Any], point: datetime | None
+        self, model: LoadedModel, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
         done: Forecasted = await _answer(
-            self.fused.forecast_entities.remote(model.version, entities, point)
+            self.fused.forecast_entities.remote(model.version, entities, point, plan)
         )
         return done
 

@@ -7,7 +7,14 @@ import math
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+)
 
 from skewless.core.errors import (
     BundleError,
@@ -54,48 +61,52 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _representable(rows: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Numbers the model can hold: finite float32 values and 64-bit integers (JSON allows
+    Infinity and 1e400, and Python ints have no bound)."""
+    for number, row in enumerate(rows or []):
+        for column, value in row.items():
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, float) and (not math.isfinite(value) or abs(value) > _FLOAT32_MAX):
+                raise ValueError(
+                    f"rows[{number}].{column}: {value} is not a finite number within float32"
+                )
+            if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+                raise ValueError(f"rows[{number}].{column}: {value} does not fit a 64-bit integer")
+    return rows
+
+
+Rows = Annotated[list[dict[str, Any]], AfterValidator(_representable)]
+PLAN = (
+    "the plan of known-future covariates (data.known) for the forecast steps, instead of the "
+    "stored one: rows of the entity key, event_timestamp and every known column"
+)
+
+
 class EntityRequest(_Request):
     entity: Entity
     time_point: TimePoint = "now"
     entity_key: str | None = Field(default=None, description="defaults to the config's")
+    known: Rows | None = Field(default=None, description=PLAN)
 
 
 class BatchRequest(_Request):
     entities: list[Entity] = Field(min_length=1)
     time_point: TimePoint = "now"
     entity_key: str | None = Field(default=None, description="defaults to the config's")
+    known: Rows | None = Field(default=None, description=PLAN)
 
 
 class RowsRequest(_Request):
-    rows: list[dict[str, Any]] = Field(
+    rows: Rows = Field(
         min_length=1,
         description="raw rows as ingestion stores them: entity key, event_timestamp, variables",
     )
 
-    @field_validator("rows")
-    @classmethod
-    def _representable(cls, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Numbers the model can hold: finite float32 values and 64-bit integers (JSON allows
-        Infinity and 1e400, and Python ints have no bound)."""
-        for number, row in enumerate(rows):
-            for column, value in row.items():
-                if isinstance(value, bool):
-                    continue
-                if isinstance(value, float) and (
-                    not math.isfinite(value) or abs(value) > _FLOAT32_MAX
-                ):
-                    raise ValueError(
-                        f"rows[{number}].{column}: {value} is not a finite number within float32"
-                    )
-                if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
-                    raise ValueError(
-                        f"rows[{number}].{column}: {value} does not fit a 64-bit integer"
-                    )
-        return rows
-
 
 class PushRequest(RowsRequest):
-    rows: list[dict[str, Any]] = Field(
+    rows: Rows = Field(
         min_length=1,
         description="new raw rows in the source's column names (entity key, the timestamp "
         "column, every variable), one object per row; all are stored or none",

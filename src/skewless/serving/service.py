@@ -46,6 +46,7 @@ from skewless.core.errors import (
     UnservableVersionError,
 )
 from skewless.core.feed import Feed, feeding_problems
+from skewless.core.schema import EVENT_TS
 from skewless.core.stores import tracking_uri
 from skewless.core.time_points import parse_time_point
 from skewless.features.ingest import IngestReport
@@ -123,7 +124,7 @@ class ServiceCore(ABC):
 
     @abstractmethod
     async def _forecast_entities(
-        self, model: LoadedModel, entities: list[Any], point: datetime | None
+        self, model: LoadedModel, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
         """``forecast_entities`` over the stages, wherever they run."""
 
@@ -210,13 +211,16 @@ class ServiceCore(ABC):
         entities: Sequence[Any],
         time_point: str = "now",
         endpoint: str = "/predict/feast/batch",
+        known: list[dict[str, Any]] | None = None,
     ) -> Served:
-        """One item per requested entity, in order: a forecast, or that entity's own error."""
+        """One item per requested entity, in order: a forecast, or that entity's own error;
+        ``known`` is the request's plan of known-future covariates, if it sends one."""
         started, model = time.perf_counter(), self.current
         entities = check_entities(self.config, entities)
         point = check_time_point(self.config, time_point)
+        plan = check_plan(model.bundle.spec, known)
         self.metrics.entities.observe(len(entities))
-        done = await self._forecast_entities(model, list(dict.fromkeys(entities)), point)
+        done = await self._forecast_entities(model, list(dict.fromkeys(entities)), point, plan)
         self.metrics.feature_fetch.observe(done.fetch_seconds)
         made = {e: p for forecasts in done.forecasts for e, p in _items(forecasts, model).items()}
         items = [
@@ -250,6 +254,7 @@ class ServiceCore(ABC):
 
 
 Windows = tuple[pd.DataFrame | None, dict[Any, SkewlessError]]
+Plan = pd.DataFrame | None  # a request's own plan of known-future covariates
 Fetch = Callable[[list[Any], datetime | None, int], Awaitable[Windows]]
 Predict = Callable[[pd.DataFrame], Awaitable[Forecasts]]
 
@@ -265,16 +270,24 @@ class Forecasted:
 
 
 async def forecast_entities(
-    fetch: Fetch, predict: Predict, spec: FeatureSpec, entities: list[Any], point: datetime | None
+    fetch: Fetch,
+    predict: Predict,
+    spec: FeatureSpec,
+    entities: list[Any],
+    point: datetime | None,
+    plan: Plan = None,
 ) -> Forecasted:
     """The entities' online windows (``fetch``: the last ``lookback`` rows at the time point of
     each entity that has them, one frame, and the problem of each that has not), then their
-    forecasts (``predict``), every server's one path whichever process runs the stages."""
+    forecasts (``predict``), every server's one path whichever process runs the stages. A
+    request's ``plan`` follows the windows' rows, so it wins over the stored one."""
     started = time.perf_counter()
     rows, problems = await fetch(entities, point, spec.lookback)
     fetched = time.perf_counter() - started
     if rows is None:
         return Forecasted([], problems, fetched)
+    if plan is not None:
+        rows = pd.concat([rows, plan[plan[spec.entity_key].isin(entities)]], ignore_index=True)
     made, refused = await forecast_isolated(predict, rows, spec.entity_key)
     return Forecasted(made, {**problems, **refused}, fetched)
 
@@ -316,10 +329,10 @@ class LocalStages:
         return await asyncio.to_thread(lambda: bundle.forecasts(bundle.prepare(rows)))
 
     async def forecast_entities(
-        self, bundle: ForecastBundle, entities: list[Any], point: datetime | None
+        self, bundle: ForecastBundle, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
         return await forecast_entities(
-            self.fetch, partial(self.predict, bundle), bundle.spec, entities, point
+            self.fetch, partial(self.predict, bundle), bundle.spec, entities, point, plan
         )
 
     def push(self, rows: pd.DataFrame) -> IngestReport:
@@ -337,9 +350,9 @@ class ForecastService(ServiceCore):
         return await self.stages.ready()
 
     async def _forecast_entities(
-        self, model: LoadedModel, entities: list[Any], point: datetime | None
+        self, model: LoadedModel, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
-        return await self.stages.forecast_entities(model.bundle, entities, point)
+        return await self.stages.forecast_entities(model.bundle, entities, point, plan)
 
     async def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
         return await self.stages.predict(model.bundle, rows)
@@ -463,6 +476,35 @@ def check_entities(config: SkewlessConfig, entities: Sequence[Any]) -> list[Any]
                 f"entity ids must be 64-bit integers (data.entity_type is int64); got {wrong[:5]}"
             )
     return list(entities)
+
+
+def check_plan(spec: FeatureSpec, known: list[dict[str, Any]] | None) -> Plan:
+    """A request's plan as typed rows (entity, event_timestamp, the known columns), or a
+    RequestError naming what is wrong with it."""
+    if known is None:
+        return None
+    if not spec.known:
+        raise RequestError("'known' was sent, but this model reads no known-future covariates")
+    rows = pd.DataFrame.from_records(known)
+    columns = [spec.entity_key, EVENT_TS, *spec.known]
+    if sorted(rows.columns) != sorted(columns):
+        raise RequestError(f"'known' rows must hold exactly {columns}; got {list(rows.columns)}")
+    times = pd.to_datetime(rows[EVENT_TS], utc=True, format="ISO8601", errors="coerce")
+    numbers = rows[list(spec.known)].apply(pd.to_numeric, errors="coerce")
+    entities = pd.to_numeric(rows[spec.entity_key], errors="coerce")
+    bad = times.isna() | numbers.isna().any(axis=1)
+    if spec.entity_type == "int64":
+        bad |= entities.isna() | (entities % 1 != 0)
+    if bad.any():
+        raise RequestError(
+            f"'known' rows {np.flatnonzero(bad)[:10].tolist()} need an entity id, an ISO 8601 "
+            f"event_timestamp and a number for each of {list(spec.known)}"
+        )
+    plan = rows[columns].assign(**{EVENT_TS: times})
+    plan[list(spec.known)] = numbers.to_numpy(np.float32)
+    if spec.entity_type == "int64":
+        plan[spec.entity_key] = entities.astype(np.int64)
+    return plan
 
 
 def check_time_point(config: SkewlessConfig, time_point: str) -> datetime | None:
