@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +15,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 from skewless.core.config import SkewlessConfig, load_config
@@ -21,8 +22,6 @@ from skewless.features.ingest import ingest
 from skewless.features.materialize import materialize
 from skewless.features.repo import FeastRepo
 from skewless.registry.registry import ModelRegistry
-from skewless.serving.ray_launch import ray_serve_settings
-from skewless.serving.ray_processes import stop_leftovers
 from skewless.training.pipeline import load_history
 from skewless.training.release import Release, train_and_register
 
@@ -229,33 +228,44 @@ class ServeCluster:
     port: int
 
 
+# The session's Ray cluster: ``ray.init(address="local")`` in a process of its own, which
+# writes no machine-wide address file (ray.cluster_utils.Cluster writes one, and then any
+# ``ray.init()`` on the machine joined it and could shut its Serve down); ``ray_cluster``
+# stops it whole on SIGTERM.
+_RAY_HEAD = """
+import sys
+from pathlib import Path
+
+import ray
+from skewless.serving.ray_launch import ray_cluster
+
+with ray_cluster(None) as stop:
+    Path(sys.argv[1]).write_text(ray.get_runtime_context().gcs_address)
+    stop.wait()
+"""
+
+
 @pytest.fixture(scope="session")
-def serve_cluster() -> Iterator[ServeCluster]:
+def serve_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
     """The session's one Ray cluster for Ray Serve servers, its own (started here, never a
     machine-wide one): starting a cluster and Serve took a third of each server's start-up.
     Its nodes start with Ray Serve's settings in their environment, as ``skewless serve``
-    gives a cluster of its own; at the end, every process it started is stopped. A test
-    about a server's whole life (its stop, what it leaves) starts one with a cluster of its
-    own instead."""
-    from ray.cluster_utils import Cluster
+    gives a cluster of its own. A test about a server's whole life (its stop, what it leaves)
+    starts one with a cluster of its own instead."""
+    address = tmp_path_factory.mktemp("ray") / "address"
+    head = subprocess.Popen(
+        [sys.executable, "-c", _RAY_HEAD, str(address)],
+        env={**os.environ, **ray_serve_test_env()},
+        stdout=subprocess.DEVNULL,  # what replicas log comes to this driver too
+    )
 
-    before = set(psutil.Process().children())
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_AUTH_MODE", "disabled")
-        for setting, value in {**ray_serve_settings(), **ray_serve_test_env()}.items():
-            env.setenv(setting, value)
-        nodes = Cluster(initialize_head=True, head_node_args={"include_dashboard": False})
-    roots = [p for p in psutil.Process().children() if p not in before]
+    def up_or_gone() -> bool:
+        return head.poll() is not None or (address.exists() and bool(address.read_text()))
+
     try:
-        yield ServeCluster(nodes.address, free_port())
+        wait_for(up_or_gone, "the session's Ray cluster", 300)
+        assert head.poll() is None, "the session's Ray cluster did not start"
+        yield ServeCluster(address.read_text(), free_port())
     finally:
-        family = roots + [child for root in roots for child in _children(root)]
-        nodes.shutdown()
-        stop_leftovers(family)
-
-
-def _children(process: psutil.Process) -> list[psutil.Process]:
-    try:
-        return process.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
+        head.terminate()
+        head.wait(timeout=120)
