@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,17 +117,26 @@ def released(
     calendar: Calendar = request.param
     folder = tmp_path_factory.mktemp(calendar.frequency)
     config = write_config(folder, calendar)
-    home = folder / "home"
+    with released_server(config, folder / "home") as (ingested, url):
+        assert "1 gap(s)" in ingested and "(5 missing points)" in ingested  # on the calendar
+        yield config, calendar, url
+
+
+@contextmanager
+def released_server(config: Path, home: Path) -> Iterator[tuple[str, str]]:
+    """``config`` ingested, materialized and trained under ``home`` and a FastAPI server on it,
+    stopped on exit: (what ingest printed, the server's URL)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SKEWLESS_HOME", str(home))
         ingested = run("ingest", str(config))
-        assert "1 gap(s)" in ingested and "(5 missing points)" in ingested  # on the calendar
         run("materialize", str(config))
         run("train", str(config))
         server, url = serve(config, home)
-        yield config, calendar, url
-        server.terminate()
-        server.wait(timeout=60)
+        try:
+            yield ingested, url
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
 
 
 def serve(config: Path, home: Path) -> tuple[subprocess.Popen, str]:

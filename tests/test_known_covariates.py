@@ -34,7 +34,7 @@ from skewless.training.backtest import backtest
 from skewless.training.packaging import package
 from skewless.training.pipeline import fit, window_batch
 from tests.services import POSTGRES_DSN
-from tests.test_calendar_frequencies import run, serve
+from tests.test_calendar_frequencies import released_server, run
 
 STORES = (1, 2, 3)
 DAYS = 240
@@ -299,16 +299,9 @@ def served_plans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
     raw["serving"] = {"alias": "latest"}
     config = folder / "shops.yaml"
     config.write_text(yaml.safe_dump(raw))
-    home = folder / "home"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SKEWLESS_HOME", str(home))
-        assert "known-future plans" in run("ingest", str(config))
-        run("materialize", str(config))
-        run("train", str(config))
-        server, url = serve(config, home)
+    with released_server(config, folder / "home") as (ingested, url):
+        assert "known-future plans" in ingested
         yield config, url
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def answers(url: str) -> dict[int, dict]:

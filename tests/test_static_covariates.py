@@ -24,7 +24,7 @@ from skewless.core.feed import Feed, feeding_problems
 from skewless.features.facade import FeatureStoreFacade
 from skewless.features.ingest import ingest
 from skewless.features.repo import FeastRepo
-from tests.test_calendar_frequencies import run, serve
+from tests.test_calendar_frequencies import released_server, run
 
 pytestmark = pytest.mark.integration  # Feast stores, MLflow and a live server
 
@@ -108,17 +108,9 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, s
     """Sales and store statics ingested, materialized and trained; a FastAPI server on them."""
     folder = tmp_path_factory.mktemp("statics")
     config = write_config(folder)
-    home = folder / "home"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SKEWLESS_HOME", str(home))
-        ingested = run("ingest", str(config))
+    with released_server(config, folder / "home") as (ingested, url):
         assert "static covariates" in ingested
-        run("materialize", str(config))
-        run("train", str(config))
-        server, url = serve(config, home)
         yield config, url
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def test_served_windows_carry_each_stores_statics(released: tuple[Path, str]) -> None:
