@@ -86,11 +86,12 @@ class ParquetKeyedTable(KeyedTable):
         os.replace(temporary, self.path)
 
     def read(self, entities: Sequence[Any] | None = None) -> pd.DataFrame:
-        if not self.path.exists():
+        """Only the rows of ``entities`` leave the file (pyarrow filters while it reads):
+        materialize reads one batch of entities at a time."""
+        if not self.path.exists() or (entities is not None and not len(entities)):
             return pd.DataFrame(columns=self.columns)
-        frame = pd.read_parquet(self.path, columns=self.columns)
-        if entities is not None:
-            frame = frame[frame[self.entity_key].isin(entities)]
+        chosen = None if entities is None else [(self.entity_key, "in", list(entities))]
+        frame = pd.read_parquet(self.path, columns=self.columns, filters=chosen)
         return frame.sort_values(self.keys, kind="stable").reset_index(drop=True)
 
     def updated_at(self) -> datetime | None:
