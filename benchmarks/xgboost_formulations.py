@@ -106,7 +106,8 @@ def score(name: str, split: tuple[Windows, Windows, Windows], horizon: int) -> S
     if name == BEFORE:
         return Score(seconds, None, BEFORE_ROUNDS)
     error = model.predict(test.inputs).astype(np.float64) - test.targets
-    return Score(seconds, float(np.mean(error**2)), getattr(model, "rounds_", None))
+    trees = getattr(model, "trees_", None)  # boosted models only
+    return Score(seconds, float(np.mean(error**2)), None if trees is None else trees.rounds)
 
 
 def compare(path: Path, lookback: int, horizon: int, names: list[str]) -> dict[str, Score]:

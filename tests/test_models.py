@@ -134,7 +134,7 @@ def test_xgboost_learns_from_covariates_and_stops_early() -> None:
     error = np.mean((predicted - val.targets[:, :, :1]) ** 2)
     naive = np.mean((val.inputs[:, -1:, :1] - val.targets[:, :, :1]) ** 2)
     assert error < 0.1 * naive  # only the covariate explains the target
-    assert model.rounds_ in range(1, 201)  # early stopping may end before the last round
+    assert model.trees_.rounds in range(1, 201)  # early stopping may end before the last round
     with pytest.raises(ValueError, match="subsample must be in"):
         XGBoostForecaster(1, subsample=0).validate_params()
 
@@ -166,7 +166,7 @@ def test_xgboost_compressed_horizon_is_as_accurate_as_one_output_per_step() -> N
         model = XGBoostForecaster(
             12, lags=24, n_estimators=60, learning_rate=0.15, horizon_components=components
         ).fit(train.inputs, train.targets, val.inputs, val.targets)
-        assert (model.basis_ is None) == (components is None)
+        assert (model.trees_.basis is None) == (components is None)
         return float(np.mean((model.predict(val.inputs) - val.targets) ** 2))
 
     compressed = error(6)
@@ -193,9 +193,9 @@ def test_xgboost_defaults_fit_ili_shaped_data() -> None:
     data = weekly_ili_like()
     train, val = cut_windows(data[:780], 104, 24), cut_windows(data[780 - 104 :], 104, 24)
     model = XGBoostForecaster(24).fit(train.inputs, train.targets, val.inputs, val.targets)
-    assert model.basis_ is not None and model.basis_.axes.shape == (8, 24 * 7)
-    assert model.rounds_ in range(1, model.n_estimators + 1)
-    assert model.booster_.num_boosted_rounds() <= model.n_estimators
+    assert model.trees_.basis is not None and model.trees_.basis.axes.shape == (8, 24 * 7)
+    assert model.trees_.rounds in range(1, model.n_estimators + 1)
+    assert model.trees_.booster.num_boosted_rounds() <= model.n_estimators
     error = np.mean((model.predict(val.inputs) - val.targets) ** 2)
     naive = np.mean((val.inputs[:, -1:] - val.targets) ** 2)
     assert error < 0.5 * naive
@@ -222,8 +222,8 @@ def test_long_fits_log_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
         model = XGBoostForecaster(6, n_estimators=1000, early_stopping_rounds=5).fit(
             train.inputs, train.targets, val.inputs, val.targets
         )
-    stopped = model.booster_.num_boosted_rounds()
+    stopped, kept = model.trees_.booster.num_boosted_rounds(), model.trees_.rounds
     assert stopped < 1000
-    assert f"XGBoost stopped early after round {stopped}/1000, keeping {model.rounds_} rounds" in (
+    assert f"XGBoost stopped early after round {stopped}/1000, keeping {kept} rounds" in (
         caplog.messages
     )

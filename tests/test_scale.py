@@ -214,13 +214,13 @@ def test_xgboost_learns_from_window_tails_batch_by_batch(rows: pd.DataFrame) -> 
         window_sets(config, batched_fit.preprocessor, rows[rows["event_timestamp"] <= split])
     )
     gathered = create_model("xgboost", 12, {"n_estimators": 20}).fit(train.inputs, train.targets)
-    assert model.rounds_ <= 20
+    assert model.trees_.rounds <= 20
     np.testing.assert_allclose(
-        model.booster_.predict(
+        model.trees_.booster.predict(
             xgb.DMatrix(model._features(train.inputs[:50], train.future[:50])),
             iteration_range=(0, 1),
         ),
-        gathered.booster_.predict(
+        gathered.trees_.booster.predict(
             xgb.DMatrix(gathered._features(train.inputs[:50], train.future[:50])),
             iteration_range=(0, 1),
         ),

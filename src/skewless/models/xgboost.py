@@ -12,74 +12,23 @@ A tree's cost grows with its outputs times its histogram bins: one tree for all 
 targets x 24 steps over 256 bins took 7 s or more per round on ILI-shaped data; 8 components over
 64 bins fit the whole model in seconds, the fastest form at equal accuracy
 (benchmarks/xgboost_formulations.py, docs/training.md). Threads come from the fit's share of the
-cores (:mod:`skewless.compute.threads`); rounds are reported and logged as they happen.
+cores and rounds are reported and logged as they happen (:mod:`skewless.models.boosting`).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import xgboost as xgb
 
-from skewless.compute import threads
-from skewless.core.progress import report
 from skewless.models.base import Forecaster, WindowSource, at_least_one
+from skewless.models.boosting import train_trees
 from skewless.preprocessing.running_stats import RowSample
 from skewless.preprocessing.windows import FutureInputs, WindowBatch
 
-logger = logging.getLogger(__name__)
-
-# Boosting rounds between two progress lines in the log.
-_LOG_EVERY = 50
-
-# Training rows per thread when ``n_jobs`` is not set. Below this a second thread costs more in
-# waits than it saves: ILI-shaped data (549 windows) fitted in 3.8 s on one thread and 42 s on
-# two of a 2-core host that other work kept busy (benchmarks/xgboost_formulations.py).
-_ROWS_PER_THREAD = 20_000
-
 # How many window-tail values (float32) are copied out at once: about 100 MB.
 _TAIL_VALUES = 25_000_000
-
-
-class _Rounds(xgb.callback.TrainingCallback):
-    """After each boosting round: report it to whoever listens (the CLI's progress bars), log
-    every ``_LOG_EVERY`` rounds (a batch job's log shows the fit moving), and resize the thread
-    pool to this fit's current share of the cores (fits beside it start and end)."""
-
-    def __init__(self, rounds: int, threads: Callable[[], int]) -> None:
-        super().__init__()
-        self.rounds = rounds
-        self.threads = threads
-        self.started = time.perf_counter()
-
-    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
-        done = epoch + 1
-        report("XGBoost rounds", done, self.rounds)
-        if done % _LOG_EVERY == 0 or done == self.rounds:
-            logger.info(
-                "XGBoost round %d/%d%s (%.1fs)",
-                done,
-                self.rounds,
-                _latest_scores(evals_log),
-                time.perf_counter() - self.started,
-            )
-        model.set_param("nthread", str(self.threads()))
-        return False  # never stops training itself
-
-
-def _latest_scores(evals_log: dict) -> str:
-    """The last round's scores, as ", validation rmse 0.1234", if any were kept."""
-    return "".join(
-        f", {data} {metric} {values[-1]:.4f}"
-        for data, metrics in evals_log.items()
-        for metric, values in metrics.items()
-    )
 
 
 class XGBoostForecaster(Forecaster):
@@ -199,7 +148,6 @@ class XGBoostForecaster(Forecaster):
     ) -> None:
         params = {
             "objective": "reg:squarederror",
-            "tree_method": "hist",
             "multi_strategy": self.multi_strategy,
             "max_bin": self.max_bin,
             "max_depth": self.max_depth,
@@ -208,38 +156,19 @@ class XGBoostForecaster(Forecaster):
             "colsample_bytree": self.colsample_bytree,
             "seed": self.seed,
         }
-        self.basis_ = _LabelBasis.fit(labels, self.horizon_components)
-        train = xgb.DMatrix(features, label=self._encode(labels))
-        evals, stopping = [], None
-        if validation is not None:
-            val_features, val_labels = validation
-            evals = [(xgb.DMatrix(val_features, label=self._encode(val_labels)), "validation")]
-            stopping = self.early_stopping_rounds
-        most = self.n_jobs or max(1, len(features) // _ROWS_PER_THREAD)
-        with threads.sharing_cores():
-            self.booster_ = xgb.train(
-                params | {"nthread": min(most, threads.share())},
-                train,
-                num_boost_round=self.n_estimators,
-                evals=evals,
-                early_stopping_rounds=stopping,
-                verbose_eval=False,
-                callbacks=[_Rounds(self.n_estimators, lambda: min(most, threads.share()))],
-            )
-        self.rounds_ = self.booster_.best_iteration + 1 if stopping else self.n_estimators
-        if self.booster_.num_boosted_rounds() < self.n_estimators:
-            logger.info(
-                "XGBoost stopped early after round %d/%d, keeping %d rounds",
-                self.booster_.num_boosted_rounds(),
-                self.n_estimators,
-                self.rounds_,
-            )
+        self.trees_ = train_trees(
+            features,
+            labels,
+            validation,
+            params,
+            self.n_estimators,
+            self.horizon_components,
+            self.early_stopping_rounds,
+            self.n_jobs,
+        )
 
     def _predict(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray:
-        features = xgb.DMatrix(self._features(inputs, future))
-        flat = self.booster_.predict(features, iteration_range=(0, self.rounds_))
-        if self.basis_ is not None:
-            flat = self.basis_.decode(flat.reshape(len(inputs), -1))
+        flat = self.trees_.predict(self._features(inputs, future))
         flat = flat.reshape(len(inputs), self.horizon, self.targets_)
         return (flat + self._last(inputs)).astype(inputs.dtype)
 
@@ -260,30 +189,3 @@ class XGBoostForecaster(Forecaster):
 
     def _labels(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return (targets - self._last(inputs)).reshape(len(inputs), -1)
-
-    def _encode(self, labels: np.ndarray) -> np.ndarray:
-        return labels if self.basis_ is None else self.basis_.encode(labels)
-
-
-@dataclass(frozen=True)
-class _LabelBasis:
-    """The leading principal directions of the training labels: labels ≈ mean + codes @ axes."""
-
-    mean: np.ndarray
-    axes: np.ndarray  # (components, outputs), orthonormal rows
-
-    @classmethod
-    def fit(cls, labels: np.ndarray, components: int | None) -> _LabelBasis | None:
-        """None when there is nothing to compress: no components asked, or as many as outputs."""
-        if components is None or components >= labels.shape[1]:
-            return None
-        labels = labels.astype(np.float64)  # one basis whether labels came batched or whole
-        mean = labels.mean(axis=0)
-        _, _, right = np.linalg.svd(labels - mean, full_matrices=False)
-        return cls(mean, right[:components])
-
-    def encode(self, labels: np.ndarray) -> np.ndarray:
-        return (labels - self.mean) @ self.axes.T
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        return codes @ self.axes + self.mean
