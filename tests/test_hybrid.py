@@ -16,7 +16,7 @@ from skewless.compute.batches import InMemory
 from skewless.core.errors import ConfigError
 from skewless.core.schema import EVENT_TS
 from skewless.models.factory import create_model
-from skewless.models.hybrid import Hybrid
+from skewless.models.hybrid import Hybrid, _averaged_mse, _Candidate
 from skewless.models.nlinear import NLinear
 from skewless.models.normal_equations import normal_equations, ridge_path, solve_ridge
 from skewless.preprocessing.windows import WindowBatch, cut_windows
@@ -57,7 +57,7 @@ def test_fit_and_predict_shapes_with_and_without_trees() -> None:
         predicted = model.predict(val.inputs)
         assert predicted.shape == val.targets.shape and predicted.dtype == val.inputs.dtype
         assert len(model.maps_) == 2 and {m.lookback for m in model.maps_} <= {12, 24, 48}
-    assert model.rounds_ <= 20
+    assert model.trees_.rounds <= 20
 
 
 def test_one_lookback_shared_unpenalised_is_nlinear() -> None:
@@ -86,6 +86,35 @@ def test_the_best_lookback_on_validation_is_kept_first() -> None:
         ).fit(train.inputs, train.targets, val.inputs, val.targets)
         error = np.mean((alone.predict(val.inputs).astype(np.float64) - val.targets) ** 2)
         assert kept.validation_mse == pytest.approx(error, rel=1e-4)
+
+
+def test_auto_top_averages_as_many_maps_as_forecast_validation_best() -> None:
+    """The count is chosen on the validation MSE of the averaged forecast, computed from the
+    equations (maps of different lookbacks and sharing), as the windows would give it."""
+    _, _, train, val = split()
+    params = {"lookbacks": (4, 12, 24, 48), "individual": None, "refit": False}
+    every = Hybrid(HORIZON, top=4, **params).fit(
+        train.inputs, train.targets, val.inputs, val.targets
+    )
+    forecasts = [m.predict(val.inputs) for m in every.maps_]
+    averaged = [
+        np.mean((np.mean(forecasts[:count], axis=0) - val.targets) ** 2) for count in (1, 2, 3, 4)
+    ]
+    auto = Hybrid(HORIZON, top="auto", **params).fit(
+        train.inputs, train.targets, val.inputs, val.targets
+    )
+    assert len(auto.maps_) == 1 + int(np.argmin(averaged))
+    assert [m.lookback for m in auto.maps_] == [m.lookback for m in every.maps_[: len(auto.maps_)]]
+    val_equations = {
+        L: normal_equations(val.inputs[:, -L:], val.targets, individual=True)
+        for L in (4, 12, 24, 48)
+    }
+    candidates = [
+        _Candidate(m.validation_mse, m.lookback, m.weight.shape[0] > 1, m.alpha, m.weight, m.bias)
+        for m in every.maps_
+    ]
+    for count, direct in zip((1, 2, 3, 4), averaged, strict=True):
+        assert _averaged_mse(candidates[:count], val_equations) == pytest.approx(direct, rel=1e-4)
 
 
 def test_a_shorter_lookback_learns_from_every_training_window_of_its_length() -> None:
@@ -175,7 +204,7 @@ def test_predicting_needs_the_lookback_it_was_fitted_on() -> None:
         ({"lookbacks": []}, "lookbacks must be"),
         ({"lookbacks": [0, 24]}, "lookbacks must be"),
         ({"alphas": [-1.0]}, "alphas must be"),
-        ({"top": 0}, "top must be at least 1"),
+        ({"top": 0}, "top must be at least 1 or auto"),
         ({"individual": "yes"}, "individual must be true or false or null"),
         ({"refit": "maybe"}, "refit must be true, false or auto"),
         ({"boost_rounds": -1}, "boost_rounds must be at least 0"),

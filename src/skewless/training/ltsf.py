@@ -54,6 +54,7 @@ MODELS: dict[str, tuple[str, dict[str, object]]] = {
     "xgboost_defaults": ("xgboost", {}),  # the model's own defaults (docs/training.md)
     # The hybrid with its defaults, then its routes one at a time (docs/ltsf.md).
     "hybrid": ("hybrid", {}),
+    "hybrid_pair": ("hybrid", {"top": 2}),  # the default until 2026-12-02
     "hybrid_no_refit": ("hybrid", {"refit": False}),
     "hybrid_refit": ("hybrid", {"top": 1, "refit": True}),
     "hybrid_top1": ("hybrid", {"top": 1, "refit": False}),
