@@ -9,7 +9,7 @@ import os
 import reprlib
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -29,6 +29,7 @@ from skewless.core.errors import (
 from skewless.serving.admission import InFlightLimit
 from skewless.serving.body_limit import BodyLimit
 from skewless.serving.metrics import ServingMetrics
+from skewless.serving.request_metrics import RequestMetrics
 from skewless.serving.schemas import (
     BatchRequest,
     EntityRequest,
@@ -98,22 +99,7 @@ def create_app(service: ServiceCore, reloads: ReloadSignal | None = None) -> Fas
 
     app.add_middleware(BodyLimit, limit=service.config.serving.body_limit)
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started, serving = time.perf_counter(), service.current.version
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # a bug: still counted, then Starlette's plain 500
-            metrics.errors.labels(type(exc).__name__, "request").inc()
-            metrics.requests.labels(_endpoint(request), "500", _version(request, serving)).inc()
-            raise
-        endpoint = _endpoint(request)
-        version = _version(request, serving)
-        metrics.requests.labels(endpoint, str(response.status_code), version).inc()
-        metrics.latency.labels(endpoint, version).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, metrics=metrics, serving=lambda: service.current.version)
 
     def shed(endpoint: str) -> None:
         metrics.errors.labels("Overloaded", "request").inc()
@@ -130,17 +116,6 @@ def create_app(service: ServiceCore, reloads: ReloadSignal | None = None) -> Fas
     app.include_router(predictions)
     app.include_router(_operations_router())
     return app
-
-
-def _endpoint(request: Request) -> str:
-    return getattr(request.scope.get("route"), "path", "unmatched")
-
-
-def _version(request: Request, serving: int) -> str:
-    """The version label of an answer: the version whose forecasts or refusals it carries; else
-    (/health, a request refused before the service ran, an error the service raised) the
-    version being served when the request came in, so every answer of a deploy carries it."""
-    return str(getattr(request.state, "model_version", serving))
 
 
 # What of a refused input an error shows: enough to find it, never the whole of a huge body
