@@ -7,7 +7,7 @@ standardised values over every test window (stride 1). The published tables came
 loader that dropped its last incomplete batch: ``drop_last_batch`` reproduces that. With
 ``intervals``, conformal intervals calibrated on every validation window (per step and channel)
 are scored on the test windows: coverage and mean width (standardised units) at 80 and 95 %,
-as calibrated and as adapted while the test errors become known (adaptive conformal inference).
+as calibrated and as adapted while the test errors become known (:class:`AdaptiveScale`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skewless.bundle.intervals import AdaptiveConformal, ConformalIntervals, lookback_spread
+from skewless.bundle.intervals import AdaptiveScale, ConformalIntervals, lookback_spread
 from skewless.core.errors import ConfigError
 from skewless.models.base import Forecaster
 from skewless.models.factory import create_model
@@ -114,7 +114,7 @@ class Result:
     coverage_95: float | None = None
     width_80: float | None = None
     width_95: float | None = None
-    # The same intervals adapted as the test windows' errors become known (AdaptiveConformal).
+    # The same intervals adapted as the test windows' errors become known (AdaptiveScale).
     adaptive_coverage_80: float | None = None
     adaptive_coverage_95: float | None = None
     adaptive_width_80: float | None = None
@@ -212,11 +212,10 @@ def interval_scores(
         for measure, value in (("coverage", coverage), ("width", widths))
         for level in INTERVAL_LEVELS
     }
-    calibration = calibrated.in_spread_units(val_errors, spreads)
     tested = calibrated.in_spread_units(test_errors, test_spreads)
     scale = calibrated.window_scale(test_spreads)[:, None, :]
-    for level in INTERVAL_LEVELS:
-        covered, half_widths = AdaptiveConformal().run(calibration, tested, level)
+    for level, calibrated_widths in zip(INTERVAL_LEVELS, calibrated.half_widths, strict=True):
+        covered, half_widths = AdaptiveScale().run(calibrated_widths, tested, level)
         scores[f"adaptive_coverage_{level * 100:g}"] = float(covered.mean())
         scores[f"adaptive_width_{level * 100:g}"] = float(2 * np.mean(half_widths * scale))
     return scores
