@@ -3,6 +3,7 @@ closed-loop load against it, stop it."""
 
 from __future__ import annotations
 
+import random
 import socket
 import statistics
 import subprocess
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 JSON = {"Content-Type": "application/json"}
 # One request on a client's own connection; returns the HTTP status.
@@ -85,6 +87,10 @@ class Load:
     shed: int = 0
     failed: int = 0
     seconds: float = 0.0
+    # Core-seconds spent while the load ran: by the whole machine, and by the load generator
+    # (this process) itself. A server can only scale onto cores these leave idle.
+    machine_cpu: float = 0.0
+    client_cpu: float = 0.0
 
     def __add__(self, other: Load) -> Load:
         return Load(
@@ -92,6 +98,8 @@ class Load:
             self.shed + other.shed,
             self.failed + other.failed,
             self.seconds + other.seconds,
+            self.machine_cpu + other.machine_cpu,
+            self.client_cpu + other.client_cpu,
         )
 
     def summary(self) -> dict[str, float | None]:
@@ -106,17 +114,30 @@ class Load:
             "p50_ms": p50,
             "p99_ms": p99,
             "throughput_rps": len(ordered) / self.seconds,
+            # Busy cores on average (2.0: both of a 2-core machine), and the load generator's.
+            "cores_busy": round(self.machine_cpu / self.seconds, 2),
+            "client_cores": round(self.client_cpu / self.seconds, 2),
         }
 
 
-def closed_loop(send: Send, concurrency: int, seconds: float) -> Load:
+def closed_loop(
+    send: Send, concurrency: int, seconds: float, pause_after_shed: float = 0.0
+) -> Load:
     """``concurrency`` clients, each sending its next request when the previous one is answered,
-    until the deadline (a new loopback connection each: it costs a tenth of a millisecond)."""
+    until the deadline (a new loopback connection each: it costs a tenth of a millisecond).
+    After a 503 a client waits ``pause_after_shed`` seconds and up to as long again at random
+    first, as one that honours the server's Retry-After with jitter does, so that the clients
+    refused together do not all come back together (0: it retries at once, the worst case for
+    the server)."""
     load = Load()
     lock = threading.Lock()
+    # Every client is built before the clock starts: each loads an SSL context, about 50 ms of
+    # CPU here (64 of them: 3.5 s), which would land on the first requests' latencies.
+    ready = threading.Barrier(concurrency + 1)
 
     def client() -> None:
         with httpx.Client(timeout=120) as http:
+            ready.wait()
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
                 began = time.perf_counter()
@@ -127,15 +148,28 @@ def closed_loop(send: Send, concurrency: int, seconds: float) -> Load:
                         load.latencies.append(elapsed)
                     load.shed += status == 503
                     load.failed += status not in (200, 503)
+                if status == 503 and pause_after_shed:
+                    pause = pause_after_shed * (1 + random.random())
+                    time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    began = time.perf_counter()
     for thread in threads:
         thread.start()
+    ready.wait()
+    machine, mine = _busy_seconds(), time.process_time()
+    began = time.perf_counter()
     for thread in threads:
         thread.join()
     load.seconds = time.perf_counter() - began
+    load.machine_cpu = _busy_seconds() - machine
+    load.client_cpu = time.process_time() - mine
     return load
+
+
+def _busy_seconds() -> float:
+    """Core-seconds the machine has spent on anything but idling since it booted."""
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq
 
 
 def show(cell: str, result: dict[str, float | None]) -> None:
@@ -147,6 +181,7 @@ def show(cell: str, result: dict[str, float | None]) -> None:
     print(
         f"{cell}: p50 {ms(result['p50_ms'])} ms  p99 {ms(result['p99_ms'])} ms  "
         f"{result['throughput_rps']:7.1f} req/s  ({result['shed']} shed, "
-        f"{result['failed']} failed)",
+        f"{result['failed']} failed; cores busy {result['cores_busy']:.2f}, "
+        f"load generator {result['client_cores']:.2f})",
         flush=True,
     )

@@ -593,7 +593,9 @@ def scaling(
     return verdict(
         f"{goal} >= {at_least}x the throughput of 1 (concurrency {SCALING}, "
         f"{GOAL_ENTITIES} entities)",
-        f"{ratio:.2f}x ({more['throughput_rps']:.1f} vs {one['throughput_rps']:.1f} req/s)",
+        f"{ratio:.2f}x ({more['throughput_rps']:.1f} vs {one['throughput_rps']:.1f} req/s; "
+        f"cores busy {more['cores_busy']:.2f} vs {one['cores_busy']:.2f}, the load generator "
+        f"{more['client_cores']:.2f} vs {one['client_cores']:.2f})",
         ratio >= at_least,
     )
 

@@ -582,7 +582,7 @@ class ServingConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_in_flight: int | None = Field(
-        default=16,
+        default=8,
         ge=1,
         description="forecast requests served at once per worker or replica; more are refused "
         "at once with 503 and Retry-After rather than queued without bound (null: no limit)",
