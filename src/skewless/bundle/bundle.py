@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from skewless.preprocessing.windows import windows_at
 
 FORECAST = "forecast"
 TARGET = "target"
+Result = TypeVar("Result")
 
 
 def forecast(
@@ -140,6 +141,19 @@ class PreparedWindows:
     last_times: pd.DatetimeIndex  # each entity's last observed timestamp
     future: np.ndarray | None = None  # (entities, horizon, channels) the model reads ahead
 
+    @classmethod
+    def joined(cls, parts: list[PreparedWindows]) -> PreparedWindows:
+        """The windows of several parts as one, for one model call."""
+        if len(parts) == 1:
+            return parts[0]
+        futures = [p.future for p in parts if p.future is not None]
+        return cls(
+            np.concatenate([p.inputs for p in parts]),
+            np.concatenate([p.entities for p in parts]),
+            pd.DatetimeIndex(parts[0].last_times.append([p.last_times for p in parts[1:]])),
+            np.concatenate(futures) if futures else None,
+        )
+
 
 @dataclass(frozen=True)
 class Forecasts:
@@ -170,24 +184,23 @@ class Forecasts:
         return frame
 
 
-def forecast_isolated(
-    predict: Callable[[pd.DataFrame], Forecasts], rows: pd.DataFrame, entity_key: str
-) -> tuple[list[Forecasts], dict[Any, DataValidationError]]:
-    """``predict`` on all entities' rows in one call; if that is refused, on each entity alone
-    to name who failed. Returns the forecasts made and each refused entity's error."""
+def isolated(
+    call: Callable[[pd.DataFrame], Result], rows: pd.DataFrame, entity_key: str
+) -> tuple[list[Result], dict[Any, DataValidationError]]:
+    """``call`` on all entities' rows at once; if that is refused, on each half of the entities,
+    halving down to single entities to name who failed (a few bad entities among a thousand
+    cost a few dozen calls, not a thousand). Returns the results made and each refused
+    entity's error."""
     try:
-        return [predict(rows)], {}
+        return [call(rows)], {}
     except DataValidationError as exc:
-        groups = rows.groupby(entity_key, sort=False)
-        if groups.ngroups == 1:
-            return [], {rows[entity_key].iloc[0]: exc}
-    made: list[Forecasts] = []
-    failed: dict[Any, DataValidationError] = {}
-    for _, part in groups:
-        forecasts, errors = forecast_isolated(predict, part, entity_key)
-        made += forecasts
-        failed |= errors
-    return made, failed
+        codes, uniques = pd.factorize(rows[entity_key])
+        if len(uniques) == 1:
+            return [], {uniques[0]: exc}
+    first = codes < len(uniques) // 2
+    made, refused = isolated(call, rows[first], entity_key)
+    more, also = isolated(call, rows[~first], entity_key)
+    return made + more, refused | also
 
 
 @dataclass(frozen=True)

@@ -24,16 +24,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skewless.bundle.bundle import FORECAST, TARGET, forecast_isolated
+from skewless.bundle.bundle import FORECAST, TARGET
 from skewless.compute.engine import compute_engine
 from skewless.core.config import SkewlessConfig
-from skewless.core.errors import ConfigError, OutputError, SkewlessError
+from skewless.core.errors import ConfigError, OutputError
 from skewless.core.schema import EVENT_TS
 from skewless.core.stores import tracking_uri
 from skewless.features.facade import FeatureStoreFacade
 from skewless.registry.pyfunc import naive_utc
 from skewless.registry.registry import ModelRegistry
-from skewless.serving.service import LoadedModel, OnlineWindowFetcher, load_model
+from skewless.serving.service import LoadedModel, load_model
+from skewless.serving.stages import OnlineWindowFetcher, forecast_prepared, prepare_fetched
 
 MODEL_NAME, MODEL_VERSION, ALIAS, TIME_POINT, ERROR = (
     "model_name",
@@ -241,16 +242,10 @@ def _forecast_batch(
     opened = (config.project, home)
     if opened not in _FETCHERS:
         _FETCHERS[opened] = OnlineWindowFetcher(config, home)
-    rows, problems = _FETCHERS[opened].fetch(entities, None, bundle.spec.lookback)
-    failures: dict[Any, SkewlessError] = dict(problems)
-    frames = []
-    if rows is not None:
-        made, refused = forecast_isolated(
-            lambda part: bundle.forecasts(bundle.prepare(part)), rows, key
-        )
-        failures |= refused
-        frames = [forecasts.frame(bundle.spec) for forecasts in made]
-    errors = {entity: str(error) for entity, error in failures.items()}
+    fetched = _FETCHERS[opened].fetch(entities, None, bundle.spec.lookback)
+    done = forecast_prepared(bundle, prepare_fetched(bundle, fetched))
+    frames = [] if done.forecasts is None else [done.forecasts.frame(bundle.spec)]
+    errors = {entity: str(error) for entity, error in done.problems.items()}
     if errors:
         frames.append(pd.DataFrame({key: list(errors), ERROR: list(errors.values())}))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({key: []})

@@ -44,7 +44,8 @@ from skewless.serving.schemas import (
     RowsRequest,
     status_of,
 )
-from skewless.serving.service import PUSH_ORIGIN, Served, ServiceCore, row_problems
+from skewless.serving.service import Served, ServiceCore, row_problems
+from skewless.serving.stages import PUSH_ORIGIN
 from skewless.serving.workers import ReloadSignal
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import os
 import threading
 from collections import OrderedDict
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,15 +34,16 @@ from skewless.features.ingest import IngestReport
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.fastapi_app import ADMIN_TOKEN_ENV, create_app
-from skewless.serving.service import (
+from skewless.serving.service import LoadedModel, ServiceCore
+from skewless.serving.stages import (
+    Fetched,
     Forecasted,
-    LoadedModel,
     LocalStages,
     OnlineWindowFetcher,
     Plan,
-    ServiceCore,
-    Windows,
-    forecast_entities,
+    Prepared,
+    forecast_prepared,
+    prepare_fetched,
 )
 
 _VERSIONS_KEPT = 3
@@ -81,9 +81,7 @@ class Features:
         keep_freed_memory()
         self.fetcher = OnlineWindowFetcher(_config(config_json), Path(home))
 
-    def fetch(
-        self, entities: list[Any], point: datetime | None, lookback: int
-    ) -> tuple[pd.DataFrame | None, dict[Any, SkewlessError]]:
+    def fetch(self, entities: list[Any], point: datetime | None, lookback: int) -> Fetched:
         return self.fetcher.fetch(entities, point, lookback)
 
     def ready(self) -> bool:
@@ -113,6 +111,9 @@ class Preprocessing(_BundleStage):
     def prepare(self, version: int, rows: pd.DataFrame) -> PreparedWindows:
         return self.bundles.get(version).prepare(rows)
 
+    def prepare_fetched(self, version: int, fetched: Fetched, plan: Plan) -> Prepared:
+        return prepare_fetched(self.bundles.get(version), fetched, plan)
+
 
 @serve.deployment
 class Model(_BundleStage):
@@ -120,6 +121,9 @@ class Model(_BundleStage):
 
     def forecasts(self, version: int, prepared: PreparedWindows) -> Forecasts:
         return self.bundles.get(version).forecasts(prepared)
+
+    def forecast_prepared(self, version: int, prepared: Prepared) -> Forecasted:
+        return forecast_prepared(self.bundles.get(version), prepared)
 
 
 @serve.deployment
@@ -202,13 +206,13 @@ class StagedService(_RayService):
     async def _forecast_entities(
         self, model: LoadedModel, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
-        return await forecast_entities(
-            self._fetch, partial(self._predict, model), model.bundle.spec, entities, point, plan
-        )
-
-    async def _fetch(self, entities: list[Any], point: datetime | None, lookback: int) -> Windows:
-        windows: Windows = await _answer(self.features.fetch.remote(entities, point, lookback))
-        return windows
+        # Each stage's output goes from its replica to the next stage's directly: the ingress
+        # passes responses on, and only the forecasts come back to it.
+        version = model.version
+        fetched = self.features.fetch.remote(entities, point, model.bundle.spec.lookback)
+        prepared = self.preprocessing.prepare_fetched.remote(version, fetched, plan)
+        done: Forecasted = await _answer(self.model.forecast_prepared.remote(version, prepared))
+        return done
 
     async def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
         # The prepared windows go from the preprocessing replica to the model replica directly.
@@ -272,8 +276,12 @@ def _result(response: _Call) -> Any:
 
 
 def _own(exc: RayTaskError) -> BaseException:
-    """Our error that the deployment raised, rather than Ray's wrapper; else the wrapper."""
-    return exc.cause if isinstance(exc.cause, SkewlessError) else exc
+    """Our error that a deployment raised, rather than Ray's wrappers (one more per stage it
+    went through); else the wrapper."""
+    cause = exc.cause
+    while isinstance(cause, RayTaskError):
+        cause = cause.cause
+    return cause if isinstance(cause, SkewlessError) else exc
 
 
 @serve.deployment

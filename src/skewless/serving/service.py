@@ -1,9 +1,10 @@
 """``ForecastService``: online windows → bundle → response items, with no web framework inside.
 
-``ServiceCore`` holds what every server shares: request checks, per-entity error isolation, the
+``ServiceCore`` holds what every server shares: request checks, the
 response items (typed: a ``Prediction``, or a ``FailedPrediction`` that carries the entity's
 error as data), and model versions. Its forecasts are coroutines: the stages are awaited, so a
-server's event loop never waits on them. ``ForecastService`` runs the stages in this process
+server's event loop never waits on them (the stages themselves, with per-entity error isolation,
+are ``serving.stages``). ``ForecastService`` runs them in this process
 (``LocalStages``, in worker threads: the FastAPI server); the Ray Serve server runs the same core
 with the stages behind deployment handles, and its fused deployment runs ``LocalStages`` too.
 
@@ -17,29 +18,25 @@ reference only after the new version loaded, so a failed load leaves the old one
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import psycopg
 
 from skewless.bundle.bundle import FeatureSpec, ForecastBundle, Forecasts
 from skewless.bundle.reference import DECILES
 from skewless.core.config import SkewlessConfig
 from skewless.core.errors import (
     DataValidationError,
-    FeatureStoreError,
     RequestError,
     SkewlessError,
     StoreUnavailableError,
@@ -50,24 +47,17 @@ from skewless.core.schema import EVENT_TS
 from skewless.core.stores import tracking_uri
 from skewless.core.time_points import parse_time_point
 from skewless.features.ingest import IngestReport
-from skewless.features.materialize import materialize, push
-from skewless.features.online import WindowReader, window_reader
-from skewless.features.online_marker import online_marker
-from skewless.features.repo import FeastRepo
-from skewless.features.strategies import OnlineRetrievalStrategy
 from skewless.features.validation import SOURCE_ROW, Findings, parse_rows
-from skewless.features.window_view import windows_frame
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.allocator import keep_freed_memory
 from skewless.serving.log_writer import open_request_log, served_records
 from skewless.serving.metrics import ServingMetrics
-from skewless.serving.outage import STORE_FAILURES, Outage, describe_online_store
 from skewless.serving.schemas import FailedPrediction, Prediction
+from skewless.serving.stages import Forecasted, LocalStages, Plan
 
 logger = logging.getLogger(__name__)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-PUSH_ORIGIN = "POST /push"
 ROWS_EXPLAINED = 50  # rows of a refused push whose own problems are listed one by one
 # How long a push waits for the one before it (in this process) to finish before a 503.
 _PUSH_WAIT_SECONDS = 30.0
@@ -222,7 +212,7 @@ class ServiceCore(ABC):
         self.metrics.entities.observe(len(entities))
         done = await self._forecast_entities(model, list(dict.fromkeys(entities)), point, plan)
         self.metrics.feature_fetch.observe(done.fetch_seconds)
-        made = {e: p for forecasts in done.forecasts for e, p in _items(forecasts, model).items()}
+        made = {} if done.forecasts is None else _items(done.forecasts, model)
         items = [
             made[entity] if entity in made else FailedPrediction.of(entity, done.problems[entity])
             for entity in entities
@@ -253,92 +243,6 @@ class ServiceCore(ABC):
         return Served(request_id, model, items)
 
 
-Windows = tuple[pd.DataFrame | None, dict[Any, SkewlessError]]
-Plan = pd.DataFrame | None  # a request's own plan of known-future covariates
-Fetch = Callable[[list[Any], datetime | None, int], Awaitable[Windows]]
-Predict = Callable[[pd.DataFrame], Awaitable[Forecasts]]
-
-
-@dataclass(frozen=True)
-class Forecasted:
-    """The forecasts of a request's entities, the error of each entity without one, and how
-    long reading their windows took (the stages may run where the request's metrics are not)."""
-
-    forecasts: list[Forecasts]
-    problems: dict[Any, SkewlessError]
-    fetch_seconds: float
-
-
-async def forecast_entities(
-    fetch: Fetch,
-    predict: Predict,
-    spec: FeatureSpec,
-    entities: list[Any],
-    point: datetime | None,
-    plan: Plan = None,
-) -> Forecasted:
-    """The entities' online windows (``fetch``: the last ``lookback`` rows at the time point of
-    each entity that has them, one frame, and the problem of each that has not), then their
-    forecasts (``predict``), every server's one path whichever process runs the stages. A
-    request's ``plan`` follows the windows' rows, so it wins over the stored one."""
-    started = time.perf_counter()
-    rows, problems = await fetch(entities, point, spec.lookback)
-    fetched = time.perf_counter() - started
-    if rows is None:
-        return Forecasted([], problems, fetched)
-    if plan is not None:
-        rows = pd.concat([rows, plan[plan[spec.entity_key].isin(entities)]], ignore_index=True)
-    made, refused = await forecast_isolated(predict, rows, spec.entity_key)
-    return Forecasted(made, {**problems, **refused}, fetched)
-
-
-async def forecast_isolated(
-    predict: Predict, rows: pd.DataFrame, entity_key: str
-) -> tuple[list[Forecasts], dict[Any, DataValidationError]]:
-    """``predict`` on all entities' rows in one call; if that is refused, on each entity alone,
-    concurrently, to name who failed (``bundle.forecast_isolated`` awaited: the calls may be
-    hops to other processes). Returns the forecasts made and each refused entity's error."""
-    try:
-        return [await predict(rows)], {}
-    except DataValidationError as exc:
-        groups = rows.groupby(entity_key, sort=False)
-        if groups.ngroups == 1:
-            return [], {rows[entity_key].iloc[0]: exc}
-    alone = await asyncio.gather(
-        *(forecast_isolated(predict, part, entity_key) for _, part in groups)
-    )
-    made = [forecasts for each, _ in alone for forecasts in each]
-    return made, {entity: error for _, errors in alone for entity, error in errors.items()}
-
-
-class LocalStages:
-    """The three stages in this process, each call in a worker thread: reading windows waits on
-    the online store, and the bundle's work would hold up every other request of the event
-    loop (health checks and refusals included)."""
-
-    def __init__(self, config: SkewlessConfig, home: Path) -> None:
-        self.windows = OnlineWindowFetcher(config, home)
-
-    async def ready(self) -> bool:
-        return await asyncio.to_thread(self.windows.ready)
-
-    async def fetch(self, entities: list[Any], point: datetime | None, lookback: int) -> Windows:
-        return await asyncio.to_thread(self.windows.fetch, entities, point, lookback)
-
-    async def predict(self, bundle: ForecastBundle, rows: pd.DataFrame) -> Forecasts:
-        return await asyncio.to_thread(lambda: bundle.forecasts(bundle.prepare(rows)))
-
-    async def forecast_entities(
-        self, bundle: ForecastBundle, entities: list[Any], point: datetime | None, plan: Plan
-    ) -> Forecasted:
-        return await forecast_entities(
-            self.fetch, partial(self.predict, bundle), bundle.spec, entities, point, plan
-        )
-
-    def push(self, rows: pd.DataFrame) -> IngestReport:
-        return self.windows.push(rows)
-
-
 class ForecastService(ServiceCore):
     """Every stage in this process: the FastAPI server."""
 
@@ -359,62 +263,6 @@ class ForecastService(ServiceCore):
 
     def _push(self, rows: pd.DataFrame) -> IngestReport:
         return self.stages.push(rows)
-
-
-class OnlineWindowFetcher:
-    """Online windows of many entities with one call, as raw rows; keeps its reader warm.
-
-    A store that does not answer is a StoreUnavailableError (a 503 naming the store), logged
-    once when the outage starts and once when it ends, never once per request.
-    """
-
-    def __init__(self, config: SkewlessConfig, home: Path) -> None:
-        self.repo = FeastRepo(config, home)
-        self._reader: WindowReader = window_reader(self.repo)
-        self._outage = Outage(describe_online_store(config))
-        self._marker = online_marker(self.repo)
-        self.ready()  # the first online call is slow: pay it before traffic
-
-    def ready(self) -> bool:
-        """One online read of an id no entity has (proves the store answers), and its
-        materialization marker (proves it still holds the windows)."""
-        string_ids = self.repo.config.data.entity_type == "string"
-        with self._outage.guard():
-            self._reader.read(["__readiness_probe__" if string_ids else -1])
-            marked = self._marker.read()
-        if marked is None:
-            raise FeatureStoreError(
-                f"the online store ({self._outage.store}) holds no materialized windows (its "
-                "marker is gone: restarted without its data?); run skewless materialize"
-            )
-        return True
-
-    def fetch(self, entities: list[Any], point: datetime | None, lookback: int) -> Windows:
-        with self._outage.guard():
-            windows = OnlineRetrievalStrategy(self.repo, point, reader=self._reader).retrieve(
-                entities
-            )
-        found = list(windows.windows.values())
-        key = self.repo.config.data.entity_key
-        return (windows_frame(found, key, lookback) if found else None), windows.problems
-
-    def push(self, rows: pd.DataFrame) -> IngestReport:
-        """Raw rows into the offline store and the online windows (``materialize.push``); a
-        store that does not answer is a StoreUnavailableError."""
-        try:
-            report = push(self.repo, rows, origin=PUSH_ORIGIN)
-            if report.rows_already_stored and not report.rows_written:
-                # Sent again after a push that stopped between the offline append and the
-                # online update: bring the windows up now (nothing to do when they are).
-                materialize(self.repo, incremental=True)
-            return report
-        except (*STORE_FAILURES, psycopg.Error) as exc:
-            logger.error("a push failed in the feature store: %s: %s", type(exc).__name__, exc)
-            raise StoreUnavailableError(
-                f"the feature store did not take the pushed rows ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); push the rows again: those already stored are not written "
-                "twice, and their windows are brought online"
-            ) from None
 
 
 def load_model(registry: ModelRegistry, name: str, alias: str, version: int) -> LoadedModel:
