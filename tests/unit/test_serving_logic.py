@@ -33,7 +33,13 @@ from skewless.serving.schemas import (
     RowsRequest,
     status_of,
 )
-from skewless.serving.service import LoadedModel, _items, check_entities, check_time_point
+from skewless.serving.service import (
+    LoadedModel,
+    _items,
+    check_entities,
+    check_time_point,
+    significant,
+)
 from tests.conftest import etth_config
 
 NOW = datetime(2018, 6, 26, 19, tzinfo=UTC)
@@ -184,3 +190,24 @@ def test_raw_rows_hold_only_numbers_a_model_can(value: float, message: str) -> N
         RowsRequest(rows=[{"station_id": 1, "OT": value}])
     ok = RowsRequest(rows=[{"station_id": 2**63 - 1, "OT": 3.4e38, "flag": True}])
     assert ok.rows[0]["OT"] == 3.4e38
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (45.89857205766545, "45.89857"),
+        (0.000123456789, "0.0001234568"),
+        (-1234567.891, "-1234568.0"),
+        (98765432109.0, "98765430000.0"),
+        (0.0, "0.0"),
+        (1e-300, "1e-300"),
+    ],
+)
+def test_answers_carry_seven_significant_digits(value: float, shown: str) -> None:
+    assert repr(significant(np.array([value])).tolist()[0]) == shown
+
+
+def test_values_that_are_not_finite_pass_unchanged() -> None:
+    rounded = significant(np.array([np.nan, np.inf, -np.inf, 2.0 / 3.0]))
+    assert np.isnan(rounded[0]) and rounded[1:3].tolist() == [np.inf, -np.inf]
+    assert rounded[3] == 0.6666667
