@@ -1,12 +1,12 @@
 """``ForecastService``: online windows → bundle → response items, with no web framework inside.
 
-``ServiceCore`` holds what every server shares: request checks, the
-response items (typed: a ``Prediction``, or a ``FailedPrediction`` that carries the entity's
-error as data), and model versions. Its forecasts are coroutines: the stages are awaited, so a
-server's event loop never waits on them (the stages themselves, with per-entity error isolation,
-are ``serving.stages``). ``ForecastService`` runs them in this process
-(``LocalStages``, in worker threads: the FastAPI server); the Ray Serve server runs the same core
-with the stages behind deployment handles, and its fused deployment runs ``LocalStages`` too.
+``ServiceCore`` holds what every server shares: request checks, the response items (typed: a
+``Prediction``, or a ``FailedPrediction`` that carries the entity's error as data), and model
+versions. Its forecasts are coroutines: the stages (``serving.stages``, which also isolate each
+entity's error) are awaited, so a server's event loop never waits on them. ``ForecastService``
+runs them in this process (``LocalStages``, in worker threads: the FastAPI server); the Ray Serve
+server runs the same core with the stages behind deployment handles, and its fused deployment
+runs ``LocalStages`` too.
 
 Every answered request is measured (``ServingMetrics``) and appended to the request log here,
 once for both servers.
