@@ -34,7 +34,7 @@ from skewless.features.facade import FeatureStoreFacade
 from skewless.registry.pyfunc import naive_utc
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.service import LoadedModel, load_model
-from skewless.serving.stages import OnlineWindowFetcher, forecast_prepared, prepare_fetched
+from skewless.serving.stages import OnlineWindowFetcher, forecast_fetched
 
 MODEL_NAME, MODEL_VERSION, ALIAS, TIME_POINT, ERROR = (
     "model_name",
@@ -243,7 +243,7 @@ def _forecast_batch(
     if opened not in _FETCHERS:
         _FETCHERS[opened] = OnlineWindowFetcher(config, home)
     fetched = _FETCHERS[opened].fetch(entities, None, bundle.spec.lookback)
-    done = forecast_prepared(bundle, prepare_fetched(bundle, fetched))
+    done = forecast_fetched(bundle, fetched)
     frames = [] if done.forecasts is None else [done.forecasts.frame(bundle.spec)]
     errors = {entity: str(error) for entity, error in done.problems.items()}
     if errors:

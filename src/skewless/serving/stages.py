@@ -88,6 +88,11 @@ def forecast_prepared(bundle: ForecastBundle, prepared: Prepared) -> Forecasted:
     return Forecasted(forecasts, prepared.problems, prepared.fetch_seconds)
 
 
+def forecast_fetched(bundle: ForecastBundle, fetched: Fetched, plan: Plan = None) -> Forecasted:
+    """Both bundle stages on the fetched windows, in this process."""
+    return forecast_prepared(bundle, prepare_fetched(bundle, fetched, plan))
+
+
 class OnlineWindowFetcher:
     """Online windows of many entities with one call, as raw rows; keeps its reader warm.
 
@@ -149,9 +154,9 @@ class OnlineWindowFetcher:
 
 
 class LocalStages:
-    """The three stages in this process, each in a worker thread: reading windows waits on the
-    online store, and the bundle's work would hold up every other request of the event loop
-    (health checks and refusals included)."""
+    """The three stages in this process, in one worker thread per request: reading windows
+    waits on the online store, and the bundle's work would hold up every other request of the
+    event loop (health checks and refusals included)."""
 
     def __init__(self, config: SkewlessConfig, home: Path) -> None:
         self.windows = OnlineWindowFetcher(config, home)
@@ -165,10 +170,11 @@ class LocalStages:
     async def forecast_entities(
         self, bundle: ForecastBundle, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
-        fetched = await asyncio.to_thread(self.windows.fetch, entities, point, bundle.spec.lookback)
-        return await asyncio.to_thread(
-            lambda: forecast_prepared(bundle, prepare_fetched(bundle, fetched, plan))
-        )
+        def forecasted() -> Forecasted:
+            fetched = self.windows.fetch(entities, point, bundle.spec.lookback)
+            return forecast_fetched(bundle, fetched, plan)
+
+        return await asyncio.to_thread(forecasted)
 
     def push(self, rows: pd.DataFrame) -> IngestReport:
         return self.windows.push(rows)
