@@ -8,8 +8,9 @@ request, against:
   service core with its request log, no HTTP);
 - `skewless serve --engine fastapi`: POST /predict/feast/batch, with its request log on (the
   default) and off, and with `--workers 2`;
-- per Ray Serve topology (`RAY_TOPOLOGIES`): its floor, an async ingress awaiting as many no-op
-  handle calls as the topology makes per request, with `serve`'s Ray settings; and `skewless
+- per Ray Serve topology (`RAY_TOPOLOGIES`): its floor, an ingress awaiting a chain of as many
+  async no-op deployments as the topology has stages, each awaiting the next (as skewless's
+  stages call one another), with `serve`'s Ray settings; and `skewless
   serve --engine ray` in that topology with 1 and 2 replicas of the deployment that runs the
   model (every other deployment pinned to one replica, so autoscaling never changes a cell);
 - peers: `mlflow models serve` on the same registered version, sent the raw rows (what a client
@@ -113,8 +114,9 @@ def constant() -> dict:
     return {"forecast": [0.0] * 24}
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
-# Ray Serve's own floor for a topology: an async ingress awaits as many no-op deployments, one
-# after the other, as the topology's ingress calls per request; same Ray settings as `serve`.
+# Ray Serve's own floor for a topology: the ingress awaits a chain of as many no-op deployments
+# as the topology's stages, each awaiting the next, as skewless's stages call one another; same
+# Ray settings as `serve`.
 RAY_FLOOR_APP = """
 import os, signal, sys, threading
 from skewless.serving.ray_launch import ray_serve_settings
@@ -125,25 +127,27 @@ from ray import serve
 app = FastAPI()
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class Stage:
-    def run(self, value: int) -> int:
-        return value
+    def __init__(self, inner=None) -> None:
+        self.inner = inner
+    async def run(self, value: int) -> int:
+        return value if self.inner is None else await self.inner.run.remote(value)
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, *stages) -> None:
-        self.stages = stages
+    def __init__(self, stage) -> None:
+        self.stage = stage
     @app.post("/constant")
     async def constant(self) -> dict:
-        value = 0
-        for stage in self.stages:
-            value = await stage.run.remote(value)
+        value = await self.stage.run.remote(0)
         return {"forecast": [float(value)] * 24}
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 ray.init(address="local", include_dashboard=False, logging_level="WARNING")
 serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
-stages = [Stage.options(name=f"Stage{i}").bind() for i in range(int(sys.argv[2]))]
-serve.run(Ingress.bind(*stages), route_prefix="/")
+stage = None
+for i in range(int(sys.argv[2])):
+    stage = Stage.options(name=f"Stage{i}").bind(stage)
+serve.run(Ingress.bind(stage), route_prefix="/")
 stop.wait()
 serve.shutdown()
 ray.shutdown()
@@ -155,7 +159,7 @@ class Topology:
     """A layout of the Ray Serve application, as the benchmark runs and judges it."""
 
     name: str
-    hops: int  # handle calls the ingress makes per request, one after the other: its floor
+    hops: int  # deployments a request passes through behind the ingress: its floor
     deployments: tuple[str, ...]  # its `serving.ray` deployments, each pinned to fixed replicas
     scaled: str  # the deployment that runs the model: 1 or 2 replicas in the scaling goal
     settings: tuple[str, ...] = ()  # the `--set` overrides that select it

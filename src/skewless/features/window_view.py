@@ -81,6 +81,12 @@ class Window:
         cut = replace(self, times_us=self.times_us[:keep], values=self.values[:keep])
         return cut if self.plan is None else replace(cut, plan={"times_us": []})
 
+    def last(self, rows: int) -> Window:
+        """The window's last ``rows`` rows (all of them when it has fewer)."""
+        if len(self) <= rows:
+            return self
+        return replace(self, times_us=self.times_us[-rows:], values=self.values[-rows:])
+
     def to_frame(self, entity_key: str) -> pd.DataFrame:
         """Rows as ingestion wrote them: entity, event_timestamp, variables."""
         return windows_frame([self], entity_key)

@@ -1,7 +1,9 @@
-"""The Ray Serve server: the FastAPI routes in an ingress deployment that awaits the three
-stages (features, preprocessing, model), either in deployments of their own, each with its
-replicas, CPU share and autoscaling from ``serving.ray`` (``topology: staged``), or together in
-one deployment, one hop from the ingress (``topology: fused``).
+"""The Ray Serve server: the FastAPI routes in an ingress deployment over the three stages
+(features, preprocessing, model), either in deployments of their own, each with its replicas,
+CPU share and autoscaling from ``serving.ray`` (``topology: staged``: the ingress asks the model
+deployment, which asks preprocessing, which asks features, so each stage's output travels once,
+to the stage that needs it), or together in one deployment, one hop from the ingress
+(``topology: fused``).
 
 Requests carry the model version the ingress chose when they started; the preprocessing and
 model replicas load versions on first use and keep the last few, so a swap never mixes the
@@ -72,6 +74,13 @@ class _Bundles:
             self.loaded.move_to_end(version)
             return self.loaded[version]
 
+    async def of(self, version: int) -> ForecastBundle:
+        """``get`` from a coroutine: a version already here at once, a load in a worker thread
+        (it takes seconds, which the replica's event loop must not wait)."""
+        with self._lock:
+            bundle = self.loaded.get(version)
+        return bundle if bundle is not None else await asyncio.to_thread(self.get, version)
+
 
 @serve.deployment
 class Features:
@@ -106,24 +115,46 @@ class _BundleStage:
 
 @serve.deployment
 class Preprocessing(_BundleStage):
-    """The bundle's first stage: checks, preprocessing, windows."""
+    """The bundle's first stage: checks, preprocessing, windows; of the rows a request sent,
+    or of its entities' online windows, which it asks the features deployment for."""
+
+    def __init__(self, config_json: dict[str, Any], home: str, features: DeploymentHandle) -> None:
+        super().__init__(config_json, home)
+        self.features = features
 
     def prepare(self, version: int, rows: pd.DataFrame) -> PreparedWindows:
         return self.bundles.get(version).prepare(rows)
 
-    def prepare_fetched(self, version: int, fetched: Fetched, plan: Plan) -> Prepared:
-        return prepare_fetched(self.bundles.get(version), fetched, plan)
+    async def prepare_entities(
+        self, version: int, entities: list[Any], point: datetime | None, plan: Plan
+    ) -> Prepared:
+        # The bundle's work runs in this coroutine: it is CPU-bound, and under the GIL a worker
+        # thread would only add a hand-off.
+        bundle = await self.bundles.of(version)
+        fetch = self.features.fetch.remote(entities, point, bundle.spec.lookback)
+        return prepare_fetched(bundle, await _answer(fetch), plan)
 
 
 @serve.deployment
 class Model(_BundleStage):
-    """The bundle's second stage: the forecaster, original units, intervals."""
+    """The bundle's second stage: the forecaster, original units, intervals; on the windows
+    a request's rows made, or on its entities' windows, which it asks preprocessing for."""
+
+    def __init__(
+        self, config_json: dict[str, Any], home: str, preprocessing: DeploymentHandle
+    ) -> None:
+        super().__init__(config_json, home)
+        self.preprocessing = preprocessing
 
     def forecasts(self, version: int, prepared: PreparedWindows) -> Forecasts:
         return self.bundles.get(version).forecasts(prepared)
 
-    def forecast_prepared(self, version: int, prepared: Prepared) -> Forecasted:
-        return forecast_prepared(self.bundles.get(version), prepared)
+    async def forecast_entities(
+        self, version: int, entities: list[Any], point: datetime | None, plan: Plan
+    ) -> Forecasted:
+        prepare = self.preprocessing.prepare_entities.remote(version, entities, point, plan)
+        prepared: Prepared = await _answer(prepare)
+        return forecast_prepared(await self.bundles.of(version), prepared)
 
 
 @serve.deployment
@@ -138,12 +169,11 @@ class Fused(_BundleStage):
     async def forecast_entities(
         self, version: int, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
-        bundle = await asyncio.to_thread(self.bundles.get, version)
+        bundle = await self.bundles.of(version)
         return await self.stages.forecast_entities(bundle, entities, point, plan)
 
     async def predict(self, version: int, rows: pd.DataFrame) -> Forecasts:
-        bundle = await asyncio.to_thread(self.bundles.get, version)
-        return await self.stages.predict(bundle, rows)
+        return await self.stages.predict(await self.bundles.of(version), rows)
 
     async def ready(self) -> bool:
         return await self.stages.ready()
@@ -206,12 +236,10 @@ class StagedService(_RayService):
     async def _forecast_entities(
         self, model: LoadedModel, entities: list[Any], point: datetime | None, plan: Plan
     ) -> Forecasted:
-        # Each stage's output goes from its replica to the next stage's directly: the ingress
-        # passes responses on, and only the forecasts come back to it.
-        version = model.version
-        fetched = self.features.fetch.remote(entities, point, model.bundle.spec.lookback)
-        prepared = self.preprocessing.prepare_fetched.remote(version, fetched, plan)
-        done: Forecasted = await _answer(self.model.forecast_prepared.remote(version, prepared))
+        # The model replica asks preprocessing, which asks features: each stage's output goes
+        # once, straight to the stage that needs it, and only the forecasts come back here.
+        forecast = self.model.forecast_entities.remote(model.version, entities, point, plan)
+        done: Forecasted = await _answer(forecast)
         return done
 
     async def _predict(self, model: LoadedModel, rows: pd.DataFrame) -> Forecasts:
@@ -327,11 +355,10 @@ def build_application(config: SkewlessConfig, home: Path, alias: str | None) -> 
     if settings.topology == "fused":  # sized as the model stage, its heaviest part
         stages = [sized(Fused, settings.model).bind(*arguments)]
     else:
-        stages = [
-            sized(Features, settings.features).bind(*arguments),
-            sized(Preprocessing, settings.preprocessing).bind(*arguments),
-            sized(Model, settings.model).bind(*arguments),
-        ]
+        features = sized(Features, settings.features).bind(*arguments)
+        preprocessing = sized(Preprocessing, settings.preprocessing).bind(*arguments, features)
+        model = sized(Model, settings.model).bind(*arguments, preprocessing)
+        stages = [features, preprocessing, model]
     ingress = sized(Ingress, settings.ingress, **_environment()).options(
         **_admission(config.serving.max_in_flight)
     )

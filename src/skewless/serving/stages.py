@@ -28,7 +28,7 @@ from skewless.features.online import WindowReader, window_reader
 from skewless.features.online_marker import online_marker
 from skewless.features.repo import FeastRepo
 from skewless.features.strategies import OnlineRetrievalStrategy
-from skewless.features.window_view import windows_frame
+from skewless.features.window_view import Window, windows_frame
 from skewless.serving.outage import STORE_FAILURES, Outage, describe_online_store
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,12 @@ Plan = pd.DataFrame | None  # a request's own plan of known-future covariates
 
 @dataclass(frozen=True)
 class Fetched:
-    """The online windows of a request's entities: the rows of those that have one, the
-    problem of each that has not, and how long reading them took (the stages may run where
-    the request's metrics are not)."""
+    """The online windows of a request's entities: those that have one, each cut to the
+    lookback, the problem of each that has not, and how long reading them took (the stages
+    may run where the request's metrics are not). Windows are a few arrays each, which pass
+    between processes several times faster than the frame of their rows."""
 
-    rows: pd.DataFrame | None
+    windows: list[Window]
     problems: dict[Any, SkewlessError]
     fetch_seconds: float
 
@@ -70,10 +71,10 @@ class Forecasted:
 def prepare_fetched(bundle: ForecastBundle, fetched: Fetched, plan: Plan = None) -> Prepared:
     """The bundle's first stage on the fetched windows, each entity it refuses named with its
     error. A request's ``plan`` follows the windows' rows, so it wins over the stored one."""
-    rows = fetched.rows
-    if rows is None:
+    if not fetched.windows:
         return Prepared(None, fetched.problems, fetched.fetch_seconds)
     key = bundle.spec.entity_key
+    rows = windows_frame(fetched.windows, key)
     if plan is not None:
         rows = pd.concat([rows, plan[plan[key].isin(rows[key])]], ignore_index=True)
     made, refused = isolated(bundle.prepare, rows, key)
@@ -129,10 +130,8 @@ class OnlineWindowFetcher:
             windows = OnlineRetrievalStrategy(self.repo, point, reader=self._reader).retrieve(
                 entities
             )
-        found = list(windows.windows.values())
-        key = self.repo.config.data.entity_key
-        rows = windows_frame(found, key, lookback) if found else None
-        return Fetched(rows, windows.problems, time.perf_counter() - started)
+        found = [window.last(lookback) for window in windows.windows.values()]
+        return Fetched(found, windows.problems, time.perf_counter() - started)
 
     def push(self, rows: pd.DataFrame) -> IngestReport:
         """Raw rows into the offline store and the online windows (``materialize.push``); a
