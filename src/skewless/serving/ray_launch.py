@@ -27,7 +27,6 @@ def ray_serve_settings() -> dict[str, str]:
         "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
         "RAY_SERVE_LOG_TO_STDERR": "0",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
         # gRPC's default 4 MiB per message between replicas is less than the windows of a
         # 1,000-entity batch (14.8 MB at window_size 512 on ETTh): every such request was a 500.
         "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(_REPLICA_MESSAGE_BYTES),
