@@ -230,7 +230,7 @@ class StagedService(_RayService):
         preprocessing: DeploymentHandle,
         model: DeploymentHandle,
     ) -> None:
-        self.features, self.preprocessing, self.model = features, preprocessing, model
+        self.preprocessing, self.model = preprocessing, model
         super().__init__(config, home, alias, features, (preprocessing, model))
 
     async def _forecast_entities(
