@@ -287,7 +287,7 @@ def feast_then_mlflow(feast: str, mlflow: str, variables: tuple[str, ...], entit
             unpack_window(base64.b64decode(blob), entity, variables).until(point)
             for entity, blob in zip(ids, blobs, strict=True)
         ]
-        body = invocations_body(windows_frame(windows, KEY, LOOKBACK))
+        body = invocations_body(windows_frame([w.last(LOOKBACK) for w in windows], KEY))
         return http.post(f"{mlflow}/invocations", content=body, headers=JSON).status_code
 
     return send

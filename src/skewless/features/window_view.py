@@ -92,18 +92,17 @@ class Window:
         return windows_frame([self], entity_key)
 
 
-def windows_frame(windows: list[Window], entity_key: str, last: int | None = None) -> pd.DataFrame:
-    """The rows of many windows (each cut to its ``last`` rows) as ONE frame in ingestion
-    format: one frame built from concatenated arrays, not one per entity."""
+def windows_frame(windows: list[Window], entity_key: str) -> pd.DataFrame:
+    """The rows of many windows (``Window.last`` cuts each to a lookback) as ONE frame in
+    ingestion format: one frame built from concatenated arrays, not one per entity."""
     if not windows:
         raise ValueError("no windows to turn into rows")
-    cut = slice(-last, None) if last else slice(None)
-    lengths = [len(w.times_us[cut]) for w in windows]
+    lengths = [len(w) for w in windows]
     frame = pd.DataFrame(
-        np.concatenate([w.values[cut] for w in windows]), columns=list(windows[0].variables)
+        np.concatenate([w.values for w in windows]), columns=list(windows[0].variables)
     )
     # In nanoseconds, pandas' own unit: every later step would otherwise convert, with checks.
-    nanos = (np.concatenate([w.times_us[cut] for w in windows]) * 1000).view("datetime64[ns]")
+    nanos = (np.concatenate([w.times_us for w in windows]) * 1000).view("datetime64[ns]")
     frame.insert(0, EVENT_TS, pd.DatetimeIndex(nanos).tz_localize("UTC"))
     frame.insert(0, entity_key, np.repeat(np.array([w.entity for w in windows]), lengths))
     for column in windows[0].labels or {}:

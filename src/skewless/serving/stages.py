@@ -95,7 +95,7 @@ def forecast_fetched(bundle: ForecastBundle, fetched: Fetched, plan: Plan = None
 
 
 class OnlineWindowFetcher:
-    """Online windows of many entities with one call, as raw rows; keeps its reader warm.
+    """Online windows of many entities with one call; keeps its reader warm.
 
     A store that does not answer is a StoreUnavailableError (a 503 naming the store), logged
     once when the outage starts and once when it ends, never once per request.
