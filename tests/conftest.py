@@ -207,16 +207,10 @@ def own_release(etth_release: tuple) -> SkewlessConfig:
 
 
 def ray_serve_test_env() -> dict[str, str]:
-    """Ray Serve's settings for a test's cluster, besides ``serve``'s own: free ports for the
-    stats and metrics listeners of its HAProxy, fixed otherwise (8404, 9101: the HAProxy of a
-    second Ray Serve on the machine, another test run's or a benchmark's, could not bind them
-    and crashed); and a short drain before an ingress replica stops (30 s by default, for load
-    balancers to let go of it: no test has one)."""
-    return {
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-    }
+    """Ray Serve's settings for a test's cluster, besides ``serve``'s own: a short drain before
+    an ingress replica stops (30 s by default, for load balancers to let go of it: no test has
+    one)."""
+    return {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 
 @dataclass(frozen=True)

@@ -562,7 +562,10 @@ def test_ray_serve_uses_haproxy_only_where_its_binary_is(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/sbin/haproxy" if on_path else None)
     settings = ray_serve_settings()
-    assert settings.get("RAY_SERVE_ENABLE_HA_PROXY") == ("1" if bundled or on_path else None)
+    haproxy = bundled or on_path
+    assert settings.get("RAY_SERVE_ENABLE_HA_PROXY") == ("1" if haproxy else None)
+    ports = [settings.get(f"RAY_SERVE_HAPROXY_{port}_PORT") for port in ("STATS", "METRICS")]
+    assert all(ports) if haproxy else not any(ports)
     assert settings["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
 
 

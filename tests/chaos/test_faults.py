@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -68,16 +70,33 @@ def _server(
     return start_server(repo, config, *_settings(config), engine=engine)
 
 
+RAY_HAPROXY_PORTS = (8404, 9101)  # Ray's default HAProxy stats and metrics ports
+
+
+@contextmanager
+def _held(*ports: int) -> Iterator[None]:
+    """``ports`` listened on here (or by whatever holds one already: the same to a server)."""
+    with ExitStack() as stack:
+        for port in ports:
+            listener = stack.enter_context(socket.socket())
+            with suppress(OSError):
+                listener.bind(("", port))
+                listener.listen()
+        yield
+
+
 @pytest.fixture(params=SERVERS)
 def live(
     request: pytest.FixtureRequest, chaos_repo: tuple[FeastRepo, SkewlessConfig]
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """A server of each kind; stopped with SIGTERM, it must leave no process behind (Ray's
     agents outlived it once). The staged Ray server starts a cluster of its own, so that its
-    stop is a whole Ray server's; the fused one joins the session's."""
+    stop is a whole Ray server's, while Ray's fixed HAProxy ports are held, as a killed Ray
+    server's HAProxy holds them; the fused one joins the session's."""
     repo, config = chaos_repo
     if request.param == "ray-staged":
-        process, url = _server(repo, config, "ray")
+        with _held(*RAY_HAPROXY_PORTS):
+            process, url = _server(repo, config, "ray")
     else:
         process, url = start_kind(request.param, request, repo, config, *_settings(config))
     family = psutil.Process(process.pid).children(recursive=True)

