@@ -387,7 +387,9 @@ def test_metrics_and_the_request_log_record_every_answer(
     assert f"skewless_requests_total{{{batch}}}" in metrics
     assert 'skewless_errors_total{scope="entity",type="UnknownEntityError"}' in metrics
     assert 'skewless_forecast_value_count{target="OT"}' in metrics
-    assert "skewless_feature_fetch_seconds_count" in metrics and "skewless_model_version" in metrics
+    for stage in ("fetch", "prepare", "forecast"):  # timed where each ran, counted here
+        assert f'skewless_stage_seconds_count{{stage="{stage}"}} 1.0' in metrics
+    assert "skewless_model_version" in metrics
     engine = monitoring_engine(request_log_url(served, etth_sqlite.home))
     deadline = time.monotonic() + 30
     while len(logged := read_served(engine).query(f"request_id == '{answer['request_id']}'")) < 2:

@@ -1,6 +1,7 @@
 """Prometheus metrics of a server: requests and latency by endpoint and model version (every
-answer has one: the version that answered, else the one being served), feature fetch latency,
-errors by type, entities per request, forecast values, reloads, the request log.
+answer has one: the version that answered, else the one being served), the time of each stage
+of a feature request, errors by type, entities per request, forecast values, reloads, the
+request log.
 
 Under ``serve --workers N`` prometheus_client runs in multiprocess mode (its folder set in the
 environment before it is imported): every worker writes its samples to files there, and the
@@ -52,9 +53,10 @@ class ServingMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.feature_fetch = Histogram(
-            "skewless_feature_fetch_seconds",
-            "Reading the online windows of one request",
+        self.stages = Histogram(
+            "skewless_stage_seconds",
+            "Each stage of a feature request (fetch, prepare, forecast), timed where it runs",
+            ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -212,7 +212,8 @@ class ServiceCore(ABC):
         plan = check_plan(model.bundle.spec, known)
         self.metrics.entities.observe(len(entities))
         done = await self._forecast_entities(model, list(dict.fromkeys(entities)), point, plan)
-        self.metrics.feature_fetch.observe(done.fetch_seconds)
+        for stage, seconds in done.seconds.items():
+            self.metrics.stages.labels(stage).observe(seconds)
         made = {} if done.forecasts is None else _items(done.forecasts, model)
         items = [
             made[entity] if entity in made else FailedPrediction.of(entity, done.problems[entity])

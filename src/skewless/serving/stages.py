@@ -1,9 +1,10 @@
 """The three stages of a forecast from the online store, as plain steps that pass one value on:
 ``OnlineWindowFetcher.fetch`` (``Fetched``), ``prepare_fetched`` (``Prepared``) and
-``forecast_prepared`` (``Forecasted``). Each stage needs only the one before it, so a server
-runs them where it likes: one after the other in this process (``LocalStages``: the FastAPI
-server, Ray's fused deployment, batch scoring), or one deployment each, each stage's output going
-straight to the next replica rather than back through the ingress (Ray's staged topology).
+``forecast_prepared`` (``Forecasted``), each carrying how long every stage so far took, timed
+where it ran. Each stage needs only the one before it, so a server runs them where it likes:
+one after the other in this process (``LocalStages``: the FastAPI server, Ray's fused
+deployment, batch scoring), or one deployment each, each stage's output going straight to the
+next replica rather than back through the ingress (Ray's staged topology).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 PUSH_ORIGIN = "POST /push"
 
 Plan = pd.DataFrame | None  # a request's own plan of known-future covariates
+StageSeconds = Mapping[str, float]  # stage ("fetch", "prepare", "forecast") -> seconds it took
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Fetched:
 
     windows: list[Window]
     problems: dict[Any, SkewlessError]
-    fetch_seconds: float
+    seconds: StageSeconds
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Prepared:
 
     windows: PreparedWindows | None
     problems: dict[Any, SkewlessError]
-    fetch_seconds: float
+    seconds: StageSeconds
 
 
 @dataclass(frozen=True)
@@ -65,28 +68,33 @@ class Forecasted:
 
     forecasts: Forecasts | None
     problems: dict[Any, SkewlessError]
-    fetch_seconds: float
+    seconds: StageSeconds
 
 
 def prepare_fetched(bundle: ForecastBundle, fetched: Fetched, plan: Plan = None) -> Prepared:
     """The bundle's first stage on the fetched windows, each entity it refuses named with its
     error. A request's ``plan`` follows the windows' rows, so it wins over the stored one."""
     if not fetched.windows:
-        return Prepared(None, fetched.problems, fetched.fetch_seconds)
+        return Prepared(None, fetched.problems, fetched.seconds)
+    started = time.perf_counter()
     key = bundle.spec.entity_key
     rows = windows_frame(fetched.windows, key)
     if plan is not None:
         rows = pd.concat([rows, plan[plan[key].isin(rows[key])]], ignore_index=True)
     made, refused = isolated(bundle.prepare, rows, key)
     windows = PreparedWindows.joined(made) if made else None
-    return Prepared(windows, {**fetched.problems, **refused}, fetched.fetch_seconds)
+    seconds = {**fetched.seconds, "prepare": time.perf_counter() - started}
+    return Prepared(windows, {**fetched.problems, **refused}, seconds)
 
 
 def forecast_prepared(bundle: ForecastBundle, prepared: Prepared) -> Forecasted:
     """The bundle's second stage on the prepared windows, in one model call."""
-    windows = prepared.windows
-    forecasts = None if windows is None else bundle.forecasts(windows)
-    return Forecasted(forecasts, prepared.problems, prepared.fetch_seconds)
+    if prepared.windows is None:
+        return Forecasted(None, prepared.problems, prepared.seconds)
+    started = time.perf_counter()
+    forecasts = bundle.forecasts(prepared.windows)
+    seconds = {**prepared.seconds, "forecast": time.perf_counter() - started}
+    return Forecasted(forecasts, prepared.problems, seconds)
 
 
 def forecast_fetched(bundle: ForecastBundle, fetched: Fetched, plan: Plan = None) -> Forecasted:
@@ -131,7 +139,7 @@ class OnlineWindowFetcher:
                 entities
             )
         found = [window.last(lookback) for window in windows.windows.values()]
-        return Fetched(found, windows.problems, time.perf_counter() - started)
+        return Fetched(found, windows.problems, {"fetch": time.perf_counter() - started})
 
     def push(self, rows: pd.DataFrame) -> IngestReport:
         """Raw rows into the offline store and the online windows (``materialize.push``); a
