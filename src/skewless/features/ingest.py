@@ -91,7 +91,7 @@ def ingest(
             for first in range(0, len(entities), size):
                 chosen_entities = entities[first : first + size]
                 frames = [(reader.origin, reader.rows(chosen_entities)) for reader in readers]
-                for report in _ingest_batch(repo, [f for f in frames if len(f[1])], part.write):
+                for report in ingest_batch(repo, [f for f in frames if len(f[1])], part.write):
                     reports[report.origin].add(report)
                 if progress is not None:
                     progress(min(first + size, len(entities)), len(entities))
@@ -154,7 +154,7 @@ def ingest_frames(
     """Validate every (origin, raw rows) pair held in memory, then append the new rows of all
     of them (pushed rows)."""
     with repo.offline.write_lock(), repo.offline.appender() as part:
-        reports = _ingest_batch(repo, frames, part.write)
+        reports = ingest_batch(repo, frames, part.write)
     return reports
 
 
@@ -164,12 +164,14 @@ def validate_frame(repo: FeastRepo, origin: str, raw: pd.DataFrame) -> IngestRep
     return _validate(repo, origin, raw).report
 
 
-def _ingest_batch(
+def ingest_batch(
     repo: FeastRepo,
     frames: Sequence[tuple[str, pd.DataFrame]],
     write: Callable[[pd.DataFrame], None],
 ) -> list[IngestReport]:
-    """Validate (origin, raw rows) pairs of the same entities, then write the new rows."""
+    """Validate (origin, raw rows) pairs of the same entities, then hand the new rows, as
+    stored, to ``write``: the one path of ingest and push, so that a pushed row is checked
+    and stored exactly as an ingested one."""
     batches = [_validate(repo, origin, raw) for origin, raw in frames]
     new_rows = pd.concat([b.rows for b in batches], ignore_index=True)
     _refuse_overlaps(repo, new_rows, [b.report.origin for b in batches])

@@ -44,7 +44,7 @@ import pandas as pd
 from skewless.core.errors import FeatureStoreError
 from skewless.core.schema import CREATED_TS, EVENT_TS, SERIES_VIEW
 from skewless.features.atomic_file import write_atomically
-from skewless.features.ingest import IngestReport, _ingest_batch
+from skewless.features.ingest import IngestReport, ingest_batch
 from skewless.features.keyed_table import KeyedTable
 from skewless.features.online import WindowReader, window_reader
 from skewless.features.online_marker import online_marker
@@ -194,7 +194,7 @@ def _store(repo: FeastRepo, rows: pd.DataFrame, origin: str) -> tuple[IngestRepo
             part.write(frame)
             written.append(frame.assign(**{CREATED_TS: part.created}))
 
-        (report,) = _ingest_batch(repo, [(origin, rows)], write)
+        (report,) = ingest_batch(repo, [(origin, rows)], write)
     return report, pd.concat(written, ignore_index=True) if written else pd.DataFrame()
 
 
