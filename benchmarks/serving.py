@@ -10,13 +10,19 @@ request, against:
   default) and off, and with `--workers 2`;
 - per Ray Serve topology (`RAY_TOPOLOGIES`): its floor, an ingress awaiting a chain of as many
   async no-op deployments as the topology has stages, each awaiting the next (as skewless's
-  stages call one another), with `serve`'s Ray settings; and `skewless
-  serve --engine ray` in that topology with 1 and 2 replicas of the deployment that runs the
-  model (every other deployment pinned to one replica, so autoscaling never changes a cell);
+  stages call one another), with `serve`'s Ray settings; the same chain with each hop answering
+  an array of the size of its stage's answer at 10 entities (the floor with the payloads); and
+  `skewless serve --engine ray` in that topology with 1 and 2 replicas of the deployment that
+  runs the model (every other deployment pinned to one replica, so autoscaling never changes
+  a cell);
 - peers: `mlflow models serve` on the same registered version, sent the raw rows (what a client
   without a feature store would send), and the two-hop setup a user would build without
   skewless: the client asks Feast's own feature server (`feast serve`) for the same online
   windows, unpacks them into rows and posts those to `mlflow models serve`.
+
+Where skewless answers, each cell also records the mean time of each stage (fetch, prepare,
+forecast) where it ran, from the server's skewless_stage_seconds: what Ray's replicas spend on
+the work itself, beside what the hops cost.
 
 Everything but Ray runs at once and is measured in interleaved rounds (each cell in ROUNDS
 slices, one after another cell's), so that the cells a goal compares see the same load from
@@ -48,10 +54,11 @@ import gc
 import inspect
 import json
 import os
+import pickle
 import sys
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +68,8 @@ from typing import Any
 
 import httpx
 import pandas as pd
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from machine import report
 from servers import JSON, Load, Send, closed_loop, free_port, post, running, show, warm_up
@@ -72,11 +81,13 @@ from skewless.features.repo import WINDOW_FEATURE, WINDOW_VIEW, FeastRepo
 from skewless.features.window_view import unpack_window, windows_frame
 from skewless.registry.registry import ModelRegistry
 from skewless.serving.service import ForecastService
+from skewless.serving.stages import OnlineWindowFetcher, forecast_prepared, prepare_fetched
 from skewless.training.pipeline import open_history
 from skewless.training.release import train_and_register
 from synthetic import ROOT, VARIABLES, synthetic_rows
 
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
+STAGE_SECONDS = "skewless_stage_seconds"
 CONFIG = ROOT / "configs" / "etth.yaml"
 MAX_ENTITIES = load_config(CONFIG, environ={}).serving.max_entities
 ENTITY_COUNTS = (1, 10, 100, MAX_ENTITIES)
@@ -116,21 +127,26 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 # Ray Serve's own floor for a topology: the ingress awaits a chain of as many no-op deployments
 # as the topology's stages, each awaiting the next, as skewless's stages call one another; same
-# Ray settings as `serve`.
+# Ray settings as `serve`. Given reply sizes (bytes, one per stage, innermost first), each stage
+# answers an array of its size instead of nothing: the floor with the stages' payloads.
 RAY_FLOOR_APP = """
 import os, signal, sys, threading
 from skewless.serving.ray_launch import ray_serve_settings
 os.environ.update({"RAY_AUTH_MODE": "disabled", **ray_serve_settings()})
+import numpy as np
 import ray
 from fastapi import FastAPI
 from ray import serve
 app = FastAPI()
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class Stage:
-    def __init__(self, inner=None) -> None:
+    def __init__(self, inner, reply_bytes: int) -> None:
         self.inner = inner
-    async def run(self, value: int) -> int:
-        return value if self.inner is None else await self.inner.run.remote(value)
+        self.reply = np.ones(reply_bytes, np.uint8) if reply_bytes else 0
+    async def run(self, value: int):
+        if self.inner is not None:
+            await self.inner.run.remote(value)
+        return self.reply
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -138,15 +154,15 @@ class Ingress:
         self.stage = stage
     @app.post("/constant")
     async def constant(self) -> dict:
-        value = await self.stage.run.remote(0)
-        return {"forecast": [float(value)] * 24}
+        await self.stage.run.remote(0)
+        return {"forecast": [0.0] * 24}
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 ray.init(address="local", include_dashboard=False, logging_level="WARNING")
 serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
 stage = None
-for i in range(int(sys.argv[2])):
-    stage = Stage.options(name=f"Stage{i}").bind(stage)
+for i, reply_bytes in enumerate(sys.argv[2].split(",")):
+    stage = Stage.options(name=f"Stage{i}").bind(stage, int(reply_bytes))
 serve.run(Ingress.bind(stage), route_prefix="/")
 stop.wait()
 serve.shutdown()
@@ -159,22 +175,27 @@ class Topology:
     """A layout of the Ray Serve application, as the benchmark runs and judges it."""
 
     name: str
-    hops: int  # deployments a request passes through behind the ingress: its floor
+    # what each deployment behind the ingress answers, innermost first: its floor's hops
+    replies: tuple[str, ...]
     deployments: tuple[str, ...]  # its `serving.ray` deployments, each pinned to fixed replicas
     scaled: str  # the deployment that runs the model: 1 or 2 replicas in the scaling goal
     settings: tuple[str, ...] = ()  # the `--set` overrides that select it
+
+    @property
+    def hops(self) -> int:
+        return len(self.replies)
 
 
 RAY_TOPOLOGIES = (
     Topology(
         "staged",
-        hops=3,
+        replies=("fetched", "prepared", "forecasted"),
         deployments=("ingress", "features", "preprocessing", "model"),
         scaled="model",
     ),
     Topology(  # the Fused deployment is sized by serving.ray.model
         "fused",
-        hops=1,
+        replies=("forecasted",),
         deployments=("ingress", "model"),
         scaled="model",
         settings=("serving.ray.topology=fused",),
@@ -183,6 +204,8 @@ RAY_TOPOLOGIES = (
 
 # entities -> one request of that many entities
 Requests = Callable[[int], Send]
+# stage -> (seconds, requests), summed by skewless_stage_seconds since a server started
+StageTotals = dict[str, tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -194,6 +217,7 @@ class Row:
     requests: Requests
     cells: Sequence[Cell]
     labels: Mapping[str, object] = field(default_factory=dict)
+    stages: Callable[[], StageTotals] | None = None  # where the time went, as the server counts
 
 
 @dataclass(frozen=True)
@@ -344,6 +368,9 @@ class InProcess:
         self.service.close()
         self.loop.close()
 
+    def stages(self) -> StageTotals:
+        return stage_totals(self.service.metrics.registry.collect())
+
     def __call__(self, entities: int) -> Send:
         ids = list(range(1, entities + 1))
 
@@ -354,6 +381,30 @@ class InProcess:
             return 200
 
         return send
+
+
+def stage_totals(families: Iterable[Metric]) -> StageTotals:
+    """skewless_stage_seconds' sum and count per stage."""
+    totals: dict[str, tuple[float, float]] = {}
+    for family in families:
+        if family.name != STAGE_SECONDS:
+            continue
+        values = {
+            (s.labels["stage"], s.name.removeprefix(STAGE_SECONDS)): s.value for s in family.samples
+        }
+        for stage in {stage for stage, _ in values}:
+            totals[stage] = (values[stage, "_sum"], values[stage, "_count"])
+    return totals
+
+
+def scraped(server: Server) -> Callable[[], StageTotals]:
+    """The server's stage totals, from its /metrics."""
+
+    def stages() -> StageTotals:
+        text = httpx.get(f"{server.url}/metrics").text
+        return stage_totals(text_string_to_metric_families(text))
+
+    return stages
 
 
 def constant(server: Server) -> Requests:
@@ -409,25 +460,75 @@ def ray_floor_name(topology: Topology) -> str:
     return f"ray floor, {topology.name}: ingress + {topology.hops} no-op hops"
 
 
+def payload_floor_name(topology: Topology) -> str:
+    return f"ray floor, {topology.name}: ingress + {topology.hops} hops answering stage payloads"
+
+
 def ray_name(topology: Topology, replicas: int) -> str:
     return f"ray {topology.name} /predict/feast/batch, {topology.scaled} x{replicas}"
 
 
-def ray_phases(bench: Bench, topology: Topology) -> list[Phase]:
-    """The topology's floor, then skewless on it with 1 and 2 model replicas: one at a time,
-    two Ray clusters on two cores would each slow the other."""
-    floor = python_app(RAY_FLOOR_APP, topology.hops)
+def stage_replies(bench: Bench) -> dict[str, int]:
+    """The pickled size of each stage's answer to a request of GOAL_ENTITIES entities: what
+    the floor with the stages' payloads answers from each hop."""
+    bundle = ModelRegistry(bench.config.tracking.uri).load_bundle(
+        bench.config.model_name, "production"
+    )
+    point = datetime.fromisoformat(TIME_POINT)
+    fetched = OnlineWindowFetcher(bench.config, bench.home).fetch(
+        list(range(1, GOAL_ENTITIES + 1)), point, bundle.spec.lookback
+    )
+    prepared = prepare_fetched(bundle, fetched)
+    answers = {"fetched": fetched, "prepared": prepared}
+    answers["forecasted"] = forecast_prepared(bundle, prepared)
+    return {stage: len(pickle.dumps(answer, protocol=5)) for stage, answer in answers.items()}
+
+
+def ray_phases(bench: Bench, topology: Topology, replies: Mapping[str, int]) -> list[Phase]:
+    """The topology's floor, without and with its stages' payloads, then skewless on it with
+    1 and 2 model replicas: one at a time, two Ray clusters on two cores would each slow the
+    other."""
+    floor = python_app(RAY_FLOOR_APP, ",".join("0" for _ in topology.replies))
+    sizes = [replies[stage] for stage in topology.replies]
+    loaded = python_app(RAY_FLOOR_APP, ",".join(map(str, sizes)))
     one, two = ray_serve(bench, topology, 1), ray_serve(bench, topology, 2)
     labels = {"topology": topology.name}
     return [
         Phase([floor], [Row(ray_floor_name(topology), constant(floor), CONSTANT_CELLS, labels)]),
         Phase(
+            [loaded],
+            [
+                Row(
+                    payload_floor_name(topology),
+                    constant(loaded),
+                    [(0, 1)],
+                    {**labels, "reply_bytes": sizes},
+                )
+            ],
+        ),
+        Phase(
             [one],
-            [Row(ray_name(topology, 1), batches(one), EVERY_CELL, {**labels, "model_replicas": 1})],
+            [
+                Row(
+                    ray_name(topology, 1),
+                    batches(one),
+                    EVERY_CELL,
+                    {**labels, "model_replicas": 1},
+                    scraped(one),
+                )
+            ],
         ),
         Phase(
             [two],
-            [Row(ray_name(topology, 2), batches(two), GOAL_CELLS, {**labels, "model_replicas": 2})],
+            [
+                Row(
+                    ray_name(topology, 2),
+                    batches(two),
+                    GOAL_CELLS,
+                    {**labels, "model_replicas": 2},
+                    scraped(two),
+                )
+            ],
         ),
     ]
 
@@ -453,10 +554,10 @@ def one_machine(bench: Bench) -> Phase:
     two_hops = partial(feast_then_mlflow, feast.url, mlflow.url, variables)
     rows = [
         Row(CEILING, constant(ceiling), CONSTANT_CELLS),
-        Row(IN_PROCESS, local, [(n, 1) for n in ENTITY_COUNTS]),
-        Row(FASTAPI, batches(fastapi), EVERY_CELL),
-        Row(FASTAPI_LOG_OFF, batches(log_off), [(10, 1), (100, 1)]),
-        Row(TWO_WORKERS, batches(workers), GOAL_CELLS),
+        Row(IN_PROCESS, local, [(n, 1) for n in ENTITY_COUNTS], stages=local.stages),
+        Row(FASTAPI, batches(fastapi), EVERY_CELL, stages=scraped(fastapi)),
+        Row(FASTAPI_LOG_OFF, batches(log_off), [(10, 1), (100, 1)], stages=scraped(log_off)),
+        Row(TWO_WORKERS, batches(workers), GOAL_CELLS, stages=scraped(workers)),
         Row(MLFLOW, raw_rows, PEER_CELLS),
         Row(FEAST_MLFLOW, two_hops, PEER_CELLS),
     ]
@@ -464,7 +565,9 @@ def one_machine(bench: Bench) -> Phase:
 
 
 def phases(bench: Bench) -> list[Phase]:
-    return [one_machine(bench), *(p for t in RAY_TOPOLOGIES for p in ray_phases(bench, t))]
+    replies = stage_replies(bench)
+    on_ray = (p for t in RAY_TOPOLOGIES for p in ray_phases(bench, t, replies))
+    return [one_machine(bench), *on_ray]
 
 
 # -- measuring and judging ----------------------------------------------------------------------
@@ -477,6 +580,7 @@ def measure(bench: Bench, phase: Phase, seconds: float, only: list[str]) -> list
     if not rows:
         return []
     loads: dict[tuple[str, Cell], Load] = defaultdict(Load)
+    spent: dict[tuple[str, Cell], StageTotals] = defaultdict(dict)
     with serving(bench, phase.servers), ExitStack() as stack:
         for service in phase.beside:
             stack.enter_context(service)
@@ -489,17 +593,35 @@ def measure(bench: Bench, phase: Phase, seconds: float, only: list[str]) -> list
             for row in rows:
                 for entities, concurrency in row.cells:
                     sent = row.requests(entities)
+                    before = row.stages() if row.stages else {}
                     loads[row.name, (entities, concurrency)] += closed_loop(
                         sent, concurrency, seconds / ROUNDS
                     )
+                    after = row.stages() if row.stages else {}
+                    add_stages(spent[row.name, (entities, concurrency)], before, after)
     records = []
     for row in rows:
         for entities, concurrency in row.cells:
             result = loads[row.name, (entities, concurrency)].summary()
+            stage_ms = {
+                stage: round(1000 * total / count, 2)
+                for stage, (total, count) in spent[row.name, (entities, concurrency)].items()
+                if count
+            }
             show(f"{row.name:50s} entities {entities:4d} concurrency {concurrency:2d}", result)
+            if stage_ms:
+                print(f"{'':50s} mean ms per stage, where it ran: {stage_ms}")
             cell = {"server": row.name, "entities": entities, "concurrency": concurrency}
-            records.append(cell | dict(row.labels) | result)
+            records.append(cell | dict(row.labels) | result | {"stage_ms": stage_ms})
     return records
+
+
+def add_stages(spent: StageTotals, before: StageTotals, after: StageTotals) -> None:
+    """What each stage took between two readings of a server's totals, added to ``spent``."""
+    for stage, (total, count) in after.items():
+        was_total, was_count = before.get(stage, (0.0, 0.0))
+        so_far_total, so_far_count = spent.get(stage, (0.0, 0.0))
+        spent[stage] = (so_far_total + total - was_total, so_far_count + count - was_count)
 
 
 def main() -> None:
