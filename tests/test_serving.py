@@ -23,7 +23,6 @@ import pandas as pd
 import pytest
 import schemathesis
 from hypothesis import given, settings
-from prometheus_client.parser import text_string_to_metric_families
 
 from skewless.core.config import SkewlessConfig
 from skewless.core.monitoring_db import monitoring_engine
@@ -39,6 +38,8 @@ from tests.conftest import (
     ServeCluster,
     copy_version,
     free_port,
+    metric,
+    metric_samples,
     ray_serve_test_env,
     register_copy,
     wait_for,
@@ -378,21 +379,10 @@ def test_operations_endpoints(api: httpx.Client, served: SkewlessConfig) -> None
     assert right.status_code == 200 and right.json()["model"]["version"] == model["version"]
 
 
-def _stage_counts(metrics: str) -> dict[str, float]:
-    """How many times each stage was timed, from the `skewless_stage_seconds` histogram."""
-    return {
-        sample.labels["stage"]: sample.value
-        for family in text_string_to_metric_families(metrics)
-        if family.name == "skewless_stage_seconds"
-        for sample in family.samples
-        if sample.name.endswith("_count")
-    }
-
-
 def test_metrics_and_the_request_log_record_every_answer(
     api: httpx.Client, etth_sqlite: FeastRepo, served: SkewlessConfig
 ) -> None:
-    before = _stage_counts(api.get("/metrics").text)
+    before = metric_samples(api.get("/metrics").text)
     answer = api.post("/predict/feast/batch", json={"entities": [1, 99], "time_point": LAST}).json()
     version = answer["model"]["version"]
     metrics = api.get("/metrics").text
@@ -400,12 +390,10 @@ def test_metrics_and_the_request_log_record_every_answer(
     assert f"skewless_requests_total{{{batch}}}" in metrics
     assert 'skewless_errors_total{scope="entity",type="UnknownEntityError"}' in metrics
     assert 'skewless_forecast_value_count{target="OT"}' in metrics
-    after = _stage_counts(metrics)  # each stage timed where it ran, counted here once
-    assert {stage: after.get(stage, 0) - before.get(stage, 0) for stage in after} == {
-        "fetch": 1,
-        "prepare": 1,
-        "forecast": 1,
-    }
+    after = metric_samples(metrics)
+    for stage in ("fetch", "prepare", "forecast"):  # timed where each ran, counted here once
+        timed = "skewless_stage_seconds_count"
+        assert metric(after, timed, stage=stage) - metric(before, timed, stage=stage) == 1
     assert "skewless_model_version" in metrics
     engine = monitoring_engine(request_log_url(served, etth_sqlite.home))
     deadline = time.monotonic() + 30

@@ -16,7 +16,6 @@ import httpx
 import psutil
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from skewless.core.config import SkewlessConfig
 from skewless.features.ingest import ingest
@@ -25,7 +24,7 @@ from skewless.features.repo import FeastRepo
 from skewless.registry.registry import ModelRegistry
 from skewless.training.pipeline import load_history
 from skewless.training.release import train_and_register
-from tests.conftest import etth_config, free_port, wait_for
+from tests.conftest import MetricSamples, etth_config, free_port, metric_samples, wait_for
 from tests.test_serving import TIMEOUT
 
 LAST = "2018-06-26T19:00:00Z"  # the last hour of both ETTh files
@@ -198,20 +197,6 @@ class SteadyClient:
         return Counter(a.status for a in self.answers)
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(url: str) -> MetricSamples:
     """The server's metrics: (sample name, sorted labels) -> value."""
-    text = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def metric(samples: dict, name: str, **labels: str) -> float:
-    """The sum of ``name`` over the samples whose labels include ``labels``."""
-    return sum(
-        value
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and set(labels.items()) <= set(sample_labels)
-    )
+    return metric_samples(httpx.get(f"{url}/metrics", timeout=TIMEOUT).text)

@@ -36,10 +36,9 @@ from tests.chaos.conftest import (
     LAST,
     RedisProcess,
     SteadyClient,
-    metric,
     scrape,
 )
-from tests.conftest import wait_for
+from tests.conftest import metric, wait_for
 from tests.test_serving import (
     SERVERS,
     TIMEOUT,
